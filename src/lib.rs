@@ -2,6 +2,12 @@
 //! IoT Hub direct methods from the hardware.
 //!
 //! # Layout
+//! - [`config`]: file schema, loading (base file + `conf.d` drop-ins), validation.
 //! - [`hub`]: IoT Hub device side: SAS tokens, connection strings, method topics, sessions.
+//! - [`mapping`]: method definitions → bus operations → JSON replies, and the status contract.
+//! - [`bus`]: one actor per physical bus (Modbus TCP, Modbus RTU, raw serial).
 
+pub mod bus;
+pub mod config;
 pub mod hub;
+pub mod mapping;

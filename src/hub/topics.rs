@@ -77,7 +77,8 @@ mod tests {
 
     #[test]
     fn parses_request_topics() {
-        let cases: &[(&str, Result<(&str, &str), TopicError>)] = &[
+        type Case<'a> = (&'a str, Result<(&'a str, &'a str), TopicError>);
+        let cases: &[Case<'_>] = &[
             (
                 "$iothub/methods/POST/setSpeed/?$rid=42",
                 Ok(("setSpeed", "42")),

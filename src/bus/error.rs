@@ -1,0 +1,46 @@
+//! Why a bus job failed. Each variant maps to one method status in `mapping::status`.
+
+use std::time::Duration;
+
+/// A device refusing (an exception) is kept apart from a broken link, as tokio-modbus does.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The device answered with Modbus exception `code`.
+    #[error("device answered with modbus exception {code} ({})", exception_name(*code))]
+    Exception { code: u8 },
+    /// No (complete) answer within the transaction timeout or the job's deadline.
+    #[error("no answer from the device within {0:?}")]
+    Timeout(Duration),
+    /// The job's deadline passed while it waited in the queue; it was never sent.
+    #[error("deadline passed while queued; not executed")]
+    Expired,
+    /// The answer was unusable: bad CRC, wrong unit/function/length, reply not matching.
+    #[error("unusable reply from the device: {0}")]
+    Protocol(String),
+    /// The transport could not be opened/connected, or broke during the transaction.
+    #[error("bus unavailable: {0}")]
+    Unavailable(String),
+    /// The bus queue is full.
+    #[error("bus queue is full ({0} jobs waiting)")]
+    QueueFull(usize),
+    /// leafgate is stopping or the bus is being restarted.
+    #[error("bus is shutting down")]
+    ShuttingDown,
+}
+
+/// The name Modbus gives each exception code, for replies and logs.
+#[must_use]
+pub fn exception_name(code: u8) -> &'static str {
+    match code {
+        1 => "illegal function",
+        2 => "illegal data address",
+        3 => "illegal data value",
+        4 => "server device failure",
+        5 => "acknowledge",
+        6 => "server device busy",
+        8 => "memory parity error",
+        10 => "gateway path unavailable",
+        11 => "gateway target device failed to respond",
+        _ => "unknown exception",
+    }
+}

@@ -1,0 +1,144 @@
+//! Configuration: the file schema, loading with drop-ins, and whole-config validation.
+//!
+//! `load(path)` reads the base file and `conf.d/*.toml` beside it (name order), combines their
+//! buses, devices and profiles, and validates the whole. Every problem is reported as
+//! `FILE: path.to.key: message`.
+
+pub mod error;
+pub mod load;
+pub mod schema;
+pub mod validate;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use error::{Error, Problem};
+use schema::{Parity, TcpFraming};
+
+use crate::hub::sas::Key;
+use crate::mapping::Method;
+
+/// The default config path used by the packaged service.
+pub const DEFAULT_PATH: &str = "/etc/leafgate/leafgate.toml";
+
+/// A validated config, ready to build buses and sessions from.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub hub: Hub,
+    pub log_level: log::LevelFilter,
+    pub buses: Vec<Bus>,
+    pub devices: Vec<Device>,
+    /// The files it came from, base first.
+    pub files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hub {
+    pub hostname: String,
+    /// Where TCP/TLS goes: `gateway_hostname` if set, else `hostname`.
+    pub connect_host: String,
+    pub gateway_hostname: Option<String>,
+    pub port: u16,
+    pub ca_file: Option<PathBuf>,
+    pub keep_alive: Duration,
+    pub sas_ttl: Duration,
+    pub max_connects_per_s: u32,
+    pub max_payload_bytes: usize,
+    pub connect_timeout: Duration,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bus {
+    pub id: String,
+    pub spec: BusSpec,
+    /// Per-transaction timeout (one request/response exchange).
+    pub timeout: Duration,
+    pub queue_capacity: usize,
+    /// Extra attempts after an unusable (garbled) reply.
+    pub retries: u32,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum BusSpec {
+    ModbusTcp {
+        address: String,
+        framing: TcpFraming,
+    },
+    ModbusRtu {
+        line: Line,
+        frame_gap: Duration,
+    },
+    Serial {
+        line: Line,
+        framing: SerialFraming,
+    },
+}
+
+impl Bus {
+    /// The serial device this bus owns, if any.
+    #[must_use]
+    pub fn device_path(&self) -> Option<&Path> {
+        match &self.spec {
+            BusSpec::ModbusTcp { .. } => None,
+            BusSpec::ModbusRtu { line, .. } | BusSpec::Serial { line, .. } => Some(&line.path),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Line {
+    pub path: PathBuf,
+    pub baud_rate: u32,
+    pub parity: Parity,
+    pub data_bits: u8,
+    pub stop_bits: u8,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SerialFraming {
+    /// A reply ends with these bytes (stripped from the reply).
+    Terminator(Vec<u8>),
+    /// A reply is exactly this many bytes.
+    Length(usize),
+    /// A reply ends when the line has been quiet this long.
+    IdleGap(Duration),
+}
+
+#[derive(Debug, Clone)]
+pub struct Device {
+    pub id: String,
+    pub key: Key,
+    pub bus: String,
+    /// Modbus unit id (0 for serial devices).
+    pub unit: u8,
+    pub raw_methods: bool,
+    pub methods: BTreeMap<String, Arc<Method>>,
+    /// Changes whenever the device's section changes; used by reload to restart only what changed.
+    pub fingerprint: String,
+}
+
+/// Loads and validates the base file and its drop-ins.
+///
+/// # Errors
+/// Every problem found, each naming its file and key.
+pub fn load(path: &Path) -> Result<Config, Error> {
+    let files = load::files(path).map_err(|p| Error { problems: vec![p] })?;
+    let mut parsed = Vec::new();
+    let mut problems = Vec::new();
+    for file in files {
+        match load::file(&file) {
+            Ok(cfg) => parsed.push((file, cfg)),
+            Err(p) => problems.push(p),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(Error { problems });
+    }
+    validate::validate(parsed).map_err(|problems| Error { problems })
+}

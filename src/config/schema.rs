@@ -1,0 +1,376 @@
+//! The config file's schema, as written by users. Closed: every struct denies unknown keys.
+//!
+//! These types only describe one file. `load` merges files and `validate` checks the whole,
+//! including references between sections, and turns it into the runtime [`super::Config`].
+//! Every key here is documented in `config/leafgate.toml` and the README; keep them in step.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// One file: the base file or a `conf.d` drop-in.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub hub: Option<HubConfig>,
+    pub log: Option<LogConfig>,
+    #[serde(default)]
+    pub bus: Vec<BusConfig>,
+    #[serde(default)]
+    pub device: Vec<DeviceConfig>,
+    #[serde(default)]
+    pub profile: Vec<ProfileConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubConfig {
+    /// IoT hub host name, e.g. `myhub.azure-devices.net`: used in usernames and SAS scopes.
+    pub hostname: String,
+    /// Connect here instead (an IoT Edge parent) while still authenticating to `hostname`.
+    pub gateway_hostname: Option<String>,
+    /// Extra trusted root certificate(s), PEM; the system roots are always trusted too.
+    pub ca_file: Option<PathBuf>,
+    #[serde(default = "defaults::port")]
+    pub port: u16,
+    #[serde(default = "defaults::keep_alive_s")]
+    pub keep_alive_s: u64,
+    #[serde(default = "defaults::sas_ttl_s")]
+    pub sas_ttl_s: u64,
+    #[serde(default = "defaults::max_connects_per_s")]
+    pub max_connects_per_s: u32,
+    #[serde(default = "defaults::max_payload_bytes")]
+    pub max_payload_bytes: usize,
+    #[serde(default = "defaults::connect_timeout_s")]
+    pub connect_timeout_s: u64,
+    #[serde(default = "defaults::reconnect_min_ms")]
+    pub reconnect_min_ms: u64,
+    #[serde(default = "defaults::reconnect_max_ms")]
+    pub reconnect_max_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default = "defaults::log_level")]
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BusKind {
+    ModbusTcp,
+    ModbusRtu,
+    Serial,
+}
+
+impl BusKind {
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            BusKind::ModbusTcp => "modbus_tcp",
+            BusKind::ModbusRtu => "modbus_rtu",
+            BusKind::Serial => "serial",
+        }
+    }
+
+    #[must_use]
+    pub fn is_modbus(self) -> bool {
+        matches!(self, BusKind::ModbusTcp | BusKind::ModbusRtu)
+    }
+}
+
+/// How Modbus frames travel on a TCP connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TcpFraming {
+    /// Modbus TCP: MBAP header, no CRC.
+    #[default]
+    Mbap,
+    /// RTU frames (unit, PDU, CRC) tunnelled over TCP, as serial-to-Ethernet converters do.
+    Rtu,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Parity {
+    #[default]
+    None,
+    Even,
+    Odd,
+}
+
+/// One physical bus. A flat struct rather than an enum per kind so that a key given to the wrong
+/// kind gets a clear "does not apply" message instead of serde's generic one.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BusConfig {
+    pub id: String,
+    pub kind: BusKind,
+    // modbus_tcp
+    pub address: Option<String>,
+    pub framing: Option<TcpFraming>,
+    // modbus_rtu and serial
+    pub path: Option<PathBuf>,
+    pub baud_rate: Option<u32>,
+    pub parity: Option<Parity>,
+    pub data_bits: Option<u8>,
+    pub stop_bits: Option<u8>,
+    // modbus_rtu
+    pub frame_gap_us: Option<u64>,
+    // serial framing: exactly one of these
+    pub terminator: Option<String>,
+    pub reply_length: Option<usize>,
+    pub idle_gap_ms: Option<u64>,
+    // all kinds
+    pub timeout_ms: Option<u64>,
+    pub queue_capacity: Option<usize>,
+    pub retries: Option<u32>,
+    pub reconnect_min_ms: Option<u64>,
+    pub reconnect_max_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    pub id: String,
+    pub connection_string: Option<Secret>,
+    pub shared_access_key: Option<Secret>,
+    pub shared_access_key_file: Option<PathBuf>,
+    pub bus: String,
+    pub unit: Option<u8>,
+    pub profile: Option<String>,
+    #[serde(default)]
+    pub raw_methods: bool,
+    #[serde(default)]
+    pub method: Vec<MethodConfig>,
+}
+
+/// Text holding a key: `Debug` never shows it, so a debug log of the config leaks nothing.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Length and a hash let reload notice a changed key without showing it.
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::digest(self.0.as_bytes());
+        write!(
+            f,
+            "Secret(<redacted, sha256 {:02x}{:02x}{:02x}{:02x}>)",
+            digest[0], digest[1], digest[2], digest[3]
+        )
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileConfig {
+    pub id: String,
+    #[serde(default)]
+    pub method: Vec<MethodConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MethodConfig {
+    pub name: String,
+    #[serde(default = "defaults::method_timeout_ms")]
+    pub timeout_ms: u64,
+    #[serde(default)]
+    pub step: Vec<StepConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepOp {
+    Read,
+    Write,
+    Send,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Table {
+    Holding,
+    Input,
+    Coil,
+    Discrete,
+}
+
+impl Table {
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Holding => "holding",
+            Table::Input => "input",
+            Table::Coil => "coil",
+            Table::Discrete => "discrete",
+        }
+    }
+
+    #[must_use]
+    pub fn is_bits(self) -> bool {
+        matches!(self, Table::Coil | Table::Discrete)
+    }
+
+    #[must_use]
+    pub fn is_writable(self) -> bool {
+        matches!(self, Table::Holding | Table::Coil)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplyKind {
+    Text,
+    Hex,
+    None,
+}
+
+/// One step of a method: a Modbus read or write, or a serial exchange.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepConfig {
+    pub op: StepOp,
+    // modbus
+    pub table: Option<Table>,
+    pub address: Option<u16>,
+    #[serde(default)]
+    pub fields: Vec<FieldConfig>,
+    // serial
+    pub request: Option<String>,
+    pub request_hex: Option<String>,
+    #[serde(default)]
+    pub params: Vec<FieldConfig>,
+    pub expect: Option<String>,
+    pub reply: Option<ReplyKind>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataType {
+    U16,
+    I16,
+    U32,
+    I32,
+    U64,
+    I64,
+    F32,
+    F64,
+    Bool,
+    Bit,
+    String,
+}
+
+impl DataType {
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            DataType::U16 => "u16",
+            DataType::I16 => "i16",
+            DataType::U32 => "u32",
+            DataType::I32 => "i32",
+            DataType::U64 => "u64",
+            DataType::I64 => "i64",
+            DataType::F32 => "f32",
+            DataType::F64 => "f64",
+            DataType::Bool => "bool",
+            DataType::Bit => "bit",
+            DataType::String => "string",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Order {
+    #[default]
+    Big,
+    Little,
+}
+
+/// A constant in the config: a default or a fixed value.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum Constant {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Text(String),
+}
+
+impl Constant {
+    #[must_use]
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Constant::Bool(b) => serde_json::Value::Bool(*b),
+            Constant::Int(i) => serde_json::Value::from(*i),
+            Constant::Float(f) => serde_json::Number::from_f64(*f)
+                .map_or(serde_json::Value::Null, serde_json::Value::Number),
+            Constant::Text(s) => serde_json::Value::String(s.clone()),
+        }
+    }
+}
+
+/// A typed value in registers, bits, or a serial template/reply.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldConfig {
+    pub name: Option<String>,
+    #[serde(rename = "type")]
+    pub data_type: Option<DataType>,
+    /// Absolute register or bit address; default: right after the previous field.
+    pub address: Option<u16>,
+    pub bit: Option<u8>,
+    pub length: Option<u16>,
+    pub word_order: Option<Order>,
+    pub byte_order: Option<Order>,
+    pub scale: Option<f64>,
+    pub offset: Option<f64>,
+    pub decimals: Option<u8>,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    pub default: Option<Constant>,
+    pub value: Option<Constant>,
+}
+
+pub(crate) mod defaults {
+    pub fn port() -> u16 {
+        8883
+    }
+    pub fn keep_alive_s() -> u64 {
+        120
+    }
+    pub fn sas_ttl_s() -> u64 {
+        3600
+    }
+    pub fn max_connects_per_s() -> u32 {
+        50
+    }
+    pub fn max_payload_bytes() -> usize {
+        128 * 1024
+    }
+    pub fn connect_timeout_s() -> u64 {
+        10
+    }
+    pub fn reconnect_min_ms() -> u64 {
+        1000
+    }
+    pub fn reconnect_max_ms() -> u64 {
+        60_000
+    }
+    pub fn log_level() -> String {
+        "info".to_owned()
+    }
+    pub fn method_timeout_ms() -> u64 {
+        10_000
+    }
+    pub const BUS_TIMEOUT_MS: u64 = 1000;
+    pub const BUS_QUEUE_CAPACITY: usize = 64;
+    pub const BUS_RETRIES: u32 = 2;
+    pub const BUS_RECONNECT_MIN_MS: u64 = 500;
+    pub const BUS_RECONNECT_MAX_MS: u64 = 30_000;
+    pub const BAUD_RATE: u32 = 9600;
+}

@@ -1,0 +1,748 @@
+//! Whole-config checks (references between sections, ids defined twice, values in range) and
+//! the resolved runtime form. Collects every problem rather than stopping at the first.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::error::Problem;
+use super::schema::{
+    BusConfig, BusKind, DeviceConfig, FileConfig, HubConfig, Parity, ProfileConfig, TcpFraming,
+};
+use super::{Bus, BusSpec, Config, Device, Hub, Line, SerialFraming};
+use crate::hub::connstr::ConnectionString;
+use crate::hub::sas::Key;
+use crate::mapping::Method;
+
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn add(&mut self, file: &Path, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem {
+            file: file.to_path_buf(),
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+}
+
+/// Checks the merged files and resolves them into a [`Config`].
+///
+/// # Errors
+/// Every problem found.
+pub fn validate(files: Vec<(PathBuf, FileConfig)>) -> Result<Config, Vec<Problem>> {
+    let mut p = Problems(Vec::new());
+    let base = files.first().map(|(f, _)| f.clone()).unwrap_or_default();
+
+    let hub = single(&files, "hub", |f| f.hub.as_ref(), &mut p);
+    let log = single(&files, "log", |f| f.log.as_ref(), &mut p);
+    let hub = match hub {
+        Some((file, h)) => resolve_hub(file, h, &mut p),
+        None => {
+            p.add(
+                &base,
+                "hub",
+                "missing [hub] section (hostname of your IoT hub)",
+            );
+            None
+        }
+    };
+    let log_level = match log {
+        Some((file, l)) => match l.level.parse::<log::LevelFilter>() {
+            Ok(level) => level,
+            Err(_) => {
+                p.add(
+                    file,
+                    "log.level",
+                    format!(
+                        "{:?} is not one of off, error, warn, info, debug, trace",
+                        l.level
+                    ),
+                );
+                log::LevelFilter::Info
+            }
+        },
+        None => log::LevelFilter::Info,
+    };
+
+    let buses_in = indexed(&files, |f| &f.bus, |b: &BusConfig| &b.id, "bus", &mut p);
+    let profiles_in = indexed(
+        &files,
+        |f| &f.profile,
+        |pr: &ProfileConfig| &pr.id,
+        "profile",
+        &mut p,
+    );
+    let devices_in = indexed(
+        &files,
+        |f| &f.device,
+        |d: &DeviceConfig| &d.id,
+        "device",
+        &mut p,
+    );
+
+    let mut buses = Vec::new();
+    let mut bus_kinds = BTreeMap::new();
+    let mut paths_seen: BTreeMap<PathBuf, String> = BTreeMap::new();
+    for (file, path, b) in &buses_in {
+        bus_kinds.insert(b.id.clone(), b.kind);
+        if let Some(bus) = resolve_bus(file, path, b, &mut p) {
+            if let Some(dev) = bus.device_path() {
+                if let Some(other) = paths_seen.insert(dev.to_path_buf(), b.id.clone()) {
+                    p.add(
+                        file,
+                        format!("{path}.path"),
+                        format!(
+                            "{} is also used by bus {other:?}; one bus owns a line",
+                            dev.display()
+                        ),
+                    );
+                }
+            }
+            buses.push(bus);
+        }
+    }
+
+    let profiles: BTreeMap<&str, (&PathBuf, &String, &ProfileConfig)> = profiles_in
+        .iter()
+        .map(|(f, path, pr)| (pr.id.as_str(), (*f, path, *pr)))
+        .collect();
+
+    let mut devices = Vec::new();
+    let mut units_seen: BTreeMap<(String, u8), String> = BTreeMap::new();
+    for (file, path, d) in &devices_in {
+        let Some(kind) = bus_kinds.get(&d.bus).copied() else {
+            let known = bus_kinds.keys().cloned().collect::<Vec<_>>().join(", ");
+            p.add(
+                file,
+                format!("{path}.bus"),
+                format!("bus {:?} is not defined (defined: {known})", d.bus),
+            );
+            continue;
+        };
+        if let (Some(unit), true) = (d.unit, kind == BusKind::ModbusRtu) {
+            if let Some(other) = units_seen.insert((d.bus.clone(), unit), d.id.clone()) {
+                p.add(
+                    file,
+                    format!("{path}.unit"),
+                    format!("unit {unit} on bus {:?} is also device {other:?}", d.bus),
+                );
+            }
+        }
+        if let Some(device) = resolve_device(file, path, d, kind, hub.as_ref(), &profiles, &mut p) {
+            devices.push(device);
+        }
+    }
+
+    if !p.0.is_empty() {
+        return Err(p.0);
+    }
+    let Some(hub) = hub else {
+        return Err(p.0);
+    };
+    Ok(Config {
+        hub,
+        log_level,
+        buses,
+        devices,
+        files: files.into_iter().map(|(f, _)| f).collect(),
+    })
+}
+
+/// A section that may appear in one file only.
+fn single<'a, T>(
+    files: &'a [(PathBuf, FileConfig)],
+    name: &str,
+    get: impl Fn(&'a FileConfig) -> Option<&'a T>,
+    p: &mut Problems,
+) -> Option<(&'a PathBuf, &'a T)> {
+    let mut found: Option<(&PathBuf, &T)> = None;
+    for (file, f) in files {
+        if let Some(section) = get(f) {
+            match found {
+                Some((first, _)) => p.add(
+                    file,
+                    name,
+                    format!("[{name}] is already defined in {}", first.display()),
+                ),
+                None => found = Some((file, section)),
+            }
+        }
+    }
+    found
+}
+
+type Indexed<'a, T> = Vec<(&'a PathBuf, String, &'a T)>;
+
+/// Flattens `[[name]]` items across files, with their paths, refusing ids defined twice.
+fn indexed<'a, T>(
+    files: &'a [(PathBuf, FileConfig)],
+    items: impl Fn(&'a FileConfig) -> &'a Vec<T>,
+    id: impl Fn(&T) -> &String,
+    name: &str,
+    p: &mut Problems,
+) -> Indexed<'a, T> {
+    let mut seen: BTreeMap<&str, (&PathBuf, String)> = BTreeMap::new();
+    let mut out = Vec::new();
+    for (file, f) in files {
+        for (i, item) in items(f).iter().enumerate() {
+            let path = format!("{name}[{i}]");
+            let item_id = id(item);
+            if let Err(msg) = check_id(item_id) {
+                p.add(file, format!("{path}.id"), msg);
+                continue;
+            }
+            if let Some((first_file, first_path)) = seen.get(item_id.as_str()) {
+                p.add(
+                    file,
+                    format!("{path}.id"),
+                    format!(
+                        "{name} {item_id:?} is already defined at {}: {first_path}",
+                        first_file.display()
+                    ),
+                );
+                continue;
+            }
+            seen.insert(item_id, (file, path.clone()));
+            out.push((file, path, item));
+        }
+    }
+    out
+}
+
+/// IoT Hub device ids: up to 128 of `a-z A-Z 0-9 - . % _ * ? ! ( ) , : = @ $ '`. We use the same
+/// rule for bus and profile ids.
+fn check_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 128 {
+        return Err("must be 1 to 128 characters".to_owned());
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "-.%_*?!(),:=@$'".contains(*c)))
+    {
+        return Err(format!(
+            "{id:?} contains {c:?}; IoT Hub ids allow letters, digits and -.%_*?!(),:=@$'"
+        ));
+    }
+    Ok(())
+}
+
+fn resolve_hub(file: &Path, h: &HubConfig, p: &mut Problems) -> Option<Hub> {
+    let start = p.0.len();
+    if h.hostname.trim().is_empty() {
+        p.add(file, "hub.hostname", "must not be empty");
+    }
+    if h.port == 0 {
+        p.add(file, "hub.port", "must not be 0");
+    }
+    if !(5..=1177).contains(&h.keep_alive_s) {
+        p.add(file, "hub.keep_alive_s", format!("{} is outside 5..=1177 (IoT Hub closes idle links after 1.5 × keep-alive, at most 29.45 min)", h.keep_alive_s));
+    }
+    if !(10..=31_536_000).contains(&h.sas_ttl_s) {
+        p.add(
+            file,
+            "hub.sas_ttl_s",
+            format!("{} is outside 10..=31536000", h.sas_ttl_s),
+        );
+    }
+    if !(1..=10_000).contains(&h.max_connects_per_s) {
+        p.add(
+            file,
+            "hub.max_connects_per_s",
+            format!("{} is outside 1..=10000", h.max_connects_per_s),
+        );
+    }
+    if !(1024..=128 * 1024).contains(&h.max_payload_bytes) {
+        p.add(
+            file,
+            "hub.max_payload_bytes",
+            format!(
+                "{} is outside 1024..=131072 (IoT Hub's own limit is 128 KiB)",
+                h.max_payload_bytes
+            ),
+        );
+    }
+    if !(1..=300).contains(&h.connect_timeout_s) {
+        p.add(
+            file,
+            "hub.connect_timeout_s",
+            format!("{} is outside 1..=300", h.connect_timeout_s),
+        );
+    }
+    if h.reconnect_min_ms == 0 || h.reconnect_min_ms > h.reconnect_max_ms {
+        p.add(
+            file,
+            "hub.reconnect_min_ms",
+            format!(
+                "must be above 0 and at most reconnect_max_ms ({})",
+                h.reconnect_max_ms
+            ),
+        );
+    }
+    if let Some(ca) = &h.ca_file {
+        if let Err(e) = std::fs::metadata(ca) {
+            p.add(
+                file,
+                "hub.ca_file",
+                format!("cannot read {}: {e}", ca.display()),
+            );
+        }
+    }
+    (p.0.len() == start).then(|| Hub {
+        hostname: h.hostname.trim().to_owned(),
+        connect_host: h
+            .gateway_hostname
+            .clone()
+            .unwrap_or_else(|| h.hostname.trim().to_owned()),
+        gateway_hostname: h.gateway_hostname.clone(),
+        port: h.port,
+        ca_file: h.ca_file.clone(),
+        keep_alive: Duration::from_secs(h.keep_alive_s),
+        sas_ttl: Duration::from_secs(h.sas_ttl_s),
+        max_connects_per_s: h.max_connects_per_s,
+        max_payload_bytes: h.max_payload_bytes,
+        connect_timeout: Duration::from_secs(h.connect_timeout_s),
+        reconnect_min: Duration::from_millis(h.reconnect_min_ms),
+        reconnect_max: Duration::from_millis(h.reconnect_max_ms),
+    })
+}
+
+fn resolve_bus(file: &Path, path: &str, b: &BusConfig, p: &mut Problems) -> Option<Bus> {
+    use super::schema::defaults as d;
+    let start = p.0.len();
+    let kind = b.kind;
+    let mut not_for = |key: &str, present: bool| {
+        if present {
+            p.add(
+                file,
+                format!("{path}.{key}"),
+                format!("does not apply to kind = \"{}\"", kind.name()),
+            );
+        }
+    };
+    let serial_line = kind != BusKind::ModbusTcp;
+    not_for("address", b.address.is_some() && serial_line);
+    not_for("framing", b.framing.is_some() && serial_line);
+    for (key, present) in [
+        ("path", b.path.is_some()),
+        ("baud_rate", b.baud_rate.is_some()),
+        ("parity", b.parity.is_some()),
+        ("data_bits", b.data_bits.is_some()),
+        ("stop_bits", b.stop_bits.is_some()),
+    ] {
+        not_for(key, present && !serial_line);
+    }
+    not_for(
+        "frame_gap_us",
+        b.frame_gap_us.is_some() && kind != BusKind::ModbusRtu,
+    );
+    for (key, present) in [
+        ("terminator", b.terminator.is_some()),
+        ("reply_length", b.reply_length.is_some()),
+        ("idle_gap_ms", b.idle_gap_ms.is_some()),
+    ] {
+        not_for(key, present && kind != BusKind::Serial);
+    }
+
+    let timeout_ms = b.timeout_ms.unwrap_or(d::BUS_TIMEOUT_MS);
+    if !(10..=60_000).contains(&timeout_ms) {
+        p.add(
+            file,
+            format!("{path}.timeout_ms"),
+            format!("{timeout_ms} is outside 10..=60000"),
+        );
+    }
+    let queue_capacity = b.queue_capacity.unwrap_or(d::BUS_QUEUE_CAPACITY);
+    if !(1..=100_000).contains(&queue_capacity) {
+        p.add(
+            file,
+            format!("{path}.queue_capacity"),
+            format!("{queue_capacity} is outside 1..=100000"),
+        );
+    }
+    let retries = b.retries.unwrap_or(d::BUS_RETRIES);
+    if retries > 10 {
+        p.add(
+            file,
+            format!("{path}.retries"),
+            format!("{retries} is above 10"),
+        );
+    }
+    let reconnect_min_ms = b.reconnect_min_ms.unwrap_or(d::BUS_RECONNECT_MIN_MS);
+    let reconnect_max_ms = b.reconnect_max_ms.unwrap_or(d::BUS_RECONNECT_MAX_MS);
+    if reconnect_min_ms == 0 || reconnect_min_ms > reconnect_max_ms {
+        p.add(
+            file,
+            format!("{path}.reconnect_min_ms"),
+            format!("must be above 0 and at most reconnect_max_ms ({reconnect_max_ms})"),
+        );
+    }
+
+    let line = if serial_line {
+        resolve_line(file, path, b, p)
+    } else {
+        None
+    };
+    let spec = match kind {
+        BusKind::ModbusTcp => match &b.address {
+            Some(a)
+                if a.rsplit_once(':').is_some_and(|(h, port)| {
+                    !h.is_empty() && port.parse::<u16>().is_ok_and(|n| n > 0)
+                }) =>
+            {
+                Some(BusSpec::ModbusTcp {
+                    address: a.clone(),
+                    framing: b.framing.unwrap_or_default(),
+                })
+            }
+            Some(a) => {
+                p.add(
+                    file,
+                    format!("{path}.address"),
+                    format!("{a:?} is not host:port"),
+                );
+                None
+            }
+            None => {
+                p.add(
+                    file,
+                    format!("{path}.address"),
+                    "missing (host:port of the Modbus TCP device)",
+                );
+                None
+            }
+        },
+        BusKind::ModbusRtu => line.map(|line| {
+            let gap = b
+                .frame_gap_us
+                .map_or_else(|| line.silent_interval(), Duration::from_micros);
+            BusSpec::ModbusRtu {
+                line,
+                frame_gap: gap,
+            }
+        }),
+        BusKind::Serial => {
+            let framing = match (&b.terminator, b.reply_length, b.idle_gap_ms) {
+                (Some(t), None, None) if !t.is_empty() => {
+                    Some(SerialFraming::Terminator(t.as_bytes().to_vec()))
+                }
+                (None, Some(n), None) if (1..=4096).contains(&n) => Some(SerialFraming::Length(n)),
+                (None, None, Some(ms)) if (1..=10_000).contains(&ms) => {
+                    Some(SerialFraming::IdleGap(Duration::from_millis(ms)))
+                }
+                (None, None, None) => {
+                    p.add(
+                        file,
+                        path,
+                        "serial buses need one framing: terminator, reply_length or idle_gap_ms",
+                    );
+                    None
+                }
+                (Some(_), None, None) => {
+                    p.add(file, format!("{path}.terminator"), "must not be empty");
+                    None
+                }
+                (None, Some(n), None) => {
+                    p.add(
+                        file,
+                        format!("{path}.reply_length"),
+                        format!("{n} is outside 1..=4096"),
+                    );
+                    None
+                }
+                (None, None, Some(ms)) => {
+                    p.add(
+                        file,
+                        format!("{path}.idle_gap_ms"),
+                        format!("{ms} is outside 1..=10000"),
+                    );
+                    None
+                }
+                _ => {
+                    p.add(
+                        file,
+                        path,
+                        "give only one of terminator, reply_length, idle_gap_ms",
+                    );
+                    None
+                }
+            };
+            line.zip(framing)
+                .map(|(line, framing)| BusSpec::Serial { line, framing })
+        }
+    };
+    if p.0.len() != start {
+        return None;
+    }
+    Some(Bus {
+        id: b.id.clone(),
+        spec: spec?,
+        timeout: Duration::from_millis(timeout_ms),
+        queue_capacity,
+        retries,
+        reconnect_min: Duration::from_millis(reconnect_min_ms),
+        reconnect_max: Duration::from_millis(reconnect_max_ms),
+    })
+}
+
+fn resolve_line(file: &Path, path: &str, b: &BusConfig, p: &mut Problems) -> Option<Line> {
+    let start = p.0.len();
+    let Some(dev) = &b.path else {
+        p.add(
+            file,
+            format!("{path}.path"),
+            "missing (serial device, e.g. /dev/ttyUSB0)",
+        );
+        return None;
+    };
+    let baud_rate = b.baud_rate.unwrap_or(super::schema::defaults::BAUD_RATE);
+    if !(300..=4_000_000).contains(&baud_rate) {
+        p.add(
+            file,
+            format!("{path}.baud_rate"),
+            format!("{baud_rate} is outside 300..=4000000"),
+        );
+    }
+    let data_bits = b.data_bits.unwrap_or(8);
+    if !(5..=8).contains(&data_bits) {
+        p.add(
+            file,
+            format!("{path}.data_bits"),
+            format!("{data_bits} is outside 5..=8"),
+        );
+    }
+    let stop_bits = b.stop_bits.unwrap_or(1);
+    if !(1..=2).contains(&stop_bits) {
+        p.add(
+            file,
+            format!("{path}.stop_bits"),
+            format!("{stop_bits} is not 1 or 2"),
+        );
+    }
+    (p.0.len() == start).then(|| Line {
+        path: dev.clone(),
+        baud_rate,
+        parity: b.parity.unwrap_or_default(),
+        data_bits,
+        stop_bits,
+    })
+}
+
+fn resolve_device(
+    file: &Path,
+    path: &str,
+    d: &DeviceConfig,
+    kind: BusKind,
+    hub: Option<&Hub>,
+    profiles: &BTreeMap<&str, (&PathBuf, &String, &ProfileConfig)>,
+    p: &mut Problems,
+) -> Option<Device> {
+    let start = p.0.len();
+    let key = resolve_key(file, path, d, hub, p);
+    let unit = match (kind, d.unit) {
+        (BusKind::Serial, Some(_)) => {
+            p.add(
+                file,
+                format!("{path}.unit"),
+                "does not apply to devices on a serial bus",
+            );
+            0
+        }
+        (BusKind::Serial, None) => 0,
+        (BusKind::ModbusRtu, Some(u)) if (1..=247).contains(&u) => u,
+        (BusKind::ModbusRtu, Some(u)) => {
+            p.add(
+                file,
+                format!("{path}.unit"),
+                format!("{u} is outside 1..=247 (0 is broadcast, which never answers)"),
+            );
+            0
+        }
+        (BusKind::ModbusTcp, Some(u)) => u,
+        (_, None) => {
+            p.add(file, format!("{path}.unit"), "missing (the Modbus unit id)");
+            0
+        }
+    };
+    let mut methods: BTreeMap<String, Arc<Method>> = BTreeMap::new();
+    if let Some(profile_id) = &d.profile {
+        match profiles.get(profile_id.as_str()) {
+            Some((pfile, ppath, profile)) => {
+                for (i, m) in profile.method.iter().enumerate() {
+                    // Profile methods are compiled for this device's bus kind: the same profile on
+                    // a serial bus is a problem worth naming at the device.
+                    match Method::compile(m, kind, &format!("{ppath}.method[{i}]")) {
+                        Ok(method) => {
+                            methods.insert(method.name.clone(), Arc::new(method));
+                        }
+                        Err(problems) => {
+                            for pr in problems {
+                                p.add(
+                                    pfile,
+                                    pr.path,
+                                    format!("{} (used by device {:?})", pr.message, d.id),
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+            None => p.add(
+                file,
+                format!("{path}.profile"),
+                format!("profile {profile_id:?} is not defined"),
+            ),
+        }
+    }
+    let mut own = std::collections::BTreeSet::new();
+    for (i, m) in d.method.iter().enumerate() {
+        let mpath = format!("{path}.method[{i}]");
+        if !own.insert(m.name.clone()) {
+            p.add(
+                file,
+                format!("{mpath}.name"),
+                format!("method {:?} is defined twice", m.name),
+            );
+            continue;
+        }
+        match Method::compile(m, kind, &mpath) {
+            // A device's own method overrides the profile's method of the same name.
+            Ok(method) => {
+                methods.insert(method.name.clone(), Arc::new(method));
+            }
+            Err(problems) => {
+                for pr in problems {
+                    p.add(file, pr.path, pr.message);
+                }
+            }
+        }
+    }
+    if methods.is_empty() && !d.raw_methods {
+        p.add(file, path, format!("device {:?} has no methods (add [[device.method]], a profile, or raw_methods = true)", d.id));
+    }
+    if p.0.len() != start {
+        return None;
+    }
+    Some(Device {
+        id: d.id.clone(),
+        key: key?,
+        bus: d.bus.clone(),
+        unit,
+        raw_methods: d.raw_methods,
+        methods,
+        fingerprint: format!("{d:?}"),
+    })
+}
+
+fn resolve_key(
+    file: &Path,
+    path: &str,
+    d: &DeviceConfig,
+    hub: Option<&Hub>,
+    p: &mut Problems,
+) -> Option<Key> {
+    let given = [
+        d.connection_string.is_some(),
+        d.shared_access_key.is_some(),
+        d.shared_access_key_file.is_some(),
+    ];
+    match given.iter().filter(|g| **g).count() {
+        0 => {
+            p.add(file, path, "missing credentials: connection_string, shared_access_key or shared_access_key_file");
+            return None;
+        }
+        1 => {}
+        _ => {
+            p.add(
+                file,
+                path,
+                "give only one of connection_string, shared_access_key, shared_access_key_file",
+            );
+            return None;
+        }
+    }
+    if let Some(cs) = &d.connection_string {
+        let key_path = format!("{path}.connection_string");
+        return match cs.0.parse::<ConnectionString>() {
+            Ok(cs) => {
+                if cs.device_id != d.id {
+                    p.add(
+                        file,
+                        &key_path,
+                        format!("DeviceId {:?} does not match id {:?}", cs.device_id, d.id),
+                    );
+                }
+                if let Some(hub) = hub {
+                    if !cs.host_name.eq_ignore_ascii_case(&hub.hostname) {
+                        p.add(
+                            file,
+                            &key_path,
+                            format!(
+                                "HostName {:?} does not match [hub] hostname {:?}",
+                                cs.host_name, hub.hostname
+                            ),
+                        );
+                    }
+                    if let Some(gw) = &cs.gateway_host_name {
+                        if hub.gateway_hostname.as_deref() != Some(gw.as_str()) {
+                            p.add(file, &key_path, format!("GatewayHostName {gw:?} does not match [hub] gateway_hostname; set it there"));
+                        }
+                    }
+                }
+                Some(cs.key)
+            }
+            Err(e) => {
+                p.add(file, key_path, e.to_string());
+                None
+            }
+        };
+    }
+    if let Some(k) = &d.shared_access_key {
+        return match Key::from_base64(&k.0) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                p.add(file, format!("{path}.shared_access_key"), e.to_string());
+                None
+            }
+        };
+    }
+    let key_file = d.shared_access_key_file.as_ref()?;
+    let kpath = format!("{path}.shared_access_key_file");
+    match std::fs::read_to_string(key_file) {
+        Ok(text) => match Key::from_base64(text.trim()) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                p.add(file, kpath, format!("{}: {e}", key_file.display()));
+                None
+            }
+        },
+        Err(e) => {
+            p.add(
+                file,
+                kpath,
+                format!("cannot read {}: {e}", key_file.display()),
+            );
+            None
+        }
+    }
+}
+
+impl Line {
+    /// The Modbus RTU silent interval: 3.5 character times, fixed at 1.75 ms above 19200 baud
+    /// (Modbus over serial line v1.02, 2.5.1.1).
+    #[must_use]
+    pub fn silent_interval(&self) -> Duration {
+        if self.baud_rate > 19_200 {
+            return Duration::from_micros(1750);
+        }
+        let bits_per_char = 1
+            + u64::from(self.data_bits)
+            + u64::from(self.stop_bits)
+            + u64::from(self.parity != Parity::None);
+        Duration::from_micros(bits_per_char * 3_500_000 / u64::from(self.baud_rate.max(1)))
+    }
+}
+
+// TcpFraming is re-exported through BusSpec; keep the import used in one place.
+const _: Option<TcpFraming> = None;

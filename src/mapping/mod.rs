@@ -1,0 +1,11 @@
+//! Method definitions → bus operations → JSON replies, and the status contract. Pure logic, no
+//! I/O: everything here is unit tested without buses or a hub.
+
+pub mod method;
+pub mod raw;
+pub mod status;
+pub mod template;
+pub mod value;
+
+pub use method::{Method, Problem, ReplyError, RequestError};
+pub use status::{Failure, respond};

@@ -1,0 +1,106 @@
+//! The method status contract (design.md): every failure becomes one status, one JSON body and
+//! one log level, here and nowhere else. The `match` is exhaustive on purpose: a new error
+//! variant must be given a status before the code compiles.
+
+use serde_json::{Value, json};
+
+use super::method::{ReplyError, RequestError};
+use crate::bus;
+
+/// Why a method request did not produce a 200.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    #[error("payload of {size} bytes exceeds the limit of {limit}")]
+    TooLarge { size: usize, limit: usize },
+    #[error("payload is not JSON: {0}")]
+    NotJson(String),
+    #[error("bad request: {0}")]
+    BadRequest(#[from] RequestError),
+    #[error("no method of that name")]
+    UnknownMethod { methods: Vec<String> },
+    #[error("bus {bus}: {error}")]
+    Bus {
+        bus: String,
+        #[source]
+        error: bus::Error,
+        timeout_ms: u64,
+    },
+    #[error("unusable device reply: {0}")]
+    Reply(#[from] ReplyError),
+    #[error("leafgate is shutting down")]
+    ShuttingDown,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Status, body and log level for a failure.
+#[must_use]
+pub fn respond(failure: &Failure) -> (u16, Value, log::Level) {
+    use log::Level::{Error, Info, Warn};
+    match failure {
+        Failure::TooLarge { size, limit } => (
+            413,
+            json!({"error": "payload_too_large", "message": failure.to_string(), "size": size, "limit": limit}),
+            Warn,
+        ),
+        Failure::NotJson(msg) => (
+            400,
+            json!({"error": "bad_request", "message": format!("payload is not JSON: {msg}")}),
+            Info,
+        ),
+        Failure::BadRequest(e) => {
+            let mut body = json!({"error": "bad_request", "message": e.message});
+            if let Some(field) = &e.field {
+                body["field"] = Value::String(field.clone());
+            }
+            (400, body, Info)
+        }
+        Failure::UnknownMethod { methods } => (
+            501,
+            json!({"error": "unknown_method", "methods": methods}),
+            Info,
+        ),
+        Failure::Bus {
+            bus,
+            error,
+            timeout_ms,
+        } => match error {
+            bus::Error::Exception { code } => (
+                422,
+                json!({"error": "device_exception", "code": code, "name": bus::error::exception_name(*code)}),
+                Warn,
+            ),
+            bus::Error::Timeout(_) | bus::Error::Expired => (
+                504,
+                json!({"error": "device_timeout", "timeout_ms": timeout_ms, "message": error.to_string()}),
+                Warn,
+            ),
+            bus::Error::Protocol(msg) => (
+                502,
+                json!({"error": "bad_device_reply", "message": msg}),
+                Warn,
+            ),
+            bus::Error::Unavailable(_) | bus::Error::QueueFull(_) | bus::Error::ShuttingDown => (
+                503,
+                json!({"error": "bus_unavailable", "bus": bus, "message": error.to_string()}),
+                Warn,
+            ),
+        },
+        Failure::Reply(e) => (
+            502,
+            json!({"error": "bad_device_reply", "message": e.0}),
+            Warn,
+        ),
+        Failure::ShuttingDown => (
+            503,
+            json!({"error": "bus_unavailable", "message": "leafgate is shutting down"}),
+            Info,
+        ),
+        // Details go to the journal only; the caller learns nothing about internals.
+        Failure::Internal(_) => (
+            500,
+            json!({"error": "internal", "message": "internal error; see the gateway's journal"}),
+            Error,
+        ),
+    }
+}
