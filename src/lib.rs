@@ -7,7 +7,10 @@
 //! - [`mapping`]: method definitions → bus operations → JSON replies, and the status contract.
 //! - [`bus`]: one actor per physical bus (Modbus TCP, Modbus RTU, raw serial).
 
+pub mod backoff;
 pub mod bus;
 pub mod config;
+pub mod gateway;
 pub mod hub;
 pub mod mapping;
+pub mod systemd;

@@ -1,5 +1,135 @@
-//! The `leafgate` binary: argument parsing, logging, exit codes. The library does the work.
+//! The `leafgate` binary: arguments, logging, signals, exit codes. The library does the work.
 
-fn main() {
-    println!("leafgate {}", env!("CARGO_PKG_VERSION"));
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use leafgate::{config, gateway, systemd};
+
+/// Exit code for a bad config (EX_CONFIG); the unit sets `RestartPreventExitStatus=78` so
+/// systemd does not restart-loop on it.
+const EXIT_CONFIG: u8 = 78;
+
+#[derive(Parser)]
+#[command(
+    name = "leafgate",
+    version,
+    about = "Serve Azure IoT Hub direct methods from Modbus and serial leaf devices"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Run {
+        /// Config file; drop-ins are read from conf.d/ beside it.
+        #[arg(short, long, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+        /// Overrides [log] level (off, error, warn, info, debug, trace).
+        #[arg(long)]
+        log_level: Option<log::LevelFilter>,
+    },
+    /// Validate the config (and drop-ins) without connecting anything; exit 78 on problems.
+    Check {
+        #[arg(short, long, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Run { config, log_level } => run(&config, log_level),
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match config::load(path) {
+        Ok(cfg) => {
+            let methods: usize = cfg.devices.iter().map(|d| d.methods.len()).sum();
+            println!(
+                "{}: ok ({} file(s), {} bus(es), {} device(s), {} method(s))",
+                path.display(),
+                cfg.files.len(),
+                cfg.buses.len(),
+                cfg.devices.len(),
+                methods
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            for p in &e.problems {
+                eprintln!("{p}");
+            }
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+fn run(path: &std::path::Path, level_override: Option<log::LevelFilter>) -> ExitCode {
+    if let Err(e) = systemd::init_logging(level_override.unwrap_or(log::LevelFilter::Info)) {
+        eprintln!("leafgate: cannot start logging: {e}");
+    }
+    let cfg = match config::load(path) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            for p in &e.problems {
+                log::error!("{p}");
+            }
+            log::error!("not starting: {} config problem(s)", e.problems.len());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    systemd::set_level(level_override.unwrap_or(cfg.log_level));
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            log::error!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(cfg: config::Config) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let gw = gateway::Gateway::start(&cfg)?;
+    systemd::notify_ready(&format!("0/{} devices connected", gw.devices()));
+    log::info!(
+        "leafgate {} running with {}",
+        env!("CARGO_PKG_VERSION"),
+        cfg.files[0].display()
+    );
+    let mut status = tokio::time::interval(Duration::from_secs(5));
+    status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = status.tick() => systemd::notify_status(&format!(
+                "{}/{} devices connected, {}/{} buses up",
+                gw.connected(), gw.devices(), gw.buses_up(), gw.buses()
+            )),
+        }
+    }
+    log::info!("stopping: finishing methods in flight");
+    systemd::notify_stopping();
+    gw.shutdown(Duration::from_secs(20)).await;
+    Ok(())
 }

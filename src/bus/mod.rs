@@ -1,8 +1,78 @@
 //! Hardware: one actor per physical bus owns its transport and runs jobs one at a time.
+//!
+//! - [`actor`]: the queue, deadlines, reconnects; generic over a [`link::Link`].
+//! - [`modbus_tcp`]: Modbus TCP (MBAP) through tokio-modbus.
+//! - [`modbus_rtu`]: Modbus RTU master on a serial line or RTU-over-TCP; [`frame`] its frames.
+//! - [`serial`]: raw serial exchanges framed by terminator, length or idle gap.
 
+pub mod actor;
 pub mod error;
 pub mod frame;
+pub mod link;
+pub mod modbus_rtu;
+pub mod modbus_tcp;
 pub mod op;
+pub mod port;
+pub mod serial;
 
+use tokio_util::sync::CancellationToken;
+
+pub use actor::{Handle, Label};
 pub use error::Error;
 pub use op::{Op, Output, WriteData};
+
+use crate::config::schema::TcpFraming;
+use crate::config::{Bus, BusSpec};
+
+/// Starts the actor for a configured bus.
+pub fn start(bus: &Bus, shutdown: CancellationToken) -> (Handle, tokio::task::JoinHandle<()>) {
+    let settings = actor::Settings {
+        id: bus.id.as_str().into(),
+        timeout: bus.timeout,
+        queue_capacity: bus.queue_capacity,
+        retries: bus.retries,
+        reconnect_min: bus.reconnect_min,
+        reconnect_max: bus.reconnect_max,
+    };
+    let connect_timeout = bus.timeout.max(std::time::Duration::from_secs(1));
+    match &bus.spec {
+        BusSpec::ModbusTcp {
+            address,
+            framing: TcpFraming::Mbap,
+        } => actor::spawn(
+            settings,
+            modbus_tcp::TcpLink::new(address.clone(), connect_timeout),
+            shutdown,
+        ),
+        BusSpec::ModbusTcp {
+            address,
+            framing: TcpFraming::Rtu,
+        } => {
+            let endpoint = modbus_rtu::Endpoint::Tcp {
+                address: address.clone(),
+                connect_timeout,
+            };
+            actor::spawn(
+                settings,
+                modbus_rtu::RtuLink::new(endpoint, std::time::Duration::ZERO),
+                shutdown,
+            )
+        }
+        BusSpec::ModbusRtu { line, frame_gap } => {
+            let endpoint = modbus_rtu::Endpoint::Serial(line.clone());
+            actor::spawn(
+                settings,
+                modbus_rtu::RtuLink::new(endpoint, *frame_gap),
+                shutdown,
+            )
+        }
+        BusSpec::Serial { line, framing } => {
+            let endpoint = modbus_rtu::Endpoint::Serial(line.clone());
+            actor::spawn(
+                settings,
+                serial::SerialLink::new(endpoint, framing.clone()),
+                shutdown,
+            )
+        }
+    }
+}

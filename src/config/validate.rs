@@ -37,6 +37,7 @@ pub fn validate(files: Vec<(PathBuf, FileConfig)>) -> Result<Config, Vec<Problem
 
     let hub = single(&files, "hub", |f| f.hub.as_ref(), &mut p);
     let log = single(&files, "log", |f| f.log.as_ref(), &mut p);
+    let hub_raw = hub;
     let hub = match hub {
         Some((file, h)) => resolve_hub(file, h, &mut p),
         None => {
@@ -130,7 +131,8 @@ pub fn validate(files: Vec<(PathBuf, FileConfig)>) -> Result<Config, Vec<Problem
                 );
             }
         }
-        if let Some(device) = resolve_device(file, path, d, kind, hub.as_ref(), &profiles, &mut p) {
+        let hub_names = hub_raw.map(|(_, h)| (h.hostname.trim(), h.gateway_hostname.as_deref()));
+        if let Some(device) = resolve_device(file, path, d, kind, hub_names, &profiles, &mut p) {
             devices.push(device);
         }
     }
@@ -534,7 +536,7 @@ fn resolve_device(
     path: &str,
     d: &DeviceConfig,
     kind: BusKind,
-    hub: Option<&Hub>,
+    hub: Option<(&str, Option<&str>)>,
     profiles: &BTreeMap<&str, (&PathBuf, &String, &ProfileConfig)>,
     p: &mut Problems,
 ) -> Option<Device> {
@@ -618,7 +620,7 @@ fn resolve_device(
             }
         }
     }
-    if methods.is_empty() && !d.raw_methods {
+    if d.method.is_empty() && d.profile.is_none() && !d.raw_methods {
         p.add(file, path, format!("device {:?} has no methods (add [[device.method]], a profile, or raw_methods = true)", d.id));
     }
     if p.0.len() != start {
@@ -635,11 +637,12 @@ fn resolve_device(
     })
 }
 
+/// `hub` is the raw (host name, gateway host name), checked even when other [hub] keys are bad.
 fn resolve_key(
     file: &Path,
     path: &str,
     d: &DeviceConfig,
-    hub: Option<&Hub>,
+    hub: Option<(&str, Option<&str>)>,
     p: &mut Problems,
 ) -> Option<Key> {
     let given = [
@@ -673,19 +676,19 @@ fn resolve_key(
                         format!("DeviceId {:?} does not match id {:?}", cs.device_id, d.id),
                     );
                 }
-                if let Some(hub) = hub {
-                    if !cs.host_name.eq_ignore_ascii_case(&hub.hostname) {
+                if let Some((hostname, gateway)) = hub {
+                    if !cs.host_name.eq_ignore_ascii_case(hostname) {
                         p.add(
                             file,
                             &key_path,
                             format!(
-                                "HostName {:?} does not match [hub] hostname {:?}",
-                                cs.host_name, hub.hostname
+                                "HostName {:?} does not match [hub] hostname {hostname:?}",
+                                cs.host_name
                             ),
                         );
                     }
                     if let Some(gw) = &cs.gateway_host_name {
-                        if hub.gateway_hostname.as_deref() != Some(gw.as_str()) {
+                        if gateway != Some(gw.as_str()) {
                             p.add(file, &key_path, format!("GatewayHostName {gw:?} does not match [hub] gateway_hostname; set it there"));
                         }
                     }

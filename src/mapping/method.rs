@@ -237,7 +237,15 @@ impl Method {
         let mut reply = Map::new();
         for (step, output) in self.steps.iter().zip(outputs) {
             match (step, output) {
-                (Step::Read { count, fields, .. }, Output::Registers(regs)) => {
+                (
+                    Step::Read {
+                        table,
+                        count,
+                        fields,
+                        ..
+                    },
+                    Output::Registers(regs),
+                ) if !table.is_bits() => {
                     check_len(regs.len(), *count)?;
                     for f in fields {
                         let start = usize::from(f.pos);
@@ -246,7 +254,15 @@ impl Method {
                         reply.insert(f.name.clone(), value::decode(&f.layout, slice));
                     }
                 }
-                (Step::Read { count, fields, .. }, Output::Bits(bits)) => {
+                (
+                    Step::Read {
+                        table,
+                        count,
+                        fields,
+                        ..
+                    },
+                    Output::Bits(bits),
+                ) if table.is_bits() => {
                     check_len(bits.len(), *count)?;
                     for f in fields {
                         let bit = bits
@@ -1078,4 +1094,167 @@ fn compile_send(step: &StepConfig, path: &str, problems: &mut Vec<Problem>) -> O
         reply,
         captures,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::schema::FileConfig;
+    use serde_json::json;
+
+    /// Compiles the first method of a one-device TOML snippet.
+    fn method(bus: BusKind, toml: &str) -> Result<Method, Vec<Problem>> {
+        let cfg: FileConfig = config::Config::builder()
+            .add_source(config::File::from_str(toml, config::FileFormat::Toml))
+            .build()
+            .unwrap()
+            .try_deserialize()
+            .unwrap();
+        Method::compile(&cfg.device[0].method[0], bus, "m")
+    }
+
+    const SET_SPEED: &str = r#"
+        [[device]]
+        id = "d"
+        bus = "b"
+        [[device.method]]
+        name = "setSpeed"
+        [[device.method.step]]
+        op = "write"
+        table = "holding"
+        address = 100
+        fields = [
+          { name = "speed", type = "f32", min = 0, max = 1500, word_order = "little" },
+          { name = "ramp", type = "u16", default = 5, scale = 0.1 },
+          { type = "u16", value = 1 },
+        ]
+        [[device.method.step]]
+        op = "read"
+        table = "holding"
+        address = 100
+        fields = [{ name = "speed", type = "f32", word_order = "little" }, { name = "flags", type = "bit", address = 103, bit = 2 }]
+    "#;
+
+    #[test]
+    fn write_then_read_back_builds_one_job_and_one_reply() {
+        let m = method(BusKind::ModbusTcp, SET_SPEED).unwrap();
+        assert_eq!(m.inputs().iter().collect::<Vec<_>>(), ["ramp", "speed"]);
+        let ops = m.prepare(7, &json!({"speed": 1.5})).unwrap();
+        assert_eq!(
+            ops,
+            vec![
+                Op::Write {
+                    unit: 7,
+                    address: 100,
+                    data: WriteData::Registers(vec![0x0000, 0x3FC0, 50, 1])
+                },
+                Op::Read {
+                    unit: 7,
+                    table: Table::Holding,
+                    address: 100,
+                    count: 4
+                },
+            ]
+        );
+        let reply = m
+            .reply(&[
+                Output::Written,
+                Output::Registers(vec![0x0000, 0x3FC0, 50, 0b100]),
+            ])
+            .unwrap();
+        assert_eq!(reply, json!({"speed": 1.5, "flags": true}));
+    }
+
+    #[test]
+    fn bad_payloads_are_refused_with_the_field_named() {
+        let m = method(BusKind::ModbusTcp, SET_SPEED).unwrap();
+        let cases = [
+            (json!({"speed": 1501}), Some("speed")),
+            (json!({"speed": "fast"}), Some("speed")),
+            (json!({}), Some("speed")),
+            (json!({"speed": 1, "sped": 2}), Some("sped")),
+            (json!([1, 2]), None),
+            (json!("x"), None),
+            (json!({"speed": 1, "ramp": -1}), Some("ramp")),
+        ];
+        for (payload, field) in cases {
+            let err = m.prepare(1, &payload).unwrap_err();
+            assert_eq!(err.field.as_deref(), field, "{payload}: {err}");
+        }
+    }
+
+    #[test]
+    fn replies_of_the_wrong_shape_are_bad_device_replies() {
+        let m = method(BusKind::ModbusTcp, SET_SPEED).unwrap();
+        assert!(m.reply(&[Output::Written]).is_err());
+        assert!(
+            m.reply(&[Output::Written, Output::Registers(vec![0; 3])])
+                .is_err()
+        );
+        assert!(
+            m.reply(&[Output::Written, Output::Bits(vec![true; 4])])
+                .is_err()
+        );
+    }
+
+    const PSU: &str = r#"
+        [[device]]
+        id = "psu"
+        bus = "s"
+        [[device.method]]
+        name = "measure"
+        [[device.method.step]]
+        op = "send"
+        request = "VOLT {volts:.3};LABEL {label}\r\n"
+        params = [{ name = "volts", type = "f64", min = 0, max = 30 }, { name = "label", default = "x" }]
+        expect = '^VOLT (?P<volts>[0-9.]+) ON=(?P<on>\w+) ID=(?P<id>\S+)$'
+        fields = [{ name = "volts", type = "f64" }, { name = "on", type = "bool" }]
+    "#;
+
+    #[test]
+    fn serial_templates_render_and_patterns_become_typed_fields() {
+        let m = method(BusKind::Serial, PSU).unwrap();
+        let ops = m.prepare(0, &json!({"volts": 12.5})).unwrap();
+        assert_eq!(
+            ops,
+            vec![Op::Serial {
+                request: b"VOLT 12.500;LABEL x\r\n".to_vec(),
+                reply: true
+            }]
+        );
+        let reply = m
+            .reply(&[Output::Reply(b"VOLT 12.500 ON=on ID=A7".to_vec())])
+            .unwrap();
+        assert_eq!(reply, json!({"volts": 12.5, "on": true, "id": "A7"}));
+        let err = m.reply(&[Output::Reply(b"ERR 7".to_vec())]).unwrap_err();
+        assert!(err.0.contains("does not match"), "{err}");
+        let err = m
+            .reply(&[Output::Reply(b"VOLT 1.2.3 ON=on ID=A".to_vec())])
+            .unwrap_err();
+        assert!(err.0.contains("volts"), "{err}");
+    }
+
+    #[test]
+    fn serial_strings_cannot_inject_a_second_command() {
+        let m = method(BusKind::Serial, PSU).unwrap();
+        let err = m
+            .prepare(0, &json!({"volts": 1, "label": "a\r\nOUTP ON"}))
+            .unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("label"));
+        assert!(m.prepare(0, &json!({"volts": 31})).is_err());
+    }
+
+    #[test]
+    fn steps_must_suit_the_bus() {
+        let problems = method(BusKind::ModbusRtu, PSU).unwrap_err();
+        assert!(
+            problems.iter().any(|p| p.path == "m.step[0].op"),
+            "{problems:?}"
+        );
+        let problems = method(BusKind::Serial, SET_SPEED).unwrap_err();
+        assert!(
+            problems.iter().all(|p| p.path.ends_with(".op")),
+            "{problems:?}"
+        );
+    }
 }

@@ -1,0 +1,299 @@
+//! The bus actor: one task owns a bus's transport and runs queued jobs one at a time, in arrival
+//! order. A job is a method's whole list of operations, so a write and its read-back are never
+//! split by another device's traffic.
+//!
+//! Rules that keep a factory floor safe:
+//! - a job whose deadline passed while it waited is dropped unexecuted (never run a write after
+//!   its caller was told it timed out);
+//! - every operation runs under min(bus timeout, time left to the deadline);
+//! - a full queue answers at once (503) instead of growing;
+//! - the link reconnects in the background with backoff; jobs that arrive while it is down fail
+//!   fast (503) rather than waiting for a connect;
+//! - shutdown is honoured only between jobs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::link::Link;
+use super::{Error, Op, Output};
+use crate::backoff::Backoff;
+
+/// Who a job is for, carried only for log lines.
+#[derive(Debug, Clone, Default)]
+pub struct Label {
+    pub device: Arc<str>,
+    pub method: Arc<str>,
+    pub rid: Arc<str>,
+}
+
+pub struct Job {
+    pub ops: Vec<Op>,
+    pub deadline: Instant,
+    pub label: Label,
+    pub reply: oneshot::Sender<Result<Vec<Output>, Error>>,
+}
+
+/// The actor's settings, from the bus config.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub id: Arc<str>,
+    pub timeout: Duration,
+    pub queue_capacity: usize,
+    pub retries: u32,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+}
+
+/// A cheap, cloneable way to submit jobs to a bus.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    id: Arc<str>,
+    tx: mpsc::Sender<Job>,
+    capacity: usize,
+    up: watch::Receiver<bool>,
+}
+
+impl Handle {
+    #[must_use]
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Whether the transport is open right now.
+    #[must_use]
+    pub fn is_up(&self) -> bool {
+        *self.up.borrow()
+    }
+
+    /// A receiver that changes when the transport opens or closes.
+    #[must_use]
+    pub fn up_watch(&self) -> watch::Receiver<bool> {
+        self.up.clone()
+    }
+
+    /// Queues `ops` and waits for the result.
+    ///
+    /// # Errors
+    /// `QueueFull` at once when the queue is full; `ShuttingDown` when the actor has stopped;
+    /// otherwise whatever the bus reports.
+    ///
+    /// # Cancel safety
+    /// Dropping the future before it completes leaves the job queued; the actor skips jobs whose
+    /// caller has gone before it starts them.
+    pub async fn submit(
+        &self,
+        ops: Vec<Op>,
+        deadline: Instant,
+        label: Label,
+    ) -> Result<Vec<Output>, Error> {
+        let (reply, rx) = oneshot::channel();
+        let job = Job {
+            ops,
+            deadline,
+            label,
+            reply,
+        };
+        self.tx.try_send(job).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => Error::QueueFull(self.capacity),
+            mpsc::error::TrySendError::Closed(_) => Error::ShuttingDown,
+        })?;
+        rx.await.unwrap_or(Err(Error::ShuttingDown))
+    }
+}
+
+/// Starts the actor for `link`. It runs until `shutdown` is cancelled (finishing the job in
+/// hand) or every handle is dropped; then it answers what is still queued with `ShuttingDown`.
+pub fn spawn<L: Link>(
+    settings: Settings,
+    link: L,
+    shutdown: CancellationToken,
+) -> (Handle, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(settings.queue_capacity.max(1));
+    let (up_tx, up) = watch::channel(false);
+    let handle = Handle {
+        id: settings.id.clone(),
+        tx,
+        capacity: settings.queue_capacity,
+        up,
+    };
+    let actor = Actor {
+        backoff: Backoff::new(settings.reconnect_min, settings.reconnect_max),
+        settings,
+        link,
+        next_open: Instant::now(),
+        last_error: String::from("not connected yet"),
+        up: up_tx,
+    };
+    let task = tokio::spawn(actor.run(rx, shutdown));
+    (handle, task)
+}
+
+struct Actor<L> {
+    settings: Settings,
+    link: L,
+    backoff: Backoff,
+    next_open: Instant,
+    last_error: String,
+    up: watch::Sender<bool>,
+}
+
+impl<L: Link> Actor<L> {
+    async fn run(mut self, mut rx: mpsc::Receiver<Job>, shutdown: CancellationToken) {
+        loop {
+            if !self.link.is_open() && Instant::now() >= self.next_open {
+                self.try_open().await;
+            }
+            let reopen_at = self.next_open;
+            let closed = !self.link.is_open();
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                job = rx.recv() => match job {
+                    Some(job) => self.run_job(job).await,
+                    None => break,
+                },
+                () = tokio::time::sleep_until(reopen_at), if closed => {}
+            }
+        }
+        rx.close();
+        while let Ok(job) = rx.try_recv() {
+            let _ = job.reply.send(Err(Error::ShuttingDown));
+        }
+        self.link.close();
+        self.up.send_replace(false);
+        log::debug!(bus = &*self.settings.id; "bus {} stopped", self.settings.id);
+    }
+
+    async fn try_open(&mut self) {
+        let id = &*self.settings.id;
+        match tokio::time::timeout(
+            self.settings.timeout.max(Duration::from_secs(1)),
+            self.link.open(),
+        )
+        .await
+        {
+            Ok(Ok(())) => {
+                log::info!(bus = id; "bus {id} is up");
+                self.backoff.reset();
+                self.up.send_replace(true);
+            }
+            result => {
+                let error = match result {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "open timed out".to_owned(),
+                };
+                let delay = self.backoff.next_delay();
+                // The first failure and every change of reason go to warn; repeats to debug, so
+                // an unplugged line does not flood the journal.
+                if self.backoff.attempts() == 1 || error != self.last_error {
+                    log::warn!(bus = id; "bus {id} is down: {error}; retrying in {} ms", delay.as_millis());
+                } else {
+                    log::debug!(bus = id; "bus {id} still down: {error}; retrying in {} ms", delay.as_millis());
+                }
+                self.last_error = error;
+                self.next_open = Instant::now() + delay;
+            }
+        }
+    }
+
+    fn mark_down(&mut self, error: &Error) {
+        self.link.close();
+        self.up.send_replace(false);
+        self.last_error = error.to_string();
+        let delay = self.backoff.next_delay();
+        self.next_open = Instant::now() + delay;
+        let id = &*self.settings.id;
+        log::warn!(bus = id; "bus {id} lost its link: {error}; reconnecting in {} ms", delay.as_millis());
+    }
+
+    async fn run_job(&mut self, job: Job) {
+        let Job {
+            ops,
+            deadline,
+            label,
+            reply,
+        } = job;
+        let bus = &*self.settings.id;
+        if reply.is_closed() {
+            log::debug!(bus = bus, device_id = &*label.device, method = &*label.method, rid = &*label.rid; "caller gone before the job started; skipped");
+            return;
+        }
+        if Instant::now() >= deadline {
+            log::warn!(bus = bus, device_id = &*label.device, method = &*label.method, rid = &*label.rid;
+                "deadline passed while queued on bus {bus}; dropped unexecuted");
+            let _ = reply.send(Err(Error::Expired));
+            return;
+        }
+        if !self.link.is_open() {
+            let _ = reply.send(Err(Error::Unavailable(self.last_error.clone())));
+            return;
+        }
+        let mut outputs = Vec::with_capacity(ops.len());
+        for op in &ops {
+            match self.execute(op, deadline, &label).await {
+                Ok(out) => outputs.push(out),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+            }
+        }
+        let _ = reply.send(Ok(outputs));
+    }
+
+    /// One operation with retries for garbled replies and one reconnect for a link that died
+    /// while idle (devices and NAT boxes close idle TCP connections).
+    async fn execute(
+        &mut self,
+        op: &Op,
+        deadline: Instant,
+        label: &Label,
+    ) -> Result<Output, Error> {
+        let bus = &*self.settings.id;
+        let mut garbled = 0;
+        let mut reconnected = false;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::Timeout(self.settings.timeout));
+            }
+            let limit = self.settings.timeout.min(left);
+            match self.link.execute(op, limit).await {
+                Ok(out) => return Ok(out),
+                Err(Error::Protocol(msg)) if garbled < self.settings.retries => {
+                    garbled += 1;
+                    log::debug!(bus = bus, device_id = &*label.device, method = &*label.method, rid = &*label.rid;
+                        "unusable reply ({msg}); retry {garbled} of {}", self.settings.retries);
+                }
+                Err(Error::Unavailable(msg)) if !reconnected => {
+                    reconnected = true;
+                    log::info!(bus = bus, device_id = &*label.device, method = &*label.method, rid = &*label.rid;
+                        "link failed during a request ({msg}); reconnecting once");
+                    self.link.close();
+                    let open = tokio::time::timeout(limit, self.link.open()).await;
+                    match open {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            self.mark_down(&e);
+                            return Err(e);
+                        }
+                        Err(_) => {
+                            let e = Error::Unavailable("reconnect timed out".to_owned());
+                            self.mark_down(&e);
+                            return Err(e);
+                        }
+                    }
+                }
+                Err(e @ Error::Unavailable(_)) => {
+                    self.mark_down(&e);
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! One leaf device at run time: its methods, its bus, and the handling of one method request
+//! from payload to status and reply body.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::time::Instant;
+
+use crate::bus::{self, Op};
+use crate::config::schema::BusKind;
+use crate::hub::sas::Key;
+use crate::mapping::{Failure, Method, raw, respond};
+
+pub struct Device {
+    pub id: Arc<str>,
+    pub key: Key,
+    pub unit: u8,
+    pub bus_kind: BusKind,
+    pub bus: bus::Handle,
+    pub methods: BTreeMap<String, Arc<Method>>,
+    pub raw_methods: bool,
+    pub max_payload_bytes: usize,
+}
+
+/// What to publish for one request, and the time after which publishing is pointless.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Response {
+    pub status: u16,
+    pub body: Value,
+    pub deadline: Instant,
+}
+
+/// A method's answer must leave before its deadline; the bus stops this much earlier so the
+/// reply still has time to be encoded and published.
+fn margin(timeout: Duration) -> Duration {
+    (timeout / 10).min(Duration::from_millis(100))
+}
+
+enum Plan {
+    Configured(Arc<Method>),
+    Raw(raw::Raw),
+}
+
+impl Device {
+    /// Every method name this device answers, sorted (for 501 replies and logs).
+    #[must_use]
+    pub fn method_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.methods.keys().cloned().collect();
+        if self.raw_methods {
+            names.extend(raw::names(self.bus_kind).iter().map(|s| (*s).to_owned()));
+        }
+        names.sort();
+        names
+    }
+
+    /// Handles one request received at `received`. Always returns a response; never panics on
+    /// what the network sent.
+    pub async fn call(&self, name: &str, rid: &str, payload: &[u8], received: Instant) -> Response {
+        let timeout = self.methods.get(name).map_or(raw::TIMEOUT, |m| m.timeout);
+        let deadline = received + timeout;
+        let result = self.run(name, rid, payload, received, timeout).await;
+        let elapsed = received.elapsed();
+        let (status, body) = match result {
+            Ok(body) => {
+                log::info!(device_id = &*self.id, method = name, rid = rid, bus = self.bus.id(), status = 200, duration_ms = elapsed.as_millis();
+                    "method {name} on {}: 200 in {} ms", self.id, elapsed.as_millis());
+                (200, body)
+            }
+            Err(failure) => {
+                let (status, body, level) = respond(&failure);
+                // The failure's chain (with sources) goes to the journal; the caller sees `body`.
+                let mut why = failure.to_string();
+                let mut source = std::error::Error::source(&failure);
+                while let Some(s) = source {
+                    why.push_str(&format!(": {s}"));
+                    source = s.source();
+                }
+                log::log!(level, device_id = &*self.id, method = name, rid = rid, bus = self.bus.id(), status = status, duration_ms = elapsed.as_millis();
+                    "method {name} on {}: {status} in {} ms: {why}", self.id, elapsed.as_millis());
+                (status, body)
+            }
+        };
+        Response {
+            status,
+            body,
+            deadline,
+        }
+    }
+
+    async fn run(
+        &self,
+        name: &str,
+        rid: &str,
+        payload: &[u8],
+        received: Instant,
+        timeout: Duration,
+    ) -> Result<Value, Failure> {
+        if payload.len() > self.max_payload_bytes {
+            return Err(Failure::TooLarge {
+                size: payload.len(),
+                limit: self.max_payload_bytes,
+            });
+        }
+        let plan = match self.methods.get(name) {
+            Some(m) => Plan::Configured(m.clone()),
+            None => match (self.raw_methods, raw::names(self.bus_kind).contains(&name)) {
+                (true, true) => Plan::Raw(raw::Raw::Read), // replaced below with the real kind
+                _ => {
+                    return Err(Failure::UnknownMethod {
+                        methods: self.method_names(),
+                    });
+                }
+            },
+        };
+        let payload: Value = if payload.iter().all(u8::is_ascii_whitespace) {
+            Value::Null
+        } else {
+            serde_json::from_slice(payload).map_err(|e| Failure::NotJson(e.to_string()))?
+        };
+        let (plan, ops): (Plan, Vec<Op>) = match plan {
+            Plan::Configured(m) => {
+                let ops = m.prepare(self.unit, &payload)?;
+                (Plan::Configured(m), ops)
+            }
+            Plan::Raw(_) => match raw::prepare(name, self.bus_kind, self.unit, &payload) {
+                Some(Ok((kind, op))) => (Plan::Raw(kind), vec![op]),
+                Some(Err(e)) => return Err(e.into()),
+                None => {
+                    return Err(Failure::UnknownMethod {
+                        methods: self.method_names(),
+                    });
+                }
+            },
+        };
+        let deadline = received + timeout;
+        let bus_deadline = deadline - margin(timeout);
+        let label = bus::Label {
+            device: self.id.clone(),
+            method: name.into(),
+            rid: rid.into(),
+        };
+        let bus_failure = |error| Failure::Bus {
+            bus: self.bus.id().to_owned(),
+            error,
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+        };
+        // The bus honours the deadline itself; this outer bound is a safety net so a bug there
+        // can never make us miss ours.
+        let outputs = tokio::time::timeout_at(
+            deadline - margin(timeout) / 2,
+            self.bus.submit(ops, bus_deadline, label),
+        )
+        .await
+        .map_err(|_| bus_failure(bus::Error::Timeout(timeout)))?
+        .map_err(bus_failure)?;
+        match plan {
+            Plan::Configured(m) => Ok(m.reply(&outputs)?),
+            Plan::Raw(kind) => match outputs.first() {
+                Some(out) => Ok(raw::reply(kind, out)),
+                None => Err(Failure::Internal(
+                    "raw method produced no output".to_owned(),
+                )),
+            },
+        }
+    }
+}

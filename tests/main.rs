@@ -1,0 +1,4 @@
+//! Integration tests: one crate, one module per area.
+
+/// Config cases under tests/fixtures/config/, and the shipped sample config.
+mod config;
