@@ -6,6 +6,11 @@
 //! - [`hub`]: IoT Hub device side: SAS tokens, connection strings, method topics, sessions.
 //! - [`mapping`]: method definitions → bus operations → JSON replies, and the status contract.
 //! - [`bus`]: one actor per physical bus (Modbus TCP, Modbus RTU, raw serial).
+//! - [`gateway`]: the supervisor that builds buses and device sessions and owns shutdown.
+//! - [`systemd`]: journald-or-stderr logging and service notifications.
+//! - [`backoff`]: jittered exponential backoff shared by sessions and buses.
+//! - [`sim`]: simulated hardware (Modbus TCP/RTU devices, a serial instrument, ptys) with fault
+//!   injection, for the integration tests and `leafgate demo`.
 
 pub mod backoff;
 pub mod bus;
@@ -13,4 +18,5 @@ pub mod config;
 pub mod gateway;
 pub mod hub;
 pub mod mapping;
+pub mod sim;
 pub mod systemd;

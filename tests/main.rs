@@ -2,3 +2,6 @@
 
 /// Config cases under tests/fixtures/config/, and the shipped sample config.
 mod config;
+
+/// The simulated hardware against independent clients (tokio-modbus, tokio-serial).
+mod sim;
