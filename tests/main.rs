@@ -5,3 +5,6 @@ mod config;
 
 /// The simulated hardware against independent clients (tokio-modbus, tokio-serial).
 mod sim;
+
+/// Bus actors (Modbus TCP, RTU on a pty, RTU over TCP, raw serial) against the simulators.
+mod bus;

@@ -32,12 +32,18 @@ pub fn open(line: &Line) -> Result<SerialStream, Error> {
     } else {
         StopBits::One
     };
-    tokio_serial::new(path.as_ref(), line.baud_rate)
+    let port = tokio_serial::new(path.as_ref(), line.baud_rate)
         .data_bits(data_bits)
         .parity(parity)
         .stop_bits(stop_bits)
         .open_native_async()
-        .map_err(|e| Error::Unavailable(format!("cannot open {path}: {e}")))
+        .map_err(|e| Error::Unavailable(format!("cannot open {path}: {e}")))?;
+    // Bytes that arrived while the port was closed belong to nobody; a USB adapter drops them,
+    // a pty or a kernel buffer may not.
+    if let Err(e) = tokio_serial::SerialPort::clear(&port, tokio_serial::ClearBuffer::Input) {
+        log::debug!("cannot clear input of {path}: {e}");
+    }
+    Ok(port)
 }
 
 /// Reads and discards input until the line has been quiet for `quiet`, or `limit` has passed.

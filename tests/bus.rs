@@ -1,0 +1,563 @@
+//! Bus actors against simulated hardware: real TCP sockets and real ptys opened by path with
+//! tokio-serial, exactly as on a gateway box.
+
+use std::time::Duration;
+
+use leafgate::bus::{self, Error, Label, Op, Output, WriteData};
+use leafgate::config::schema::{Parity, Table, TcpFraming};
+use leafgate::config::{Bus, BusSpec, Line, SerialFraming};
+use leafgate::sim::SerialLine;
+use leafgate::sim::instrument::{self, Psu};
+use leafgate::sim::modbus::{Fault, Garbage, Registers, TcpServer};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+fn bus(id: &str, spec: BusSpec, timeout_ms: u64) -> Bus {
+    Bus {
+        id: id.to_owned(),
+        spec,
+        timeout: Duration::from_millis(timeout_ms),
+        queue_capacity: 16,
+        retries: 2,
+        reconnect_min: Duration::from_millis(50),
+        reconnect_max: Duration::from_millis(200),
+    }
+}
+
+fn line(path: &std::path::Path) -> Line {
+    Line {
+        path: path.to_path_buf(),
+        baud_rate: 115_200,
+        parity: Parity::None,
+        data_bits: 8,
+        stop_bits: 1,
+    }
+}
+
+fn rtu(path: &std::path::Path, timeout_ms: u64) -> Bus {
+    bus(
+        "rs485",
+        BusSpec::ModbusRtu {
+            line: line(path),
+            frame_gap: Duration::from_micros(1750),
+        },
+        timeout_ms,
+    )
+}
+
+fn read(unit: u8, table: Table, address: u16, count: u16) -> Op {
+    Op::Read {
+        unit,
+        table,
+        address,
+        count,
+    }
+}
+
+async fn run(handle: &bus::Handle, ops: Vec<Op>, within: Duration) -> Result<Vec<Output>, Error> {
+    handle
+        .submit(ops, Instant::now() + within, Label::default())
+        .await
+}
+
+/// Waits until the bus reports its transport open.
+async fn up(handle: &bus::Handle) {
+    let mut w = handle.up_watch();
+    tokio::time::timeout(Duration::from_secs(5), w.wait_for(|up| *up))
+        .await
+        .expect("bus did not come up")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn rtu_line_serves_two_units_with_every_table_and_write_read_back() {
+    let regs = Registers::with_units([1, 2]);
+    regs.set_holding(1, 100, &[0x1234, 0x5678]);
+    regs.set_input(2, 7, &[42]);
+    regs.set_coils(1, 0, &[true, false, true]);
+    regs.set_discrete(2, 3, &[true]);
+    let line = SerialLine::modbus_rtu(regs.clone()).unwrap();
+    let (h, _task) = bus::start(&rtu(line.path(), 500), CancellationToken::new());
+    up(&h).await;
+    let out = run(
+        &h,
+        vec![
+            read(1, Table::Holding, 100, 2),
+            read(2, Table::Input, 7, 1),
+            read(1, Table::Coil, 0, 3),
+            read(2, Table::Discrete, 3, 1),
+        ],
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        out,
+        vec![
+            Output::Registers(vec![0x1234, 0x5678]),
+            Output::Registers(vec![42]),
+            Output::Bits(vec![true, false, true]),
+            Output::Bits(vec![true]),
+        ]
+    );
+    let write = Op::Write {
+        unit: 2,
+        address: 10,
+        data: WriteData::Registers(vec![7, 8, 9]),
+    };
+    let out = run(
+        &h,
+        vec![write, read(2, Table::Holding, 10, 3)],
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out, vec![Output::Written, Output::Registers(vec![7, 8, 9])]);
+    assert_eq!(regs.holding(2, 10, 3), vec![7, 8, 9]);
+    let coil = Op::Write {
+        unit: 1,
+        address: 5,
+        data: WriteData::Coils(vec![true]),
+    };
+    run(&h, vec![coil], Duration::from_secs(2)).await.unwrap();
+    assert_eq!(regs.coils(1, 5, 1), vec![true]);
+}
+
+#[tokio::test]
+async fn concurrent_jobs_on_one_line_run_whole_and_in_order_without_interleaving() {
+    let regs = Registers::with_units([1, 2]);
+    for unit in [1u8, 2] {
+        let values: Vec<u16> = (0..10).map(|i| u16::from(unit) * 100 + i).collect();
+        regs.set_holding(unit, 0, &values);
+    }
+    let line = SerialLine::modbus_rtu(regs.clone()).unwrap();
+    let mut cfg = rtu(line.path(), 500);
+    cfg.queue_capacity = 32;
+    let (h, _task) = bus::start(&cfg, CancellationToken::new());
+    up(&h).await;
+    let mut jobs = Vec::new();
+    for i in 0..20u16 {
+        let h = h.clone();
+        let unit = if i % 2 == 0 { 1 } else { 2 };
+        jobs.push(tokio::spawn(async move {
+            // Each job is a write then its read-back; another job must never land in between.
+            let write = Op::Write {
+                unit,
+                address: 50,
+                data: WriteData::Registers(vec![i]),
+            };
+            let out = run(
+                &h,
+                vec![
+                    write,
+                    read(unit, Table::Holding, 50, 1),
+                    read(unit, Table::Holding, 0, 10),
+                ],
+                Duration::from_secs(10),
+            )
+            .await;
+            (unit, i, out)
+        }));
+    }
+    for job in jobs {
+        let (unit, i, out) = job.await.unwrap();
+        let out = out.unwrap();
+        assert_eq!(out[1], Output::Registers(vec![i]), "read-back of job {i}");
+        let want: Vec<u16> = (0..10).map(|k| u16::from(unit) * 100 + k).collect();
+        assert_eq!(out[2], Output::Registers(want), "unit {unit} data");
+    }
+    // The device saw each job's three requests back to back.
+    let log = regs.requests();
+    assert_eq!(log.len(), 60);
+    for job in log.chunks(3) {
+        assert!(
+            job.iter().all(|r| r.unit == job[0].unit),
+            "interleaved: {job:?}"
+        );
+        assert_eq!(
+            (job[0].function, job[1].function, job[2].function),
+            (6, 3, 3)
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_late_reply_is_never_taken_as_the_answer_to_the_next_request() {
+    let regs = Registers::with_units([1]);
+    regs.set_holding(1, 100, &[100]);
+    regs.set_holding(1, 500, &[500]);
+    let line = SerialLine::modbus_rtu(regs.clone()).unwrap();
+    let (h, _task) = bus::start(&rtu(line.path(), 200), CancellationToken::new());
+    up(&h).await;
+    // The reply to address 500 comes 300 ms late: after our 200 ms timeout, while the next
+    // request would be waiting for its own answer.
+    regs.set_fault_times(1, Fault::Delay(Duration::from_millis(300)), 1);
+    let started = Instant::now();
+    let first = run(
+        &h,
+        vec![read(1, Table::Holding, 500, 1)],
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(matches!(first, Err(Error::Timeout(_))), "{first:?}");
+    assert!(
+        started.elapsed() < Duration::from_millis(1000),
+        "timeout took {:?}",
+        started.elapsed()
+    );
+    let second = run(
+        &h,
+        vec![read(1, Table::Holding, 100, 1)],
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert_eq!(second, vec![Output::Registers(vec![100])]);
+}
+
+#[tokio::test]
+async fn a_silent_unit_costs_its_timeout_and_its_neighbour_keeps_answering() {
+    let regs = Registers::with_units([1, 2]);
+    regs.set_holding(2, 0, &[22]);
+    regs.set_fault(1, Fault::Silent);
+    let line = SerialLine::modbus_rtu(regs.clone()).unwrap();
+    let (h, _task) = bus::start(&rtu(line.path(), 150), CancellationToken::new());
+    up(&h).await;
+    let (dead, alive) = tokio::join!(
+        run(
+            &h,
+            vec![read(1, Table::Holding, 0, 1)],
+            Duration::from_secs(5)
+        ),
+        async {
+            // Queued behind the dead unit's request: waits at most its timeout plus the guard.
+            tokio::task::yield_now().await;
+            let t = Instant::now();
+            (
+                run(
+                    &h,
+                    vec![read(2, Table::Holding, 0, 1)],
+                    Duration::from_secs(5),
+                )
+                .await,
+                t.elapsed(),
+            )
+        }
+    );
+    assert!(matches!(dead, Err(Error::Timeout(_))), "{dead:?}");
+    assert_eq!(alive.0.unwrap(), vec![Output::Registers(vec![22])]);
+    assert!(
+        alive.1 < Duration::from_millis(600),
+        "neighbour waited {:?}",
+        alive.1
+    );
+}
+
+#[tokio::test]
+async fn exceptions_come_back_as_exceptions_and_garbled_replies_are_retried() {
+    let regs = Registers::with_units([1]);
+    regs.set_holding(1, 0, &[9]);
+    let line = SerialLine::modbus_rtu(regs.clone()).unwrap();
+    let (h, _task) = bus::start(&rtu(line.path(), 200), CancellationToken::new());
+    up(&h).await;
+    regs.set_fault_times(1, Fault::Exception(2), 1);
+    let r = run(
+        &h,
+        vec![read(1, Table::Holding, 0, 1)],
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(matches!(r, Err(Error::Exception { code: 2 })), "{r:?}");
+    // Two bad CRCs then a good reply: within the two retries.
+    regs.set_fault_times(1, Fault::Garbage(Garbage::BadCrc), 2);
+    let r = run(
+        &h,
+        vec![read(1, Table::Holding, 0, 1)],
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r, vec![Output::Registers(vec![9])]);
+    // Always garbled: 502-class error after the retries, and the line still works afterwards.
+    regs.set_fault(1, Fault::Garbage(Garbage::BadCrc));
+    let r = run(
+        &h,
+        vec![read(1, Table::Holding, 0, 1)],
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(matches!(r, Err(Error::Protocol(_))), "{r:?}");
+    regs.clear_faults(1);
+    let r = run(
+        &h,
+        vec![read(1, Table::Holding, 0, 1)],
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r, vec![Output::Registers(vec![9])]);
+}
+
+#[tokio::test]
+async fn a_job_whose_deadline_passed_in_the_queue_is_never_executed() {
+    let regs = Registers::with_units([1]);
+    regs.set_fault_times(1, Fault::Delay(Duration::from_millis(150)), 1);
+    let line = SerialLine::modbus_rtu(regs.clone()).unwrap();
+    let (h, _task) = bus::start(&rtu(line.path(), 1000), CancellationToken::new());
+    up(&h).await;
+    let slow = run(
+        &h,
+        vec![read(1, Table::Holding, 0, 1)],
+        Duration::from_secs(5),
+    );
+    let doomed = async {
+        tokio::task::yield_now().await;
+        let write = Op::Write {
+            unit: 1,
+            address: 9,
+            data: WriteData::Registers(vec![1]),
+        };
+        run(&h, vec![write], Duration::from_millis(50)).await
+    };
+    let (slow, doomed) = tokio::join!(slow, doomed);
+    slow.unwrap();
+    assert!(matches!(doomed, Err(Error::Expired)), "{doomed:?}");
+    assert_eq!(
+        regs.requests().len(),
+        1,
+        "the expired write reached the device"
+    );
+    assert_eq!(regs.holding(1, 9, 1), vec![0]);
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_at_once() {
+    let regs = Registers::with_units([1]);
+    regs.set_fault(1, Fault::Delay(Duration::from_millis(100)));
+    let line = SerialLine::modbus_rtu(regs.clone()).unwrap();
+    let mut cfg = rtu(line.path(), 1000);
+    cfg.queue_capacity = 2;
+    let (h, _task) = bus::start(&cfg, CancellationToken::new());
+    up(&h).await;
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..6 {
+        let h = h.clone();
+        calls.spawn(async move {
+            run(
+                &h,
+                vec![read(1, Table::Holding, 0, 1)],
+                Duration::from_secs(5),
+            )
+            .await
+        });
+    }
+    let results: Vec<_> = calls.join_all().await;
+    let full = results
+        .iter()
+        .filter(|r| matches!(r, Err(Error::QueueFull(2))))
+        .count();
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert!(full >= 3, "{results:?}");
+    assert_eq!(full + ok, 6, "{results:?}");
+}
+
+#[tokio::test]
+async fn modbus_tcp_reads_writes_and_fails_fast_when_the_device_is_gone() {
+    let regs = Registers::with_units([1, 5]);
+    regs.set_holding(5, 0, &[55, 56]);
+    let server = TcpServer::start(regs.clone()).await.unwrap();
+    let addr = server.addr();
+    let cfg = bus(
+        "plc",
+        BusSpec::ModbusTcp {
+            address: addr.to_string(),
+            framing: TcpFraming::Mbap,
+        },
+        300,
+    );
+    let (h, _task) = bus::start(&cfg, CancellationToken::new());
+    up(&h).await;
+    let r = run(
+        &h,
+        vec![read(5, Table::Holding, 0, 2)],
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r, vec![Output::Registers(vec![55, 56])]);
+    regs.set_fault_times(5, Fault::Exception(3), 1);
+    assert!(matches!(
+        run(
+            &h,
+            vec![read(5, Table::Holding, 0, 2)],
+            Duration::from_secs(2)
+        )
+        .await,
+        Err(Error::Exception { code: 3 })
+    ));
+    // A late reply on TCP: the connection is dropped, so the next request gets its own data.
+    regs.set_fault_times(5, Fault::Delay(Duration::from_millis(500)), 1);
+    assert!(matches!(
+        run(
+            &h,
+            vec![read(5, Table::Holding, 1, 1)],
+            Duration::from_secs(2)
+        )
+        .await,
+        Err(Error::Timeout(_))
+    ));
+    let r = run(
+        &h,
+        vec![read(5, Table::Holding, 0, 1)],
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r, vec![Output::Registers(vec![55])]);
+    // The device goes away: requests fail fast with Unavailable, not at their deadline.
+    server.stop().await;
+    let t = Instant::now();
+    let r = run(
+        &h,
+        vec![read(5, Table::Holding, 0, 1)],
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(matches!(r, Err(Error::Unavailable(_))), "{r:?}");
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "took {:?}",
+        t.elapsed()
+    );
+    // It comes back at the same address: the bus reconnects by itself.
+    let _server = TcpServer::bind(addr, leafgate::sim::modbus::Framing::Mbap, regs.clone())
+        .await
+        .unwrap();
+    up(&h).await;
+    let r = run(
+        &h,
+        vec![read(5, Table::Holding, 0, 1)],
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r, vec![Output::Registers(vec![55])]);
+}
+
+#[tokio::test]
+async fn rtu_over_tcp_works_like_a_serial_line() {
+    let regs = Registers::with_units([3]);
+    regs.set_input(3, 1, &[31]);
+    let server = TcpServer::start_rtu_over_tcp(regs.clone()).await.unwrap();
+    let cfg = bus(
+        "gw",
+        BusSpec::ModbusTcp {
+            address: server.addr().to_string(),
+            framing: TcpFraming::Rtu,
+        },
+        300,
+    );
+    let (h, _task) = bus::start(&cfg, CancellationToken::new());
+    up(&h).await;
+    let r = run(
+        &h,
+        vec![read(3, Table::Input, 1, 1)],
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r, vec![Output::Registers(vec![31])]);
+}
+
+#[tokio::test]
+async fn a_serial_instrument_answers_line_framed_exchanges_and_recovers_from_garbage() {
+    let psu = Psu::new();
+    let psu_line = SerialLine::instrument(psu.clone()).unwrap();
+    let cfg = bus(
+        "psu",
+        BusSpec::Serial {
+            line: line(psu_line.path()),
+            framing: SerialFraming::Terminator(b"\r\n".to_vec()),
+        },
+        300,
+    );
+    let (h, _task) = bus::start(&cfg, CancellationToken::new());
+    up(&h).await;
+    let send = |text: &str| Op::Serial {
+        request: text.as_bytes().to_vec(),
+        reply: true,
+    };
+    let r = run(
+        &h,
+        vec![send("VOLT 5.000\r\n"), send("VOLT?\r\n")],
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        r,
+        vec![
+            Output::Reply(b"OK".to_vec()),
+            Output::Reply(b"VOLT 5.000".to_vec())
+        ]
+    );
+    assert_eq!(psu.state().millivolts, 5000);
+    psu.set_fault_times(instrument::Fault::Silent, 1);
+    assert!(matches!(
+        run(&h, vec![send("VOLT?\r\n")], Duration::from_secs(2)).await,
+        Err(Error::Timeout(_))
+    ));
+    let r = run(&h, vec![send("*IDN?\r\n")], Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(r, vec![Output::Reply(b"LEAFGATE,PSU-1,0001,1.0".to_vec())]);
+}
+
+#[tokio::test]
+async fn an_unplugged_serial_adapter_fails_fast_and_is_reopened_when_it_returns() {
+    let regs = Registers::with_units([1]);
+    regs.set_holding(1, 0, &[1]);
+    let mut line = SerialLine::modbus_rtu(regs.clone())
+        .unwrap()
+        .linked(std::env::temp_dir().join(format!("leafgate-test-{}", std::process::id())))
+        .unwrap();
+    let path = line.link().unwrap().to_path_buf();
+    let (h, _task) = bus::start(&rtu(&path, 200), CancellationToken::new());
+    up(&h).await;
+    line.unplug().await;
+    let r = run(
+        &h,
+        vec![read(1, Table::Holding, 0, 1)],
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(
+        matches!(r, Err(Error::Unavailable(_) | Error::Timeout(_))),
+        "{r:?}"
+    );
+    // While unplugged, requests fail fast.
+    let mut w = h.up_watch();
+    tokio::time::timeout(Duration::from_secs(5), w.wait_for(|up| !*up))
+        .await
+        .unwrap()
+        .unwrap();
+    let t = Instant::now();
+    let r = run(
+        &h,
+        vec![read(1, Table::Holding, 0, 1)],
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(matches!(r, Err(Error::Unavailable(_))), "{r:?}");
+    assert!(t.elapsed() < Duration::from_millis(100));
+    line.replug().await.unwrap();
+    up(&h).await;
+    let r = run(
+        &h,
+        vec![read(1, Table::Holding, 0, 1)],
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r, vec![Output::Registers(vec![1])]);
+}
