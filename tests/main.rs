@@ -1,5 +1,8 @@
 //! Integration tests: one crate, one module per area.
 
+// The whole crate is test code: helper functions may unwrap like #[test] functions do.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 /// Config cases under tests/fixtures/config/, and the shipped sample config.
 mod config;
 
