@@ -34,6 +34,8 @@ use crate::hub::sas::{self, TokenError, percent_decode};
 const MAX_BODY: usize = MAX_METHOD_PAYLOAD + 16 * 1024;
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_HEADER_BUFFER: usize = 64 * 1024;
+/// How long a connection may take to deliver its last responses at shutdown.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
 
 type Body = Full<Bytes>;
 
@@ -77,13 +79,23 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .max_buf_size(MAX_HEADER_BUFFER);
     let connection = builder.serve_connection(TokioIo::new(tcp), service);
+    tokio::pin!(connection);
     tokio::select! {
-        served = connection => {
+        served = connection.as_mut() => {
             if let Err(e) = served {
                 log::debug!("emulator: http {peer}: {e}");
             }
+            return;
         }
         () = shutdown.cancelled() => {}
+    }
+    // Calls in flight see the shutdown and answer 503; let those answers out before closing, so
+    // every request gets exactly one response.
+    connection.as_mut().graceful_shutdown();
+    match tokio::time::timeout(SHUTDOWN_DRAIN, connection).await {
+        Ok(Err(e)) => log::debug!("emulator: http {peer}: {e}"),
+        Ok(Ok(())) => {}
+        Err(_) => log::debug!("emulator: http {peer}: closed before its response was sent"),
     }
 }
 

@@ -272,10 +272,12 @@ pub(crate) async fn invoke(
         .registered(device)
         .ok_or(InvokeError::DeviceNotFound)?;
     let connect_deadline = Instant::now() + Duration::from_secs(call.connect_timeout_s);
+    // Any rid gives the same match: a rid is one topic level, whatever its digits.
+    let probe = topics::request(&call.method_name, "0");
     let conn = tokio::select! {
         biased;
         () = shared.shutdown.cancelled() => return Err(InvokeError::ShuttingDown),
-        route = wait_for_route(&entry, connect_deadline) => route?,
+        route = wait_for_route(&entry, &probe, connect_deadline) => route?,
     };
     let (guard, rx) = shared.methods.register(device);
     let rid = guard.rid;
@@ -315,15 +317,17 @@ pub(crate) async fn invoke(
     to_result(response)
 }
 
-/// Waits until the device is online and subscribed to methods, or the deadline passes.
+/// Waits until the device is online with a subscription matching `topic`, or the deadline
+/// passes.
 async fn wait_for_route(
     entry: &DeviceEntry,
+    topic: &str,
     deadline: Instant,
 ) -> Result<std::sync::Arc<Connection>, InvokeError> {
     // Subscribe before looking, so a change between the look and the wait is not missed.
     let mut changes = entry.subscribe();
     loop {
-        match entry.route() {
+        match entry.route(topic) {
             Route::Ready(conn) => return Ok(conn),
             Route::Gone => return Err(InvokeError::DeviceNotFound),
             Route::NotReady => {}

@@ -19,17 +19,18 @@
 //! - One connection per device (a new CONNECT closes the older one), keep-alive enforcement at
 //!   1.5 x keep-alive capped at 1767 s (also when keep-alive is 0), disconnect when the token's
 //!   `se` passes, disconnect when a device is removed or disabled.
-//! - SUBSCRIBE to the hub's filters (methods, twin responses, desired properties, C2D) at granted
-//!   QoS <= 1, at most five per connection (more get the SUBACK failure code); UNSUBSCRIBE;
-//!   PINGREQ; DISCONNECT. QoS 0 and 1 PUBLISH to method responses and to the device's own
-//!   telemetry topic (counted, 256 KB limit, PUBACK for QoS 1).
+//! - SUBSCRIBE to filters under the hub's device topic trees (methods, twin responses, desired
+//!   properties, the device's own C2D), granted at QoS <= 1; at most five per connection (more
+//!   get the SUBACK failure code; per-method filters count, which is why the docs advise
+//!   `$iothub/methods/POST/#`); UNSUBSCRIBE; PINGREQ; DISCONNECT. QoS 0 and 1 PUBLISH to method
+//!   responses and to the device's own telemetry topic (counted, 256 KB limit, PUBACK for QoS 1).
 //! - Closes the connection, without an error code as the hub does, on QoS 2 PUBLISH, publishes to
 //!   unknown topics or another device's topics, subscriptions to unknown filters, malformed or
 //!   oversized (> 264 KiB) packets, and any packet that makes no sense from a device.
 //! - Direct methods: `$iothub/methods/POST/{name}/?$rid={n}` at QoS 0 with the JSON payload as
-//!   body, only to a device that is online and subscribed to `$iothub/methods/POST/#`; the first
-//!   `$iothub/methods/res/{status}/?$rid={n}` from that device wins, late, duplicate and foreign
-//!   answers are counted and ignored. `connectTimeoutInSeconds` waits for the device to come
+//!   body, only to a device that is online with a subscription matching the request topic
+//!   (normally `$iothub/methods/POST/#`); the first `$iothub/methods/res/{status}/?$rid={n}` from
+//!   that device wins, late, duplicate and foreign answers are counted and ignored. `connectTimeoutInSeconds` waits for the device to come
 //!   online and subscribe; the response timeout starts when the request is sent.
 //! - Service API `POST /twins/{id}/methods?api-version=...` with a policy SAS token: 200
 //!   `{status, payload}`, 404001, 404103, 504101, 400004 (timeouts outside 5–300 s or 0–300 s,
@@ -44,6 +45,8 @@
 //!   body or method name is 400004. Method names may not contain `#`, `+` or control characters,
 //!   and are at most 1 KiB.
 //! - A rid is answered only by the device it was sent to, byte for byte.
+//! - Subscriptions beyond five get the SUBACK failure code (0x80); a filter outside the hub's
+//!   topic trees closes the connection.
 //!
 //! # What it does not emulate
 //! - Device twins: twin subscriptions are granted, but a publish to `$iothub/twin/...` closes the

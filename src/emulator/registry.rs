@@ -17,6 +17,7 @@ use bytes::Bytes;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::mqtt::filter_matches;
 use crate::hub::sas::{Key, TokenError};
 
 /// How many ids that are not registered get their own stats entry (refused CONNECTs).
@@ -114,7 +115,8 @@ pub struct DeviceStats {
     pub disconnects: u64,
     pub last_disconnect: Option<DisconnectReason>,
     pub subscriptions: Vec<Subscription>,
-    /// Subscribed to `$iothub/methods/POST/#`: method requests can be routed here.
+    /// Subscribed to `$iothub/methods/POST/#`, so every method request can be routed here.
+    /// (Requests are routed by filter match, so a per-method filter also receives its method.)
     pub methods_subscribed: bool,
     /// Method requests handed to the device's connection.
     pub method_requests: u64,
@@ -250,14 +252,23 @@ impl DeviceEntry {
         self.stats.subscribe()
     }
 
-    pub(crate) fn route(&self) -> Route {
+    /// Where a request on `topic` can go: the current connection if one of its subscriptions
+    /// matches the topic.
+    pub(crate) fn route(&self, topic: &str) -> Route {
         let state = lock(&self.state);
         match &state.identity {
             Some(identity) if identity.enabled => {}
             _ => return Route::Gone,
         }
+        let subscribed = || {
+            self.stats
+                .borrow()
+                .subscriptions
+                .iter()
+                .any(|s| filter_matches(&s.filter, topic))
+        };
         match &state.current {
-            Some(conn) if self.stats.borrow().methods_subscribed => Route::Ready(Arc::clone(conn)),
+            Some(conn) if subscribed() => Route::Ready(Arc::clone(conn)),
             _ => Route::NotReady,
         }
     }
