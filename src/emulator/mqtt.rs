@@ -450,8 +450,8 @@ impl Session<'_> {
                 () = &mut expiry_timer => return DisconnectReason::TokenExpired,
                 () = &mut idle_timer => return DisconnectReason::KeepAliveTimeout,
                 message = outbound.recv() => {
-                    // The registry's handle keeps a sender alive, so `None` cannot happen while
-                    // the connection is attached; treat it as a shutdown if it ever does.
+                    // This task's own `Connection` holds a sender, so `None` cannot happen;
+                    // treat it as a shutdown if it ever does.
                     let Some(message) = message else { return DisconnectReason::Shutdown };
                     let publish = Publish::from_bytes(message.topic, QoS::AtMostOnce, message.payload);
                     if let Err(e) = link.send(Packet::Publish(publish)).await {
