@@ -11,10 +11,12 @@
 //! - [`backoff`]: jittered exponential backoff shared by sessions and buses.
 //! - [`sim`]: simulated hardware (Modbus TCP/RTU devices, a serial instrument, ptys) with fault
 //!   injection, for the integration tests and `leafgate demo`.
+//! - [`emulator`]: a local IoT Hub (MQTT devices + direct-method service API) for tests and the demo.
 
 pub mod backoff;
 pub mod bus;
 pub mod config;
+pub mod emulator;
 pub mod gateway;
 pub mod hub;
 pub mod mapping;

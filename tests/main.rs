@@ -11,3 +11,6 @@ mod sim;
 
 /// Bus actors (Modbus TCP, RTU on a pty, RTU over TCP, raw serial) against the simulators.
 mod bus;
+
+/// The IoT Hub emulator against rumqttc devices over TLS and the HTTP service client.
+mod emulator;

@@ -1,0 +1,106 @@
+//! The emulator's own PKI: a throwaway CA and a server certificate it signs, made fresh at every
+//! start so no key material ever lives in the repository.
+//!
+//! Clients trust [`Certificates::ca_pem`] the way a leaf trusts an Edge gateway's root CA
+//! (`iothub-protocol.md` 8). The server certificate names `localhost`, `127.0.0.1`, `::1` and
+//! the configured host name, so a client may dial any of them.
+
+use std::sync::Arc;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use rustls::ServerConfig;
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+
+use super::Error;
+
+/// The CA (PEM, for clients) and the TLS server configuration holding the server certificate.
+pub(crate) struct Certificates {
+    pub(crate) ca_pem: String,
+    pub(crate) server_config: Arc<ServerConfig>,
+}
+
+/// The names the server certificate carries: the loopback names plus `host_name`.
+fn subject_alt_names(host_name: &str) -> Vec<String> {
+    let mut names: Vec<String> = ["localhost", "127.0.0.1", "::1"]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    if !names.iter().any(|n| n.eq_ignore_ascii_case(host_name)) {
+        names.push(host_name.to_owned());
+    }
+    names
+}
+
+/// Generates the CA and server certificate and builds a TLS 1.2/1.3 server configuration with
+/// the ring provider (explicitly: the process may have no default provider, or another one).
+///
+/// # Errors
+/// When `host_name` cannot go in a certificate, or rustls refuses the result.
+pub(crate) fn generate(host_name: &str) -> Result<Certificates, Error> {
+    let ca_key = KeyPair::generate().map_err(Error::Certificate)?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(Error::Certificate)?;
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "leafgate IoT Hub emulator CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca_params.self_signed(&ca_key).map_err(Error::Certificate)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+
+    let mut server_params =
+        CertificateParams::new(subject_alt_names(host_name)).map_err(Error::Certificate)?;
+    server_params
+        .distinguished_name
+        .push(DnType::CommonName, host_name);
+    server_params.is_ca = IsCa::ExplicitNoCa;
+    server_params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    server_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let server_key = KeyPair::generate().map_err(Error::Certificate)?;
+    let server_cert = server_params
+        .signed_by(&server_key, &issuer)
+        .map_err(Error::Certificate)?;
+
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server_key.serialize_der()));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server_config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(Error::Tls)?
+        .with_no_client_auth()
+        .with_single_cert(vec![server_cert.der().clone(), ca_cert.der().clone()], key)
+        .map_err(Error::Tls)?;
+    Ok(Certificates {
+        ca_pem: ca_cert.pem(),
+        server_config: Arc::new(server_config),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_include_loopback_and_host_once() {
+        assert_eq!(
+            subject_alt_names("myhub.azure-devices.net"),
+            ["localhost", "127.0.0.1", "::1", "myhub.azure-devices.net"]
+        );
+        assert_eq!(subject_alt_names("LOCALHOST").len(), 3);
+    }
+
+    #[test]
+    fn generates_a_pem_ca_and_refuses_unusable_host_names() {
+        let certs = generate("myhub.azure-devices.net").unwrap();
+        assert!(certs.ca_pem.starts_with("-----BEGIN CERTIFICATE-----"));
+        assert!(matches!(
+            generate("hüb.example"),
+            Err(Error::Certificate(_))
+        ));
+    }
+}
