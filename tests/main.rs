@@ -14,3 +14,6 @@ mod bus;
 
 /// The IoT Hub emulator against rumqttc devices over TLS and the HTTP service client.
 mod emulator;
+
+/// The whole gateway end to end: emulator + simulated hardware + leafgate from a config file.
+mod gateway;

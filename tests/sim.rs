@@ -151,7 +151,9 @@ async fn unplugging_removes_the_port_and_replugging_brings_the_device_back() {
     let mut port = open_port(&link);
 
     line.unplug().await;
-    assert!(!old_path.exists());
+    // Not `!old_path.exists()`: the kernel reuses pty numbers at once, and tests running in
+    // parallel open ptys, so the old path may already belong to another test's device.
+    let _ = &old_path;
     assert!(!link.exists(), "the by-id style link goes with the device");
     let mut buf = [0u8; 8];
     let read = timeout(SOON, port.read(&mut buf)).await.unwrap();

@@ -266,8 +266,13 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    /// The kernel reuses pty numbers at once: a pty opened by a parallel test right after
+    /// another's unplug would take the same path. Tests that open ptys take turns.
+    static PTY_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
     #[tokio::test]
     async fn bytes_written_to_the_slave_path_arrive_at_the_master_unchanged() {
+        let _turn = PTY_LOCK.lock().await;
         let mut pty = Pty::open().unwrap();
         let mut port = OpenOptions::new()
             .read(true)
@@ -290,6 +295,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_slave_path_disappears_when_the_pty_is_dropped() {
+        let _turn = PTY_LOCK.lock().await;
         let pty = Pty::open().unwrap();
         let path = pty.path().to_owned();
         assert!(path.exists());

@@ -1,0 +1,402 @@
+//! The whole gateway, end to end: the emulated IoT Hub (MQTT over TLS + service API), simulated
+//! hardware on real sockets and ptys, and leafgate's own `Gateway` built from a config file.
+//! Every status in the method contract is provoked and asserted here.
+
+use std::time::Duration;
+
+use leafgate::emulator::{Emulator, EmulatorConfig, ServiceClient};
+use leafgate::gateway::Gateway;
+use leafgate::hub::sas::Key;
+use leafgate::sim::modbus::{Fault, Garbage, Registers, TcpServer};
+use leafgate::sim::{SerialLine, instrument::Psu};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+const WAIT: Duration = Duration::from_secs(10);
+
+pub struct Rig {
+    pub emu: Emulator,
+    pub client: ServiceClient,
+    pub _dir: tempfile::TempDir,
+    pub gateway: Option<Gateway>,
+}
+
+impl Rig {
+    /// Starts the emulator and writes `[hub]` pointing at it; `rest` holds buses and devices.
+    /// Every device id in `devices` is registered with the same test key.
+    pub async fn start(devices: &[&str], hub_extra: &str, rest: &str) -> Rig {
+        let emu = Emulator::start(EmulatorConfig::default()).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, emu.ca_pem()).unwrap();
+        for id in devices {
+            emu.add_device(id, Key::from_base64(KEY).unwrap());
+        }
+        let config = format!(
+            "[hub]\nhostname = \"localhost\"\nport = {}\nca_file = \"{}\"\nreconnect_min_ms = 100\nreconnect_max_ms = 1000\nmax_connects_per_s = 1000\n{hub_extra}\n{rest}",
+            emu.mqtt_addr().port(),
+            ca.display()
+        );
+        let path = dir.path().join("leafgate.toml");
+        std::fs::write(&path, config).unwrap();
+        let cfg = leafgate::config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        let gateway = Gateway::start(&cfg).unwrap();
+        for id in devices {
+            emu.wait_method_ready(id, WAIT).await.unwrap();
+        }
+        let client = ServiceClient::new(emu.http_addr(), &emu.service_connection_string()).unwrap();
+        Rig {
+            emu,
+            client,
+            _dir: dir,
+            gateway: Some(gateway),
+        }
+    }
+
+    /// Calls a method through the service API, as a back-end app would.
+    pub async fn call(&self, device: &str, method: &str, payload: Value) -> (u16, Value) {
+        let (http, body) = self
+            .client
+            .invoke(device, method, payload, 30)
+            .await
+            .unwrap();
+        assert_eq!(http, 200, "service API answered {http}: {body}");
+        (
+            body["status"].as_u64().unwrap() as u16,
+            body["payload"].clone(),
+        )
+    }
+}
+
+pub fn device(id: &str, bus: &str, extra: &str) -> String {
+    format!("[[device]]\nid = \"{id}\"\nshared_access_key = \"{KEY}\"\nbus = \"{bus}\"\n{extra}\n")
+}
+
+const PLC_METHODS: &str = r#"
+[[device.method]]
+name = "getStatus"
+timeout_ms = 2000
+[[device.method.step]]
+op = "read"
+table = "holding"
+address = 0
+fields = [
+  { name = "speed", type = "f32" },
+  { name = "temperature", type = "i16", scale = 0.1 },
+  { name = "running", type = "bool" },
+]
+
+[[device.method]]
+name = "setSpeed"
+timeout_ms = 2000
+[[device.method.step]]
+op = "write"
+table = "holding"
+address = 0
+fields = [{ name = "speed", type = "f32", min = 0, max = 1500 }]
+[[device.method.step]]
+op = "read"
+table = "holding"
+address = 0
+fields = [{ name = "speed", type = "f32" }]
+
+[[device.method]]
+name = "echo"
+[[device.method.step]]
+op = "write"
+table = "holding"
+address = 100
+fields = [{ name = "text", type = "string", length = 100 }]
+"#;
+
+#[tokio::test]
+async fn every_status_in_the_contract_reaches_the_caller() {
+    let regs = Registers::with_units([1]);
+    regs.set_holding(1, 0, &[0x41C8, 0x0000, 0xFF9C, 1]); // 25.0, -10.0, true
+    let plc = TcpServer::start(regs.clone()).await.unwrap();
+    let dead_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let psu = Psu::new();
+    let psu_line = SerialLine::instrument(psu.clone()).unwrap();
+    let rtu_regs = Registers::with_units([1]);
+    let rtu_line = SerialLine::modbus_rtu(rtu_regs.clone()).unwrap();
+    let rest = format!(
+        r#"
+[[bus]]
+id = "plc"
+kind = "modbus_tcp"
+address = "{plc}"
+timeout_ms = 300
+
+[[bus]]
+id = "gone"
+kind = "modbus_tcp"
+address = "127.0.0.1:{dead_port}"
+
+[[bus]]
+id = "rs485"
+kind = "modbus_rtu"
+path = "{rtu}"
+baud_rate = 115200
+timeout_ms = 200
+retries = 1
+
+[[bus]]
+id = "psu"
+kind = "serial"
+path = "{psu_path}"
+terminator = "\r\n"
+timeout_ms = 300
+
+{plc_dev}{PLC_METHODS}
+{gone_dev}{PLC_METHODS}
+{meter}
+[[device.method]]
+name = "read"
+timeout_ms = 3000
+[[device.method.step]]
+op = "read"
+table = "input"
+address = 0
+fields = [{{ name = "v", type = "u16" }}]
+
+{psu_dev}
+[[device.method]]
+name = "identify"
+[[device.method.step]]
+op = "send"
+request = "*IDN?\r\n"
+expect = '^(?P<maker>[A-Z]+),(?P<model>[^,]+),'
+"#,
+        plc = plc.addr(),
+        rtu = rtu_line.path().display(),
+        psu_path = psu_line.path().display(),
+        plc_dev = device("plc-1", "plc", "unit = 1"),
+        gone_dev = device("plc-gone", "gone", "unit = 1"),
+        meter = device("meter-1", "rs485", "unit = 1"),
+        psu_dev = device("psu-1", "psu", ""),
+    );
+    let rig = Rig::start(
+        &["plc-1", "plc-gone", "meter-1", "psu-1"],
+        "max_payload_bytes = 1024",
+        &rest,
+    )
+    .await;
+
+    // 200: a read, decoded and scaled.
+    let (status, body) = rig.call("plc-1", "getStatus", json!(null)).await;
+    assert_eq!(
+        (status, body),
+        (
+            200,
+            json!({"speed": 25.0, "temperature": -10.0, "running": true})
+        )
+    );
+    // 200: write and read-back as one unit of work.
+    let (status, body) = rig.call("plc-1", "setSpeed", json!({"speed": 12.5})).await;
+    assert_eq!((status, body), (200, json!({"speed": 12.5})));
+    assert_eq!(regs.holding(1, 0, 2), vec![0x4148, 0x0000]);
+    // 400: out of range, nothing sent to the device.
+    let before = regs.request_count();
+    let (status, body) = rig.call("plc-1", "setSpeed", json!({"speed": 2000})).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        (body["error"].as_str(), body["field"].as_str()),
+        (Some("bad_request"), Some("speed"))
+    );
+    assert_eq!(regs.request_count(), before);
+    // 413: payload over the configured limit.
+    let (status, body) = rig
+        .call("plc-1", "echo", json!({"text": "x".repeat(2000)}))
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (413, Some("payload_too_large"))
+    );
+    // 501: unknown method, with the list of methods.
+    let (status, body) = rig.call("plc-1", "fly", json!({})).await;
+    assert_eq!(status, 501);
+    assert_eq!(
+        body,
+        json!({"error": "unknown_method", "methods": ["echo", "getStatus", "setSpeed"]})
+    );
+    // 422: the device answers with a Modbus exception.
+    regs.set_fault_times(1, Fault::Exception(2), 1);
+    let (status, body) = rig.call("plc-1", "getStatus", json!(null)).await;
+    assert_eq!(
+        (status, body),
+        (
+            422,
+            json!({"error": "device_exception", "code": 2, "name": "illegal data address"})
+        )
+    );
+    // 502: garbled replies beyond the retries; then the line recovers.
+    rtu_regs.set_fault(1, Fault::Garbage(Garbage::BadCrc));
+    let (status, body) = rig.call("meter-1", "read", json!(null)).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (502, Some("bad_device_reply")),
+        "{body}"
+    );
+    rtu_regs.clear_faults(1);
+    rtu_regs.set_input(1, 0, &[7]);
+    assert_eq!(
+        rig.call("meter-1", "read", json!(null)).await,
+        (200, json!({"v": 7}))
+    );
+    // 502: a serial reply that does not match its pattern.
+    psu.set_fault_times(
+        leafgate::sim::instrument::Fault::Garbage(b"??\r\n".to_vec()),
+        1,
+    );
+    let (status, body) = rig.call("psu-1", "identify", json!(null)).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (502, Some("bad_device_reply")),
+        "{body}"
+    );
+    assert_eq!(
+        rig.call("psu-1", "identify", json!(null)).await,
+        (200, json!({"maker": "LEAFGATE", "model": "PSU-1"}))
+    );
+    // 503: the bus cannot connect; answered fast, not at the deadline.
+    let t = Instant::now();
+    let (status, body) = rig.call("plc-gone", "getStatus", json!(null)).await;
+    assert_eq!(
+        (status, body["error"].as_str(), body["bus"].as_str()),
+        (503, Some("bus_unavailable"), Some("gone")),
+        "{body}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "503 took {:?}",
+        t.elapsed()
+    );
+    // 504: a silent unit, answered at the bus timeout, well within the method deadline.
+    rtu_regs.set_fault(1, Fault::Silent);
+    let t = Instant::now();
+    let (status, body) = rig.call("meter-1", "read", json!(null)).await;
+    assert_eq!(
+        (status, body["error"].as_str(), body["timeout_ms"].as_u64()),
+        (504, Some("device_timeout"), Some(3000)),
+        "{body}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "504 took {:?}",
+        t.elapsed()
+    );
+    // Every request got exactly one response.
+    for id in ["plc-1", "plc-gone", "meter-1", "psu-1"] {
+        let stats = rig.emu.device_stats(id);
+        assert_eq!(
+            stats.method_requests, stats.method_responses,
+            "{id}: {stats:?}"
+        );
+        assert_eq!(stats.method_responses_ignored, 0, "{id}");
+    }
+}
+
+#[tokio::test]
+async fn concurrent_methods_to_two_units_on_one_rtu_line_get_their_own_data() {
+    let regs = Registers::with_units([1, 2]);
+    regs.set_input(1, 0, &[0x0001, 0x86A0]); // 100000 → 1000.00 kWh
+    regs.set_input(2, 0, &[0x0000, 0x2710]); // 10000 → 100.00 kWh
+    let line = SerialLine::modbus_rtu(regs.clone()).unwrap();
+    let rest = format!(
+        r#"
+[[bus]]
+id = "rs485"
+kind = "modbus_rtu"
+path = "{path}"
+baud_rate = 19200
+parity = "even"
+timeout_ms = 300
+
+[[profile]]
+id = "meter"
+[[profile.method]]
+name = "getEnergy"
+[[profile.method.step]]
+op = "read"
+table = "input"
+address = 0
+fields = [{{ name = "kwh", type = "u32", scale = 0.01 }}]
+
+{a}{b}"#,
+        path = line.path().display(),
+        a = device("meter-a", "rs485", "unit = 1\nprofile = \"meter\""),
+        b = device("meter-b", "rs485", "unit = 2\nprofile = \"meter\""),
+    );
+    let rig = std::sync::Arc::new(Rig::start(&["meter-a", "meter-b"], "", &rest).await);
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..16 {
+        let rig = rig.clone();
+        calls.spawn(async move {
+            let id = if i % 2 == 0 { "meter-a" } else { "meter-b" };
+            (id, rig.call(id, "getEnergy", json!({})).await)
+        });
+    }
+    for (id, (status, body)) in calls.join_all().await {
+        let want = if id == "meter-a" { 1000.0 } else { 100.0 };
+        assert_eq!((status, body), (200, json!({"kwh": want})), "{id}");
+    }
+    assert_eq!(regs.request_count(), 16);
+}
+
+#[tokio::test]
+async fn devices_reconnect_by_themselves_after_the_hub_drops_everyone() {
+    let regs = Registers::with_units([1]);
+    regs.set_holding(1, 0, &[0x41C8, 0, 0, 0]);
+    let plc = TcpServer::start(regs.clone()).await.unwrap();
+    let rest = format!(
+        "[[bus]]\nid = \"plc\"\nkind = \"modbus_tcp\"\naddress = \"{}\"\n{}{PLC_METHODS}{}{PLC_METHODS}",
+        plc.addr(),
+        device("a", "plc", "unit = 1"),
+        device("b", "plc", "unit = 1"),
+    );
+    let rig = Rig::start(&["a", "b"], "", &rest).await;
+    let before = rig.emu.device_stats("a").connects_accepted;
+    rig.emu.drop_all_connections();
+    for id in ["a", "b"] {
+        rig.emu
+            .wait_for(id, WAIT, |s| {
+                s.connects_accepted > before && s.methods_subscribed
+            })
+            .await
+            .unwrap();
+        let (status, body) = rig.call(id, "getStatus", json!(null)).await;
+        assert_eq!((status, body["speed"].as_f64()), (200, Some(25.0)));
+    }
+}
+
+#[tokio::test]
+async fn shutdown_lets_a_method_in_flight_finish_and_disconnects_cleanly() {
+    let regs = Registers::with_units([1]);
+    let plc = TcpServer::start(regs.clone()).await.unwrap();
+    let rest = format!(
+        "[[bus]]\nid = \"plc\"\nkind = \"modbus_tcp\"\naddress = \"{}\"\ntimeout_ms = 2000\n{}{PLC_METHODS}",
+        plc.addr(),
+        device("a", "plc", "unit = 1")
+    );
+    let mut rig = Rig::start(&["a"], "", &rest).await;
+    regs.set_fault_times(1, Fault::Delay(Duration::from_millis(300)), 1);
+    let client =
+        ServiceClient::new(rig.emu.http_addr(), &rig.emu.service_connection_string()).unwrap();
+    let call = tokio::spawn(async move {
+        client
+            .invoke("a", "getStatus", json!(null), 30)
+            .await
+            .unwrap()
+    });
+    regs.wait_requests(1).await;
+    let gateway = rig.gateway.take().unwrap();
+    gateway.shutdown(Duration::from_secs(5)).await;
+    let (http, body) = call.await.unwrap();
+    assert_eq!((http, body["status"].as_u64()), (200, Some(200)), "{body}");
+    let stats = rig.emu.wait_for("a", WAIT, |s| !s.online).await.unwrap();
+    assert_eq!(stats.method_requests, stats.method_responses);
+}
