@@ -400,3 +400,34 @@ async fn shutdown_lets_a_method_in_flight_finish_and_disconnects_cleanly() {
     let stats = rig.emu.wait_for("a", WAIT, |s| !s.online).await.unwrap();
     assert_eq!(stats.method_requests, stats.method_responses);
 }
+
+#[tokio::test]
+async fn sas_tokens_are_renewed_before_expiry_with_a_clean_reconnect() {
+    let regs = Registers::with_units([1]);
+    regs.set_holding(1, 0, &[0x41C8, 0, 0, 0]);
+    let plc = TcpServer::start(regs.clone()).await.unwrap();
+    let rest = format!(
+        "[[bus]]\nid = \"plc\"\nkind = \"modbus_tcp\"\naddress = \"{}\"\n{}{PLC_METHODS}",
+        plc.addr(),
+        device("short-lived", "plc", "unit = 1"),
+    );
+    // A 10 s token: renewal comes at 7.5–8.5 s, before the emulator would cut the link at 10 s.
+    let rig = Rig::start(&["short-lived"], "sas_ttl_s = 10", &rest).await;
+    let first = rig.emu.device_stats("short-lived");
+    let renewed = rig
+        .emu
+        .wait_for("short-lived", Duration::from_secs(15), |s| {
+            s.connects_accepted > first.connects_accepted && s.methods_subscribed
+        })
+        .await
+        .unwrap();
+    assert_eq!(renewed.disconnects, first.disconnects + 1);
+    assert_eq!(
+        renewed.last_disconnect,
+        Some(leafgate::emulator::DisconnectReason::ClientDisconnect),
+        "the old connection must end with DISCONNECT, not token expiry"
+    );
+    assert_eq!(renewed.connects_refused, 0);
+    let (status, _) = rig.call("short-lived", "getStatus", json!(null)).await;
+    assert_eq!(status, 200);
+}

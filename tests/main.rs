@@ -17,3 +17,6 @@ mod emulator;
 
 /// The whole gateway end to end: emulator + simulated hardware + leafgate from a config file.
 mod gateway;
+
+/// The real binary: `check` and `run` exit codes, SIGTERM, secrets kept out of the log.
+mod cli;

@@ -280,3 +280,35 @@ fn on_publish(
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn username_follows_the_recommended_form() {
+        assert_eq!(
+            username("myhub.azure-devices.net", "pump-7"),
+            format!(
+                "myhub.azure-devices.net/pump-7/?api-version=2021-04-12&DeviceClientType=leafgate%2F{}",
+                env!("CARGO_PKG_VERSION")
+            )
+        );
+    }
+
+    #[test]
+    fn renewals_land_between_75_and_85_percent_of_the_ttl_and_are_spread() {
+        let ttl = Duration::from_secs(3600);
+        let delays: std::collections::BTreeSet<_> = (0..100).map(|_| renewal_delay(ttl)).collect();
+        assert!(
+            delays
+                .iter()
+                .all(|d| *d >= Duration::from_secs(2700) && *d <= Duration::from_secs(3060))
+        );
+        assert!(
+            delays.len() > 90,
+            "renewals are not spread: {} distinct of 100",
+            delays.len()
+        );
+    }
+}

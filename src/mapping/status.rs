@@ -104,3 +104,122 @@ pub fn respond(failure: &Failure) -> (u16, Value, log::Level) {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn bus_failure(error: bus::Error) -> Failure {
+        Failure::Bus {
+            bus: "rs485".to_owned(),
+            error,
+            timeout_ms: 2000,
+        }
+    }
+
+    #[test]
+    fn every_failure_has_its_contract_status_and_error_name() {
+        let cases: Vec<(Failure, u16, &str)> = vec![
+            (
+                Failure::TooLarge {
+                    size: 2000,
+                    limit: 1024,
+                },
+                413,
+                "payload_too_large",
+            ),
+            (Failure::NotJson("eof".to_owned()), 400, "bad_request"),
+            (
+                Failure::BadRequest(RequestError::new(Some("speed"), "out of range")),
+                400,
+                "bad_request",
+            ),
+            (
+                Failure::UnknownMethod {
+                    methods: vec!["a".to_owned()],
+                },
+                501,
+                "unknown_method",
+            ),
+            (
+                bus_failure(bus::Error::Exception { code: 2 }),
+                422,
+                "device_exception",
+            ),
+            (
+                bus_failure(bus::Error::Protocol("bad CRC".to_owned())),
+                502,
+                "bad_device_reply",
+            ),
+            (
+                Failure::Reply(ReplyError("no match".to_owned())),
+                502,
+                "bad_device_reply",
+            ),
+            (
+                bus_failure(bus::Error::Unavailable("refused".to_owned())),
+                503,
+                "bus_unavailable",
+            ),
+            (
+                bus_failure(bus::Error::QueueFull(64)),
+                503,
+                "bus_unavailable",
+            ),
+            (
+                bus_failure(bus::Error::ShuttingDown),
+                503,
+                "bus_unavailable",
+            ),
+            (Failure::ShuttingDown, 503, "bus_unavailable"),
+            (
+                bus_failure(bus::Error::Timeout(Duration::from_millis(500))),
+                504,
+                "device_timeout",
+            ),
+            (bus_failure(bus::Error::Expired), 504, "device_timeout"),
+            (
+                Failure::Internal("index out of bounds in decode".to_owned()),
+                500,
+                "internal",
+            ),
+        ];
+        for (failure, status, error) in cases {
+            let (got, body, _) = respond(&failure);
+            assert_eq!(
+                (got, body["error"].as_str()),
+                (status, Some(error)),
+                "{failure:?}"
+            );
+            assert!(body.is_object());
+        }
+    }
+
+    #[test]
+    fn bodies_carry_the_details_the_contract_names() {
+        let (_, body, _) = respond(&bus_failure(bus::Error::Exception { code: 2 }));
+        assert_eq!(
+            body,
+            json!({"error": "device_exception", "code": 2, "name": "illegal data address"})
+        );
+        let (_, body, _) = respond(&bus_failure(bus::Error::Timeout(Duration::from_millis(
+            300,
+        ))));
+        assert_eq!(body["timeout_ms"], 2000);
+        let (_, body, _) = respond(&bus_failure(bus::Error::QueueFull(64)));
+        assert_eq!(body["bus"], "rs485");
+        let (_, body, _) = respond(&Failure::BadRequest(RequestError::new(
+            Some("speed"),
+            "too fast",
+        )));
+        assert_eq!(
+            body,
+            json!({"error": "bad_request", "message": "too fast", "field": "speed"})
+        );
+        // Internals stay in the journal.
+        let (_, body, level) = respond(&Failure::Internal("secret detail".to_owned()));
+        assert!(!body.to_string().contains("secret"));
+        assert_eq!(level, log::Level::Error);
+    }
+}
