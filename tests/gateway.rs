@@ -431,3 +431,37 @@ async fn sas_tokens_are_renewed_before_expiry_with_a_clean_reconnect() {
     let (status, _) = rig.call("short-lived", "getStatus", json!(null)).await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn a_dead_unit_on_one_bus_never_delays_a_device_on_another_bus() {
+    let rtu_regs = Registers::with_units([1]);
+    rtu_regs.set_fault(1, Fault::Silent);
+    let line = SerialLine::modbus_rtu(rtu_regs.clone()).unwrap();
+    let regs = Registers::with_units([1]);
+    regs.set_holding(1, 0, &[0x41C8, 0, 0, 0]);
+    let plc = TcpServer::start(regs.clone()).await.unwrap();
+    let rest = format!(
+        "[[bus]]\nid = \"plc\"\nkind = \"modbus_tcp\"\naddress = \"{}\"\n[[bus]]\nid = \"rs485\"\nkind = \"modbus_rtu\"\npath = \"{}\"\ntimeout_ms = 2000\n{}{PLC_METHODS}{}{PLC_METHODS}",
+        plc.addr(),
+        line.path().display(),
+        device("fast", "plc", "unit = 1"),
+        device("dead", "rs485", "unit = 1"),
+    );
+    let rig = std::sync::Arc::new(Rig::start(&["fast", "dead"], "", &rest).await);
+    let slow = {
+        let rig = rig.clone();
+        tokio::spawn(async move { rig.call("dead", "getStatus", json!(null)).await })
+    };
+    rtu_regs.wait_requests(1).await;
+    let t = Instant::now();
+    for _ in 0..5 {
+        assert_eq!(rig.call("fast", "getStatus", json!(null)).await.0, 200);
+    }
+    assert!(
+        t.elapsed() < Duration::from_millis(1000),
+        "the fast device waited {:?}",
+        t.elapsed()
+    );
+    assert!(!slow.is_finished(), "the dead unit answered too early");
+    assert_eq!(slow.await.unwrap().0, 504);
+}
