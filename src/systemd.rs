@@ -61,23 +61,14 @@ impl<'kvs> VisitSource<'kvs> for Fields {
     }
 }
 
-/// `YYYY-MM-DDTHH:MM:SS.mmmZ` without a date crate (Howard Hinnant's civil-from-days).
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` without a date crate.
 fn utc_now() -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     let secs = now.as_secs();
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let (year, month, day) = civil_from_days(secs / 86_400);
     let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
     format!(
         "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
         rem / 3600,
@@ -85,6 +76,22 @@ fn utc_now() -> String {
         rem % 60,
         now.subsec_millis()
     )
+}
+
+/// Days since 1970-01-01 to a Gregorian (year, month, day): Howard Hinnant's
+/// `civil_from_days`, for non-negative days. Shared with the emulator's timestamps.
+#[must_use]
+pub fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
 }
 
 /// Tells systemd we are ready (no-op outside systemd).
@@ -105,6 +112,13 @@ pub fn notify_stopping() {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn civil_dates_match_known_days() {
+        assert_eq!(super::civil_from_days(0), (1970, 1, 1));
+        assert_eq!(super::civil_from_days(20_454), (2026, 1, 1));
+        assert_eq!(super::civil_from_days(11_016), (2000, 2, 29));
+    }
+
     #[test]
     fn utc_timestamp_has_the_expected_shape() {
         let t = super::utc_now();

@@ -358,7 +358,7 @@ fn hh_mm_ss(seconds: u64) -> String {
 fn timestamp_utc(time: SystemTime) -> String {
     let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
-    let (year, month, day) = civil_from_days(secs / 86_400);
+    let (year, month, day) = crate::systemd::civil_from_days(secs / 86_400);
     let rem = secs % 86_400;
     format!(
         "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:07}Z",
@@ -367,21 +367,6 @@ fn timestamp_utc(time: SystemTime) -> String {
         rem % 60,
         since.subsec_nanos() / 100
     )
-}
-
-/// Days since 1970-01-01 to a Gregorian date (Howard Hinnant's `civil_from_days`, for
-/// non-negative days).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    (year, month, day)
 }
 
 #[cfg(test)]
