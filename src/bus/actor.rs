@@ -22,6 +22,10 @@ use super::link::Link;
 use super::{Error, Op, Output};
 use crate::backoff::Backoff;
 
+/// The least time an operation may have to wait for its reply; with less left before the
+/// deadline it is not sent at all.
+const MIN_REPLY_WAIT: Duration = Duration::from_millis(100);
+
 /// Who a job is for, carried only for log lines.
 #[derive(Debug, Clone, Default)]
 pub struct Label {
@@ -245,8 +249,14 @@ impl<L: Link> Actor<L> {
         let _ = reply.send(Ok(outputs));
     }
 
-    /// One operation with retries for garbled replies and one reconnect for a link that died
-    /// while idle (devices and NAT boxes close idle TCP connections).
+    /// One operation. Retries: a garbled reply is retried (up to `retries`) and a link that
+    /// failed is reopened once, but only when repeating cannot act twice on the device: reads
+    /// always, writes and serial sends only if nothing of them was sent.
+    ///
+    /// An operation starts only if the deadline leaves room to send it and to wait a moment for
+    /// the reply (`MIN_REPLY_WAIT`, or the bus timeout if shorter). Otherwise it is refused as
+    /// `Expired` without touching the line, so a write never goes out after its caller has been
+    /// told it timed out.
     async fn execute(
         &mut self,
         op: &Op,
@@ -254,22 +264,30 @@ impl<L: Link> Actor<L> {
         label: &Label,
     ) -> Result<Output, Error> {
         let bus = &*self.settings.id;
+        let repeatable = matches!(op, Op::Read { .. });
         let mut garbled = 0;
         let mut reconnected = false;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(Error::Timeout(self.settings.timeout));
+            let overhead = self.link.overhead(op);
+            if left < overhead + self.settings.timeout.min(MIN_REPLY_WAIT) {
+                log::debug!(bus = bus, device_id = &*label.device, method = &*label.method, rid = &*label.rid;
+                    "{} ms left, too little to send and wait for a reply; not sent", left.as_millis());
+                return Err(Error::Expired);
             }
-            let limit = self.settings.timeout.min(left);
+            let limit = (overhead + self.settings.timeout).min(left);
             match self.link.execute(op, limit).await {
                 Ok(out) => return Ok(out),
-                Err(Error::Protocol(msg)) if garbled < self.settings.retries => {
+                Err(Error::Protocol(msg))
+                    if garbled < self.settings.retries && (repeatable || !self.link.sent()) =>
+                {
                     garbled += 1;
                     log::debug!(bus = bus, device_id = &*label.device, method = &*label.method, rid = &*label.rid;
                         "unusable reply ({msg}); retry {garbled} of {}", self.settings.retries);
                 }
-                Err(Error::Unavailable(msg)) if !reconnected => {
+                Err(Error::Unavailable(msg))
+                    if !reconnected && (repeatable || !self.link.sent()) =>
+                {
                     reconnected = true;
                     log::info!(bus = bus, device_id = &*label.device, method = &*label.method, rid = &*label.rid;
                         "link failed during a request ({msg}); reconnecting once");

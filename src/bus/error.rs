@@ -11,8 +11,9 @@ pub enum Error {
     /// No (complete) answer within the transaction timeout or the job's deadline.
     #[error("no answer from the device within {0:?}")]
     Timeout(Duration),
-    /// The job's deadline passed while it waited in the queue; it was never sent.
-    #[error("deadline passed while queued; not executed")]
+    /// Too little of the job's deadline was left to send it (it waited in the queue, or an
+    /// earlier step took the time); it was never sent.
+    #[error("deadline too close to send the request; not executed")]
     Expired,
     /// The answer was unusable: bad CRC, wrong unit/function/length, reply not matching.
     #[error("unusable reply from the device: {0}")]

@@ -204,9 +204,12 @@ pub fn decode_pdu(op: &Op, pdu: &[u8]) -> Result<Output, Error> {
                 ))
             }
         }
-        Op::Write { address, .. } => {
-            // Every write reply echoes the address first; checking it catches stale replies.
-            if data.len() != 4 || data[..2] != address.to_be_bytes() {
+        Op::Write { .. } => {
+            // Every write reply echoes the request's first four data bytes: the address and the
+            // value (FC 5, 6) or the quantity (FC 15, 16). A stale echo of an earlier write to
+            // the same address with another value fails here.
+            let request = request_pdu(op)?;
+            if data.len() != 4 || request.get(1..5) != Some(data) {
                 return Err(Error::Protocol(
                     "write reply does not echo the request".to_owned(),
                 ));
@@ -290,6 +293,20 @@ mod tests {
         );
         assert!(matches!(
             decode_reply(7, &write, &with_crc(vec![7, 16, 0, 6, 0, 2])),
+            Err(Error::Protocol(_))
+        ));
+        // A single-register write's echo carries the value: a stale echo of another value fails.
+        let single = Op::Write {
+            unit: 7,
+            address: 5,
+            data: WriteData::Registers(vec![0x0102]),
+        };
+        assert_eq!(
+            decode_reply(7, &single, &with_crc(vec![7, 6, 0, 5, 1, 2])).unwrap(),
+            Output::Written
+        );
+        assert!(matches!(
+            decode_reply(7, &single, &with_crc(vec![7, 6, 0, 5, 1, 3])),
             Err(Error::Protocol(_))
         ));
 

@@ -1,4 +1,4 @@
-//! The transport a bus actor drives: open it, run one operation under a timeout, close it.
+//! The transport a bus actor drives: open it, run one operation under a time limit, close it.
 
 use std::future::Future;
 use std::time::Duration;
@@ -12,11 +12,18 @@ pub trait Link: Send + 'static {
     /// Opens the transport (connect a socket, open a serial device).
     fn open(&mut self) -> impl Future<Output = Result<(), Error>> + Send;
     fn is_open(&self) -> bool;
-    /// Runs one operation. `timeout` bounds the whole exchange.
+    /// Runs one operation. `limit` bounds the whole exchange: the inter-frame gap, sending, and
+    /// waiting for the reply.
     fn execute(
         &mut self,
         op: &Op,
-        timeout: Duration,
+        limit: Duration,
     ) -> impl Future<Output = Result<Output, Error>> + Send;
+    /// Whether the last [`Link::execute`] put any byte of its request on the wire. A request
+    /// that was sent may have been executed, so writes are never sent again after a failure.
+    fn sent(&self) -> bool;
+    /// Time an exchange of `op` needs before any reply can start: the silent interval and the
+    /// time to transmit the request at the line's speed (zero on TCP).
+    fn overhead(&self, op: &Op) -> Duration;
     fn close(&mut self);
 }

@@ -54,7 +54,7 @@ pub fn start(bus: &Bus, shutdown: CancellationToken) -> (Handle, tokio::task::Jo
             };
             actor::spawn(
                 settings,
-                modbus_rtu::RtuLink::new(endpoint, std::time::Duration::ZERO),
+                modbus_rtu::RtuLink::new(endpoint, std::time::Duration::ZERO, bus.timeout),
                 shutdown,
             )
         }
@@ -62,7 +62,7 @@ pub fn start(bus: &Bus, shutdown: CancellationToken) -> (Handle, tokio::task::Jo
             let endpoint = modbus_rtu::Endpoint::Serial(line.clone());
             actor::spawn(
                 settings,
-                modbus_rtu::RtuLink::new(endpoint, *frame_gap),
+                modbus_rtu::RtuLink::new(endpoint, *frame_gap, bus.timeout),
                 shutdown,
             )
         }
@@ -70,7 +70,7 @@ pub fn start(bus: &Bus, shutdown: CancellationToken) -> (Handle, tokio::task::Jo
             let endpoint = modbus_rtu::Endpoint::Serial(line.clone());
             actor::spawn(
                 settings,
-                serial::SerialLink::new(endpoint, framing.clone()),
+                serial::SerialLink::new(endpoint, framing.clone(), bus.timeout),
                 shutdown,
             )
         }

@@ -3,9 +3,13 @@
 //! the silent interval between frames.
 //!
 //! Never a stale reply: before each request, stray input is discarded; after a timeout or an
-//! unusable reply, the line is kept quiet for a guard time (half the transaction timeout, at
-//! most 500 ms) and everything that arrives is discarded, so a late reply cannot be taken as the
+//! unusable reply, the line is kept quiet for a guard time (half the bus timeout, between 20 ms
+//! and 1 s) and everything that arrives is discarded, so a late reply cannot be taken as the
 //! answer to the next request. On TCP the connection is dropped instead.
+//!
+//! Serial writes are never flushed with `tcdrain`: tokio-serial would run it on the async worker
+//! thread and block every device for the frame's transmit time. The transmit time is computed
+//! from the line settings instead, and waited for asynchronously.
 
 use std::time::Duration;
 
@@ -18,6 +22,7 @@ use super::link::Link;
 use super::port;
 use super::{Error, Op, Output};
 use crate::config::Line;
+use crate::config::schema::Parity;
 
 /// Anything bytes go through: a serial port, a pty, a TCP socket.
 pub trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
@@ -54,28 +59,56 @@ impl Endpoint {
     pub(crate) fn is_tcp(&self) -> bool {
         matches!(self, Endpoint::Tcp { .. })
     }
+
+    /// Time one byte takes on the wire (start, data, parity and stop bits); zero on TCP.
+    pub(crate) fn char_time(&self) -> Duration {
+        match self {
+            Endpoint::Tcp { .. } => Duration::ZERO,
+            Endpoint::Serial(line) => {
+                let bits = 1
+                    + u64::from(line.data_bits)
+                    + u64::from(line.stop_bits)
+                    + u64::from(line.parity != Parity::None);
+                Duration::from_nanos(bits * 1_000_000_000 / u64::from(line.baud_rate.max(1)))
+            }
+        }
+    }
+}
+
+/// How long to keep a line quiet after a failure, from the configured bus timeout.
+pub(crate) fn guard_time(bus_timeout: Duration) -> Duration {
+    (bus_timeout / 2).clamp(Duration::from_millis(20), Duration::from_secs(1))
+}
+
+fn times(d: Duration, n: usize) -> Duration {
+    d.saturating_mul(u32::try_from(n).unwrap_or(u32::MAX))
 }
 
 pub struct RtuLink {
     endpoint: Endpoint,
     frame_gap: Duration,
+    guard: Duration,
     stream: Option<Box<dyn Stream>>,
     /// When the line last carried a byte (sent or received); the next frame waits for the gap.
     last_activity: Instant,
+    sent: bool,
 }
 
 impl RtuLink {
+    /// `bus_timeout` is the configured transaction timeout; it sets the resync guard time.
     #[must_use]
-    pub fn new(endpoint: Endpoint, frame_gap: Duration) -> Self {
+    pub fn new(endpoint: Endpoint, frame_gap: Duration, bus_timeout: Duration) -> Self {
         RtuLink {
             endpoint,
             frame_gap,
+            guard: guard_time(bus_timeout),
             stream: None,
             last_activity: Instant::now(),
+            sent: false,
         }
     }
 
-    async fn exchange(&mut self, op: &Op, timeout: Duration) -> Result<Output, Error> {
+    async fn exchange(&mut self, op: &Op) -> Result<Output, Error> {
         let unit = match op {
             Op::Read { unit, .. } | Op::Write { unit, .. } => *unit,
             Op::Serial { .. } => {
@@ -85,20 +118,19 @@ impl RtuLink {
             }
         };
         let request = frame::encode_request(unit, op)?;
-        let gap = self.frame_gap;
+        let tx_time = times(self.endpoint.char_time(), request.len());
         let stream = self
             .stream
             .as_mut()
             .ok_or_else(|| Error::Unavailable("line not open".to_owned()))?;
-        tokio::time::sleep_until(self.last_activity + gap).await;
+        tokio::time::sleep_until(self.last_activity + self.frame_gap).await;
         discard_pending(stream).await?;
+        self.sent = true;
         stream.write_all(&request).await.map_err(write_failed)?;
-        stream.flush().await.map_err(write_failed)?;
-        let sent = Instant::now();
-        self.last_activity = sent;
-        let deadline = sent + timeout;
+        // The frame is on the wire until `tx_time` from now; the reply cannot start before.
+        self.last_activity = Instant::now() + tx_time;
         let mut reply = vec![0u8; 3];
-        read_exact_by(stream, &mut reply, deadline, timeout).await?;
+        read_exact(stream, &mut reply).await?;
         let len = frame::reply_len(op, [reply[0], reply[1], reply[2]]).ok_or_else(|| {
             Error::Protocol(format!(
                 "reply with function code {} to function {}",
@@ -113,21 +145,20 @@ impl RtuLink {
             )));
         }
         reply.resize(len, 0);
-        read_exact_by(stream, &mut reply[3..], deadline, timeout).await?;
+        read_exact(stream, &mut reply[3..]).await?;
         self.last_activity = Instant::now();
         frame::decode_reply(unit, op, &reply)
     }
 
     /// After a failure: keep the line quiet and discard whatever arrives (late or garbled
     /// replies), or drop a TCP connection outright.
-    async fn resync(&mut self, timeout: Duration) {
+    async fn resync(&mut self) {
         if self.endpoint.is_tcp() {
             self.stream = None;
             return;
         }
-        let guard = (timeout / 2).clamp(Duration::from_millis(20), Duration::from_millis(500));
         if let Some(stream) = self.stream.as_mut() {
-            match port::drain(stream, guard, guard * 4).await {
+            match port::drain(stream, self.guard, self.guard * 4).await {
                 Ok(n) if n > 0 => log::debug!("discarded {n} stray bytes while resynchronising"),
                 Ok(_) => {}
                 Err(e) => {
@@ -144,24 +175,22 @@ fn write_failed(e: std::io::Error) -> Error {
     Error::Unavailable(format!("write failed: {e}"))
 }
 
-/// Reads exactly `buf.len()` bytes before `deadline`.
-pub(crate) async fn read_exact_by<S: Stream + ?Sized>(
+/// Reads exactly `buf.len()` bytes; the caller bounds the time.
+pub(crate) async fn read_exact<S: Stream + ?Sized>(
     stream: &mut S,
     buf: &mut [u8],
-    deadline: Instant,
-    timeout: Duration,
 ) -> Result<(), Error> {
-    match tokio::time::timeout_at(deadline, stream.read_exact(buf)).await {
-        Err(_) => Err(Error::Timeout(timeout)),
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+    match stream.read_exact(buf).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
             Err(Error::Unavailable("line closed".to_owned()))
         }
-        Ok(Err(e)) => Err(Error::Unavailable(format!("read failed: {e}"))),
+        Err(e) => Err(Error::Unavailable(format!("read failed: {e}"))),
     }
 }
 
-/// Discards bytes already waiting (a late reply that arrived between transactions).
+/// Discards bytes already waiting (a late reply that arrived between transactions). A closed
+/// line is found here, before anything is sent.
 pub(crate) async fn discard_pending<S: Stream + ?Sized>(stream: &mut S) -> Result<(), Error> {
     let mut buf = [0u8; 256];
     loop {
@@ -186,14 +215,27 @@ impl Link for RtuLink {
         self.stream.is_some()
     }
 
-    async fn execute(&mut self, op: &Op, timeout: Duration) -> Result<Output, Error> {
-        let result = self.exchange(op, timeout).await;
+    async fn execute(&mut self, op: &Op, limit: Duration) -> Result<Output, Error> {
+        self.sent = false;
+        let result = match tokio::time::timeout(limit, self.exchange(op)).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Timeout(limit)),
+        };
         match &result {
-            Err(Error::Timeout(_) | Error::Protocol(_)) => self.resync(timeout).await,
+            Err(Error::Timeout(_) | Error::Protocol(_)) => self.resync().await,
             Err(Error::Unavailable(_)) => self.stream = None,
             _ => {}
         }
         result
+    }
+
+    fn sent(&self) -> bool {
+        self.sent
+    }
+
+    fn overhead(&self, op: &Op) -> Duration {
+        let len = frame::encode_request(0, op).map_or(0, |f| f.len());
+        self.frame_gap + times(self.endpoint.char_time(), len)
     }
 
     fn close(&mut self) {

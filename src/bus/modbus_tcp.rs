@@ -2,6 +2,10 @@
 //! only one. tokio-modbus has no timeouts of its own and, after a caller-side timeout, would take
 //! the late reply as the answer to the next request; so every failure drops the connection and
 //! the next request starts on a fresh one.
+//!
+//! Devices and NAT boxes close idle connections. Before each request the socket is peeked: a
+//! closed connection (or stray bytes) is replaced before anything is sent, so a write is never
+//! lost to, nor repeated because of, a connection that died while idle.
 
 use std::time::Duration;
 
@@ -18,6 +22,9 @@ pub struct TcpLink {
     address: String,
     connect_timeout: Duration,
     ctx: Option<Context>,
+    /// A second handle on the same socket, only to peek at it between transactions.
+    probe: Option<std::net::TcpStream>,
+    sent: bool,
 }
 
 impl TcpLink {
@@ -27,6 +34,37 @@ impl TcpLink {
             address,
             connect_timeout,
             ctx: None,
+            probe: None,
+            sent: false,
+        }
+    }
+
+    /// Whether the idle connection is still usable: no EOF, no error, no unread bytes.
+    fn idle_and_healthy(&self) -> bool {
+        let Some(probe) = &self.probe else {
+            return false;
+        };
+        let mut byte = [0u8; 1];
+        match probe.peek(&mut byte) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => true,
+            Ok(0) => {
+                log::debug!(
+                    "connection to {} was closed by the peer while idle",
+                    self.address
+                );
+                false
+            }
+            Ok(_) => {
+                log::debug!(
+                    "stray bytes on the connection to {}; reconnecting",
+                    self.address
+                );
+                false
+            }
+            Err(e) => {
+                log::debug!("connection to {} failed while idle: {e}", self.address);
+                false
+            }
         }
     }
 }
@@ -38,7 +76,19 @@ impl Link for TcpLink {
             .map_err(|_| Error::Unavailable(format!("connect to {} timed out", self.address)))?
             .map_err(|e| Error::Unavailable(format!("cannot connect to {}: {e}", self.address)))?;
         let _ = stream.set_nodelay(true);
-        self.ctx = Some(tokio_modbus::client::tcp::attach(stream));
+        // The std handle stays non-blocking (tokio set it so), which is what peek needs.
+        let probe = stream
+            .into_std()
+            .and_then(|std| Ok((std.try_clone()?, std)))
+            .and_then(|(probe, std)| Ok((probe, TcpStream::from_std(std)?)))
+            .map_err(|e| {
+                Error::Unavailable(format!(
+                    "cannot set up the connection to {}: {e}",
+                    self.address
+                ))
+            })?;
+        self.probe = Some(probe.0);
+        self.ctx = Some(tokio_modbus::client::tcp::attach(probe.1));
         Ok(())
     }
 
@@ -47,10 +97,20 @@ impl Link for TcpLink {
     }
 
     async fn execute(&mut self, op: &Op, timeout: Duration) -> Result<Output, Error> {
+        self.sent = false;
+        if self.ctx.is_some() && !self.idle_and_healthy() {
+            self.close();
+            tokio::time::timeout(timeout, self.open())
+                .await
+                .map_err(|_| {
+                    Error::Unavailable(format!("reconnect to {} timed out", self.address))
+                })??;
+        }
         let ctx = self
             .ctx
             .as_mut()
             .ok_or_else(|| Error::Unavailable("not connected".to_owned()))?;
+        self.sent = true;
         let result = tokio::time::timeout(timeout, call(ctx, op)).await;
         let outcome = match result {
             Err(_) => Err(Error::Timeout(timeout)),
@@ -67,12 +127,21 @@ impl Link for TcpLink {
             Ok(Ok(Ok(out))) => return Ok(out),
         };
         // Anything but a clean reply or an exception leaves the stream in an unknown state.
-        self.ctx = None;
+        self.close();
         outcome
+    }
+
+    fn sent(&self) -> bool {
+        self.sent
+    }
+
+    fn overhead(&self, _op: &Op) -> Duration {
+        Duration::ZERO
     }
 
     fn close(&mut self) {
         self.ctx = None;
+        self.probe = None;
     }
 }
 

@@ -8,7 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 use super::link::Link;
-use super::modbus_rtu::{Endpoint, Stream, discard_pending, read_exact_by};
+use super::modbus_rtu::{Endpoint, Stream, discard_pending, guard_time, read_exact};
 use super::port;
 use super::{Error, Op, Output};
 use crate::config::SerialFraming;
@@ -19,80 +19,79 @@ const MAX_REPLY: usize = 4096;
 pub struct SerialLink {
     endpoint: Endpoint,
     framing: SerialFraming,
+    guard: Duration,
     stream: Option<Box<dyn Stream>>,
+    sent: bool,
 }
 
 impl SerialLink {
     #[must_use]
-    pub fn new(endpoint: Endpoint, framing: SerialFraming) -> Self {
+    pub fn new(endpoint: Endpoint, framing: SerialFraming, bus_timeout: Duration) -> Self {
         SerialLink {
             endpoint,
             framing,
+            guard: guard_time(bus_timeout),
             stream: None,
+            sent: false,
         }
     }
 
-    async fn exchange(
-        &mut self,
-        request: &[u8],
-        want_reply: bool,
-        timeout: Duration,
-    ) -> Result<Output, Error> {
+    async fn exchange(&mut self, request: &[u8], want_reply: bool) -> Result<Output, Error> {
+        let tx_time = self.overhead_bytes(request.len());
         let stream = self
             .stream
             .as_mut()
             .ok_or_else(|| Error::Unavailable("line not open".to_owned()))?;
         discard_pending(stream).await?;
+        self.sent = true;
         stream
             .write_all(request)
             .await
             .map_err(|e| Error::Unavailable(format!("write failed: {e}")))?;
-        stream
-            .flush()
-            .await
-            .map_err(|e| Error::Unavailable(format!("write failed: {e}")))?;
         if !want_reply {
+            // An instrument that answers anyway must not have its answer read as the reply to
+            // the next request: wait out the transmission and a short quiet period.
+            tokio::time::sleep(tx_time).await;
+            port::drain(
+                stream,
+                Duration::from_millis(50),
+                Duration::from_millis(250),
+            )
+            .await?;
             return Ok(Output::Written);
         }
-        let deadline = Instant::now() + timeout;
         let reply = match &self.framing {
             SerialFraming::Length(n) => {
                 let mut buf = vec![0u8; *n];
-                read_exact_by(stream, &mut buf, deadline, timeout).await?;
+                read_exact(stream, &mut buf).await?;
                 buf
             }
-            SerialFraming::Terminator(term) => read_until(stream, term, deadline, timeout).await?,
-            SerialFraming::IdleGap(gap) => read_until_idle(stream, *gap, deadline, timeout).await?,
+            SerialFraming::Terminator(term) => read_until(stream, term).await?,
+            SerialFraming::IdleGap(gap) => read_until_idle(stream, *gap).await?,
         };
         Ok(Output::Reply(reply))
     }
-}
 
-async fn read_chunk<S: Stream + ?Sized>(
-    stream: &mut S,
-    buf: &mut [u8],
-    until: Instant,
-) -> Result<Option<usize>, Error> {
-    match tokio::time::timeout_at(until, stream.read(buf)).await {
-        Err(_) => Ok(None),
-        Ok(Ok(0)) => Err(Error::Unavailable("line closed".to_owned())),
-        Ok(Ok(n)) => Ok(Some(n)),
-        Ok(Err(e)) => Err(Error::Unavailable(format!("read failed: {e}"))),
+    fn overhead_bytes(&self, n: usize) -> Duration {
+        self.endpoint
+            .char_time()
+            .saturating_mul(u32::try_from(n).unwrap_or(u32::MAX))
     }
 }
 
-async fn read_until<S: Stream + ?Sized>(
-    stream: &mut S,
-    term: &[u8],
-    deadline: Instant,
-    timeout: Duration,
-) -> Result<Vec<u8>, Error> {
+async fn read_chunk<S: Stream + ?Sized>(stream: &mut S, buf: &mut [u8]) -> Result<usize, Error> {
+    match stream.read(buf).await {
+        Ok(0) => Err(Error::Unavailable("line closed".to_owned())),
+        Ok(n) => Ok(n),
+        Err(e) => Err(Error::Unavailable(format!("read failed: {e}"))),
+    }
+}
+
+async fn read_until<S: Stream + ?Sized>(stream: &mut S, term: &[u8]) -> Result<Vec<u8>, Error> {
     let mut reply = Vec::new();
     let mut buf = [0u8; 256];
     loop {
-        let n = read_chunk(stream, &mut buf, deadline)
-            .await?
-            .ok_or(Error::Timeout(timeout))?;
+        let n = read_chunk(stream, &mut buf).await?;
         reply.extend_from_slice(&buf[..n]);
         if let Some(pos) = reply.windows(term.len()).position(|w| w == term) {
             if pos + term.len() < reply.len() {
@@ -115,21 +114,16 @@ async fn read_until<S: Stream + ?Sized>(
 async fn read_until_idle<S: Stream + ?Sized>(
     stream: &mut S,
     gap: Duration,
-    deadline: Instant,
-    timeout: Duration,
 ) -> Result<Vec<u8>, Error> {
     let mut reply = Vec::new();
     let mut buf = [0u8; 256];
-    // The first byte may take the whole timeout; after that the reply ends at the first gap.
-    let n = read_chunk(stream, &mut buf, deadline)
-        .await?
-        .ok_or(Error::Timeout(timeout))?;
+    // The first byte may take the whole time limit; after that the reply ends at the first gap.
+    let n = read_chunk(stream, &mut buf).await?;
     reply.extend_from_slice(&buf[..n]);
     loop {
-        let until = (Instant::now() + gap).min(deadline);
-        match read_chunk(stream, &mut buf, until).await? {
-            None => return Ok(reply),
-            Some(n) => reply.extend_from_slice(&buf[..n]),
+        match tokio::time::timeout_at(Instant::now() + gap, read_chunk(stream, &mut buf)).await {
+            Err(_) => return Ok(reply),
+            Ok(n) => reply.extend_from_slice(&buf[..n?]),
         }
         if reply.len() > MAX_REPLY {
             return Err(Error::Protocol(format!(
@@ -149,19 +143,24 @@ impl Link for SerialLink {
         self.stream.is_some()
     }
 
-    async fn execute(&mut self, op: &Op, timeout: Duration) -> Result<Output, Error> {
+    async fn execute(&mut self, op: &Op, limit: Duration) -> Result<Output, Error> {
+        self.sent = false;
         let Op::Serial { request, reply } = op else {
             return Err(Error::Protocol(
                 "modbus operation on a raw serial line".to_owned(),
             ));
         };
-        let result = self.exchange(request, *reply, timeout).await;
+        let result = match tokio::time::timeout(limit, self.exchange(request, *reply)).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Timeout(limit)),
+        };
         match &result {
             Err(Error::Timeout(_) | Error::Protocol(_)) => {
-                let guard =
-                    (timeout / 2).clamp(Duration::from_millis(20), Duration::from_millis(500));
                 if let Some(stream) = self.stream.as_mut() {
-                    if port::drain(stream, guard, guard * 4).await.is_err() {
+                    if port::drain(stream, self.guard, self.guard * 4)
+                        .await
+                        .is_err()
+                    {
                         self.stream = None;
                     }
                 }
@@ -170,6 +169,17 @@ impl Link for SerialLink {
             _ => {}
         }
         result
+    }
+
+    fn sent(&self) -> bool {
+        self.sent
+    }
+
+    fn overhead(&self, op: &Op) -> Duration {
+        match op {
+            Op::Serial { request, .. } => self.overhead_bytes(request.len()),
+            _ => Duration::ZERO,
+        }
     }
 
     fn close(&mut self) {
