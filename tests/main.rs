@@ -17,3 +17,6 @@ mod emulator;
 
 /// The whole gateway end to end: emulator + simulated hardware + leafgate from a config file.
 mod gateway;
+
+/// `leafgate demo --once`, through the library and as the real binary.
+mod demo;
