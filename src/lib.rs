@@ -12,10 +12,13 @@
 //! - [`sim`]: simulated hardware (Modbus TCP/RTU devices, a serial instrument, ptys) with fault
 //!   injection, for the integration tests and `leafgate demo`.
 //! - [`emulator`]: a local IoT Hub (MQTT devices + direct-method service API) for tests and the demo.
+//! - [`demo`]: `leafgate demo`: emulator + simulated site + gateway from `config/demo.toml`, and a
+//!   checked script of direct-method round trips.
 
 pub mod backoff;
 pub mod bus;
 pub mod config;
+pub mod demo;
 pub mod emulator;
 pub mod gateway;
 pub mod hub;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use leafgate::{config, gateway, systemd};
+use leafgate::{config, demo, gateway, systemd};
 
 /// Exit code for a bad config (EX_CONFIG); the unit sets `RestartPreventExitStatus=78` so
 /// systemd does not restart-loop on it.
@@ -38,13 +38,114 @@ enum Command {
         #[arg(short, long, default_value = config::DEFAULT_PATH)]
         config: PathBuf,
     },
+    /// Run everything on this machine: an emulated IoT Hub, simulated Modbus and serial
+    /// hardware, and leafgate with config/demo.toml; call a few methods and show the answers.
+    ///
+    /// Exit codes: 0 every round trip answered as expected; 1 one did not (with --once);
+    /// 2 the demo could not start.
+    Demo {
+        /// Do the round trips and exit instead of serving until Ctrl-C.
+        #[arg(long)]
+        once: bool,
+        /// Port of the emulated hub's MQTT-over-TLS listener on 127.0.0.1 (0: any free port).
+        #[arg(long, default_value_t = 0)]
+        hub_port: u16,
+        /// Port of the emulated hub's service API on 127.0.0.1 (0: any free port).
+        #[arg(long, default_value_t = 0)]
+        http_port: u16,
+        /// Log level of the gateway and the emulator, on stderr (off, error, warn, info, debug,
+        /// trace).
+        #[arg(long, default_value = "warn")]
+        log_level: log::LevelFilter,
+    },
+    /// Run only the local IoT Hub emulator (MQTT over TLS + service API) until Ctrl-C.
+    Emulator {
+        #[command(flatten)]
+        args: leafgate::emulator::EmulatorArgs,
+        /// Log level on stderr (off, error, warn, info, debug, trace).
+        #[arg(long, default_value = "info")]
+        log_level: log::LevelFilter,
+    },
 }
+
+/// `leafgate demo`: a round trip did not answer as expected (with --once).
+const EXIT_DEMO_FAILED: u8 = 1;
+/// `leafgate demo` or `leafgate emulator` could not start.
+const EXIT_CANNOT_START: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Run { config, log_level } => run(&config, log_level),
+        Command::Demo {
+            once,
+            hub_port,
+            http_port,
+            log_level,
+        } => demo(
+            &demo::Options {
+                once,
+                hub_port,
+                http_port,
+            },
+            log_level,
+        ),
+        Command::Emulator { args, log_level } => emulator(args, log_level),
+    }
+}
+
+fn demo(options: &demo::Options, level: log::LevelFilter) -> ExitCode {
+    if let Err(e) = systemd::init_logging(level) {
+        eprintln!("leafgate: cannot start logging: {e}");
+    }
+    let summary = match block_on(demo::run(options, &mut std::io::stdout())) {
+        Ok(summary) => summary,
+        Err(e) => {
+            print_error("leafgate demo", &e);
+            return ExitCode::from(EXIT_CANNOT_START);
+        }
+    };
+    if options.once && !summary.all_passed() {
+        for failure in summary.failures() {
+            eprintln!("leafgate demo: round trip {failure}");
+        }
+        return ExitCode::from(EXIT_DEMO_FAILED);
+    }
+    ExitCode::SUCCESS
+}
+
+fn emulator(args: leafgate::emulator::EmulatorArgs, level: log::LevelFilter) -> ExitCode {
+    if let Err(e) = systemd::init_logging(level) {
+        eprintln!("leafgate: cannot start logging: {e}");
+    }
+    match block_on(leafgate::emulator::run_cli(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            print_error("leafgate emulator", &e);
+            ExitCode::from(EXIT_CANNOT_START)
+        }
+    }
+}
+
+/// Runs `future` on a fresh multi-threaded runtime; anyhow glues the runtime's error and the
+/// future's into one chain.
+fn block_on<T, E>(future: impl Future<Output = Result<T, E>>) -> anyhow::Result<T>
+where
+    E: Into<anyhow::Error>,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::Error::new(e).context("cannot start the async runtime"))?;
+    runtime.block_on(future).map_err(Into::into)
+}
+
+/// `{command}: what failed` then one `caused by:` line per cause, on stderr.
+fn print_error(command: &str, error: &anyhow::Error) {
+    eprintln!("{command}: {error}");
+    for cause in error.chain().skip(1) {
+        eprintln!("  caused by: {cause}");
     }
 }
 

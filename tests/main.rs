@@ -20,3 +20,6 @@ mod gateway;
 
 /// The real binary: `check` and `run` exit codes, SIGTERM, secrets kept out of the log.
 mod cli;
+
+/// `leafgate demo --once`, through the library and as the real binary.
+mod demo;
