@@ -210,6 +210,8 @@ async fn serve(cfg: config::Config) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    // Without a handler SIGHUP would kill the daemon mid-transaction.
+    let mut hup = signal(SignalKind::hangup())?;
     let gw = gateway::Gateway::start(&cfg)?;
     systemd::notify_ready(&format!("0/{} devices connected", gw.devices()));
     log::info!(
@@ -223,6 +225,7 @@ async fn serve(cfg: config::Config) -> anyhow::Result<()> {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
+            _ = hup.recv() => log::warn!("SIGHUP: reloading the config is not implemented yet; restart leafgate to apply config changes"),
             _ = status.tick() => systemd::notify_status(&format!(
                 "{}/{} devices connected, {}/{} buses up",
                 gw.connected(), gw.devices(), gw.buses_up(), gw.buses()
@@ -231,6 +234,7 @@ async fn serve(cfg: config::Config) -> anyhow::Result<()> {
     }
     log::info!("stopping: finishing methods in flight");
     systemd::notify_stopping();
-    gw.shutdown(Duration::from_secs(20)).await;
+    let drain = gw.drain_deadline();
+    gw.shutdown(drain).await;
     Ok(())
 }

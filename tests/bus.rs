@@ -561,3 +561,29 @@ async fn an_unplugged_serial_adapter_fails_fast_and_is_reopened_when_it_returns(
     .unwrap();
     assert_eq!(r, vec![Output::Registers(vec![1])]);
 }
+
+#[tokio::test]
+async fn a_write_whose_echo_is_garbled_is_never_sent_twice() {
+    let regs = Registers::with_units([1]);
+    let line = SerialLine::modbus_rtu(regs.clone()).unwrap();
+    let (h, _task) = bus::start(&rtu(line.path(), 200), CancellationToken::new());
+    up(&h).await;
+    regs.set_fault(1, Fault::Garbage(Garbage::BadCrc));
+    let write = Op::Write {
+        unit: 1,
+        address: 3,
+        data: WriteData::Registers(vec![5]),
+    };
+    let r = run(&h, vec![write], Duration::from_secs(5)).await;
+    assert!(matches!(r, Err(Error::Protocol(_))), "{r:?}");
+    // A read in the same state is retried (retries = 2): three requests in all.
+    let r = run(
+        &h,
+        vec![read(1, Table::Holding, 3, 1)],
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(matches!(r, Err(Error::Protocol(_))), "{r:?}");
+    let functions: Vec<u8> = regs.requests().iter().map(|r| r.function).collect();
+    assert_eq!(functions, vec![6, 3, 3, 3]);
+}

@@ -465,3 +465,33 @@ async fn a_dead_unit_on_one_bus_never_delays_a_device_on_another_bus() {
     assert!(!slow.is_finished(), "the dead unit answered too early");
     assert_eq!(slow.await.unwrap().0, 504);
 }
+
+#[tokio::test]
+async fn a_reply_still_reaches_the_caller_when_the_hub_connection_drops_mid_method() {
+    let regs = Registers::with_units([1]);
+    regs.set_holding(1, 0, &[0x41C8, 0, 0, 0]);
+    let plc = TcpServer::start(regs.clone()).await.unwrap();
+    let rest = format!(
+        "[[bus]]\nid = \"plc\"\nkind = \"modbus_tcp\"\naddress = \"{}\"\ntimeout_ms = 3000\n{}{PLC_METHODS}",
+        plc.addr(),
+        device("a", "plc", "unit = 1"),
+    );
+    let rig = std::sync::Arc::new(Rig::start(&["a"], "", &rest).await);
+    // The device takes 800 ms; the hub drops every connection while it works.
+    regs.set_fault_times(1, Fault::Delay(Duration::from_millis(800)), 1);
+    let before = rig.emu.device_stats("a").connects_accepted;
+    let call = {
+        let rig = rig.clone();
+        tokio::spawn(async move { rig.call("a", "getStatus", json!(null)).await })
+    };
+    regs.wait_requests(1).await;
+    rig.emu.drop_all_connections();
+    rig.emu
+        .wait_for("a", WAIT, |s| {
+            s.connects_accepted > before && s.methods_subscribed
+        })
+        .await
+        .unwrap();
+    let (status, body) = call.await.unwrap();
+    assert_eq!((status, body["speed"].as_f64()), (200, Some(25.0)));
+}

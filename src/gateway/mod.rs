@@ -32,6 +32,7 @@ pub struct Gateway {
     stop_buses: CancellationToken,
     devices: usize,
     bus_handles: Vec<bus::Handle>,
+    longest_method: Duration,
 }
 
 fn kind_of(spec: &BusSpec) -> BusKind {
@@ -69,7 +70,11 @@ impl Gateway {
             handles.insert(b.id.clone(), (handle, kind_of(&b.spec)));
         }
         let mut devices = 0;
+        let mut longest_method = crate::mapping::raw::TIMEOUT;
         for d in &config.devices {
+            for m in d.methods.values() {
+                longest_method = longest_method.max(m.timeout);
+            }
             let Some((handle, kind)) = handles.get(&d.bus) else {
                 continue; // validation guarantees the bus exists
             };
@@ -100,6 +105,7 @@ impl Gateway {
             stop_buses,
             devices,
             bus_handles: handles.into_values().map(|(h, _)| h).collect(),
+            longest_method,
         })
     }
 
@@ -123,6 +129,13 @@ impl Gateway {
     #[must_use]
     pub fn buses(&self) -> usize {
         self.bus_handles.len()
+    }
+
+    /// How long a shutdown may take so that every method in flight still gets its reply: the
+    /// longest method deadline plus time to disconnect. systemd's `TimeoutStopSec` must exceed it.
+    #[must_use]
+    pub fn drain_deadline(&self) -> Duration {
+        self.longest_method + Duration::from_secs(2)
     }
 
     /// Stops: new requests get 503 at once, in-flight ones finish (each within its own

@@ -4,6 +4,10 @@
 //!
 //! Each (re)connect builds a fresh rumqttc client and event loop, so one task never holds two
 //! connections for its device id (IoT Hub would evict one with the other, forever).
+//!
+//! Method tasks do not publish themselves: they hand their reply to the session, which publishes
+//! it on whatever connection is current, as long as the method's deadline has not passed. A reply
+//! whose connection dropped (or was renewed) while the hardware was busy still reaches the hub.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,8 +15,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, Event, MqttOptions, Packet, QoS,
-    TlsConfiguration, Transport,
+    SubscribeReasonCode, TlsConfiguration, Transport,
 };
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -21,10 +26,13 @@ use super::limiter::Pacer;
 use super::{sas, topics};
 use crate::backoff::{self, Backoff};
 use crate::config;
-use crate::gateway::device::Device;
+use crate::gateway::device::{Device, Response};
 
 /// The API version IoT Hub recommends; see iothub-protocol.md 1.2.
 pub const API_VERSION: &str = "2021-04-12";
+
+/// Replies waiting for a connection, per device. Far more than one device has in flight.
+const REPLY_QUEUE: usize = 256;
 
 /// What every session shares.
 pub struct Shared {
@@ -58,10 +66,27 @@ fn renewal_delay(ttl: Duration) -> Duration {
     backoff::jitter(ttl.mul_f64(0.75), ttl.mul_f64(0.85))
 }
 
+/// A method reply on its way to the hub.
+struct Reply {
+    topic: String,
+    body: Vec<u8>,
+    status: u16,
+    deadline: Instant,
+    method: String,
+    rid: String,
+}
+
 enum Ended {
     Shutdown,
     Renew,
-    Failed(ConnectionError),
+    Failed { error: String, refused: bool },
+}
+
+/// The session's side of the reply queue and the method tasks it started.
+struct Work {
+    tx: mpsc::Sender<Reply>,
+    rx: mpsc::Receiver<Reply>,
+    tasks: TaskTracker,
 }
 
 /// Runs a device's session until `shutdown` is cancelled.
@@ -69,25 +94,29 @@ pub async fn run(device: Arc<Device>, shared: Arc<Shared>, shutdown: Cancellatio
     let id = device.id.clone();
     let hub = &shared.hub;
     let mut backoff = Backoff::new(hub.reconnect_min, hub.reconnect_max);
+    let (tx, rx) = mpsc::channel(REPLY_QUEUE);
+    let mut work = Work {
+        tx,
+        rx,
+        tasks: TaskTracker::new(),
+    };
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
             () = shared.pacer.acquire() => {}
         }
         let connected_at = Instant::now();
-        match connect_once(&device, &shared, &shutdown).await {
+        match connect_once(&device, &shared, &shutdown, &mut work).await {
             Ended::Shutdown => break,
             Ended::Renew => {
-                log::info!(device_id = &*id; "device {id}: reconnected to renew its SAS token");
+                log::info!(device_id = &*id; "device {id}: reconnecting to renew its SAS token");
                 backoff.reset();
-                continue;
             }
-            Ended::Failed(e) => {
+            Ended::Failed { error, refused } => {
                 // A connection that stayed up for a while was healthy: start backoff afresh.
                 if connected_at.elapsed() > Duration::from_secs(60) {
                     backoff.reset();
                 }
-                let refused = matches!(e, ConnectionError::ConnectionRefused(_));
                 let delay = if refused {
                     // The hub answers 5 for every identity problem and 3 when overloaded: back
                     // off at least 10 s ("throttled" profile in iothub-protocol.md 7).
@@ -98,15 +127,7 @@ pub async fn run(device: Arc<Device>, shared: Arc<Shared>, shutdown: Cancellatio
                 } else {
                     backoff.next_delay()
                 };
-                let hint = match &e {
-                    ConnectionError::ConnectionRefused(
-                        ConnectReturnCode::NotAuthorized | ConnectReturnCode::BadUserNamePassword,
-                    ) => {
-                        " (check the device id and key, and that the device is enabled in IoT Hub)"
-                    }
-                    _ => "",
-                };
-                log::warn!(device_id = &*id; "device {id}: hub connection failed: {e}{hint}; retrying in {} ms", delay.as_millis());
+                log::warn!(device_id = &*id; "device {id}: hub connection failed: {error}; retrying in {} ms", delay.as_millis());
                 tokio::select! {
                     () = shutdown.cancelled() => break,
                     () = tokio::time::sleep(delay) => {}
@@ -114,16 +135,37 @@ pub async fn run(device: Arc<Device>, shared: Arc<Shared>, shutdown: Cancellatio
             }
         }
     }
+    // Stopped while not connected: methods in flight finish on the hardware (a write is never
+    // cut in half), but their replies have no connection to go to.
+    work.tasks.close();
+    if !work.tasks.is_empty() {
+        log::warn!(device_id = &*id; "device {id}: stopping while disconnected; {} method repl(ies) cannot be delivered", work.tasks.len());
+    }
+    work.tasks.wait().await;
+}
+
+fn describe(error: &ConnectionError) -> (String, bool) {
+    match error {
+        ConnectionError::ConnectionRefused(code) => {
+            let hint = match code {
+                ConnectReturnCode::NotAuthorized | ConnectReturnCode::BadUserNamePassword => {
+                    " (check the device id and key, and that the device is enabled in IoT Hub)"
+                }
+                _ => "",
+            };
+            (format!("{error}{hint}"), true)
+        }
+        other => (other.to_string(), false),
+    }
 }
 
 async fn connect_once(
     device: &Arc<Device>,
     shared: &Arc<Shared>,
     shutdown: &CancellationToken,
+    work: &mut Work,
 ) -> Ended {
     let hub = &shared.hub;
-    // Methods received on this connection; a planned disconnect waits for them.
-    let tracker = &TaskTracker::new();
     let id = device.id.clone();
     let expiry = unix_now() + hub.sas_ttl.as_secs();
     let token = sas::token(
@@ -133,117 +175,145 @@ async fn connect_once(
         None,
     );
     let mut options = MqttOptions::new(&*id, &hub.connect_host, hub.port);
+    let max_packet = hub.max_payload_bytes.max(256 * 1024) + 4096;
     options
         .set_credentials(username(&hub.hostname, &id), token)
         .set_keep_alive(hub.keep_alive)
         .set_clean_session(false)
         // The hub's own message limit is 256 KiB; larger payloads are refused with 413 by us
         // rather than killing the connection inside rumqttc.
-        .set_max_packet_size(
-            hub.max_payload_bytes.max(256 * 1024) + 4096,
-            hub.max_payload_bytes.max(256 * 1024) + 4096,
-        )
+        .set_max_packet_size(max_packet, max_packet)
         .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
             shared.tls.clone(),
         )));
-    let (client, mut eventloop) = AsyncClient::new(options, 64);
+    let (client, mut eventloop) = AsyncClient::new(options, REPLY_QUEUE);
     let mut net = eventloop.network_options();
     net.set_connection_timeout(hub.connect_timeout.as_secs().max(1));
     eventloop.set_network_options(net);
 
     let renew_at = Instant::now() + renewal_delay(hub.sas_ttl);
+    let mut connected = false;
     let mut subscribed = false;
     let result = loop {
         tokio::select! {
             () = shutdown.cancelled() => break Ended::Shutdown,
             () = tokio::time::sleep_until(renew_at) => break Ended::Renew,
+            Some(reply) = work.rx.recv(), if subscribed => publish(&id, &client, reply),
             event = eventloop.poll() => match event {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    connected = true;
                     if let Err(e) = client.try_subscribe(topics::METHODS_FILTER, QoS::AtMostOnce) {
-                        log::warn!(device_id = &*id; "device {id}: cannot subscribe to methods: {e}");
+                        break Ended::Failed { error: format!("cannot subscribe to methods: {e}"), refused: false };
                     }
                 }
-                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                    if ack.return_codes.iter().any(|c| matches!(c, SubscribeReasonCode::Failure)) {
+                        break Ended::Failed { error: format!("hub refused the subscription to {}", topics::METHODS_FILTER), refused: true };
+                    }
                     if !subscribed {
                         subscribed = true;
                         let n = shared.connected.fetch_add(1, Ordering::Relaxed) + 1;
                         log::info!(device_id = &*id; "device {id}: connected to {} and listening for methods ({n} connected)", hub.connect_host);
                     }
                 }
-                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
                     let stopping = shared.draining.is_cancelled().then_some(SHUTTING_DOWN);
-                    on_publish(device, &client, tracker, &publish.topic, publish.payload, stopping);
+                    on_publish(device, work, &p.topic, p.payload, stopping);
                 }
                 Ok(_) => {}
-                Err(e) => break Ended::Failed(e),
+                Err(e) => {
+                    let (error, refused) = describe(&e);
+                    break Ended::Failed { error, refused };
+                }
             }
         }
     };
     if subscribed {
         shared.connected.fetch_sub(1, Ordering::Relaxed);
     }
-    if matches!(result, Ended::Shutdown | Ended::Renew) {
-        let reason = if matches!(result, Ended::Shutdown) {
-            SHUTTING_DOWN
-        } else {
-            RENEWING
-        };
-        finish(device, &client, &mut eventloop, tracker, reason).await;
+    // Without a CONNACK there is nothing to close, and polling again would open a connection
+    // the pacer never approved.
+    if connected {
+        match result {
+            Ended::Shutdown => drain(device, &client, &mut eventloop, work).await,
+            Ended::Renew => disconnect(&client, &mut eventloop).await,
+            Ended::Failed { .. } => {}
+        }
     }
     result
 }
 
-/// Before a planned disconnect: let in-flight methods publish their replies (bounded by their
-/// own deadlines), then send DISCONNECT so the hub sees a clean close.
-async fn finish(
+/// On shutdown: answer new requests 503, let methods in flight finish and publish their replies
+/// (each within its own deadline), then disconnect.
+async fn drain(
     device: &Arc<Device>,
     client: &AsyncClient,
     eventloop: &mut rumqttc::EventLoop,
-    tracker: &TaskTracker,
-    reason: &'static str,
+    work: &mut Work,
 ) {
     let id = &*device.id;
-    tracker.close();
-    let in_flight = tracker.len();
-    if in_flight > 0 {
-        log::info!(device_id = id; "device {id}: waiting for {in_flight} method(s) in flight before disconnecting");
+    work.tasks.close();
+    if !work.tasks.is_empty() {
+        log::info!(device_id = id; "device {id}: waiting for {} method(s) in flight before disconnecting", work.tasks.len());
     }
-    // Requests that still arrive on this connection get a 503 at once: every request gets
-    // exactly one reply, and new work must not hold the connection open.
-    let flush = async {
-        loop {
-            tokio::select! {
-                () = tracker.wait() => break,
-                event = eventloop.poll() => match event {
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        on_publish(device, client, tracker, &p.topic, p.payload, Some(reason));
-                    }
-                    Ok(_) => {}
-                    Err(_) => return,
-                }
+    let tasks = work.tasks.clone();
+    let done = tasks.wait();
+    tokio::pin!(done);
+    loop {
+        tokio::select! {
+            () = &mut done => break,
+            Some(reply) = work.rx.recv() => publish(id, client, reply),
+            event = eventloop.poll() => match event {
+                Ok(Event::Incoming(Packet::Publish(p))) => on_publish(device, work, &p.topic, p.payload, Some(SHUTTING_DOWN)),
+                Ok(_) => {}
+                Err(_) => return,
             }
         }
-        let _ = client.try_disconnect();
-        // Poll until the DISCONNECT is written (rumqttc then reports an error or closes).
-        let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            while let Ok(event) = eventloop.poll().await {
-                if matches!(event, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
-                    break;
-                }
+    }
+    while let Ok(reply) = work.rx.try_recv() {
+        publish(id, client, reply);
+    }
+    disconnect(client, eventloop).await;
+}
+
+/// Sends DISCONNECT (after whatever is queued) so the hub sees a clean close.
+async fn disconnect(client: &AsyncClient, eventloop: &mut rumqttc::EventLoop) {
+    let _ = client.try_disconnect();
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while let Ok(event) = eventloop.poll().await {
+            if matches!(event, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
+                break;
             }
-        })
-        .await;
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(330), flush).await;
+        }
+    })
+    .await;
+}
+
+fn publish(id: &str, client: &AsyncClient, reply: Reply) {
+    let Reply {
+        topic,
+        body,
+        status,
+        deadline,
+        method,
+        rid,
+    } = reply;
+    if Instant::now() > deadline {
+        log::warn!(device_id = id, method = &*method, rid = &*rid, status = status;
+            "method {method} on {id}: reply ready after its deadline; not published");
+        return;
+    }
+    if let Err(e) = client.try_publish(topic, QoS::AtMostOnce, false, body) {
+        log::warn!(device_id = id, method = &*method, rid = &*rid, status = status;
+            "method {method} on {id}: reply not sent: {e}");
+    }
 }
 
 const SHUTTING_DOWN: &str = "leafgate is shutting down";
-const RENEWING: &str = "device is reconnecting to renew its credentials; retry in a few seconds";
 
 fn on_publish(
     device: &Arc<Device>,
-    client: &AsyncClient,
-    tracker: &TaskTracker,
+    work: &Work,
     topic: &str,
     payload: bytes::Bytes,
     stopping: Option<&'static str>,
@@ -259,24 +329,26 @@ fn on_publish(
         }
     };
     let device = device.clone();
-    let client = client.clone();
-    tracker.spawn(async move {
+    let tx = work.tx.clone();
+    work.tasks.spawn(async move {
         let response = if let Some(reason) = stopping {
             let body = serde_json::json!({"error": "bus_unavailable", "message": reason});
             log::info!(device_id = &*device.id, method = &*name, rid = &*rid, status = 503; "method {name} on {}: 503 {reason}", device.id);
-            crate::gateway::device::Response { status: 503, body, deadline: received + Duration::from_secs(5) }
+            Response { status: 503, body, deadline: received + Duration::from_secs(5) }
         } else {
             device.call(&name, &rid, &payload, received).await
         };
-        if Instant::now() > response.deadline {
-            log::warn!(device_id = &*device.id, method = &*name, rid = &*rid, status = response.status;
-                "method {name} on {}: reply ready after its deadline; not published", device.id);
-            return;
-        }
         let body = serde_json::to_vec(&response.body).unwrap_or_else(|_| b"{}".to_vec());
-        if let Err(e) = client.publish(topics::response(response.status, &rid), QoS::AtMostOnce, false, body).await {
-            log::warn!(device_id = &*device.id, method = &*name, rid = &*rid, status = response.status;
-                "method {name} on {}: reply not sent, connection gone: {e}", device.id);
+        let reply = Reply {
+            topic: topics::response(response.status, &rid),
+            body,
+            status: response.status,
+            deadline: response.deadline,
+            method: name,
+            rid,
+        };
+        if tx.send(reply).await.is_err() {
+            log::debug!(device_id = &*device.id; "session ended before a reply could be queued");
         }
     });
 }
