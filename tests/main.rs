@@ -23,3 +23,6 @@ mod cli;
 
 /// `leafgate demo --once`, through the library and as the real binary.
 mod demo;
+
+/// Property tests: no panic on any input that comes from outside.
+mod props;
