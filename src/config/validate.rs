@@ -87,7 +87,7 @@ pub fn validate(files: Vec<(PathBuf, FileConfig)>) -> Result<Config, Vec<Problem
     let mut bus_kinds = BTreeMap::new();
     let mut paths_seen: BTreeMap<PathBuf, String> = BTreeMap::new();
     for (file, path, b) in &buses_in {
-        bus_kinds.insert(b.id.clone(), b.kind);
+        bus_kinds.insert(b.id.clone(), (b.kind, Units::of(b)));
         if let Some(bus) = resolve_bus(file, path, b, &mut p) {
             if let Some(dev) = bus.device_path() {
                 if let Some(other) = paths_seen.insert(dev.to_path_buf(), b.id.clone()) {
@@ -113,7 +113,7 @@ pub fn validate(files: Vec<(PathBuf, FileConfig)>) -> Result<Config, Vec<Problem
     let mut devices = Vec::new();
     let mut units_seen: BTreeMap<(String, u8), String> = BTreeMap::new();
     for (file, path, d) in &devices_in {
-        let Some(kind) = bus_kinds.get(&d.bus).copied() else {
+        let Some((kind, units)) = bus_kinds.get(&d.bus).copied() else {
             let known = bus_kinds.keys().cloned().collect::<Vec<_>>().join(", ");
             p.add(
                 file,
@@ -122,7 +122,9 @@ pub fn validate(files: Vec<(PathBuf, FileConfig)>) -> Result<Config, Vec<Problem
             );
             continue;
         };
-        if let (Some(unit), true) = (d.unit, kind == BusKind::ModbusRtu) {
+        // On an RTU line every slave sees every frame, so two devices with one unit id would
+        // both answer (or one device would get both identities' writes).
+        if let (Some(unit), Units::Rtu) = (d.unit, units) {
             if let Some(other) = units_seen.insert((d.bus.clone(), unit), d.id.clone()) {
                 p.add(
                     file,
@@ -132,7 +134,8 @@ pub fn validate(files: Vec<(PathBuf, FileConfig)>) -> Result<Config, Vec<Problem
             }
         }
         let hub_names = hub_raw.map(|(_, h)| (h.hostname.trim(), h.gateway_hostname.as_deref()));
-        if let Some(device) = resolve_device(file, path, d, kind, hub_names, &profiles, &mut p) {
+        let on = BusRef { kind, units };
+        if let Some(device) = resolve_device(file, path, d, on, hub_names, &profiles, &mut p) {
             devices.push(device);
         }
     }
@@ -531,19 +534,50 @@ fn resolve_line(file: &Path, path: &str, b: &BusConfig, p: &mut Problems) -> Opt
     })
 }
 
+/// How a bus addresses its devices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Units {
+    /// Serial-line Modbus addressing: 1..=247, one device per unit id. Applies to `modbus_rtu`
+    /// and to `modbus_tcp` with `framing = "rtu"` (a serial-to-Ethernet converter puts the frames
+    /// on an RS-485 line as they are, so the line's rules hold).
+    Rtu,
+    /// Modbus TCP (MBAP): 0..=255; the unit id only routes behind a TCP gateway.
+    Mbap,
+    /// Serial buses have no unit ids.
+    None,
+}
+
+impl Units {
+    fn of(b: &BusConfig) -> Self {
+        match (b.kind, b.framing.unwrap_or_default()) {
+            (BusKind::ModbusRtu, _) | (BusKind::ModbusTcp, TcpFraming::Rtu) => Units::Rtu,
+            (BusKind::ModbusTcp, TcpFraming::Mbap) => Units::Mbap,
+            (BusKind::Serial, _) => Units::None,
+        }
+    }
+}
+
+/// The bus a device is on, as far as resolving the device needs it.
+#[derive(Debug, Clone, Copy)]
+struct BusRef {
+    kind: BusKind,
+    units: Units,
+}
+
 fn resolve_device(
     file: &Path,
     path: &str,
     d: &DeviceConfig,
-    kind: BusKind,
+    on: BusRef,
     hub: Option<(&str, Option<&str>)>,
     profiles: &BTreeMap<&str, (&PathBuf, &String, &ProfileConfig)>,
     p: &mut Problems,
 ) -> Option<Device> {
     let start = p.0.len();
+    let kind = on.kind;
     let key = resolve_key(file, path, d, hub, p);
-    let unit = match (kind, d.unit) {
-        (BusKind::Serial, Some(_)) => {
+    let unit = match (on.units, d.unit) {
+        (Units::None, Some(_)) => {
             p.add(
                 file,
                 format!("{path}.unit"),
@@ -551,17 +585,24 @@ fn resolve_device(
             );
             0
         }
-        (BusKind::Serial, None) => 0,
-        (BusKind::ModbusRtu, Some(u)) if (1..=247).contains(&u) => u,
-        (BusKind::ModbusRtu, Some(u)) => {
+        (Units::None, None) => 0,
+        (Units::Rtu, Some(u)) if (1..=247).contains(&u) => u,
+        (Units::Rtu, Some(u)) => {
+            // 0 is broadcast: every slave executes a write and none answers. 248..=255 are
+            // reserved on a serial line.
+            let tcp = if kind == BusKind::ModbusTcp {
+                "; framing = \"rtu\" follows serial-line addressing"
+            } else {
+                ""
+            };
             p.add(
                 file,
                 format!("{path}.unit"),
-                format!("{u} is outside 1..=247 (0 is broadcast, which never answers)"),
+                format!("{u} is outside 1..=247 (0 is broadcast, which never answers{tcp})"),
             );
             0
         }
-        (BusKind::ModbusTcp, Some(u)) => u,
+        (Units::Mbap, Some(u)) => u,
         (_, None) => {
             p.add(file, format!("{path}.unit"), "missing (the Modbus unit id)");
             0
@@ -746,6 +787,3 @@ impl Line {
         Duration::from_micros(bits_per_char * 3_500_000 / u64::from(self.baud_rate.max(1)))
     }
 }
-
-// TcpFraming is re-exported through BusSpec; keep the import used in one place.
-const _: Option<TcpFraming> = None;
