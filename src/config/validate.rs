@@ -313,6 +313,12 @@ fn resolve_hub(file: &Path, h: &HubConfig, p: &mut Problems) -> Option<Hub> {
     })
 }
 
+/// Upper bound for `frame_gap_us`. The gap is slept before every frame, so a huge value stalls
+/// the line (and one near `u64::MAX` overflows the bus's deadline arithmetic). The largest gap
+/// the Modbus serial spec asks for is 3.5 characters of 12 bits at 300 baud, 140 ms; above
+/// 19200 baud it is 1.75 ms. 200 ms covers every legal line with room to spare.
+const MAX_FRAME_GAP_US: u64 = 200_000;
+
 fn resolve_bus(file: &Path, path: &str, b: &BusConfig, p: &mut Problems) -> Option<Bus> {
     use super::schema::defaults as d;
     let start = p.0.len();
@@ -382,6 +388,18 @@ fn resolve_bus(file: &Path, path: &str, b: &BusConfig, p: &mut Problems) -> Opti
             format!("{path}.reconnect_min_ms"),
             format!("must be above 0 and at most reconnect_max_ms ({reconnect_max_ms})"),
         );
+    }
+
+    if let (BusKind::ModbusRtu, Some(us)) = (kind, b.frame_gap_us) {
+        if us > MAX_FRAME_GAP_US {
+            p.add(
+                file,
+                format!("{path}.frame_gap_us"),
+                format!(
+                    "{us} is outside 0..={MAX_FRAME_GAP_US} (3.5 characters take at most 140000 µs, at 300 baud; leave it unset for the spec's value)"
+                ),
+            );
+        }
     }
 
     let line = if serial_line {
@@ -785,5 +803,61 @@ impl Line {
             + u64::from(self.stop_bits)
             + u64::from(self.parity != Parity::None);
         Duration::from_micros(bits_per_char * 3_500_000 / u64::from(self.baud_rate.max(1)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HUB: &str = "[hub]\nhostname = \"h.azure-devices.net\"\n";
+
+    /// Validates one file's text; the problems as `path: message` lines.
+    fn problems(toml: &str) -> Vec<String> {
+        let cfg: FileConfig = config::Config::builder()
+            .add_source(config::File::from_str(toml, config::FileFormat::Toml))
+            .build()
+            .unwrap()
+            .try_deserialize()
+            .unwrap();
+        match validate(vec![(PathBuf::from("leafgate.toml"), cfg)]) {
+            Ok(_) => Vec::new(),
+            Err(problems) => problems
+                .into_iter()
+                .map(|p| format!("{}: {}", p.path, p.message))
+                .collect(),
+        }
+    }
+
+    fn rtu_bus(extra: &str) -> String {
+        format!(
+            "{HUB}[[bus]]\nid = \"rs485\"\nkind = \"modbus_rtu\"\npath = \"/dev/ttyUSB0\"\n{extra}\n"
+        )
+    }
+
+    #[test]
+    fn frame_gap_is_bounded_above_the_slowest_lines_silent_interval() {
+        let slowest = Line {
+            path: PathBuf::from("/dev/ttyS0"),
+            baud_rate: 300,
+            parity: Parity::Even,
+            data_bits: 8,
+            stop_bits: 2,
+        };
+        assert_eq!(slowest.silent_interval(), Duration::from_micros(140_000));
+        assert!(slowest.silent_interval() <= Duration::from_micros(MAX_FRAME_GAP_US));
+        assert_eq!(problems(&rtu_bus("frame_gap_us = 0")), Vec::<String>::new());
+        assert_eq!(
+            problems(&rtu_bus("frame_gap_us = 200000")),
+            Vec::<String>::new()
+        );
+        let got = problems(&rtu_bus("frame_gap_us = 200001"));
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(
+            got[0].starts_with("bus[0].frame_gap_us: 200001 is outside 0..=200000"),
+            "{got:?}"
+        );
+        let got = problems(&rtu_bus("frame_gap_us = 9223372036854775807"));
+        assert!(got[0].starts_with("bus[0].frame_gap_us: "), "{got:?}");
     }
 }
