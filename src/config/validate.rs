@@ -286,12 +286,8 @@ fn resolve_hub(file: &Path, h: &HubConfig, p: &mut Problems) -> Option<Hub> {
         );
     }
     if let Some(ca) = &h.ca_file {
-        if let Err(e) = std::fs::metadata(ca) {
-            p.add(
-                file,
-                "hub.ca_file",
-                format!("cannot read {}: {e}", ca.display()),
-            );
+        if let Err(msg) = check_ca_file(ca) {
+            p.add(file, "hub.ca_file", msg);
         }
     }
     (p.0.len() == start).then(|| Hub {
@@ -318,6 +314,49 @@ fn resolve_hub(file: &Path, h: &HubConfig, p: &mut Problems) -> Option<Hub> {
 /// the Modbus serial spec asks for is 3.5 characters of 12 bits at 300 baud, 140 ms; above
 /// 19200 baud it is 1.75 ms. 200 ms covers every legal line with room to spare.
 const MAX_FRAME_GAP_US: u64 = 200_000;
+
+/// Reads and parses `ca_file` as `hub::tls::client_config` will at start (PEM sections it cannot
+/// read are skipped there too; at least one certificate must remain, and rustls must accept
+/// each). Found here, a bad file is a config problem: `check` reports it and the daemon exits
+/// 78, which systemd does not restart, instead of failing at start with 1 in a restart loop.
+fn check_ca_file(ca: &Path) -> Result<(), String> {
+    let shown = ca.display();
+    match std::fs::metadata(ca) {
+        Ok(meta) if meta.is_dir() => {
+            return Err(format!(
+                "{shown} is a directory; give the PEM file holding the CA certificate(s)"
+            ));
+        }
+        Ok(_) => {}
+        Err(e) => return Err(format!("cannot read {shown}: {e}")),
+    }
+    let pem = std::fs::read(ca).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    let mut unreadable = None;
+    let mut found = 0usize;
+    for item in rustls_pemfile::certs(&mut pem.as_slice()) {
+        match item {
+            Ok(cert) => {
+                found += 1;
+                roots.add(cert).map_err(|e| {
+                    format!("{shown}: certificate {found} is not a usable X.509 certificate ({e})")
+                })?;
+            }
+            Err(e) => {
+                unreadable.get_or_insert(e);
+            }
+        }
+    }
+    if found > 0 {
+        return Ok(());
+    }
+    Err(match unreadable {
+        Some(e) => format!("{shown} holds no readable PEM certificate (a block is malformed: {e})"),
+        None => format!(
+            "{shown} holds no PEM certificate (a -----BEGIN CERTIFICATE----- block); give the CA certificate(s) in PEM"
+        ),
+    })
+}
 
 fn resolve_bus(file: &Path, path: &str, b: &BusConfig, p: &mut Problems) -> Option<Bus> {
     use super::schema::defaults as d;
@@ -833,6 +872,58 @@ mod tests {
         format!(
             "{HUB}[[bus]]\nid = \"rs485\"\nkind = \"modbus_rtu\"\npath = \"/dev/ttyUSB0\"\n{extra}\n"
         )
+    }
+
+    fn hub_with(extra: &str) -> String {
+        format!("{HUB}{extra}\n")
+    }
+
+    #[test]
+    fn ca_file_must_hold_a_pem_certificate_rustls_accepts() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let ca = rcgen::generate_simple_self_signed(vec!["edge.local".to_owned()]).unwrap();
+        let good = write("ca.pem", &ca.cert.pem());
+        let with_key = write(
+            "bundle.pem",
+            &format!("{}{}", ca.signing_key.serialize_pem(), ca.cert.pem()),
+        );
+        let key_only = write("key.pem", &ca.signing_key.serialize_pem());
+        let der = write("ca.der", "0\u{82}\u{3}\u{1}0\u{82}");
+        let not_der = write(
+            "garbage.pem",
+            "-----BEGIN CERTIFICATE-----\nAAECAwQFBgcI\n-----END CERTIFICATE-----\n",
+        );
+        let bad_base64 = write(
+            "bad.pem",
+            "-----BEGIN CERTIFICATE-----\nAA!!ECAw\n-----END CERTIFICATE-----\n",
+        );
+        let missing = dir.path().join("missing.pem");
+        let shown = |p: &Path| p.display().to_string();
+
+        for ok in [&good, &with_key] {
+            let toml = hub_with(&format!("ca_file = {:?}", shown(ok)));
+            assert_eq!(problems(&toml), Vec::<String>::new(), "{}", ok.display());
+        }
+        let cases: [(&Path, &str); 6] = [
+            (dir.path(), "is a directory; give the PEM file"),
+            (&bad_base64, "holds no readable PEM certificate"),
+            (&key_only, "holds no PEM certificate"),
+            (&der, "holds no PEM certificate"),
+            (&not_der, "certificate 1 is not a usable X.509 certificate"),
+            (&missing, "cannot read"),
+        ];
+        for (path, want) in cases {
+            let toml = hub_with(&format!("ca_file = {:?}", shown(path)));
+            let got = problems(&toml);
+            assert_eq!(got.len(), 1, "{got:?}");
+            assert!(got[0].starts_with("hub.ca_file: "), "{got:?}");
+            assert!(got[0].contains(want), "{}: {got:?}", path.display());
+        }
     }
 
     #[test]
