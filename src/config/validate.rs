@@ -2,6 +2,7 @@
 //! the resolved runtime form. Collects every problem rather than stopping at the first.
 
 use std::collections::BTreeMap;
+use std::net::Ipv6Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -110,6 +111,16 @@ pub fn validate(files: Vec<(PathBuf, FileConfig)>) -> Result<Config, Vec<Problem
         .map(|(f, path, pr)| (pr.id.as_str(), (*f, path, *pr)))
         .collect();
 
+    // Connection strings are compared with the [hub] names even when other [hub] keys are bad,
+    // but not with names that are themselves reported as bad.
+    let hub_names = hub_raw.and_then(|(_, h)| {
+        let host = check_host("hostname", &h.hostname).ok()?;
+        let gateway = match &h.gateway_hostname {
+            Some(g) => Some(check_host("gateway_hostname", g).ok()?),
+            None => None,
+        };
+        Some((host, gateway))
+    });
     let mut devices = Vec::new();
     let mut units_seen: BTreeMap<(String, u8), String> = BTreeMap::new();
     for (file, path, d) in &devices_in {
@@ -133,7 +144,9 @@ pub fn validate(files: Vec<(PathBuf, FileConfig)>) -> Result<Config, Vec<Problem
                 );
             }
         }
-        let hub_names = hub_raw.map(|(_, h)| (h.hostname.trim(), h.gateway_hostname.as_deref()));
+        let hub_names = hub_names
+            .as_ref()
+            .map(|(host, gateway)| (host.as_str(), gateway.as_deref()));
         let on = BusRef { kind, units };
         if let Some(device) = resolve_device(file, path, d, on, hub_names, &profiles, &mut p) {
             devices.push(device);
@@ -235,9 +248,16 @@ fn check_id(id: &str) -> Result<(), String> {
 
 fn resolve_hub(file: &Path, h: &HubConfig, p: &mut Problems) -> Option<Hub> {
     let start = p.0.len();
-    if h.hostname.trim().is_empty() {
-        p.add(file, "hub.hostname", "must not be empty");
-    }
+    let hostname = check_host("hostname", &h.hostname)
+        .map_err(|msg| p.add(file, "hub.hostname", msg))
+        .ok();
+    let gateway = match &h.gateway_hostname {
+        Some(g) => check_host("gateway_hostname", g)
+            .map(Some)
+            .map_err(|msg| p.add(file, "hub.gateway_hostname", msg))
+            .ok(),
+        None => Some(None),
+    };
     if h.port == 0 {
         p.add(file, "hub.port", "must not be 0");
     }
@@ -290,13 +310,13 @@ fn resolve_hub(file: &Path, h: &HubConfig, p: &mut Problems) -> Option<Hub> {
             p.add(file, "hub.ca_file", msg);
         }
     }
+    let (Some(hostname), Some(gateway_hostname)) = (hostname, gateway) else {
+        return None;
+    };
     (p.0.len() == start).then(|| Hub {
-        hostname: h.hostname.trim().to_owned(),
-        connect_host: h
-            .gateway_hostname
-            .clone()
-            .unwrap_or_else(|| h.hostname.trim().to_owned()),
-        gateway_hostname: h.gateway_hostname.clone(),
+        connect_host: gateway_hostname.clone().unwrap_or_else(|| hostname.clone()),
+        hostname,
+        gateway_hostname,
         port: h.port,
         ca_file: h.ca_file.clone(),
         keep_alive: Duration::from_secs(h.keep_alive_s),
@@ -314,6 +334,83 @@ fn resolve_hub(file: &Path, h: &HubConfig, p: &mut Problems) -> Option<Hub> {
 /// the Modbus serial spec asks for is 3.5 characters of 12 bits at 300 baud, 140 ms; above
 /// 19200 baud it is 1.75 ms. 200 ms covers every legal line with room to spare.
 const MAX_FRAME_GAP_US: u64 = 200_000;
+
+/// `hostname` and `gateway_hostname` are bare host names: they become the TLS server name and
+/// the TCP peer, and `hostname` also goes into MQTT usernames and SAS scopes, where a scheme, a
+/// port or a path would fail only at connect time (or as "not authorized"). Surrounding
+/// whitespace is trimmed; the trimmed name is returned. A bare IPv6 address is a host name too.
+fn check_host(key: &str, raw: &str) -> Result<String, String> {
+    let name = raw.trim();
+    if name.is_empty() {
+        return Err(if key == "hostname" {
+            "must not be empty (your IoT hub's host name, e.g. myhub.azure-devices.net)".to_owned()
+        } else {
+            "must not be empty; remove the key to connect to hostname".to_owned()
+        });
+    }
+    if name.contains(char::is_whitespace) {
+        return Err(format!(
+            "{name:?} contains whitespace; write the host name only, e.g. myhub.azure-devices.net"
+        ));
+    }
+    let after_scheme = name.split_once("://").map_or(name, |(_, rest)| rest);
+    let authority = after_scheme
+        .split(['/', '?', '#'])
+        .next()
+        .unwrap_or(after_scheme);
+    let (bare, port) = split_authority(authority);
+    let what = if after_scheme.len() != name.len() {
+        "a scheme"
+    } else if authority.len() != after_scheme.len() {
+        "a path"
+    } else if port {
+        "a port"
+    } else if bare != authority {
+        "more than a host name"
+    } else {
+        ""
+    };
+    if !what.is_empty() {
+        let fix = if bare.is_empty() {
+            "e.g. myhub.azure-devices.net".to_owned()
+        } else {
+            format!("{key} = {bare:?}")
+        };
+        let port = if port {
+            ", and the port as hub.port"
+        } else {
+            ""
+        };
+        return Err(format!(
+            "{name:?} has {what}; write the host name only: {fix}{port}"
+        ));
+    }
+    if rustls::pki_types::ServerName::try_from(name).is_err() {
+        return Err(format!(
+            "{name:?} is not a valid host name (letters, digits, '-' and '.', e.g. myhub.azure-devices.net)"
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+/// The host in `host`, `host:port`, `user@host:port` or `[v6]:port`, and whether a port was
+/// given.
+fn split_authority(authority: &str) -> (&str, bool) {
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if let Some(inner) = host.strip_prefix('[') {
+        return match inner.split_once(']') {
+            Some((v6, rest)) => (v6, rest.starts_with(':')),
+            None => (inner, false),
+        };
+    }
+    if host.parse::<Ipv6Addr>().is_ok() {
+        return (host, false);
+    }
+    match host.split_once(':') {
+        Some((h, _)) => (h, true),
+        None => (host, false),
+    }
+}
 
 /// Reads and parses `ca_file` as `hub::tls::client_config` will at start (PEM sections it cannot
 /// read are skipped there too; at least one certificate must remain, and rustls must accept
@@ -735,7 +832,8 @@ fn resolve_device(
     })
 }
 
-/// `hub` is the raw (host name, gateway host name), checked even when other [hub] keys are bad.
+/// `hub` is the trimmed (host name, gateway host name) when both are valid, even when other
+/// [hub] keys are bad. Host names compare without regard to case.
 fn resolve_key(
     file: &Path,
     path: &str,
@@ -786,7 +884,7 @@ fn resolve_key(
                         );
                     }
                     if let Some(gw) = &cs.gateway_host_name {
-                        if gateway != Some(gw.as_str()) {
+                        if !gateway.is_some_and(|g| g.eq_ignore_ascii_case(gw)) {
                             p.add(file, &key_path, format!("GatewayHostName {gw:?} does not match [hub] gateway_hostname; set it there"));
                         }
                     }
@@ -924,6 +1022,96 @@ mod tests {
             assert!(got[0].starts_with("hub.ca_file: "), "{got:?}");
             assert!(got[0].contains(want), "{}: {got:?}", path.display());
         }
+    }
+
+    #[test]
+    fn host_names_are_trimmed_and_must_be_bare() {
+        let ok = [
+            ("myhub.azure-devices.net", "myhub.azure-devices.net"),
+            ("  myhub.azure-devices.net\t", "myhub.azure-devices.net"),
+            ("edge_gw.local", "edge_gw.local"),
+            ("192.168.1.10", "192.168.1.10"),
+            ("fd00::1", "fd00::1"),
+        ];
+        for (raw, want) in ok {
+            assert_eq!(check_host("hostname", raw).as_deref(), Ok(want), "{raw:?}");
+        }
+        let bad = [
+            ("", "must not be empty"),
+            ("   ", "must not be empty"),
+            ("my hub.azure-devices.net", "contains whitespace"),
+            (
+                "mqtts://myhub.azure-devices.net",
+                r#"has a scheme; write the host name only: hostname = "myhub.azure-devices.net""#,
+            ),
+            (
+                "mqtts://myhub.azure-devices.net:8883/",
+                r#"has a scheme; write the host name only: hostname = "myhub.azure-devices.net", and the port as hub.port"#,
+            ),
+            (
+                "myhub.azure-devices.net:8883",
+                r#"has a port; write the host name only: hostname = "myhub.azure-devices.net", and the port as hub.port"#,
+            ),
+            (
+                "[fd00::1]:8883",
+                r#"has a port; write the host name only: hostname = "fd00::1", and the port as hub.port"#,
+            ),
+            (
+                "myhub.azure-devices.net/devices",
+                r#"has a path; write the host name only: hostname = "myhub.azure-devices.net""#,
+            ),
+            (
+                "https://",
+                "has a scheme; write the host name only: e.g. myhub",
+            ),
+            ("user@myhub.azure-devices.net", "has more than a host name"),
+            ("myhub..azure-devices.net", "is not a valid host name"),
+            ("-hub.example", "is not a valid host name"),
+        ];
+        for (raw, want) in bad {
+            let got = check_host("hostname", raw).unwrap_err();
+            assert!(got.contains(want), "{raw:?}: {got}");
+        }
+        let got = check_host("gateway_hostname", "").unwrap_err();
+        assert!(got.contains("remove the key"), "{got}");
+        let got = check_host("gateway_hostname", "edge.local:443").unwrap_err();
+        assert!(got.contains(r#"gateway_hostname = "edge.local""#), "{got}");
+    }
+
+    #[test]
+    fn trimmed_host_names_are_what_the_hub_connects_to() {
+        let toml = "[hub]\nhostname = \" myhub.azure-devices.net \"\ngateway_hostname = \" edge.local\\n\"\n";
+        let cfg: FileConfig = config::Config::builder()
+            .add_source(config::File::from_str(toml, config::FileFormat::Toml))
+            .build()
+            .unwrap()
+            .try_deserialize()
+            .unwrap();
+        let cfg = validate(vec![(PathBuf::from("leafgate.toml"), cfg)]).unwrap();
+        assert_eq!(cfg.hub.hostname, "myhub.azure-devices.net");
+        assert_eq!(cfg.hub.gateway_hostname.as_deref(), Some("edge.local"));
+        assert_eq!(cfg.hub.connect_host, "edge.local");
+    }
+
+    #[test]
+    fn connection_string_host_names_match_the_hub_in_any_case() {
+        let device = |cs: &str| {
+            format!(
+                "[hub]\nhostname = \"H.azure-devices.net \"\ngateway_hostname = \" Edge.local\"\n\
+                 [[bus]]\nid = \"plc\"\nkind = \"modbus_tcp\"\naddress = \"10.0.0.6:502\"\n\
+                 [[device]]\nid = \"d1\"\nbus = \"plc\"\nunit = 1\nraw_methods = true\n\
+                 connection_string = \"{cs};DeviceId=d1;SharedAccessKey=AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\"\n"
+            )
+        };
+        let ok = device("HostName=h.azure-devices.net;GatewayHostName=edge.LOCAL");
+        assert_eq!(problems(&ok), Vec::<String>::new());
+        let other = device("HostName=h.azure-devices.net;GatewayHostName=other.local");
+        let got = problems(&other);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(
+            got[0].contains("GatewayHostName \"other.local\""),
+            "{got:?}"
+        );
     }
 
     #[test]
