@@ -830,7 +830,12 @@ mod tests {
     fn the_rendered_template_loads_with_four_devices_and_their_methods() {
         let dir = tempfile::tempdir().unwrap();
         let ca = dir.path().join("ca.pem");
-        std::fs::write(&ca, "not read at load").unwrap();
+        // `config::load` parses ca_file (a bad one is a config problem), so it must be real.
+        let ca_pem = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+            .unwrap()
+            .cert
+            .pem();
+        std::fs::write(&ca, ca_pem).unwrap();
         let path = dir.path().join("leafgate.toml");
         std::fs::write(&path, render(CONFIG_TEMPLATE, &sample(dir.path(), &ca))).unwrap();
         let cfg = config::load(&path).unwrap_or_else(|e| panic!("{e}"));

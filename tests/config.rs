@@ -111,3 +111,39 @@ fn shipped_sample_config_loads_and_documents_every_key() {
         );
     }
 }
+
+/// toml's own error text quotes the broken line; when that line holds a device key, the key must
+/// not reach the journal or `leafgate check` output (the line and column are enough to find it).
+#[test]
+fn a_toml_syntax_error_on_a_key_line_never_prints_the_key() {
+    let key = "c2VjcmV0LWtleS1tYXRlcmlhbC1kby1ub3QtcHJpbnQ=";
+    let lines = [
+        format!("shared_access_key = \"{key}"),
+        format!(
+            "connection_string = \"HostName=h.azure-devices.net;DeviceId=d;SharedAccessKey={key}"
+        ),
+        format!("shared_access_key = '{key}"),
+        format!(
+            "connection_string = \"\"\"HostName=h.azure-devices.net;DeviceId=d;SharedAccessKey={key}"
+        ),
+    ];
+    for line in lines {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("leafgate.toml");
+        let text = format!(
+            "[hub]\nhostname = \"h.azure-devices.net\"\n\n[[device]]\nid = \"d\"\n{line}\nbus = \"b\"\nunit = 1\n"
+        );
+        std::fs::write(&path, text).unwrap();
+        let err = leafgate::config::load(&path).unwrap_err();
+        let shown = err.to_string();
+        assert_eq!(err.problems.len(), 1, "{shown}");
+        let problem = &err.problems[0];
+        assert!(
+            problem.message.starts_with("not valid TOML at line "),
+            "{shown}"
+        );
+        assert!(!shown.contains(key), "{line}: the key is printed: {shown}");
+        assert!(!shown.contains("SharedAccessKey"), "{line}: {shown}");
+        assert!(!format!("{err:?}").contains(key), "{line}: {err:?}");
+    }
+}

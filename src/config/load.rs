@@ -58,24 +58,92 @@ pub fn file(path: &Path) -> Result<FileConfig, Problem> {
     let built = config::Config::builder()
         .add_source(config::File::from_str(&text, config::FileFormat::Toml))
         .build()
-        .map_err(|e| problem(String::new(), describe(&e)))?;
+        .map_err(|e| problem(String::new(), describe(&e, &text)))?;
     serde_path_to_error::deserialize::<_, FileConfig>(built).map_err(|e| {
         let key = e.path().to_string();
         let key = if key == "." { String::new() } else { key };
-        problem(key, describe(e.inner()))
+        problem(key, describe(e.inner(), &text))
     })
 }
 
 /// The config crate's messages repeat the key and origin we already print; keep the core.
-fn describe(error: &config::ConfigError) -> String {
+/// `text` is the file's content, used only to keep it out of the message.
+fn describe(error: &config::ConfigError, text: &str) -> String {
     match error {
         config::ConfigError::Type {
             unexpected,
             expected,
             ..
         } => format!("invalid type: {unexpected}, expected {expected}"),
-        config::ConfigError::At { error, .. } => describe(error),
-        config::ConfigError::FileParse { cause, .. } => format!("not valid TOML: {cause}"),
+        config::ConfigError::At { error, .. } => describe(error, text),
+        config::ConfigError::FileParse { cause, .. } => syntax_error(&cause.to_string(), text),
         other => other.to_string(),
+    }
+}
+
+/// A TOML syntax error as `not valid TOML at line L, column C: message`, without the source.
+///
+/// toml's `Display` quotes the offending line under a `|` gutter, and that line is often the one
+/// holding a device key (`shared_access_key = "...` with its closing quote missing): printed, it
+/// would land in the journal and on `leafgate check`'s stderr. The toml crate is not ours to
+/// name (it comes through `config`), so the error is only reachable as text: keep the
+/// `TOML parse error at ...` position and the message lines, drop the gutter lines, and, in
+/// case the layout ever changes, any line that quotes a line of the file.
+fn syntax_error(rendered: &str, text: &str) -> String {
+    const HEADER: &str = "TOML parse error at ";
+    let quoted: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.len() >= 4)
+        .collect();
+    let mut position = None;
+    let mut message = Vec::new();
+    for line in rendered.lines().map(str::trim) {
+        if let Some(at) = line.strip_prefix(HEADER) {
+            position = Some(at);
+        } else if !line.is_empty() && !is_gutter(line) && !quoted.iter().any(|q| line.contains(q)) {
+            message.push(line);
+        }
+    }
+    let message = if message.is_empty() {
+        "syntax error".to_owned()
+    } else {
+        message.join("; ")
+    };
+    match position {
+        Some(at) => format!("not valid TOML at {at}: {message}"),
+        None => format!("not valid TOML: {message}"),
+    }
+}
+
+/// toml's source excerpt: `  |`, `6 | the line`, `  |     ^`.
+fn is_gutter(line: &str) -> bool {
+    line.trim_start_matches(|c: char| c.is_ascii_digit())
+        .trim_start()
+        .starts_with('|')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_excerpts_are_dropped_and_position_and_message_kept() {
+        let text = "[hub]\nhostname = \"h\"\nkey = \"s3cr3t-value\n";
+        let rendered = "TOML parse error at line 3, column 20\n  |\n3 | key = \"s3cr3t-value\n  |                   ^\ninvalid basic string, expected `\"`\n";
+        assert_eq!(
+            syntax_error(rendered, text),
+            "not valid TOML at line 3, column 20: invalid basic string, expected `\"`"
+        );
+        // Should the excerpt ever lose its gutter, a line quoting the file is still dropped.
+        let rendered = "TOML parse error at line 3, column 20\nkey = \"s3cr3t-value\nbad string";
+        assert_eq!(
+            syntax_error(rendered, text),
+            "not valid TOML at line 3, column 20: bad string"
+        );
+        assert_eq!(
+            syntax_error("expected `=`", ""),
+            "not valid TOML: expected `=`"
+        );
     }
 }

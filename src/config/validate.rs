@@ -2,6 +2,7 @@
 //! the resolved runtime form. Collects every problem rather than stopping at the first.
 
 use std::collections::BTreeMap;
+use std::net::Ipv6Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -87,7 +88,7 @@ pub fn validate(files: Vec<(PathBuf, FileConfig)>) -> Result<Config, Vec<Problem
     let mut bus_kinds = BTreeMap::new();
     let mut paths_seen: BTreeMap<PathBuf, String> = BTreeMap::new();
     for (file, path, b) in &buses_in {
-        bus_kinds.insert(b.id.clone(), b.kind);
+        bus_kinds.insert(b.id.clone(), (b.kind, Units::of(b)));
         if let Some(bus) = resolve_bus(file, path, b, &mut p) {
             if let Some(dev) = bus.device_path() {
                 if let Some(other) = paths_seen.insert(dev.to_path_buf(), b.id.clone()) {
@@ -110,10 +111,20 @@ pub fn validate(files: Vec<(PathBuf, FileConfig)>) -> Result<Config, Vec<Problem
         .map(|(f, path, pr)| (pr.id.as_str(), (*f, path, *pr)))
         .collect();
 
+    // Connection strings are compared with the [hub] names even when other [hub] keys are bad,
+    // but not with names that are themselves reported as bad.
+    let hub_names = hub_raw.and_then(|(_, h)| {
+        let host = check_host("hostname", &h.hostname).ok()?;
+        let gateway = match &h.gateway_hostname {
+            Some(g) => Some(check_host("gateway_hostname", g).ok()?),
+            None => None,
+        };
+        Some((host, gateway))
+    });
     let mut devices = Vec::new();
     let mut units_seen: BTreeMap<(String, u8), String> = BTreeMap::new();
     for (file, path, d) in &devices_in {
-        let Some(kind) = bus_kinds.get(&d.bus).copied() else {
+        let Some((kind, units)) = bus_kinds.get(&d.bus).copied() else {
             let known = bus_kinds.keys().cloned().collect::<Vec<_>>().join(", ");
             p.add(
                 file,
@@ -122,7 +133,9 @@ pub fn validate(files: Vec<(PathBuf, FileConfig)>) -> Result<Config, Vec<Problem
             );
             continue;
         };
-        if let (Some(unit), true) = (d.unit, kind == BusKind::ModbusRtu) {
+        // On an RTU line every slave sees every frame, so two devices with one unit id would
+        // both answer (or one device would get both identities' writes).
+        if let (Some(unit), Units::Rtu) = (d.unit, units) {
             if let Some(other) = units_seen.insert((d.bus.clone(), unit), d.id.clone()) {
                 p.add(
                     file,
@@ -131,8 +144,11 @@ pub fn validate(files: Vec<(PathBuf, FileConfig)>) -> Result<Config, Vec<Problem
                 );
             }
         }
-        let hub_names = hub_raw.map(|(_, h)| (h.hostname.trim(), h.gateway_hostname.as_deref()));
-        if let Some(device) = resolve_device(file, path, d, kind, hub_names, &profiles, &mut p) {
+        let hub_names = hub_names
+            .as_ref()
+            .map(|(host, gateway)| (host.as_str(), gateway.as_deref()));
+        let on = BusRef { kind, units };
+        if let Some(device) = resolve_device(file, path, d, on, hub_names, &profiles, &mut p) {
             devices.push(device);
         }
     }
@@ -232,9 +248,16 @@ fn check_id(id: &str) -> Result<(), String> {
 
 fn resolve_hub(file: &Path, h: &HubConfig, p: &mut Problems) -> Option<Hub> {
     let start = p.0.len();
-    if h.hostname.trim().is_empty() {
-        p.add(file, "hub.hostname", "must not be empty");
-    }
+    let hostname = check_host("hostname", &h.hostname)
+        .map_err(|msg| p.add(file, "hub.hostname", msg))
+        .ok();
+    let gateway = match &h.gateway_hostname {
+        Some(g) => check_host("gateway_hostname", g)
+            .map(Some)
+            .map_err(|msg| p.add(file, "hub.gateway_hostname", msg))
+            .ok(),
+        None => Some(None),
+    };
     if h.port == 0 {
         p.add(file, "hub.port", "must not be 0");
     }
@@ -283,21 +306,17 @@ fn resolve_hub(file: &Path, h: &HubConfig, p: &mut Problems) -> Option<Hub> {
         );
     }
     if let Some(ca) = &h.ca_file {
-        if let Err(e) = std::fs::metadata(ca) {
-            p.add(
-                file,
-                "hub.ca_file",
-                format!("cannot read {}: {e}", ca.display()),
-            );
+        if let Err(msg) = check_ca_file(ca) {
+            p.add(file, "hub.ca_file", msg);
         }
     }
+    let (Some(hostname), Some(gateway_hostname)) = (hostname, gateway) else {
+        return None;
+    };
     (p.0.len() == start).then(|| Hub {
-        hostname: h.hostname.trim().to_owned(),
-        connect_host: h
-            .gateway_hostname
-            .clone()
-            .unwrap_or_else(|| h.hostname.trim().to_owned()),
-        gateway_hostname: h.gateway_hostname.clone(),
+        connect_host: gateway_hostname.clone().unwrap_or_else(|| hostname.clone()),
+        hostname,
+        gateway_hostname,
         port: h.port,
         ca_file: h.ca_file.clone(),
         keep_alive: Duration::from_secs(h.keep_alive_s),
@@ -307,6 +326,132 @@ fn resolve_hub(file: &Path, h: &HubConfig, p: &mut Problems) -> Option<Hub> {
         connect_timeout: Duration::from_secs(h.connect_timeout_s),
         reconnect_min: Duration::from_millis(h.reconnect_min_ms),
         reconnect_max: Duration::from_millis(h.reconnect_max_ms),
+    })
+}
+
+/// Upper bound for `frame_gap_us`. The gap is slept before every frame, so a huge value stalls
+/// the line (and one near `u64::MAX` overflows the bus's deadline arithmetic). The largest gap
+/// the Modbus serial spec asks for is 3.5 characters of 12 bits at 300 baud, 140 ms; above
+/// 19200 baud it is 1.75 ms. 200 ms covers every legal line with room to spare.
+const MAX_FRAME_GAP_US: u64 = 200_000;
+
+/// `hostname` and `gateway_hostname` are bare host names: they become the TLS server name and
+/// the TCP peer, and `hostname` also goes into MQTT usernames and SAS scopes, where a scheme, a
+/// port or a path would fail only at connect time (or as "not authorized"). Surrounding
+/// whitespace is trimmed; the trimmed name is returned. A bare IPv6 address is a host name too.
+fn check_host(key: &str, raw: &str) -> Result<String, String> {
+    let name = raw.trim();
+    if name.is_empty() {
+        return Err(if key == "hostname" {
+            "must not be empty (your IoT hub's host name, e.g. myhub.azure-devices.net)".to_owned()
+        } else {
+            "must not be empty; remove the key to connect to hostname".to_owned()
+        });
+    }
+    if name.contains(char::is_whitespace) {
+        return Err(format!(
+            "{name:?} contains whitespace; write the host name only, e.g. myhub.azure-devices.net"
+        ));
+    }
+    let after_scheme = name.split_once("://").map_or(name, |(_, rest)| rest);
+    let authority = after_scheme
+        .split(['/', '?', '#'])
+        .next()
+        .unwrap_or(after_scheme);
+    let (bare, port) = split_authority(authority);
+    let what = if after_scheme.len() != name.len() {
+        "a scheme"
+    } else if authority.len() != after_scheme.len() {
+        "a path"
+    } else if port {
+        "a port"
+    } else if bare != authority {
+        "more than a host name"
+    } else {
+        ""
+    };
+    if !what.is_empty() {
+        let fix = if bare.is_empty() {
+            "e.g. myhub.azure-devices.net".to_owned()
+        } else {
+            format!("{key} = {bare:?}")
+        };
+        let port = if port {
+            ", and the port as hub.port"
+        } else {
+            ""
+        };
+        return Err(format!(
+            "{name:?} has {what}; write the host name only: {fix}{port}"
+        ));
+    }
+    if rustls::pki_types::ServerName::try_from(name).is_err() {
+        return Err(format!(
+            "{name:?} is not a valid host name (letters, digits, '-' and '.', e.g. myhub.azure-devices.net)"
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+/// The host in `host`, `host:port`, `user@host:port` or `[v6]:port`, and whether a port was
+/// given.
+fn split_authority(authority: &str) -> (&str, bool) {
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if let Some(inner) = host.strip_prefix('[') {
+        return match inner.split_once(']') {
+            Some((v6, rest)) => (v6, rest.starts_with(':')),
+            None => (inner, false),
+        };
+    }
+    if host.parse::<Ipv6Addr>().is_ok() {
+        return (host, false);
+    }
+    match host.split_once(':') {
+        Some((h, _)) => (h, true),
+        None => (host, false),
+    }
+}
+
+/// Reads and parses `ca_file` as `hub::tls::client_config` will at start (PEM sections it cannot
+/// read are skipped there too; at least one certificate must remain, and rustls must accept
+/// each). Found here, a bad file is a config problem: `check` reports it and the daemon exits
+/// 78, which systemd does not restart, instead of failing at start with 1 in a restart loop.
+fn check_ca_file(ca: &Path) -> Result<(), String> {
+    let shown = ca.display();
+    match std::fs::metadata(ca) {
+        Ok(meta) if meta.is_dir() => {
+            return Err(format!(
+                "{shown} is a directory; give the PEM file holding the CA certificate(s)"
+            ));
+        }
+        Ok(_) => {}
+        Err(e) => return Err(format!("cannot read {shown}: {e}")),
+    }
+    let pem = std::fs::read(ca).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    let mut unreadable = None;
+    let mut found = 0usize;
+    for item in rustls_pemfile::certs(&mut pem.as_slice()) {
+        match item {
+            Ok(cert) => {
+                found += 1;
+                roots.add(cert).map_err(|e| {
+                    format!("{shown}: certificate {found} is not a usable X.509 certificate ({e})")
+                })?;
+            }
+            Err(e) => {
+                unreadable.get_or_insert(e);
+            }
+        }
+    }
+    if found > 0 {
+        return Ok(());
+    }
+    Err(match unreadable {
+        Some(e) => format!("{shown} holds no readable PEM certificate (a block is malformed: {e})"),
+        None => format!(
+            "{shown} holds no PEM certificate (a -----BEGIN CERTIFICATE----- block); give the CA certificate(s) in PEM"
+        ),
     })
 }
 
@@ -379,6 +524,18 @@ fn resolve_bus(file: &Path, path: &str, b: &BusConfig, p: &mut Problems) -> Opti
             format!("{path}.reconnect_min_ms"),
             format!("must be above 0 and at most reconnect_max_ms ({reconnect_max_ms})"),
         );
+    }
+
+    if let (BusKind::ModbusRtu, Some(us)) = (kind, b.frame_gap_us) {
+        if us > MAX_FRAME_GAP_US {
+            p.add(
+                file,
+                format!("{path}.frame_gap_us"),
+                format!(
+                    "{us} is outside 0..={MAX_FRAME_GAP_US} (3.5 characters take at most 140000 µs, at 300 baud; leave it unset for the spec's value)"
+                ),
+            );
+        }
     }
 
     let line = if serial_line {
@@ -531,19 +688,50 @@ fn resolve_line(file: &Path, path: &str, b: &BusConfig, p: &mut Problems) -> Opt
     })
 }
 
+/// How a bus addresses its devices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Units {
+    /// Serial-line Modbus addressing: 1..=247, one device per unit id. Applies to `modbus_rtu`
+    /// and to `modbus_tcp` with `framing = "rtu"` (a serial-to-Ethernet converter puts the frames
+    /// on an RS-485 line as they are, so the line's rules hold).
+    Rtu,
+    /// Modbus TCP (MBAP): 0..=255; the unit id only routes behind a TCP gateway.
+    Mbap,
+    /// Serial buses have no unit ids.
+    None,
+}
+
+impl Units {
+    fn of(b: &BusConfig) -> Self {
+        match (b.kind, b.framing.unwrap_or_default()) {
+            (BusKind::ModbusRtu, _) | (BusKind::ModbusTcp, TcpFraming::Rtu) => Units::Rtu,
+            (BusKind::ModbusTcp, TcpFraming::Mbap) => Units::Mbap,
+            (BusKind::Serial, _) => Units::None,
+        }
+    }
+}
+
+/// The bus a device is on, as far as resolving the device needs it.
+#[derive(Debug, Clone, Copy)]
+struct BusRef {
+    kind: BusKind,
+    units: Units,
+}
+
 fn resolve_device(
     file: &Path,
     path: &str,
     d: &DeviceConfig,
-    kind: BusKind,
+    on: BusRef,
     hub: Option<(&str, Option<&str>)>,
     profiles: &BTreeMap<&str, (&PathBuf, &String, &ProfileConfig)>,
     p: &mut Problems,
 ) -> Option<Device> {
     let start = p.0.len();
+    let kind = on.kind;
     let key = resolve_key(file, path, d, hub, p);
-    let unit = match (kind, d.unit) {
-        (BusKind::Serial, Some(_)) => {
+    let unit = match (on.units, d.unit) {
+        (Units::None, Some(_)) => {
             p.add(
                 file,
                 format!("{path}.unit"),
@@ -551,17 +739,24 @@ fn resolve_device(
             );
             0
         }
-        (BusKind::Serial, None) => 0,
-        (BusKind::ModbusRtu, Some(u)) if (1..=247).contains(&u) => u,
-        (BusKind::ModbusRtu, Some(u)) => {
+        (Units::None, None) => 0,
+        (Units::Rtu, Some(u)) if (1..=247).contains(&u) => u,
+        (Units::Rtu, Some(u)) => {
+            // 0 is broadcast: every slave executes a write and none answers. 248..=255 are
+            // reserved on a serial line.
+            let tcp = if kind == BusKind::ModbusTcp {
+                "; framing = \"rtu\" follows serial-line addressing"
+            } else {
+                ""
+            };
             p.add(
                 file,
                 format!("{path}.unit"),
-                format!("{u} is outside 1..=247 (0 is broadcast, which never answers)"),
+                format!("{u} is outside 1..=247 (0 is broadcast, which never answers{tcp})"),
             );
             0
         }
-        (BusKind::ModbusTcp, Some(u)) => u,
+        (Units::Mbap, Some(u)) => u,
         (_, None) => {
             p.add(file, format!("{path}.unit"), "missing (the Modbus unit id)");
             0
@@ -637,7 +832,8 @@ fn resolve_device(
     })
 }
 
-/// `hub` is the raw (host name, gateway host name), checked even when other [hub] keys are bad.
+/// `hub` is the trimmed (host name, gateway host name) when both are valid, even when other
+/// [hub] keys are bad. Host names compare without regard to case.
 fn resolve_key(
     file: &Path,
     path: &str,
@@ -688,7 +884,7 @@ fn resolve_key(
                         );
                     }
                     if let Some(gw) = &cs.gateway_host_name {
-                        if gateway != Some(gw.as_str()) {
+                        if !gateway.is_some_and(|g| g.eq_ignore_ascii_case(gw)) {
                             p.add(file, &key_path, format!("GatewayHostName {gw:?} does not match [hub] gateway_hostname; set it there"));
                         }
                     }
@@ -747,5 +943,200 @@ impl Line {
     }
 }
 
-// TcpFraming is re-exported through BusSpec; keep the import used in one place.
-const _: Option<TcpFraming> = None;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HUB: &str = "[hub]\nhostname = \"h.azure-devices.net\"\n";
+
+    /// Validates one file's text; the problems as `path: message` lines.
+    fn problems(toml: &str) -> Vec<String> {
+        let cfg: FileConfig = config::Config::builder()
+            .add_source(config::File::from_str(toml, config::FileFormat::Toml))
+            .build()
+            .unwrap()
+            .try_deserialize()
+            .unwrap();
+        match validate(vec![(PathBuf::from("leafgate.toml"), cfg)]) {
+            Ok(_) => Vec::new(),
+            Err(problems) => problems
+                .into_iter()
+                .map(|p| format!("{}: {}", p.path, p.message))
+                .collect(),
+        }
+    }
+
+    fn rtu_bus(extra: &str) -> String {
+        format!(
+            "{HUB}[[bus]]\nid = \"rs485\"\nkind = \"modbus_rtu\"\npath = \"/dev/ttyUSB0\"\n{extra}\n"
+        )
+    }
+
+    fn hub_with(extra: &str) -> String {
+        format!("{HUB}{extra}\n")
+    }
+
+    #[test]
+    fn ca_file_must_hold_a_pem_certificate_rustls_accepts() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let ca = rcgen::generate_simple_self_signed(vec!["edge.local".to_owned()]).unwrap();
+        let good = write("ca.pem", &ca.cert.pem());
+        let with_key = write(
+            "bundle.pem",
+            &format!("{}{}", ca.signing_key.serialize_pem(), ca.cert.pem()),
+        );
+        let key_only = write("key.pem", &ca.signing_key.serialize_pem());
+        let der = write("ca.der", "0\u{82}\u{3}\u{1}0\u{82}");
+        let not_der = write(
+            "garbage.pem",
+            "-----BEGIN CERTIFICATE-----\nAAECAwQFBgcI\n-----END CERTIFICATE-----\n",
+        );
+        let bad_base64 = write(
+            "bad.pem",
+            "-----BEGIN CERTIFICATE-----\nAA!!ECAw\n-----END CERTIFICATE-----\n",
+        );
+        let missing = dir.path().join("missing.pem");
+        let shown = |p: &Path| p.display().to_string();
+
+        for ok in [&good, &with_key] {
+            let toml = hub_with(&format!("ca_file = {:?}", shown(ok)));
+            assert_eq!(problems(&toml), Vec::<String>::new(), "{}", ok.display());
+        }
+        let cases: [(&Path, &str); 6] = [
+            (dir.path(), "is a directory; give the PEM file"),
+            (&bad_base64, "holds no readable PEM certificate"),
+            (&key_only, "holds no PEM certificate"),
+            (&der, "holds no PEM certificate"),
+            (&not_der, "certificate 1 is not a usable X.509 certificate"),
+            (&missing, "cannot read"),
+        ];
+        for (path, want) in cases {
+            let toml = hub_with(&format!("ca_file = {:?}", shown(path)));
+            let got = problems(&toml);
+            assert_eq!(got.len(), 1, "{got:?}");
+            assert!(got[0].starts_with("hub.ca_file: "), "{got:?}");
+            assert!(got[0].contains(want), "{}: {got:?}", path.display());
+        }
+    }
+
+    #[test]
+    fn host_names_are_trimmed_and_must_be_bare() {
+        let ok = [
+            ("myhub.azure-devices.net", "myhub.azure-devices.net"),
+            ("  myhub.azure-devices.net\t", "myhub.azure-devices.net"),
+            ("edge_gw.local", "edge_gw.local"),
+            ("192.168.1.10", "192.168.1.10"),
+            ("fd00::1", "fd00::1"),
+        ];
+        for (raw, want) in ok {
+            assert_eq!(check_host("hostname", raw).as_deref(), Ok(want), "{raw:?}");
+        }
+        let bad = [
+            ("", "must not be empty"),
+            ("   ", "must not be empty"),
+            ("my hub.azure-devices.net", "contains whitespace"),
+            (
+                "mqtts://myhub.azure-devices.net",
+                r#"has a scheme; write the host name only: hostname = "myhub.azure-devices.net""#,
+            ),
+            (
+                "mqtts://myhub.azure-devices.net:8883/",
+                r#"has a scheme; write the host name only: hostname = "myhub.azure-devices.net", and the port as hub.port"#,
+            ),
+            (
+                "myhub.azure-devices.net:8883",
+                r#"has a port; write the host name only: hostname = "myhub.azure-devices.net", and the port as hub.port"#,
+            ),
+            (
+                "[fd00::1]:8883",
+                r#"has a port; write the host name only: hostname = "fd00::1", and the port as hub.port"#,
+            ),
+            (
+                "myhub.azure-devices.net/devices",
+                r#"has a path; write the host name only: hostname = "myhub.azure-devices.net""#,
+            ),
+            (
+                "https://",
+                "has a scheme; write the host name only: e.g. myhub",
+            ),
+            ("user@myhub.azure-devices.net", "has more than a host name"),
+            ("myhub..azure-devices.net", "is not a valid host name"),
+            ("-hub.example", "is not a valid host name"),
+        ];
+        for (raw, want) in bad {
+            let got = check_host("hostname", raw).unwrap_err();
+            assert!(got.contains(want), "{raw:?}: {got}");
+        }
+        let got = check_host("gateway_hostname", "").unwrap_err();
+        assert!(got.contains("remove the key"), "{got}");
+        let got = check_host("gateway_hostname", "edge.local:443").unwrap_err();
+        assert!(got.contains(r#"gateway_hostname = "edge.local""#), "{got}");
+    }
+
+    #[test]
+    fn trimmed_host_names_are_what_the_hub_connects_to() {
+        let toml = "[hub]\nhostname = \" myhub.azure-devices.net \"\ngateway_hostname = \" edge.local\\n\"\n";
+        let cfg: FileConfig = config::Config::builder()
+            .add_source(config::File::from_str(toml, config::FileFormat::Toml))
+            .build()
+            .unwrap()
+            .try_deserialize()
+            .unwrap();
+        let cfg = validate(vec![(PathBuf::from("leafgate.toml"), cfg)]).unwrap();
+        assert_eq!(cfg.hub.hostname, "myhub.azure-devices.net");
+        assert_eq!(cfg.hub.gateway_hostname.as_deref(), Some("edge.local"));
+        assert_eq!(cfg.hub.connect_host, "edge.local");
+    }
+
+    #[test]
+    fn connection_string_host_names_match_the_hub_in_any_case() {
+        let device = |cs: &str| {
+            format!(
+                "[hub]\nhostname = \"H.azure-devices.net \"\ngateway_hostname = \" Edge.local\"\n\
+                 [[bus]]\nid = \"plc\"\nkind = \"modbus_tcp\"\naddress = \"10.0.0.6:502\"\n\
+                 [[device]]\nid = \"d1\"\nbus = \"plc\"\nunit = 1\nraw_methods = true\n\
+                 connection_string = \"{cs};DeviceId=d1;SharedAccessKey=AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\"\n"
+            )
+        };
+        let ok = device("HostName=h.azure-devices.net;GatewayHostName=edge.LOCAL");
+        assert_eq!(problems(&ok), Vec::<String>::new());
+        let other = device("HostName=h.azure-devices.net;GatewayHostName=other.local");
+        let got = problems(&other);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(
+            got[0].contains("GatewayHostName \"other.local\""),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn frame_gap_is_bounded_above_the_slowest_lines_silent_interval() {
+        let slowest = Line {
+            path: PathBuf::from("/dev/ttyS0"),
+            baud_rate: 300,
+            parity: Parity::Even,
+            data_bits: 8,
+            stop_bits: 2,
+        };
+        assert_eq!(slowest.silent_interval(), Duration::from_micros(140_000));
+        assert!(slowest.silent_interval() <= Duration::from_micros(MAX_FRAME_GAP_US));
+        assert_eq!(problems(&rtu_bus("frame_gap_us = 0")), Vec::<String>::new());
+        assert_eq!(
+            problems(&rtu_bus("frame_gap_us = 200000")),
+            Vec::<String>::new()
+        );
+        let got = problems(&rtu_bus("frame_gap_us = 200001"));
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(
+            got[0].starts_with("bus[0].frame_gap_us: 200001 is outside 0..=200000"),
+            "{got:?}"
+        );
+        let got = problems(&rtu_bus("frame_gap_us = 9223372036854775807"));
+        assert!(got[0].starts_with("bus[0].frame_gap_us: "), "{got:?}");
+    }
+}

@@ -652,7 +652,8 @@ fn compile_step(
             "needs at least one field",
         ));
     }
-    let mut next = address;
+    // Ends are one past the last address, so they run in u32: a field at 65535 ends at 65536.
+    let mut next = u32::from(address);
     let mut placed = Vec::new();
     for (i, f) in step.fields.iter().enumerate() {
         let fpath = format!("{path}.fields[{i}]");
@@ -660,8 +661,7 @@ fn compile_step(
             placed.push(p);
         }
     }
-    let end = u32::from(next);
-    let count = u16::try_from(end.saturating_sub(u32::from(address))).unwrap_or(u16::MAX);
+    let count = u16::try_from(next.saturating_sub(u32::from(address))).unwrap_or(u16::MAX);
     let limit = match (table.is_bits(), write) {
         (false, false) => MAX_READ_REGISTERS,
         (false, true) => MAX_WRITE_REGISTERS,
@@ -736,7 +736,7 @@ fn place_field(
     f: &FieldConfig,
     table: Table,
     step_address: u16,
-    next: &mut u16,
+    next: &mut u32,
     write: bool,
     path: &str,
     problems: &mut Vec<Problem>,
@@ -794,8 +794,9 @@ fn place_field(
             "give value or default, not both",
         ));
     }
-    let addr = f.address.unwrap_or(*next);
-    if addr < step_address {
+    // After a field ending at 65535, the next one without an address would start at 65536.
+    let addr = f.address.map_or(*next, u32::from);
+    if addr < u32::from(step_address) {
         problems.push(Problem::new(
             format!("{path}.address"),
             format!("{addr} is below the step's address {step_address}"),
@@ -806,22 +807,26 @@ fn place_field(
     } else {
         layout.as_ref().map_or(1, Layout::width)
     };
-    let end = u32::from(addr) + u32::from(width);
-    if end > 65536 {
+    let end = addr + u32::from(width);
+    if addr > 65535 {
         problems.push(Problem::new(
             format!("{path}.address"),
-            "field runs past address 65535",
+            "would start at 65536, past the last address 65535 (the previous field ends there)",
+        ));
+    } else if end > 65536 {
+        problems.push(Problem::new(
+            format!("{path}.address"),
+            format!("{width} registers from {addr} run past address 65535"),
         ));
     }
-    // Bits in one register may share it; everything else advances.
-    let fits_bit = ty == DataType::Bit && f.address.is_some();
-    let new_next = u16::try_from(end.min(65535)).unwrap_or(u16::MAX);
-    if !fits_bit || new_next > *next {
-        *next = (*next).max(new_next);
-    }
+    // Fields advance the step's end; bits sharing a register (or fields given an earlier
+    // address) never move it back.
+    *next = (*next).max(end);
     if problems.len() != start {
         return None;
     }
+    // addr is within step_address..=65535 here, so the offset fits.
+    let pos = u16::try_from(addr - u32::from(step_address)).ok()?;
     let layout = layout?;
     let source = match &f.value {
         Some(c) => Source::Fixed(c.to_json()),
@@ -864,7 +869,7 @@ fn place_field(
     Some(Input {
         placed: Placed {
             name: f.name.clone().unwrap_or_default(),
-            pos: addr - step_address,
+            pos,
             layout,
         },
         source,
@@ -1242,6 +1247,126 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.field.as_deref(), Some("label"));
         assert!(m.prepare(0, &json!({"volts": 31})).is_err());
+    }
+
+    /// One step on `table` at `address` with `fields` (TOML inline tables), on a Modbus TCP bus.
+    fn step(op: &str, table: &str, address: u32, fields: &str) -> Result<Method, Vec<Problem>> {
+        method(
+            BusKind::ModbusTcp,
+            &format!(
+                "[[device]]\nid = \"d\"\nbus = \"b\"\n[[device.method]]\nname = \"m\"\n\
+                 [[device.method.step]]\nop = \"{op}\"\ntable = \"{table}\"\naddress = {address}\n\
+                 fields = [{fields}]\n"
+            ),
+        )
+    }
+
+    fn read_op(m: &Method) -> Op {
+        m.prepare(1, &json!({})).unwrap().remove(0)
+    }
+
+    #[test]
+    fn fields_ending_at_the_last_address_count_every_register() {
+        // One register at 65535: count 1, not 0.
+        let m = step("read", "holding", 65535, r#"{ name = "x" }"#).unwrap();
+        assert_eq!(
+            read_op(&m),
+            Op::Read {
+                unit: 1,
+                table: Table::Holding,
+                address: 65535,
+                count: 1
+            }
+        );
+        assert_eq!(
+            m.reply(&[Output::Registers(vec![7])]).unwrap(),
+            json!({"x": 7})
+        );
+        // Two registers at 65534: count 2, not 1.
+        let m = step("read", "input", 65534, r#"{ name = "x", type = "u32" }"#).unwrap();
+        assert_eq!(
+            read_op(&m),
+            Op::Read {
+                unit: 1,
+                table: Table::Input,
+                address: 65534,
+                count: 2
+            }
+        );
+        assert_eq!(
+            m.reply(&[Output::Registers(vec![1, 2])]).unwrap(),
+            json!({"x": 0x0001_0002})
+        );
+        // A field placed by address at the end of a longer step.
+        let m = step(
+            "read",
+            "holding",
+            65530,
+            r#"{ name = "a" }, { name = "b", type = "f32", address = 65534 }"#,
+        )
+        .unwrap();
+        assert!(matches!(read_op(&m), Op::Read { count: 6, .. }));
+        // The last coil, and a write of the last two registers.
+        let m = step("read", "coil", 65535, r#"{ name = "on" }"#).unwrap();
+        assert!(matches!(
+            read_op(&m),
+            Op::Read {
+                address: 65535,
+                count: 1,
+                ..
+            }
+        ));
+        let m = step("write", "holding", 65534, r#"{ name = "v", type = "i32" }"#).unwrap();
+        assert_eq!(
+            m.prepare(1, &json!({"v": -2})).unwrap(),
+            vec![Op::Write {
+                unit: 1,
+                address: 65534,
+                data: WriteData::Registers(vec![0xFFFF, 0xFFFE])
+            }]
+        );
+    }
+
+    #[test]
+    fn fields_running_past_the_last_address_are_config_problems() {
+        let cases = [
+            (
+                "read",
+                "holding",
+                65535,
+                r#"{ name = "x", type = "u32" }"#,
+                "m.step[0].fields[0].address: 2 registers from 65535 run past address 65535",
+            ),
+            (
+                "read",
+                "holding",
+                65533,
+                r#"{ name = "x", type = "f64" }"#,
+                "m.step[0].fields[0].address: 4 registers from 65533 run past address 65535",
+            ),
+            (
+                "read",
+                "holding",
+                65535,
+                r#"{ name = "x" }, { name = "y" }"#,
+                "m.step[0].fields[1].address: would start at 65536, past the last address 65535 (the previous field ends there)",
+            ),
+            (
+                "write",
+                "coil",
+                65535,
+                r#"{ name = "a" }, { name = "b" }"#,
+                "m.step[0].fields[1].address: would start at 65536, past the last address 65535 (the previous field ends there)",
+            ),
+        ];
+        for (op, table, address, fields, want) in cases {
+            let problems = step(op, table, address, fields).unwrap_err();
+            let got: Vec<String> = problems
+                .iter()
+                .map(|p| format!("{}: {}", p.path, p.message))
+                .collect();
+            assert_eq!(got, [want], "{op} {table} {address} {fields}");
+        }
     }
 
     #[test]

@@ -8,24 +8,28 @@ use super::method::{ReplyError, RequestError};
 use crate::bus;
 
 /// Why a method request did not produce a 200.
+///
+/// `Display` says what failed and never repeats the cause: a variant with a cause returns it from
+/// `source()`, and the gateway's log line appends each source in the chain (`bad request: 9000
+/// is out of range 0..=1500`). Variants holding only text have no source and show it.
 #[derive(Debug, thiserror::Error)]
 pub enum Failure {
     #[error("payload of {size} bytes exceeds the limit of {limit}")]
     TooLarge { size: usize, limit: usize },
     #[error("payload is not JSON: {0}")]
     NotJson(String),
-    #[error("bad request: {0}")]
+    #[error("bad request")]
     BadRequest(#[from] RequestError),
     #[error("no method of that name")]
     UnknownMethod { methods: Vec<String> },
-    #[error("bus {bus}: {error}")]
+    #[error("bus {bus}")]
     Bus {
         bus: String,
         #[source]
         error: bus::Error,
         timeout_ms: u64,
     },
-    #[error("unusable device reply: {0}")]
+    #[error("unusable device reply")]
     Reply(#[from] ReplyError),
     #[error("leafgate is shutting down")]
     ShuttingDown,
@@ -193,6 +197,70 @@ mod tests {
                 "{failure:?}"
             );
             assert!(body.is_object());
+        }
+    }
+
+    /// The failure as the gateway's log line shows it (`gateway/device.rs`): `Display`, then
+    /// `: {source}` for each source in the chain.
+    fn log_line(failure: &Failure) -> String {
+        let mut why = failure.to_string();
+        let mut source = std::error::Error::source(failure);
+        while let Some(s) = source {
+            why.push_str(&format!(": {s}"));
+            source = s.source();
+        }
+        why
+    }
+
+    #[test]
+    fn log_lines_state_each_cause_once() {
+        let cases = [
+            (
+                Failure::BadRequest(RequestError::new(
+                    Some("speed"),
+                    "9000 is out of range 0..=1500",
+                )),
+                "bad request: 9000 is out of range 0..=1500",
+            ),
+            (
+                Failure::Reply(ReplyError(
+                    "reply \"ERR\" does not match \"^OK$\"".to_owned(),
+                )),
+                "unusable device reply: reply \"ERR\" does not match \"^OK$\"",
+            ),
+            (
+                bus_failure(bus::Error::Timeout(Duration::from_millis(500))),
+                "bus rs485: no answer from the device within 500ms",
+            ),
+            (
+                bus_failure(bus::Error::Exception { code: 2 }),
+                "bus rs485: device answered with modbus exception 2 (illegal data address)",
+            ),
+            (
+                bus_failure(bus::Error::Unavailable("connection refused".to_owned())),
+                "bus rs485: bus unavailable: connection refused",
+            ),
+            (
+                Failure::NotJson("EOF while parsing".to_owned()),
+                "payload is not JSON: EOF while parsing",
+            ),
+            (
+                Failure::Internal("index out of bounds".to_owned()),
+                "internal error: index out of bounds",
+            ),
+            (Failure::ShuttingDown, "leafgate is shutting down"),
+        ];
+        for (failure, want) in cases {
+            let line = log_line(&failure);
+            assert_eq!(line, want, "{failure:?}");
+            // Whatever a source says appears once: Display does not repeat it.
+            let mut source = std::error::Error::source(&failure);
+            while let Some(s) = source {
+                let detail = s.to_string();
+                assert_eq!(line.matches(&detail).count(), 1, "{line}");
+                assert!(!failure.to_string().contains(&detail), "{line}");
+                source = s.source();
+            }
         }
     }
 

@@ -234,6 +234,8 @@ fn encode_number(layout: &Layout, value: &Value) -> Result<Vec<u16>, ValueError>
     check_range(layout, eng, number)?;
     let ty = layout.data_type;
     let bytes: Vec<u8> = if matches!(ty, DataType::F32 | DataType::F64) {
+        // A finite payload can still overflow here (a tiny scale, or an offset far from the
+        // value); an infinity in the registers would reach the machine as a setpoint.
         let raw = (eng - layout.offset) / layout.scale;
         if ty == DataType::F32 {
             #[allow(clippy::cast_possible_truncation)]
@@ -243,6 +245,9 @@ fn encode_number(layout: &Layout, value: &Value) -> Result<Vec<u16>, ValueError>
             }
             narrowed.to_be_bytes().to_vec()
         } else {
+            if !raw.is_finite() {
+                return Err(does_not_fit(number, ty, raw));
+            }
             raw.to_be_bytes().to_vec()
         }
     } else {
@@ -465,6 +470,36 @@ mod tests {
             encode(&Layout::new(DataType::U64), &json!(-5)),
             Err(ValueError::DoesNotFit { .. })
         ));
+    }
+
+    #[test]
+    fn f64_writes_never_put_an_infinity_in_registers() {
+        // (1e300 - 0) / 1e-10 overflows to +inf.
+        let mut tiny_scale = Layout::new(DataType::F64);
+        tiny_scale.scale = 1e-10;
+        assert_eq!(
+            encode(&tiny_scale, &json!(1e300)),
+            Err(ValueError::DoesNotFit {
+                value: "1e+300".to_owned(),
+                data_type: "f64",
+                raw: "inf".to_owned(),
+            })
+        );
+        // (-1.7e308 - 1.7e308) / 1 overflows to -inf.
+        let mut far_offset = Layout::new(DataType::F64);
+        far_offset.offset = 1.7e308;
+        assert!(matches!(
+            encode(&far_offset, &json!(-1.7e308)),
+            Err(ValueError::DoesNotFit { .. })
+        ));
+        // Large but finite values still go through, scaled.
+        let mut half = Layout::new(DataType::F64);
+        half.scale = 0.5;
+        assert_eq!(
+            encode(&half, &json!(1e300)).unwrap(),
+            encode(&Layout::new(DataType::F64), &json!(2e300)).unwrap()
+        );
+        assert!(encode(&Layout::new(DataType::F64), &json!(1.7e308)).is_ok());
     }
 
     #[test]
