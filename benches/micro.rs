@@ -20,28 +20,48 @@ fn method(toml: &str) -> Method {
         .build()
         .and_then(config::Config::try_deserialize)
         .unwrap_or_else(|e| panic!("{e}"));
-    Method::compile(&cfg.device[0].method[0], BusKind::ModbusTcp, "m").unwrap_or_else(|e| panic!("{e:?}"))
+    Method::compile(&cfg.device[0].method[0], BusKind::ModbusTcp, "m")
+        .unwrap_or_else(|e| panic!("{e:?}"))
 }
 
 fn bench(c: &mut Criterion) {
-    let key = sas::Key::from_base64("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=").unwrap_or_else(|e| panic!("{e}"));
+    let key = sas::Key::from_base64("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=")
+        .unwrap_or_else(|e| panic!("{e}"));
     let resource = sas::device_resource("myhub.azure-devices.net", "pump-0042");
-    c.bench_function("sas_token", |b| b.iter(|| sas::token(black_box(&resource), &key, black_box(1_767_225_600), None)));
+    c.bench_function("sas_token", |b| {
+        b.iter(|| sas::token(black_box(&resource), &key, black_box(1_767_225_600), None))
+    });
 
     let topic = "$iothub/methods/POST/getReadings/?$rid=4711";
-    c.bench_function("topic_parse", |b| b.iter(|| topics::parse_request(black_box(topic))));
-    c.bench_function("topic_format", |b| b.iter(|| topics::response(black_box(200), black_box("4711"))));
+    c.bench_function("topic_parse", |b| {
+        b.iter(|| topics::parse_request(black_box(topic)))
+    });
+    c.bench_function("topic_format", |b| {
+        b.iter(|| topics::response(black_box(200), black_box("4711")))
+    });
 
     let mut group = c.benchmark_group("value");
-    for ty in [DataType::U16, DataType::I32, DataType::F32, DataType::F64, DataType::U64] {
+    for ty in [
+        DataType::U16,
+        DataType::I32,
+        DataType::F32,
+        DataType::F64,
+        DataType::U64,
+    ] {
         let mut layout = Layout::new(ty);
         layout.word_order = Order::Little;
         let v = json!(1234);
         let regs = value::encode(&layout, &v).unwrap_or_else(|e| panic!("{e}"));
-        group.bench_function(format!("encode_{}", ty.name()), |b| b.iter(|| value::encode(black_box(&layout), black_box(&v))));
-        group.bench_function(format!("decode_{}", ty.name()), |b| b.iter(|| value::decode(black_box(&layout), black_box(&regs))));
+        group.bench_function(format!("encode_{}", ty.name()), |b| {
+            b.iter(|| value::encode(black_box(&layout), black_box(&v)))
+        });
+        group.bench_function(format!("decode_{}", ty.name()), |b| {
+            b.iter(|| value::decode(black_box(&layout), black_box(&regs)))
+        });
         layout.scale = 0.1;
-        group.bench_function(format!("decode_scaled_{}", ty.name()), |b| b.iter(|| value::decode(black_box(&layout), black_box(&regs))));
+        group.bench_function(format!("decode_scaled_{}", ty.name()), |b| {
+            b.iter(|| value::decode(black_box(&layout), black_box(&regs)))
+        });
     }
     group.finish();
 
@@ -64,11 +84,21 @@ fn bench(c: &mut Criterion) {
         ]
     "#,
     );
-    let outputs = vec![Output::Registers(vec![0x41C8, 0, 0, 0x41C8, 0x0001, 0x86A0, 0xFF9C, 7, 0, 0b1000])];
-    c.bench_function("method_read10_prepare", |b| b.iter(|| read10.prepare(black_box(1), black_box(&serde_json::Value::Null))));
-    c.bench_function("method_read10_reply", |b| b.iter(|| read10.reply(black_box(&outputs))));
+    let outputs = vec![Output::Registers(vec![
+        0x41C8, 0, 0, 0x41C8, 0x0001, 0x86A0, 0xFF9C, 7, 0, 0b1000,
+    ])];
+    c.bench_function("method_read10_prepare", |b| {
+        b.iter(|| read10.prepare(black_box(1), black_box(&serde_json::Value::Null)))
+    });
+    c.bench_function("method_read10_reply", |b| {
+        b.iter(|| read10.reply(black_box(&outputs)))
+    });
     c.bench_function("method_read10_reply_to_bytes", |b| {
-        b.iter(|| read10.reply(black_box(&outputs)).map(|v| serde_json::to_vec(&v)))
+        b.iter(|| {
+            read10
+                .reply(black_box(&outputs))
+                .map(|v| serde_json::to_vec(&v))
+        })
     });
 
     let write = method(
@@ -88,7 +118,8 @@ fn bench(c: &mut Criterion) {
     let payload = br#"{"speed": 1200.5}"#;
     c.bench_function("method_write_parse_and_prepare", |b| {
         b.iter(|| {
-            let v: serde_json::Value = serde_json::from_slice(black_box(payload)).unwrap_or_default();
+            let v: serde_json::Value =
+                serde_json::from_slice(black_box(payload)).unwrap_or_default();
             write.prepare(1, &v)
         });
     });

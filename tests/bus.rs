@@ -189,9 +189,11 @@ async fn a_late_reply_is_never_taken_as_the_answer_to_the_next_request() {
     let line = SerialLine::modbus_rtu(regs.clone()).unwrap();
     let (h, _task) = bus::start(&rtu(line.path(), 200), CancellationToken::new());
     up(&h).await;
-    // The reply to address 500 comes 300 ms late: after our 200 ms timeout, while the next
-    // request would be waiting for its own answer.
-    regs.set_fault_times(1, Fault::Delay(Duration::from_millis(300)), 1);
+    // The reply to address 500 comes 250 ms after the request: after our 200 ms timeout. The
+    // next request is answered 100 ms after it is sent, so if it went out right after the
+    // timeout, the late reply would arrive first and be taken as its answer. The guard time
+    // (the line kept quiet for half the bus timeout) must swallow the late reply instead.
+    regs.set_fault_times(1, Fault::Delay(Duration::from_millis(250)), 1);
     let started = Instant::now();
     let first = run(
         &h,
@@ -205,6 +207,7 @@ async fn a_late_reply_is_never_taken_as_the_answer_to_the_next_request() {
         "timeout took {:?}",
         started.elapsed()
     );
+    regs.set_fault_times(1, Fault::Delay(Duration::from_millis(100)), 1);
     let second = run(
         &h,
         vec![read(1, Table::Holding, 100, 1)],

@@ -412,47 +412,16 @@ fn split_authority(authority: &str) -> (&str, bool) {
     }
 }
 
-/// Reads and parses `ca_file` as `hub::tls::client_config` will at start (PEM sections it cannot
-/// read are skipped there too; at least one certificate must remain, and rustls must accept
-/// each). Found here, a bad file is a config problem: `check` reports it and the daemon exits
-/// 78, which systemd does not restart, instead of failing at start with 1 in a restart loop.
+/// Reads and parses `ca_file` exactly as the daemon will at start. Found here, a bad file is a
+/// config problem: `check` reports it and the daemon exits 78, which systemd does not restart,
+/// instead of failing at start with 1 in a restart loop.
 fn check_ca_file(ca: &Path) -> Result<(), String> {
-    let shown = ca.display();
-    match std::fs::metadata(ca) {
-        Ok(meta) if meta.is_dir() => {
-            return Err(format!(
-                "{shown} is a directory; give the PEM file holding the CA certificate(s)"
-            ));
-        }
-        Ok(_) => {}
-        Err(e) => return Err(format!("cannot read {shown}: {e}")),
-    }
-    let pem = std::fs::read(ca).map_err(|e| format!("cannot read {shown}: {e}"))?;
-    let mut roots = rustls::RootCertStore::empty();
-    let mut unreadable = None;
-    let mut found = 0usize;
-    for item in rustls_pemfile::certs(&mut pem.as_slice()) {
-        match item {
-            Ok(cert) => {
-                found += 1;
-                roots.add(cert).map_err(|e| {
-                    format!("{shown}: certificate {found} is not a usable X.509 certificate ({e})")
-                })?;
-            }
-            Err(e) => {
-                unreadable.get_or_insert(e);
-            }
-        }
-    }
-    if found > 0 {
-        return Ok(());
-    }
-    Err(match unreadable {
-        Some(e) => format!("{shown} holds no readable PEM certificate (a block is malformed: {e})"),
-        None => format!(
-            "{shown} holds no PEM certificate (a -----BEGIN CERTIFICATE----- block); give the CA certificate(s) in PEM"
-        ),
-    })
+    crate::hub::tls::add_ca_file(ca, &mut rustls::RootCertStore::empty())
+        .map(|_| ())
+        .map_err(|e| match std::error::Error::source(&e) {
+            Some(source) => format!("{e}: {source}"),
+            None => e.to_string(),
+        })
 }
 
 fn resolve_bus(file: &Path, path: &str, b: &BusConfig, p: &mut Problems) -> Option<Bus> {

@@ -8,17 +8,28 @@ use rustls::RootCertStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot read CA file {path}")]
+    #[error("cannot read {path}")]
     ReadCa {
         path: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("CA file {0} holds no PEM certificate")]
+    #[error("{0} is a directory; give the PEM file holding the CA certificate(s)")]
+    CaIsDirectory(String),
+    #[error(
+        "{0} holds no PEM certificate (a -----BEGIN CERTIFICATE----- block); give the CA certificate(s) in PEM"
+    )]
     EmptyCa(String),
-    #[error("CA file {path} has a certificate rustls refuses")]
+    #[error("{path} holds no readable PEM certificate (a block is malformed)")]
+    MalformedCa {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: certificate {index} is not a usable X.509 certificate")]
     BadCa {
         path: String,
+        index: usize,
         #[source]
         source: rustls::Error,
     },
@@ -26,6 +37,49 @@ pub enum Error {
     NoRoots,
     #[error("cannot build TLS settings")]
     Config(#[source] rustls::Error),
+}
+
+/// Adds the certificates of a PEM file to `roots`; returns how many. Config validation calls
+/// this too, so a file `leafgate check` accepts is exactly a file the daemon can use. PEM
+/// sections that are not certificates (a key in a bundle) are skipped; at least one certificate
+/// must be there and rustls must accept each.
+///
+/// # Errors
+/// When the file cannot be read, is a directory, or holds no usable certificate.
+pub fn add_ca_file(path: &Path, roots: &mut RootCertStore) -> Result<usize, Error> {
+    let shown = path.display().to_string();
+    if path.is_dir() {
+        return Err(Error::CaIsDirectory(shown));
+    }
+    let pem = std::fs::read(path).map_err(|source| Error::ReadCa {
+        path: shown.clone(),
+        source,
+    })?;
+    let mut unreadable = None;
+    let mut found = 0usize;
+    for item in rustls_pemfile::certs(&mut pem.as_slice()) {
+        match item {
+            Ok(cert) => {
+                found += 1;
+                roots.add(cert).map_err(|source| Error::BadCa {
+                    path: shown.clone(),
+                    index: found,
+                    source,
+                })?;
+            }
+            Err(e) => {
+                unreadable.get_or_insert(e);
+            }
+        }
+    }
+    match (found, unreadable) {
+        (0, Some(source)) => Err(Error::MalformedCa {
+            path: shown,
+            source,
+        }),
+        (0, None) => Err(Error::EmptyCa(shown)),
+        (n, _) => Ok(n),
+    }
 }
 
 /// Builds the client config shared by every session.
@@ -41,23 +95,7 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>
     let (added, _ignored) = roots.add_parsable_certificates(native.certs);
     log::debug!("{added} system root certificates loaded");
     if let Some(path) = ca_file {
-        let shown = path.display().to_string();
-        let pem = std::fs::read(path).map_err(|source| Error::ReadCa {
-            path: shown.clone(),
-            source,
-        })?;
-        let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
-            .filter_map(Result::ok)
-            .collect();
-        if certs.is_empty() {
-            return Err(Error::EmptyCa(shown));
-        }
-        for cert in certs {
-            roots.add(cert).map_err(|source| Error::BadCa {
-                path: shown.clone(),
-                source,
-            })?;
-        }
+        add_ca_file(path, &mut roots)?;
     }
     if roots.is_empty() {
         return Err(Error::NoRoots);
