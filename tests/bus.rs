@@ -21,6 +21,8 @@ fn bus(id: &str, spec: BusSpec, timeout_ms: u64) -> Bus {
         retries: 2,
         reconnect_min: Duration::from_millis(50),
         reconnect_max: Duration::from_millis(200),
+        down_after: 0,
+        down_for: Duration::from_secs(10),
     }
 }
 
@@ -589,4 +591,67 @@ async fn a_write_whose_echo_is_garbled_is_never_sent_twice() {
     assert!(matches!(r, Err(Error::Protocol(_))), "{r:?}");
     let functions: Vec<u8> = regs.requests().iter().map(|r| r.function).collect();
     assert_eq!(functions, vec![6, 3, 3, 3]);
+}
+
+#[tokio::test]
+async fn a_unit_that_keeps_timing_out_is_marked_down_fails_fast_and_comes_back() {
+    let regs = Registers::with_units([1, 2]);
+    regs.set_holding(1, 0, &[11]);
+    regs.set_holding(2, 0, &[22]);
+    regs.set_fault(1, Fault::Silent);
+    let line = SerialLine::modbus_rtu(regs.clone()).unwrap();
+    let mut cfg = rtu(line.path(), 100);
+    cfg.down_after = 2;
+    cfg.down_for = Duration::from_millis(400);
+    let (h, _task) = bus::start(&cfg, CancellationToken::new());
+    up(&h).await;
+    for _ in 0..2 {
+        let r = run(
+            &h,
+            vec![read(1, Table::Holding, 0, 1)],
+            Duration::from_secs(2),
+        )
+        .await;
+        assert!(matches!(r, Err(Error::Timeout(_))), "{r:?}");
+    }
+    // Marked down: answered at once, and the request never reaches the line.
+    let sent = regs.request_count();
+    let t = Instant::now();
+    let r = run(
+        &h,
+        vec![read(1, Table::Holding, 0, 1)],
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(
+        matches!(&r, Err(Error::Unavailable(m)) if m.contains("marked down")),
+        "{r:?}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_millis(50),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(regs.request_count(), sent);
+    // Its neighbour on the line is unaffected.
+    let r = run(
+        &h,
+        vec![read(2, Table::Holding, 0, 1)],
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r, vec![Output::Registers(vec![22])]);
+    // The unit recovers; after the cool-down the next request is the probe that brings it back.
+    regs.clear_faults(1);
+    // The cool-down is a timer and is itself what this test checks: wait it out.
+    tokio::time::sleep(cfg.down_for).await;
+    let r = run(
+        &h,
+        vec![read(1, Table::Holding, 0, 1)],
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r, vec![Output::Registers(vec![11])]);
 }

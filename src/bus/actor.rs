@@ -50,6 +50,8 @@ pub struct Settings {
     pub retries: u32,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
+    pub down_after: u32,
+    pub down_for: Duration,
 }
 
 /// A cheap, cloneable way to submit jobs to a bus.
@@ -131,6 +133,7 @@ pub fn spawn<L: Link>(
         next_open: Instant::now(),
         last_error: String::from("not connected yet"),
         up: up_tx,
+        units: std::collections::HashMap::new(),
     };
     let task = tokio::spawn(actor.run(rx, shutdown));
     (handle, task)
@@ -143,6 +146,22 @@ struct Actor<L> {
     next_open: Instant,
     last_error: String,
     up: watch::Sender<bool>,
+    /// Health per unit id (0 on raw serial lines), for the circuit breaker.
+    units: std::collections::HashMap<u8, UnitHealth>,
+}
+
+/// Consecutive timeouts of one unit, and until when it is considered down.
+#[derive(Debug, Default)]
+struct UnitHealth {
+    timeouts: u32,
+    down_until: Option<Instant>,
+}
+
+fn unit_of(ops: &[Op]) -> u8 {
+    match ops.first() {
+        Some(Op::Read { unit, .. } | Op::Write { unit, .. }) => *unit,
+        _ => 0,
+    }
 }
 
 impl<L: Link> Actor<L> {
@@ -236,17 +255,59 @@ impl<L: Link> Actor<L> {
             let _ = reply.send(Err(Error::Unavailable(self.last_error.clone())));
             return;
         }
+        let unit = unit_of(&ops);
+        if let Some(until) = self.units.get(&unit).and_then(|h| h.down_until) {
+            let left = until.saturating_duration_since(Instant::now());
+            if !left.is_zero() {
+                let _ = reply.send(Err(Error::Unavailable(format!(
+                    "unit {unit} is marked down after {} consecutive timeouts; next try in {} ms",
+                    self.settings.down_after,
+                    left.as_millis()
+                ))));
+                return;
+            }
+            // Cool-down over: this job is the probe that brings the unit back, or not.
+        }
         let mut outputs = Vec::with_capacity(ops.len());
+        let mut result = Ok(());
         for op in &ops {
             match self.execute(op, deadline, &label).await {
                 Ok(out) => outputs.push(out),
                 Err(e) => {
-                    let _ = reply.send(Err(e));
-                    return;
+                    result = Err(e);
+                    break;
                 }
             }
         }
-        let _ = reply.send(Ok(outputs));
+        self.record_health(unit, &result, &label);
+        let _ = reply.send(result.map(|()| outputs));
+    }
+
+    /// The circuit breaker: `down_after` consecutive timeouts mark a unit down for `down_for`,
+    /// so a dead unit stops costing its line-mates a timeout per request. Any answer from the
+    /// unit (data, an exception, even a garbled frame) proves it is there.
+    fn record_health(&mut self, unit: u8, result: &Result<(), Error>, label: &Label) {
+        let bus = &*self.settings.id;
+        let health = self.units.entry(unit).or_default();
+        match result {
+            Err(Error::Timeout(_)) => {
+                health.timeouts = health.timeouts.saturating_add(1);
+                let threshold = self.settings.down_after;
+                if threshold > 0 && health.timeouts >= threshold {
+                    health.down_until = Some(Instant::now() + self.settings.down_for);
+                    log::warn!(bus = bus, unit = unit, device_id = &*label.device;
+                        "unit {unit} on bus {bus} marked down after {} consecutive timeouts; requests fail fast (503) for {} ms",
+                        health.timeouts, self.settings.down_for.as_millis());
+                }
+            }
+            Ok(()) | Err(Error::Exception { .. } | Error::Protocol(_)) => {
+                if health.down_until.take().is_some() {
+                    log::info!(bus = bus, unit = unit, device_id = &*label.device; "unit {unit} on bus {bus} answers again");
+                }
+                health.timeouts = 0;
+            }
+            Err(_) => {}
+        }
     }
 
     /// One operation. Retries: a garbled reply is retried (up to `retries`) and a link that

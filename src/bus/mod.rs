@@ -33,6 +33,8 @@ pub fn start(bus: &Bus, shutdown: CancellationToken) -> (Handle, tokio::task::Jo
         retries: bus.retries,
         reconnect_min: bus.reconnect_min,
         reconnect_max: bus.reconnect_max,
+        down_after: bus.down_after,
+        down_for: bus.down_for,
     };
     let connect_timeout = bus.timeout.max(std::time::Duration::from_secs(1));
     match &bus.spec {

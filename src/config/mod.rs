@@ -62,6 +62,10 @@ pub struct Bus {
     pub retries: u32,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
+    /// Consecutive timeouts after which a unit is marked down (0: never).
+    pub down_after: u32,
+    /// How long a unit marked down is answered 503 without being asked.
+    pub down_for: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]

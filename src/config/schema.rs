@@ -128,6 +128,8 @@ pub struct BusConfig {
     pub retries: Option<u32>,
     pub reconnect_min_ms: Option<u64>,
     pub reconnect_max_ms: Option<u64>,
+    pub down_after: Option<u32>,
+    pub down_for_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -372,5 +374,7 @@ pub(crate) mod defaults {
     pub const BUS_RETRIES: u32 = 2;
     pub const BUS_RECONNECT_MIN_MS: u64 = 500;
     pub const BUS_RECONNECT_MAX_MS: u64 = 30_000;
+    pub const BUS_DOWN_AFTER: u32 = 3;
+    pub const BUS_DOWN_FOR_MS: u64 = 10_000;
     pub const BAUD_RATE: u32 = 9600;
 }

@@ -485,6 +485,22 @@ fn resolve_bus(file: &Path, path: &str, b: &BusConfig, p: &mut Problems) -> Opti
             format!("{retries} is above 10"),
         );
     }
+    let down_after = b.down_after.unwrap_or(d::BUS_DOWN_AFTER);
+    if down_after > 100 {
+        p.add(
+            file,
+            format!("{path}.down_after"),
+            format!("{down_after} is above 100 (0 turns it off)"),
+        );
+    }
+    let down_for_ms = b.down_for_ms.unwrap_or(d::BUS_DOWN_FOR_MS);
+    if !(100..=3_600_000).contains(&down_for_ms) {
+        p.add(
+            file,
+            format!("{path}.down_for_ms"),
+            format!("{down_for_ms} is outside 100..=3600000"),
+        );
+    }
     let reconnect_min_ms = b.reconnect_min_ms.unwrap_or(d::BUS_RECONNECT_MIN_MS);
     let reconnect_max_ms = b.reconnect_max_ms.unwrap_or(d::BUS_RECONNECT_MAX_MS);
     if reconnect_min_ms == 0 || reconnect_min_ms > reconnect_max_ms {
@@ -611,6 +627,8 @@ fn resolve_bus(file: &Path, path: &str, b: &BusConfig, p: &mut Problems) -> Opti
         retries,
         reconnect_min: Duration::from_millis(reconnect_min_ms),
         reconnect_max: Duration::from_millis(reconnect_max_ms),
+        down_after,
+        down_for: Duration::from_millis(down_for_ms),
     })
 }
 
