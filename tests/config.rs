@@ -71,6 +71,8 @@ fn shipped_sample_config_loads_and_documents_every_key() {
         "timeout_ms",
         "queue_capacity",
         "retries",
+        "down_after",
+        "down_for_ms",
         "connection_string",
         "shared_access_key",
         "shared_access_key_file",
