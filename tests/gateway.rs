@@ -495,3 +495,92 @@ async fn a_reply_still_reaches_the_caller_when_the_hub_connection_drops_mid_meth
     let (status, body) = call.await.unwrap();
     assert_eq!((status, body["speed"].as_f64()), (200, Some(25.0)));
 }
+
+#[tokio::test]
+async fn hostile_requests_get_a_4xx_and_never_reach_the_bus() {
+    let regs = Registers::with_units([1]);
+    let plc = TcpServer::start(regs.clone()).await.unwrap();
+    let rest = format!(
+        "[[bus]]\nid = \"plc\"\nkind = \"modbus_tcp\"\naddress = \"{}\"\n{}{PLC_METHODS}",
+        plc.addr(),
+        device("a", "plc", "unit = 1\nraw_methods = true"),
+    );
+    let rig = Rig::start(&["a"], "max_payload_bytes = 4096", &rest).await;
+    let deep = (0..120).fold(json!(1), |v, _| json!([v]));
+    let cases: Vec<(&str, Value, u16)> = vec![
+        ("get/Status", json!({}), 501),
+        ("get#", json!({}), 501),
+        ("get+", json!({}), 501),
+        ("%2e%2e", json!({}), 501),
+        ("ünïcødé", json!({}), 501),
+        ("setSpeed", json!({"speed": "NaN"}), 400),
+        ("setSpeed", json!({"speed": 1e308}), 400),
+        ("setSpeed", json!({"speed": -0.5}), 400),
+        ("setSpeed", json!({"speed": 1, "extra": deep}), 400),
+        ("setSpeed", json!([1, 2, 3]), 400),
+        ("echo", json!({"text": "x".repeat(300)}), 400),
+        ("echo", json!({"text": "x".repeat(10_000)}), 413),
+        (
+            "modbus.read",
+            json!({"table": "holding", "address": -1, "count": 1}),
+            400,
+        ),
+        (
+            "modbus.read",
+            json!({"table": "holding", "address": 0, "count": 126}),
+            400,
+        ),
+        (
+            "modbus.read",
+            json!({"table": "coil", "address": 0, "count": 2001}),
+            400,
+        ),
+        (
+            "modbus.read",
+            json!({"table": "holding", "address": 65535, "count": 2}),
+            400,
+        ),
+        (
+            "modbus.write",
+            json!({"table": "holding", "address": 0, "values": [70000]}),
+            400,
+        ),
+        (
+            "modbus.write",
+            json!({"table": "input", "address": 0, "values": [1]}),
+            400,
+        ),
+        ("serial.send", json!({"text": "x"}), 501),
+    ];
+    let mut reached = 0;
+    for (method, payload, want) in cases {
+        let (http, body) = rig
+            .client
+            .invoke("a", method, payload.clone(), 30)
+            .await
+            .unwrap();
+        if http == 400 && want == 501 {
+            // The hub itself refuses some method names (400004); they never reach a device.
+            continue;
+        }
+        assert_eq!(http, 200, "{method}: service API answered {http}: {body}");
+        let status = body["status"].as_u64().unwrap();
+        assert_eq!(
+            status,
+            u64::from(want),
+            "{method} {}: {body}",
+            payload.to_string().chars().take(80).collect::<String>()
+        );
+        assert!(body["payload"]["error"].is_string(), "{method}: {body}");
+        reached += 1;
+    }
+    assert!(
+        reached >= 15,
+        "only {reached} hostile requests reached leafgate"
+    );
+    assert_eq!(
+        regs.request_count(),
+        0,
+        "a hostile request reached the device"
+    );
+}
