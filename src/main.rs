@@ -152,6 +152,9 @@ fn print_error(command: &str, error: &anyhow::Error) {
 fn check(path: &std::path::Path) -> ExitCode {
     match config::load(path) {
         Ok(cfg) => {
+            for w in &cfg.warnings {
+                eprintln!("warning: {w}");
+            }
             let methods: usize = cfg.devices.iter().map(|d| d.methods.len()).sum();
             println!(
                 "{}: ok ({} file(s), {} bus(es), {} device(s), {} method(s))",
@@ -187,6 +190,9 @@ fn run(path: &std::path::Path, level_override: Option<log::LevelFilter>) -> Exit
         }
     };
     systemd::set_level(level_override.unwrap_or(cfg.log_level));
+    for w in &cfg.warnings {
+        log::warn!("{w}");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

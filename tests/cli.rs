@@ -156,3 +156,76 @@ fields = [{{ name = "v" }}]
     let stats = emu.device_stats("pump-1");
     assert!(!stats.online);
 }
+
+#[test]
+fn check_warns_when_a_file_with_keys_is_readable_by_everyone() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("leafgate.toml");
+    std::fs::write(
+        &path,
+        format!("[hub]\nhostname = \"h\"\n[[bus]]\nid = \"b\"\nkind = \"modbus_tcp\"\naddress = \"127.0.0.1:502\"\n[[device]]\nid = \"d\"\nshared_access_key = \"{KEY}\"\nbus = \"b\"\nunit = 1\nraw_methods = true\n"),
+    )
+    .unwrap();
+    for (mode, warned) in [(0o644, true), (0o640, false)] {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        let out = Command::new(BIN)
+            .args(["check", "-c"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            stderr.contains("holds device keys and is accessible to every user"),
+            warned,
+            "mode {mode:o}: {stderr}"
+        );
+        assert!(!stderr.contains(KEY));
+    }
+}
+
+#[tokio::test]
+async fn a_hub_with_an_untrusted_certificate_is_refused_with_a_clear_log_line() {
+    use std::io::BufRead as _;
+    let emu = Emulator::start(EmulatorConfig::default()).await.unwrap();
+    emu.add_device("pump-1", Key::from_base64(KEY).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("leafgate.toml");
+    // No ca_file: the emulator's self-made CA is not among the system's trusted roots.
+    std::fs::write(
+        &path,
+        format!("[hub]\nhostname = \"localhost\"\nport = {}\n[[bus]]\nid = \"b\"\nkind = \"modbus_tcp\"\naddress = \"127.0.0.1:1\"\n[[device]]\nid = \"pump-1\"\nshared_access_key = \"{KEY}\"\nbus = \"b\"\nunit = 1\nraw_methods = true\n", emu.mqtt_addr().port()),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "-c"])
+        .arg(&path)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("hub connection failed") {
+                let _ = tx.send(line);
+                return;
+            }
+        }
+    });
+    let line = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(20)))
+        .await
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = line.expect("no connection failure was logged");
+    assert!(
+        line.contains("device pump-1") && line.contains("UnknownIssuer"),
+        "{line}"
+    );
+    assert_eq!(emu.device_stats("pump-1").connects_accepted, 0);
+}

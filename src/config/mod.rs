@@ -32,6 +32,8 @@ pub struct Config {
     pub devices: Vec<Device>,
     /// The files it came from, base first.
     pub files: Vec<PathBuf>,
+    /// Things worth fixing that do not stop leafgate (files with keys readable by others).
+    pub warnings: Vec<Problem>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
