@@ -23,3 +23,7 @@ mod cli;
 
 /// `leafgate demo --once`, through the library and as the real binary.
 mod demo;
+
+/// leafgate and the emulator against third-party peers in Python venvs: the Azure IoT device and
+/// service SDKs, and pymodbus (issue 3; the venvs are built on first use, see compat/peer.rs).
+mod compat;
