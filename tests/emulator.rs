@@ -525,6 +525,116 @@ async fn drop_all_connections_closes_every_device_and_they_reconnect() {
     assert_eq!((status, &body["payload"]["device"]), (200, &json!("r-2")));
 }
 
+/// Connects and returns the CONNACK's session-present flag with the client and its loop.
+async fn connect_session(options: MqttOptions) -> (bool, AsyncClient, EventLoop) {
+    let (client, mut eventloop) = AsyncClient::new(options, 16);
+    let present = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Event::Incoming(Incoming::ConnAck(ack)) = eventloop.poll().await.unwrap() {
+                return ack.session_present;
+            }
+        }
+    })
+    .await
+    .expect("no CONNACK");
+    (present, client, eventloop)
+}
+
+/// Issue 3: azure-iot-device sends CleanSession 0 and never subscribes again after a reconnect;
+/// it relies on the hub keeping its subscriptions, so the emulator must too.
+#[tokio::test]
+async fn clean_session_0_keeps_method_subscriptions_across_reconnects() {
+    let emu = start().await;
+    emu.add_device("keep", key(5));
+    let (present, client, mut eventloop) = connect_session(options(&emu, "keep", &key(5))).await;
+    assert!(!present, "a first connection has no session");
+    client
+        .subscribe(topics::METHODS_FILTER, QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let _poller = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    let first = emu.wait_method_ready("keep", WAIT).await.unwrap();
+    emu.drop_all_connections();
+    wait(&emu, "keep", |s| !s.online).await;
+
+    // Reconnect without subscribing: session present, and methods are delivered.
+    let (present, client, mut eventloop) = connect_session(options(&emu, "keep", &key(5))).await;
+    assert!(present);
+    let stats = emu.wait_method_ready("keep", WAIT).await.unwrap();
+    assert_ne!(stats.connection, first.connection);
+    assert_eq!(stats.subscriptions, first.subscriptions);
+    assert!(stats.subscribe_requests.is_empty());
+    let responder = client.clone();
+    let _answer = tokio::spawn(async move {
+        while let Ok(event) = eventloop.poll().await {
+            if let Event::Incoming(Incoming::Publish(publish)) = event {
+                let request = topics::parse_request(&publish.topic).unwrap();
+                responder
+                    .try_publish(
+                        topics::response(200, request.rid),
+                        QoS::AtMostOnce,
+                        false,
+                        "1",
+                    )
+                    .unwrap();
+            }
+        }
+    });
+    let (status, body) = service(&emu)
+        .invoke("keep", "ping", Value::Null, 5)
+        .await
+        .unwrap();
+    assert_eq!((status, body), (200, json!({"status": 200, "payload": 1})));
+
+    // CleanSession 1 discards the session: no subscriptions, not even for the next
+    // CleanSession 0 connection.
+    let mut clean = options(&emu, "keep", &key(5));
+    clean.set_clean_session(true);
+    let (present, _clean, mut eventloop) = connect_session(clean).await;
+    assert!(!present);
+    let _poller = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    let stats = wait(&emu, "keep", |s| s.online && s.connects_accepted == 3).await;
+    assert!(stats.subscriptions.is_empty() && !stats.methods_subscribed);
+    let (present, _again, _loop) = connect_session(options(&emu, "keep", &key(5))).await;
+    assert!(!present);
+}
+
+/// Issue 3: the Azure service SDKs only build `https://{HostName}` URLs, so the emulator can
+/// serve the same API over TLS with its own CA.
+#[tokio::test]
+async fn https_listener_serves_the_service_api_under_the_emulators_ca() {
+    assert_eq!(start().await.https_addr(), None, "off by default");
+    let emu = Emulator::start(EmulatorConfig {
+        https_addr: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+        ..EmulatorConfig::default()
+    })
+    .await
+    .unwrap();
+    emu.add_device("d", key(1));
+    let tcp = TcpStream::connect(emu.https_addr().unwrap()).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(tls_config(emu.ca_pem()))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let body = r#"{"methodName":"reboot","responseTimeoutInSeconds":5}"#;
+    let request = format!(
+        "POST /twins/d/methods?api-version=2021-04-12 HTTP/1.1\r\nHost: localhost\r\nAuthorization: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        service(&emu).token(),
+        body.len()
+    );
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    // The server closes after answering; a missing close_notify is no concern here.
+    let _ = tls.read_to_end(&mut response).await;
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 404"), "{response}");
+    assert!(
+        response.contains("iothub-errorcode: DeviceNotOnline"),
+        "{response}"
+    );
+}
+
 #[tokio::test]
 async fn bad_service_credentials_get_401() {
     let emu = start().await;

@@ -26,3 +26,7 @@ mod demo;
 
 /// Property tests: no panic on any input that comes from outside.
 mod props;
+
+/// leafgate and the emulator against third-party peers in Python venvs: the Azure IoT device and
+/// service SDKs, and pymodbus (issue 3; the venvs are built on first use, see compat/peer.rs).
+mod compat;

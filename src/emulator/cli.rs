@@ -23,6 +23,9 @@ pub struct EmulatorArgs {
     /// Address of the plain-HTTP service API listener (keep it on loopback).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
+    /// Also serve the service API over HTTPS here (same CA as MQTT), for the Azure service SDKs.
+    #[arg(long, value_name = "ADDR")]
+    pub https_addr: Option<SocketAddr>,
     /// Write the generated CA certificate (PEM) here, for devices to trust.
     #[arg(long, value_name = "PATH")]
     pub ca_out: Option<PathBuf>,
@@ -73,6 +76,7 @@ pub async fn run_cli(args: EmulatorArgs) -> anyhow::Result<()> {
         host_name: args.host_name.clone(),
         mqtt_addr: args.mqtt_addr,
         http_addr: args.http_addr,
+        https_addr: args.https_addr,
         ca_path: args.ca_out.clone(),
         service_policy: (args.service_policy.clone(), service_key),
     };
@@ -85,6 +89,9 @@ pub async fn run_cli(args: EmulatorArgs) -> anyhow::Result<()> {
     println!("IoT Hub emulator for host {}", args.host_name);
     println!("  mqtt (tls):  {}", emulator.mqtt_addr());
     println!("  service api: http://{}", emulator.http_addr());
+    if let Some(addr) = emulator.https_addr() {
+        println!("  service api: https://{addr}");
+    }
     match &args.ca_out {
         Some(path) => println!("  ca:          {}", path.display()),
         None => println!("  ca (pem):\n{}", emulator.ca_pem()),

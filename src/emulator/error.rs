@@ -25,6 +25,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("could not bind the HTTPS service API listener on {addr}")]
+    BindHttps {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("could not write the CA certificate to {}", path.display())]
     WriteCa {
         path: PathBuf,

@@ -1,5 +1,6 @@
-//! The service API: `POST /twins/{deviceId}/methods?api-version=...` over plain HTTP/1.1 on
-//! loopback (`iothub-protocol.md` 4).
+//! The service API: `POST /twins/{deviceId}/methods?api-version=...` over HTTP/1.1 on loopback
+//! (`iothub-protocol.md` 4), plain and optionally over TLS with the emulator's certificate (the
+//! Azure service SDKs only build `https://{HostName}` URLs).
 //!
 //! Requests are checked in the hub's order (route, auth, body, then the call itself) and every
 //! failure answers with the hub's error shape: a JSON body whose `Message` is a JSON *string*
@@ -24,6 +25,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
 
 use super::Shared;
 use super::methods::{self, InvokeError, MAX_METHOD_PAYLOAD, MethodCall};
@@ -39,8 +41,13 @@ const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
 
 type Body = Full<Bytes>;
 
-/// Serves the API until shutdown, one task per HTTP connection.
-pub(crate) async fn run(listener: TcpListener, shared: Arc<Shared>, done: mpsc::Sender<()>) {
+/// Serves the API until shutdown, one task per HTTP connection; over TLS when `tls` is given.
+pub(crate) async fn run(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    shared: Arc<Shared>,
+    done: mpsc::Sender<()>,
+) {
     loop {
         let accepted = tokio::select! {
             biased;
@@ -51,8 +58,16 @@ pub(crate) async fn run(listener: TcpListener, shared: Arc<Shared>, done: mpsc::
             Ok((tcp, peer)) => {
                 let shared = Arc::clone(&shared);
                 let done = done.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    serve(shared, tcp, peer).await;
+                    match tls {
+                        None => serve(shared, tcp, peer).await,
+                        Some(acceptor) => {
+                            if let Some(stream) = handshake(&shared, &acceptor, tcp, peer).await {
+                                serve(shared, stream, peer).await;
+                            }
+                        }
+                    }
                     drop(done);
                 });
             }
@@ -67,7 +82,35 @@ pub(crate) async fn run(listener: TcpListener, shared: Arc<Shared>, done: mpsc::
     }
 }
 
-async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
+/// The TLS handshake of an HTTPS connection, bounded in time and by shutdown.
+async fn handshake(
+    shared: &Shared,
+    acceptor: &TlsAcceptor,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let handshake = tokio::select! {
+        biased;
+        () = shared.shutdown.cancelled() => return None,
+        handshake = tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(tcp)) => handshake,
+    };
+    match handshake {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(e)) => {
+            log::debug!("emulator: https {peer}: tls handshake failed: {e}");
+            None
+        }
+        Err(_) => {
+            log::debug!("emulator: https {peer}: tls handshake timed out");
+            None
+        }
+    }
+}
+
+async fn serve<S>(shared: Arc<Shared>, io: S, peer: SocketAddr)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let shutdown = shared.shutdown.clone();
     let service = service_fn(move |request| {
         let shared = Arc::clone(&shared);
@@ -78,7 +121,7 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .max_buf_size(MAX_HEADER_BUFFER);
-    let connection = builder.serve_connection(TokioIo::new(tcp), service);
+    let connection = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
     tokio::select! {
         served = connection.as_mut() => {

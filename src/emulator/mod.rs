@@ -19,6 +19,13 @@
 //! - One connection per device (a new CONNECT closes the older one), keep-alive enforcement at
 //!   1.5 x keep-alive capped at 1767 s (also when keep-alive is 0), disconnect when the token's
 //!   `se` passes, disconnect when a device is removed or disabled.
+//! - Persistent sessions as far as subscriptions go: a CONNECT with CleanSession 0 resumes the
+//!   subscriptions of the device's last CleanSession-0 connection (CONNACK session present = 1),
+//!   so a method reaches a device that reconnected without subscribing again, as the Python SDK
+//!   expects (it never re-subscribes); CleanSession 1 discards them. Removing a device ends its
+//!   session.
+//! - Records what each client put on the wire ([`DeviceStats::last_connect`],
+//!   [`DeviceStats::subscribe_requests`]) for comparing clients; passwords only as their shape.
 //! - SUBSCRIBE to filters under the hub's device topic trees (methods, twin responses, desired
 //!   properties, the device's own C2D), granted at QoS <= 1; at most five per connection (more
 //!   get the SUBACK failure code; per-method filters count, which is why the docs advise
@@ -52,14 +59,15 @@
 //! - Device twins: twin subscriptions are granted, but a publish to `$iothub/twin/...` closes the
 //!   connection (recorded as [`DisconnectReason::NotEmulated`]).
 //! - Cloud-to-device messages (nothing is ever delivered on `devicebound`), persistent sessions
-//!   (CleanSession is ignored; nothing is queued while offline), retained messages, and will
+//!   beyond subscriptions (nothing is queued while offline), retained messages, and will
 //!   messages (accepted in CONNECT, never published).
 //! - Telemetry routing, storage or property-bag decoding: messages are only counted and offered
 //!   as [`Event::Telemetry`].
 //! - Module identities, X.509 authentication (no client certificate is requested), shared access
 //!   policies for device connections (`skn` tokens on CONNECT are refused), policy permissions
 //!   (the one service policy may do everything), Azure AD bearer tokens.
-//! - MQTT over WebSockets, AMQP, HTTPS device APIs; the service API is plain HTTP on loopback.
+//! - MQTT over WebSockets, AMQP, HTTPS device APIs. The service API is plain HTTP on loopback,
+//!   and optionally also HTTPS ([`EmulatorConfig::https_addr`]) with the same CA as MQTT.
 //! - Throttling and quotas (429001, 403002), connection-rate limits, the 1,000,000-device limit.
 //! - IoT Edge gateway semantics, DPS, the registry REST API (devices are added in process), ETags
 //!   and request-id headers, any other service API route.
@@ -73,6 +81,7 @@ mod methods;
 mod mqtt;
 mod registry;
 mod tls;
+mod wire;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -97,6 +106,7 @@ pub use methods::{
     RESPONSE_TIMEOUT_RANGE_S,
 };
 pub use registry::{DeviceStats, DisconnectReason, Event, RefusalReason, Subscription};
+pub use wire::{ConnectRecord, Escapes, TokenShape};
 
 /// How long [`Emulator::shutdown`] waits for connection tasks to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -110,6 +120,9 @@ pub struct EmulatorConfig {
     pub mqtt_addr: SocketAddr,
     /// Plain-HTTP service API listener; keep it on loopback.
     pub http_addr: SocketAddr,
+    /// If set, the same service API over HTTPS with the emulator's certificate, for clients
+    /// that only speak `https://` (the Azure service SDKs); port 0 picks a free one.
+    pub https_addr: Option<SocketAddr>,
     /// If set, the generated CA certificate (PEM) is written there.
     pub ca_path: Option<PathBuf>,
     /// Shared access policy (name, key) the service API accepts tokens from.
@@ -117,13 +130,15 @@ pub struct EmulatorConfig {
 }
 
 impl Default for EmulatorConfig {
-    /// `localhost`, both listeners on `127.0.0.1:0`, policy `service` with a random key.
+    /// `localhost`, MQTT and HTTP listeners on `127.0.0.1:0`, no HTTPS listener, policy
+    /// `service` with a random key.
     fn default() -> Self {
         let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
         EmulatorConfig {
             host_name: "localhost".to_owned(),
             mqtt_addr: loopback,
             http_addr: loopback,
+            https_addr: None,
             ca_path: None,
             service_policy: ("service".to_owned(), random_key()),
         }
@@ -170,6 +185,7 @@ pub struct Emulator {
     shared: Arc<Shared>,
     mqtt_addr: SocketAddr,
     http_addr: SocketAddr,
+    https_addr: Option<SocketAddr>,
     ca_pem: String,
     /// Closed when every task holding a sender has ended.
     tasks_done: mpsc::Receiver<()>,
@@ -181,6 +197,7 @@ impl std::fmt::Debug for Emulator {
             .field("host_name", &self.shared.host_name)
             .field("mqtt_addr", &self.mqtt_addr)
             .field("http_addr", &self.http_addr)
+            .field("https_addr", &self.https_addr)
             .finish_non_exhaustive()
     }
 }
@@ -217,6 +234,16 @@ impl Emulator {
             .await
             .map_err(bind_http)?;
         let http_addr = http_listener.local_addr().map_err(bind_http)?;
+        let https_listener = match config.https_addr {
+            Some(addr) => {
+                let bind_https = |source| Error::BindHttps { addr, source };
+                let listener = TcpListener::bind(addr).await.map_err(bind_https)?;
+                let local = listener.local_addr().map_err(bind_https)?;
+                Some((listener, local))
+            }
+            None => None,
+        };
+        let https_addr = https_listener.as_ref().map(|(_, addr)| *addr);
 
         let shutdown = CancellationToken::new();
         let shared = Arc::new(Shared {
@@ -228,18 +255,29 @@ impl Emulator {
             shutdown,
         });
         let (done_tx, tasks_done) = mpsc::channel(1);
+        let acceptor = TlsAcceptor::from(certs.server_config);
         tokio::spawn(mqtt::run(
             mqtt_listener,
-            TlsAcceptor::from(certs.server_config),
+            acceptor.clone(),
             Arc::clone(&shared),
             done_tx.clone(),
         ));
-        tokio::spawn(http::run(http_listener, Arc::clone(&shared), done_tx));
+        if let Some((listener, addr)) = https_listener {
+            tokio::spawn(http::run(
+                listener,
+                Some(acceptor),
+                Arc::clone(&shared),
+                done_tx.clone(),
+            ));
+            log::info!("emulator: service api on https://{addr}");
+        }
+        tokio::spawn(http::run(http_listener, None, Arc::clone(&shared), done_tx));
         log::info!("emulator: mqtt on {mqtt_addr}, service api on http://{http_addr}");
         Ok(Emulator {
             shared,
             mqtt_addr,
             http_addr,
+            https_addr,
             ca_pem: certs.ca_pem,
             tasks_done,
         })
@@ -253,6 +291,12 @@ impl Emulator {
     #[must_use]
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// The HTTPS service API listener, when [`EmulatorConfig::https_addr`] asked for one.
+    #[must_use]
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https_addr
     }
 
     #[must_use]

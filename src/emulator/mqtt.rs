@@ -29,6 +29,7 @@ use tokio_rustls::server::TlsStream;
 use super::Shared;
 use super::connect::{self, Accepted};
 use super::registry::{Connection, DeviceEntry, DisconnectReason, Outbound, Subscription};
+use super::wire::ConnectRecord;
 use crate::hub::topics;
 
 /// Largest packet accepted from a device: a 256 KB telemetry message plus room for its topic
@@ -279,8 +280,15 @@ async fn serve(shared: &Shared, acceptor: TlsAcceptor, tcp: TcpStream, peer: Soc
         () = kill.cancelled() => return,
         handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)) => handshake,
     };
-    let mut link = match handshake {
-        Ok(Ok(stream)) => Link::new(stream),
+    let (mut link, tls_version) = match handshake {
+        Ok(Ok(stream)) => {
+            let version = stream
+                .get_ref()
+                .1
+                .protocol_version()
+                .map(|version| format!("{version:?}"));
+            (Link::new(stream), version)
+        }
         Ok(Err(e)) => {
             log::debug!("emulator: mqtt {peer}: tls handshake failed: {e}");
             return;
@@ -315,7 +323,10 @@ async fn serve(shared: &Shared, acceptor: TlsAcceptor, tcp: TcpStream, peer: Soc
             return;
         }
     };
-    // Never log `connect` itself: it holds the SAS token.
+    // Never log `connect` itself: it holds the SAS token. The record keeps only its shape.
+    let mut record = ConnectRecord::new(&connect);
+    record.tls_version = tls_version;
+    shared.registry.record_connect(record);
     let accepted = connect::authenticate(&connect, &shared.host_name, unix_now(), |id| {
         shared.registry.device_key(id)
     });
@@ -337,11 +348,17 @@ async fn serve(shared: &Shared, acceptor: TlsAcceptor, tcp: TcpStream, peer: Soc
         tx,
         kill,
     ));
-    if let Err(reason) = shared.registry.attach(&entry, Arc::clone(&conn)) {
-        refuse(shared, &mut link, &device_id, &reason).await;
-        link.close().await;
-        return;
-    }
+    let resumed = match shared
+        .registry
+        .attach(&entry, Arc::clone(&conn), connect.clean_session)
+    {
+        Ok(resumed) => resumed,
+        Err(reason) => {
+            refuse(shared, &mut link, &device_id, &reason).await;
+            link.close().await;
+            return;
+        }
+    };
     log::debug!(
         "emulator: mqtt {peer}: device {device_id} connected (connection {})",
         conn.id
@@ -351,12 +368,16 @@ async fn serve(shared: &Shared, acceptor: TlsAcceptor, tcp: TcpStream, peer: Soc
         entry: &entry,
         conn: &conn,
         device_id: &device_id,
-        subscriptions: Vec::new(),
+        subscriptions: resumed.subscriptions,
+        persistent: !connect.clean_session,
     };
+    if !session.subscriptions.is_empty() {
+        session.publish_subscriptions();
+    }
     let reason = match link
         .send(Packet::ConnAck(ConnAck::new(
             ConnectReturnCode::Success,
-            false,
+            resumed.session_present,
         )))
         .await
     {
@@ -416,6 +437,8 @@ struct Session<'a> {
     conn: &'a Connection,
     device_id: &'a str,
     subscriptions: Vec<Subscription>,
+    /// CleanSession 0: subscriptions outlive the connection.
+    persistent: bool,
 }
 
 impl Session<'_> {
@@ -524,9 +547,13 @@ impl Session<'_> {
                     self.device_id
                 );
             }
-            self.shared
-                .registry
-                .record_method_response(self.entry, rid, status, accepted);
+            self.shared.registry.record_method_response(
+                self.entry,
+                rid,
+                status,
+                publish.qos as u8,
+                accepted,
+            );
         } else if topic.starts_with("$iothub/twin/") {
             return Err(DisconnectReason::NotEmulated("device twin".to_owned()));
         } else if let Some(rest) = topic.strip_prefix("devices/") {
@@ -557,6 +584,17 @@ impl Session<'_> {
     /// Grants known filters at QoS <= 1, up to five per connection; the sixth and later get the
     /// failure code. Unknown filters close the connection, as the hub does.
     fn subscribe(&mut self, subscribe: Subscribe) -> Result<Packet, DisconnectReason> {
+        let requested = subscribe
+            .filters
+            .iter()
+            .map(|filter| Subscription {
+                filter: filter.path.clone(),
+                qos: filter.qos as u8,
+            })
+            .collect();
+        self.shared
+            .registry
+            .record_subscribe(self.entry, self.conn.id, requested);
         let mut codes = Vec::with_capacity(subscribe.filters.len());
         for filter in subscribe.filters {
             if !known_filter(&filter.path, self.device_id) {
@@ -609,6 +647,7 @@ impl Session<'_> {
             self.conn.id,
             &self.subscriptions,
             methods,
+            self.persistent,
         );
     }
 }

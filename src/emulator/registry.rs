@@ -18,6 +18,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::mqtt::filter_matches;
+use super::wire::ConnectRecord;
 use crate::hub::sas::{Key, TokenError};
 
 /// How many ids that are not registered get their own stats entry (refused CONNECTs).
@@ -126,6 +127,14 @@ pub struct DeviceStats {
     pub method_responses_ignored: u64,
     pub telemetry_messages: u64,
     pub telemetry_bytes: u64,
+    /// The last CONNECT that named this client id, accepted or refused, password reduced to
+    /// its shape.
+    pub last_connect: Option<ConnectRecord>,
+    /// Every SUBSCRIBE of the current connection, in order, each as its filters with the QoS the
+    /// client *requested* (what was granted is in `subscriptions`).
+    pub subscribe_requests: Vec<Vec<Subscription>>,
+    /// QoS of the last method response the device published.
+    pub last_method_response_qos: Option<u8>,
 }
 
 /// One thing that happened, for [`crate::emulator::Emulator::events`].
@@ -217,6 +226,19 @@ struct Identity {
 struct EntryState {
     identity: Option<Identity>,
     current: Option<Arc<Connection>>,
+    /// The persistent session's subscriptions (MQTT 3.1.1 CleanSession 0), kept across
+    /// connections; `None` when the device has no session (never connected with CleanSession 0,
+    /// or its last connection asked for a clean one).
+    session: Option<Vec<Subscription>>,
+}
+
+/// What a new connection resumes from the device's persistent session.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Resumed {
+    /// CONNACK's session-present flag.
+    pub(crate) session_present: bool,
+    /// Subscriptions in force from the start, without a SUBSCRIBE.
+    pub(crate) subscriptions: Vec<Subscription>,
 }
 
 /// One device id: identity, attached connection, observations.
@@ -243,6 +265,7 @@ impl DeviceEntry {
             state: Mutex::new(EntryState {
                 identity: None,
                 current: None,
+                session: None,
             }),
             stats: watch::Sender::new(DeviceStats::default()),
         }
@@ -378,6 +401,7 @@ impl Registry {
         if state.identity.take().is_none() {
             return false;
         }
+        state.session = None;
         entries.unregistered += 1;
         drop(entries);
         if let Some(conn) = &state.current {
@@ -433,23 +457,33 @@ impl Registry {
         state.identity.as_ref().map(|identity| identity.key.clone())
     }
 
-    pub(crate) fn record_refusal(&self, client_id: &str, reason: &RefusalReason) {
-        let entry = {
-            let mut entries = lock(&self.entries);
-            match entries.map.get(client_id) {
-                Some(entry) => Some(Arc::clone(entry)),
-                None if entries.unregistered < MAX_UNREGISTERED_ENTRIES
-                    && !client_id.is_empty() =>
-                {
-                    let entry = Arc::new(DeviceEntry::new(client_id));
-                    entries.map.insert(client_id.to_owned(), Arc::clone(&entry));
-                    entries.unregistered += 1;
-                    Some(entry)
-                }
-                None => None,
+    /// The entry for a client id a device sent, created (unregistered) if missing while fewer
+    /// than [`MAX_UNREGISTERED_ENTRIES`] exist, so invented ids cannot grow the map without bound.
+    fn entry_capped(&self, client_id: &str) -> Option<Arc<DeviceEntry>> {
+        let mut entries = lock(&self.entries);
+        match entries.map.get(client_id) {
+            Some(entry) => Some(Arc::clone(entry)),
+            None if entries.unregistered < MAX_UNREGISTERED_ENTRIES && !client_id.is_empty() => {
+                let entry = Arc::new(DeviceEntry::new(client_id));
+                entries.map.insert(client_id.to_owned(), Arc::clone(&entry));
+                entries.unregistered += 1;
+                Some(entry)
             }
-        };
-        if let Some(entry) = entry {
+            None => None,
+        }
+    }
+
+    /// Keeps what a CONNECT carried (before it is checked) in the client id's stats.
+    pub(crate) fn record_connect(&self, record: ConnectRecord) {
+        if let Some(entry) = self.entry_capped(&record.client_id) {
+            entry
+                .stats
+                .send_modify(|stats| stats.last_connect = Some(record));
+        }
+    }
+
+    pub(crate) fn record_refusal(&self, client_id: &str, reason: &RefusalReason) {
+        if let Some(entry) = self.entry_capped(client_id) {
             entry.stats.send_modify(|stats| {
                 stats.connects_refused += 1;
                 stats.last_refusal = Some(reason.clone());
@@ -462,12 +496,15 @@ impl Registry {
     }
 
     /// Makes `conn` the device's connection, closing the older one (one connection per
-    /// identity). Fails if the device was removed or disabled since its key was checked.
+    /// identity), and starts or resumes its session: with `clean_session` any stored session is
+    /// discarded, without it the stored subscriptions are resumed (MQTT 3.1.1 section 3.1.2.4).
+    /// Fails if the device was removed or disabled since its key was checked.
     pub(crate) fn attach(
         &self,
         entry: &DeviceEntry,
         conn: Arc<Connection>,
-    ) -> Result<(), RefusalReason> {
+        clean_session: bool,
+    ) -> Result<Resumed, RefusalReason> {
         let mut state = lock(&entry.state);
         match &state.identity {
             None => return Err(RefusalReason::UnknownDevice),
@@ -478,11 +515,24 @@ impl Registry {
         if let Some(old) = state.current.replace(conn) {
             old.kick(DisconnectReason::TakenOver);
         }
+        let resumed = if clean_session {
+            state.session = None;
+            Resumed::default()
+        } else if let Some(subscriptions) = &state.session {
+            Resumed {
+                session_present: true,
+                subscriptions: subscriptions.clone(),
+            }
+        } else {
+            state.session = Some(Vec::new());
+            Resumed::default()
+        };
         entry.stats.send_modify(|stats| {
             stats.online = true;
             stats.connection = Some(id);
             stats.connects_accepted += 1;
             stats.subscriptions.clear();
+            stats.subscribe_requests.clear();
             stats.methods_subscribed = false;
         });
         drop(state);
@@ -490,7 +540,7 @@ impl Registry {
             device: entry.id.clone(),
             connection: id,
         });
-        Ok(())
+        Ok(resumed)
     }
 
     /// Records the end of connection `id`; clears the online state only if it is still the
@@ -519,17 +569,39 @@ impl Registry {
         });
     }
 
-    /// Publishes connection `id`'s subscriptions, if it is still the current one.
+    /// Records the filters and QoS a SUBSCRIBE of connection `id` asked for, if it is still the
+    /// current one.
+    pub(crate) fn record_subscribe(
+        &self,
+        entry: &DeviceEntry,
+        id: u64,
+        requested: Vec<Subscription>,
+    ) {
+        let state = lock(&entry.state);
+        if state.current.as_ref().is_none_or(|conn| conn.id != id) {
+            return;
+        }
+        entry
+            .stats
+            .send_modify(|stats| stats.subscribe_requests.push(requested));
+    }
+
+    /// Publishes connection `id`'s subscriptions, if it is still the current one, and keeps
+    /// them in the device's session when the connection is `persistent` (CleanSession 0).
     pub(crate) fn set_subscriptions(
         &self,
         entry: &DeviceEntry,
         id: u64,
         subscriptions: &[Subscription],
         methods: bool,
+        persistent: bool,
     ) {
-        let state = lock(&entry.state);
+        let mut state = lock(&entry.state);
         if state.current.as_ref().is_none_or(|conn| conn.id != id) {
             return;
+        }
+        if persistent {
+            state.session = Some(subscriptions.to_vec());
         }
         entry.stats.send_modify(|stats| {
             stats.subscriptions = subscriptions.to_vec();
@@ -556,10 +628,12 @@ impl Registry {
         entry: &DeviceEntry,
         rid: &str,
         status: u16,
+        qos: u8,
         accepted: bool,
     ) {
         entry.stats.send_modify(|stats| {
             stats.method_responses += 1;
+            stats.last_method_response_qos = Some(qos);
             if !accepted {
                 stats.method_responses_ignored += 1;
             }
@@ -623,8 +697,8 @@ mod tests {
         let (entry, _) = registry.device_key("d").unwrap();
         let first = conn(&registry);
         let second = conn(&registry);
-        registry.attach(&entry, Arc::clone(&first)).unwrap();
-        registry.attach(&entry, Arc::clone(&second)).unwrap();
+        registry.attach(&entry, Arc::clone(&first), true).unwrap();
+        registry.attach(&entry, Arc::clone(&second), true).unwrap();
         assert!(first.kill_token().is_cancelled());
         assert_eq!(first.kill_reason(), Some(DisconnectReason::TakenOver));
         registry.detach(&entry, first.id, &DisconnectReason::TakenOver);
@@ -642,7 +716,7 @@ mod tests {
         registry.add_device("d", key());
         let (entry, _) = registry.device_key("d").unwrap();
         let c = conn(&registry);
-        registry.attach(&entry, Arc::clone(&c)).unwrap();
+        registry.attach(&entry, Arc::clone(&c), true).unwrap();
         assert!(registry.set_device_enabled("d", false));
         assert_eq!(c.kill_reason(), Some(DisconnectReason::DeviceDisabled));
         assert_eq!(
@@ -656,10 +730,59 @@ mod tests {
             Some(RefusalReason::UnknownDevice)
         );
         assert_eq!(
-            registry.attach(&entry, conn(&registry)).err(),
+            registry.attach(&entry, conn(&registry), true).err(),
             Some(RefusalReason::UnknownDevice)
         );
         assert!(!registry.set_device_enabled("nope", true));
+    }
+
+    #[test]
+    fn a_persistent_session_keeps_subscriptions_until_a_clean_one_or_removal() {
+        let registry = Registry::new();
+        registry.add_device("d", key());
+        let (entry, _) = registry.device_key("d").unwrap();
+        let methods = vec![Subscription {
+            filter: "$iothub/methods/POST/#".to_owned(),
+            qos: 1,
+        }];
+        let first = conn(&registry);
+        assert_eq!(
+            registry.attach(&entry, Arc::clone(&first), false).unwrap(),
+            Resumed::default()
+        );
+        registry.set_subscriptions(&entry, first.id, &methods, true, true);
+        registry.detach(&entry, first.id, &DisconnectReason::Dropped);
+        // CleanSession 0 again: the subscriptions are back, session present.
+        let second = conn(&registry);
+        let resumed = registry.attach(&entry, Arc::clone(&second), false).unwrap();
+        assert_eq!(
+            resumed,
+            Resumed {
+                session_present: true,
+                subscriptions: methods.clone(),
+            }
+        );
+        // CleanSession 1 discards the session, for the next connection too.
+        registry.detach(&entry, second.id, &DisconnectReason::Dropped);
+        assert_eq!(
+            registry.attach(&entry, conn(&registry), true).unwrap(),
+            Resumed::default()
+        );
+        assert_eq!(
+            registry.attach(&entry, conn(&registry), false).unwrap(),
+            Resumed::default()
+        );
+        // A session does not outlive the device's registration.
+        let third = conn(&registry);
+        registry.attach(&entry, Arc::clone(&third), false).unwrap();
+        registry.set_subscriptions(&entry, third.id, &methods, true, true);
+        registry.remove_device("d");
+        registry.add_device("d", key());
+        let (entry, _) = registry.device_key("d").unwrap();
+        assert_eq!(
+            registry.attach(&entry, conn(&registry), false).unwrap(),
+            Resumed::default()
+        );
     }
 
     #[test]

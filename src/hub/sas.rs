@@ -271,6 +271,62 @@ mod tests {
         assert!(verify(&doc_form, &key, &resource, SE - 10).is_ok());
     }
 
+    /// Every form `iothub-protocol.md` 2.3 gives for the vector key and expiry, as literals:
+    /// leafgate emits the SDK-majority and service forms exactly, and the verifier the emulator
+    /// uses accepts all four (issue 3 item 4).
+    #[test]
+    fn protocol_doc_vectors_in_every_documented_form() {
+        const HOST: &str = "myhub.azure-devices.net";
+        let key = Key::from_base64(KEY).unwrap();
+        let resource = device_resource(HOST, "dev-1");
+        let before = SE - 3600;
+
+        // SDK-majority form (Python, Node, .NET): encoded sr, uppercase escapes. Ours.
+        let sdk = "SharedAccessSignature sr=myhub.azure-devices.net%2Fdevices%2Fdev-1&sig=MfFYU5%2BKiABdLama69LZEWjP7TkC4MNVBPKHFNWquuo%3D&se=1767225600";
+        assert_eq!(token(&resource, &key, SE, None), sdk);
+        assert_eq!(verify(sdk, &key, &resource, before).unwrap().se, SE);
+
+        // C SDK form: raw sr, lowercase escapes in sig.
+        let c_sdk = "SharedAccessSignature sr=myhub.azure-devices.net/devices/dev-1&sig=ewy7BYbQtk7z4phPE1StE5B%2bJc%2bvfpBBs5ewLmOkf%2f8%3d&se=1767225600";
+        assert_eq!(
+            signature(&key, &resource, SE),
+            "ewy7BYbQtk7z4phPE1StE5B+Jc+vfpBBs5ewLmOkf/8="
+        );
+        assert_eq!(verify(c_sdk, &key, &resource, before).unwrap().sr, resource);
+
+        // Lowercase-escape sr (the docs' examples): the HMAC is over sr as written.
+        let lower_sr = "myhub.azure-devices.net%2fdevices%2fdev-1";
+        assert_eq!(
+            signature(&key, lower_sr, SE),
+            "el9My/Ugf7k322WELwei7giBrDesuTvoo+nqF1IfDF8="
+        );
+        let lower = "SharedAccessSignature sr=myhub.azure-devices.net%2fdevices%2fdev-1&sig=el9My%2FUgf7k322WELwei7giBrDesuTvoo%2BnqF1IfDF8%3D&se=1767225600";
+        assert!(verify(lower, &key, &resource, before).is_ok());
+        // The same signature under the uppercase sr is a different string to sign.
+        let mixed = lower.replace("%2f", "%2F");
+        assert_eq!(
+            verify(&mixed, &key, &resource, before).err(),
+            Some(TokenError::BadSignature)
+        );
+
+        // Service-policy form: sr is the hub host, skn names the policy. Ours.
+        let service = "SharedAccessSignature sr=myhub.azure-devices.net&sig=mnVOCy0ieupY1%2FH3BnSINnUcRqZRXaiw4do9WEOWXUI%3D&se=1767225600&skn=service";
+        assert_eq!(token(HOST, &key, SE, Some("service")), service);
+        let parsed = verify(service, &key, HOST, before).unwrap();
+        assert_eq!(parsed.skn.as_deref(), Some("service"));
+        // azure-iot-hub leaves '/' in sig unescaped (urllib's quote keeps it): accepted too.
+        let unescaped_slash = service.replace("%2F", "/");
+        assert!(verify(&unescaped_slash, &key, HOST, before).is_ok());
+
+        // Every form expires at se.
+        for form in [sdk, c_sdk, lower] {
+            assert_eq!(
+                verify(form, &key, &resource, SE).err(),
+                Some(TokenError::Expired)
+            );
+        }
+    }
+
     fn lowercase_escapes(s: &str) -> String {
         let mut out = String::new();
         let mut chars = s.chars();
