@@ -23,3 +23,7 @@ mod cli;
 
 /// `leafgate demo --once`, through the library and as the real binary.
 mod demo;
+
+/// leafgate as a systemd service through the real binary: notify socket messages, SIGHUP partial
+/// reload, SIGTERM drain, the start condition, the shipped unit and default config.
+mod service;
