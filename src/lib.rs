@@ -6,7 +6,8 @@
 //! - [`hub`]: IoT Hub device side: SAS tokens, connection strings, method topics, sessions.
 //! - [`mapping`]: method definitions → bus operations → JSON replies, and the status contract.
 //! - [`bus`]: one actor per physical bus (Modbus TCP, Modbus RTU, raw serial).
-//! - [`gateway`]: the supervisor that builds buses and device sessions and owns shutdown.
+//! - [`gateway`]: the supervisor that builds buses and device sessions, owns shutdown and reload,
+//!   and (`gateway::service`) the daemon loop: signals, systemd notifications, watchdog.
 //! - [`systemd`]: journald-or-stderr logging and service notifications.
 //! - [`backoff`]: jittered exponential backoff shared by sessions and buses.
 //! - [`sim`]: simulated hardware (Modbus TCP/RTU devices, a serial instrument, ptys) with fault

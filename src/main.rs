@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use leafgate::{config, demo, gateway, systemd};
@@ -37,6 +36,12 @@ enum Command {
     Check {
         #[arg(short, long, default_value = config::DEFAULT_PATH)]
         config: PathBuf,
+        /// The service's start condition: exit 1 if the config is valid but lists no device
+        /// (systemd then skips the start without marking the unit failed). An invalid config
+        /// exits 0 here, after naming its problems, so that `leafgate run` refuses it with 78 and
+        /// the unit shows as failed instead of silently not running.
+        #[arg(long)]
+        has_devices: bool,
     },
     /// Run everything on this machine: an emulated IoT Hub, simulated Modbus and serial
     /// hardware, and leafgate with config/demo.toml; call a few methods and show the answers.
@@ -76,7 +81,10 @@ const EXIT_CANNOT_START: u8 = 2;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => check(&config),
+        Command::Check {
+            config,
+            has_devices,
+        } => check(&config, has_devices),
         Command::Run { config, log_level } => run(&config, log_level),
         Command::Demo {
             once,
@@ -149,7 +157,10 @@ fn print_error(command: &str, error: &anyhow::Error) {
     }
 }
 
-fn check(path: &std::path::Path) -> ExitCode {
+/// `leafgate check --has-devices`: the config is valid and lists no device.
+const EXIT_NO_DEVICES: u8 = 1;
+
+fn check(path: &std::path::Path, has_devices: bool) -> ExitCode {
     match config::load(path) {
         Ok(cfg) => {
             for w in &cfg.warnings {
@@ -164,11 +175,29 @@ fn check(path: &std::path::Path) -> ExitCode {
                 cfg.devices.len(),
                 methods
             );
+            if has_devices && cfg.devices.is_empty() {
+                eprintln!(
+                    "{}: no [[device]] configured; leafgate stays stopped until one is added (then: systemctl start leafgate)",
+                    path.display()
+                );
+                return ExitCode::from(EXIT_NO_DEVICES);
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
             for p in &e.problems {
                 eprintln!("{p}");
+            }
+            if has_devices {
+                // Let `run` refuse it: exit 78 from the main process marks the unit failed and
+                // RestartPreventExitStatus=78 stops the restarts. A failing start condition would
+                // only skip the start, and a bad config would look like "nothing to do".
+                eprintln!(
+                    "{}: {} problem(s); starting anyway so that leafgate run reports them and the unit fails",
+                    path.display(),
+                    e.problems.len()
+                );
+                return ExitCode::SUCCESS;
             }
             ExitCode::from(EXIT_CONFIG)
         }
@@ -193,54 +222,15 @@ fn run(path: &std::path::Path, level_override: Option<log::LevelFilter>) -> Exit
     for w in &cfg.warnings {
         log::warn!("{w}");
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            log::error!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let options = gateway::service::Options {
+        config_path: path.to_path_buf(),
+        log_level: level_override,
     };
-    match runtime.block_on(serve(cfg)) {
+    match block_on(gateway::service::run(cfg, &options)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e:#}");
             ExitCode::FAILURE
         }
     }
-}
-
-async fn serve(cfg: config::Config) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    // Without a handler SIGHUP would kill the daemon mid-transaction.
-    let mut hup = signal(SignalKind::hangup())?;
-    let gw = gateway::Gateway::start(&cfg)?;
-    systemd::notify_ready(&format!("0/{} devices connected", gw.devices()));
-    log::info!(
-        "leafgate {} running with {}",
-        env!("CARGO_PKG_VERSION"),
-        cfg.files[0].display()
-    );
-    let mut status = tokio::time::interval(Duration::from_secs(5));
-    status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = hup.recv() => log::warn!("SIGHUP: reloading the config is not implemented yet; restart leafgate to apply config changes"),
-            _ = status.tick() => systemd::notify_status(&format!(
-                "{}/{} devices connected, {}/{} buses up",
-                gw.connected(), gw.devices(), gw.buses_up(), gw.buses()
-            )),
-        }
-    }
-    log::info!("stopping: finishing methods in flight");
-    systemd::notify_stopping();
-    let drain = gw.drain_deadline();
-    gw.shutdown(drain).await;
-    Ok(())
 }

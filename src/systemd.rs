@@ -1,5 +1,6 @@
 //! systemd integration: journald logging with structured fields when running under systemd,
-//! stderr otherwise, and service notifications (`READY=1`, `STATUS=`, `STOPPING=1`).
+//! stderr otherwise, and service notifications (`READY=1`, `STATUS=`, `RELOADING=1`,
+//! `STOPPING=1`, `WATCHDOG=1`). What triggers them lives in `gateway::service`.
 
 use std::io::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -94,7 +95,10 @@ pub fn civil_from_days(days: u64) -> (u64, u64, u64) {
     (year, month, day)
 }
 
-/// Tells systemd we are ready (no-op outside systemd).
+// Notifications are best effort: outside systemd (no NOTIFY_SOCKET) they do nothing, and a
+// notification that cannot be sent must never stop the gateway.
+
+/// `READY=1` with a status line: startup (or a reload) is complete.
 pub fn notify_ready(status: &str) {
     let _ = sd_notify::notify(&[
         sd_notify::NotifyState::Ready,
@@ -102,12 +106,44 @@ pub fn notify_ready(status: &str) {
     ]);
 }
 
+/// `STATUS=...`: shown by `systemctl status`.
 pub fn notify_status(status: &str) {
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(status)]);
 }
 
-pub fn notify_stopping() {
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+/// `RELOADING=1` with `MONOTONIC_USEC=` (systemd 253+ requires the timestamp with it); follow
+/// with [`notify_ready`] when the reload is done.
+pub fn notify_reloading(status: &str) {
+    let mut states = vec![
+        sd_notify::NotifyState::Reloading,
+        sd_notify::NotifyState::Status(status),
+    ];
+    if let Ok(now) = sd_notify::NotifyState::monotonic_usec_now() {
+        states.push(now);
+    }
+    let _ = sd_notify::notify(&states);
+}
+
+/// `STOPPING=1`: shutdown has begun.
+pub fn notify_stopping(status: &str) {
+    let _ = sd_notify::notify(&[
+        sd_notify::NotifyState::Stopping,
+        sd_notify::NotifyState::Status(status),
+    ]);
+}
+
+/// `WATCHDOG=1`: the main loop is alive.
+pub fn notify_watchdog() {
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+}
+
+/// How often to send `WATCHDOG=1`: half the unit's `WatchdogSec=` (from `WATCHDOG_USEC`, when
+/// it is meant for this process), or `None` when no watchdog is set.
+#[must_use]
+pub fn watchdog_ping_interval() -> Option<std::time::Duration> {
+    sd_notify::watchdog_enabled()
+        .filter(|d| !d.is_zero())
+        .map(|d| d / 2)
 }
 
 #[cfg(test)]

@@ -30,3 +30,7 @@ mod props;
 /// leafgate and the emulator against third-party peers in Python venvs: the Azure IoT device and
 /// service SDKs, and pymodbus (issue 3; the venvs are built on first use, see compat/peer.rs).
 mod compat;
+
+/// leafgate as a systemd service through the real binary: notify socket messages, SIGHUP partial
+/// reload, SIGTERM drain, the start condition, the shipped unit and default config.
+mod service;

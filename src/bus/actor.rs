@@ -118,6 +118,19 @@ pub fn spawn<L: Link>(
     link: L,
     shutdown: CancellationToken,
 ) -> (Handle, tokio::task::JoinHandle<()>) {
+    spawn_after(settings, link, shutdown, std::future::ready(()))
+}
+
+/// Like [`spawn`], but the actor touches its transport only once `gate` completes: a bus
+/// restarted by a config reload must not open a serial line its predecessor still holds. Jobs
+/// submitted meanwhile wait in the queue (their deadlines still apply); if `shutdown` comes
+/// first, the actor never starts and they are answered `ShuttingDown`.
+pub fn spawn_after<L: Link>(
+    settings: Settings,
+    link: L,
+    shutdown: CancellationToken,
+    gate: impl Future<Output = ()> + Send + 'static,
+) -> (Handle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(settings.queue_capacity.max(1));
     let (up_tx, up) = watch::channel(false);
     let handle = Handle {
@@ -135,7 +148,14 @@ pub fn spawn<L: Link>(
         up: up_tx,
         units: std::collections::HashMap::new(),
     };
-    let task = tokio::spawn(actor.run(rx, shutdown));
+    let task = tokio::spawn(async move {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return,
+            () = gate => {}
+        }
+        actor.run(rx, shutdown).await;
+    });
     (handle, task)
 }
 

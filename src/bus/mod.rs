@@ -26,6 +26,16 @@ use crate::config::{Bus, BusSpec};
 
 /// Starts the actor for a configured bus.
 pub fn start(bus: &Bus, shutdown: CancellationToken) -> (Handle, tokio::task::JoinHandle<()>) {
+    start_after(bus, shutdown, std::future::ready(()))
+}
+
+/// Starts the actor for a configured bus once `gate` completes (see [`actor::spawn_after`]); the
+/// handle works at once.
+pub fn start_after(
+    bus: &Bus,
+    shutdown: CancellationToken,
+    gate: impl Future<Output = ()> + Send + 'static,
+) -> (Handle, tokio::task::JoinHandle<()>) {
     let settings = actor::Settings {
         id: bus.id.as_str().into(),
         timeout: bus.timeout,
@@ -41,10 +51,11 @@ pub fn start(bus: &Bus, shutdown: CancellationToken) -> (Handle, tokio::task::Jo
         BusSpec::ModbusTcp {
             address,
             framing: TcpFraming::Mbap,
-        } => actor::spawn(
+        } => actor::spawn_after(
             settings,
             modbus_tcp::TcpLink::new(address.clone(), connect_timeout),
             shutdown,
+            gate,
         ),
         BusSpec::ModbusTcp {
             address,
@@ -54,26 +65,29 @@ pub fn start(bus: &Bus, shutdown: CancellationToken) -> (Handle, tokio::task::Jo
                 address: address.clone(),
                 connect_timeout,
             };
-            actor::spawn(
+            actor::spawn_after(
                 settings,
                 modbus_rtu::RtuLink::new(endpoint, std::time::Duration::ZERO, bus.timeout),
                 shutdown,
+                gate,
             )
         }
         BusSpec::ModbusRtu { line, frame_gap } => {
             let endpoint = modbus_rtu::Endpoint::Serial(line.clone());
-            actor::spawn(
+            actor::spawn_after(
                 settings,
                 modbus_rtu::RtuLink::new(endpoint, *frame_gap, bus.timeout),
                 shutdown,
+                gate,
             )
         }
         BusSpec::Serial { line, framing } => {
             let endpoint = modbus_rtu::Endpoint::Serial(line.clone());
-            actor::spawn(
+            actor::spawn_after(
                 settings,
                 serial::SerialLink::new(endpoint, framing.clone(), bus.timeout),
                 shutdown,
+                gate,
             )
         }
     }

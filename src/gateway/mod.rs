@@ -1,7 +1,20 @@
-//! The supervisor: builds bus actors and device sessions from a config, runs them, and owns
-//! shutdown (stop taking requests, let in-flight ones finish, disconnect).
+//! The supervisor: builds bus actors and device sessions from a config, runs them, applies a
+//! reloaded config by restarting only what changed, and owns shutdown (stop taking requests, let
+//! in-flight ones finish, disconnect).
+//!
+//! - [`device`]: one leaf device at run time, from request to status and reply body.
+//! - [`reload`]: what a new config changes (pure).
+//! - [`service`]: the daemon around it: signals, systemd notifications, watchdog.
+//!
+//! Restarts never overlap a device with itself: the new session of a restarted device connects
+//! only after the old one drained (methods in flight answered, DISCONNECT sent), because IoT Hub
+//! keeps one connection per device id and would cut the old one, replies and all. Likewise a
+//! restarted bus opens its line only after every old device on it finished and the old actor
+//! let go of the line.
 
 pub mod device;
+pub mod reload;
+pub mod service;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,9 +26,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::bus;
 use crate::config::schema::BusKind;
-use crate::config::{BusSpec, Config};
+use crate::config::{self, BusSpec, Config};
 use crate::hub::limiter::Pacer;
 use crate::hub::{session, tls};
+pub use reload::Plan;
+use reload::{HubIdentity, Identity};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -23,16 +38,40 @@ pub enum Error {
     Tls(#[from] tls::Error),
 }
 
+/// Time to disconnect every session after the last method finished.
+const DISCONNECT_TIME: Duration = Duration::from_secs(2);
+
+/// A running bus actor.
+struct RunningBus {
+    config: config::Bus,
+    kind: BusKind,
+    handle: bus::Handle,
+    stop: CancellationToken,
+    /// Cancelled once the actor (and any predecessor) let go of the transport.
+    done: CancellationToken,
+}
+
+/// A running device session.
+struct RunningDevice {
+    bus: String,
+    identity: Identity,
+    longest_method: Duration,
+    stop: CancellationToken,
+    /// Cancelled once the session (and any predecessor) ended: replies sent, disconnected.
+    done: CancellationToken,
+}
+
 /// A running gateway.
 pub struct Gateway {
     shared: Arc<session::Shared>,
+    hub: HubIdentity,
+    connected: Arc<AtomicUsize>,
+    /// Parent of every generation's `Shared::draining`.
+    draining: CancellationToken,
     sessions: TaskTracker,
-    buses: TaskTracker,
-    stop_sessions: CancellationToken,
-    stop_buses: CancellationToken,
-    devices: usize,
-    bus_handles: Vec<bus::Handle>,
-    longest_method: Duration,
+    bus_tasks: TaskTracker,
+    buses: BTreeMap<String, RunningBus>,
+    devices: BTreeMap<String, RunningDevice>,
 }
 
 fn kind_of(spec: &BusSpec) -> BusKind {
@@ -43,6 +82,21 @@ fn kind_of(spec: &BusSpec) -> BusKind {
     }
 }
 
+fn new_shared(
+    hub: &config::Hub,
+    tls: Arc<rustls::ClientConfig>,
+    connected: &Arc<AtomicUsize>,
+    draining: &CancellationToken,
+) -> Arc<session::Shared> {
+    Arc::new(session::Shared {
+        hub: hub.clone(),
+        tls,
+        pacer: Pacer::new(hub.max_connects_per_s),
+        connected: connected.clone(),
+        draining: draining.child_token(),
+    })
+}
+
 impl Gateway {
     /// Starts every bus actor and device session. Returns once all are started (not connected).
     ///
@@ -50,99 +104,243 @@ impl Gateway {
     /// When the TLS settings cannot be built.
     pub fn start(config: &Config) -> Result<Gateway, Error> {
         let tls = tls::client_config(config.hub.ca_file.as_deref())?;
-        let shared = Arc::new(session::Shared {
-            hub: config.hub.clone(),
-            tls,
-            pacer: Pacer::new(config.hub.max_connects_per_s),
-            connected: AtomicUsize::new(0),
-            draining: CancellationToken::new(),
-        });
-        let stop_buses = CancellationToken::new();
-        let stop_sessions = CancellationToken::new();
-        let buses = TaskTracker::new();
-        let sessions = TaskTracker::new();
-        let mut handles = BTreeMap::new();
+        let connected = Arc::new(AtomicUsize::new(0));
+        let draining = CancellationToken::new();
+        let mut gateway = Gateway {
+            shared: new_shared(&config.hub, tls, &connected, &draining),
+            hub: HubIdentity::of(&config.hub),
+            connected,
+            draining,
+            sessions: TaskTracker::new(),
+            bus_tasks: TaskTracker::new(),
+            buses: BTreeMap::new(),
+            devices: BTreeMap::new(),
+        };
         for b in &config.buses {
-            let (handle, task) = bus::start(b, stop_buses.clone());
-            buses.spawn(async move {
-                let _ = task.await;
-            });
-            handles.insert(b.id.clone(), (handle, kind_of(&b.spec)));
+            let running = gateway.spawn_bus(b, None);
+            gateway.buses.insert(b.id.clone(), running);
         }
-        let mut devices = 0;
-        let mut longest_method = crate::mapping::raw::TIMEOUT;
         for d in &config.devices {
-            for m in d.methods.values() {
-                longest_method = longest_method.max(m.timeout);
+            if let Some(running) = gateway.spawn_device(d, None) {
+                gateway.devices.insert(d.id.clone(), running);
             }
-            let Some((handle, kind)) = handles.get(&d.bus) else {
-                continue; // validation guarantees the bus exists
-            };
-            let device = Arc::new(device::Device {
-                id: d.id.as_str().into(),
-                key: d.key.clone(),
-                unit: d.unit,
-                bus_kind: *kind,
-                bus: handle.clone(),
-                methods: d.methods.clone(),
-                raw_methods: d.raw_methods,
-                max_payload_bytes: config.hub.max_payload_bytes,
-            });
-            sessions.spawn(session::run(device, shared.clone(), stop_sessions.clone()));
-            devices += 1;
         }
-        sessions.close();
-        buses.close();
         log::info!(
-            "started {devices} device session(s) on {} bus(es)",
-            handles.len()
+            "started {} device session(s) on {} bus(es)",
+            gateway.devices.len(),
+            gateway.buses.len()
         );
-        Ok(Gateway {
-            shared,
-            sessions,
-            buses,
-            stop_sessions,
-            stop_buses,
-            devices,
-            bus_handles: handles.into_values().map(|(h, _)| h).collect(),
+        Ok(gateway)
+    }
+
+    /// Starts a bus actor; with `after`, it touches the transport only once `after` is cancelled
+    /// (its predecessor let go of it).
+    fn spawn_bus(&self, config: &config::Bus, after: Option<CancellationToken>) -> RunningBus {
+        let stop = CancellationToken::new();
+        let done = CancellationToken::new();
+        let gate = after.clone();
+        let (handle, task) = bus::start_after(config, stop.clone(), async move {
+            if let Some(previous) = gate {
+                previous.cancelled().await;
+            }
+        });
+        let done_guard = done.clone().drop_guard();
+        self.bus_tasks.spawn(async move {
+            let _done = done_guard;
+            let _ = task.await;
+            // Stopped before its gate opened: the predecessor may still hold the line.
+            if let Some(previous) = after {
+                previous.cancelled().await;
+            }
+        });
+        RunningBus {
+            config: config.clone(),
+            kind: kind_of(&config.spec),
+            handle,
+            stop,
+            done,
+        }
+    }
+
+    /// Starts a device session on its (already running) bus; with `after`, it connects only once
+    /// `after` is cancelled (the previous session of the same id is gone).
+    fn spawn_device(
+        &self,
+        config: &config::Device,
+        after: Option<CancellationToken>,
+    ) -> Option<RunningDevice> {
+        // Validation guarantees the bus exists.
+        let bus = self.buses.get(&config.bus)?;
+        let device = Arc::new(device::Device {
+            id: config.id.as_str().into(),
+            key: config.key.clone(),
+            unit: config.unit,
+            bus_kind: bus.kind,
+            bus: bus.handle.clone(),
+            methods: config.methods.clone(),
+            raw_methods: config.raw_methods,
+            max_payload_bytes: self.shared.hub.max_payload_bytes,
+        });
+        let longest_method = config
+            .methods
+            .values()
+            .map(|m| m.timeout)
+            .fold(crate::mapping::raw::TIMEOUT, Duration::max);
+        let stop = CancellationToken::new();
+        let done = CancellationToken::new();
+        let done_guard = done.clone().drop_guard();
+        let shared = self.shared.clone();
+        let session_stop = stop.clone();
+        self.sessions.spawn(async move {
+            let _done = done_guard;
+            if let Some(previous) = after {
+                previous.cancelled().await;
+            }
+            if !session_stop.is_cancelled() {
+                session::run(device, shared, session_stop).await;
+            }
+        });
+        Some(RunningDevice {
+            bus: config.bus.clone(),
+            identity: Identity::of(config),
             longest_method,
+            stop,
+            done,
         })
+    }
+
+    /// Applies a new, validated config: restarts only the buses and devices whose config
+    /// changed (see [`reload`] for the rules), starts new ones and stops removed ones. Devices
+    /// being stopped drain as at shutdown: methods in flight finish and get their reply, new
+    /// requests get 503. Returns at once; restarts complete in the background.
+    ///
+    /// # Errors
+    /// When `[hub]` changed and its TLS settings cannot be built; nothing was changed then.
+    pub fn reload(&mut self, config: &Config) -> Result<Plan, Error> {
+        let hub = HubIdentity::of(&config.hub);
+        let hub_changed = hub != self.hub;
+        // Everything that can fail comes before the first change.
+        let tls = if hub_changed {
+            Some(tls::client_config(config.hub.ca_file.as_deref())?)
+        } else {
+            None
+        };
+        let running_buses = self
+            .buses
+            .iter()
+            .map(|(id, b)| (id.clone(), b.config.clone()))
+            .collect();
+        let running_devices = self
+            .devices
+            .iter()
+            .map(|(id, d)| (id.clone(), (d.bus.clone(), d.identity.clone())))
+            .collect();
+        let plan = reload::plan(&running_buses, &running_devices, config, hub_changed);
+
+        // 1. Stop the devices that go away or restart; they drain in the background.
+        let mut old_devices = BTreeMap::new();
+        for id in plan.devices.stop.iter().chain(&plan.devices.restart) {
+            if let Some(old) = self.devices.remove(id) {
+                old.stop.cancel();
+                old_devices.insert(id.clone(), old);
+            }
+        }
+        // 2. Buses that go away or restart stop once every old device on them is gone (their
+        //    methods in flight run on the old actor); a restarted one reopens after that.
+        let new_buses: BTreeMap<&str, &config::Bus> =
+            config.buses.iter().map(|b| (b.id.as_str(), b)).collect();
+        for id in plan.buses.stop.iter().chain(&plan.buses.restart) {
+            let Some(old) = self.buses.remove(id) else {
+                continue;
+            };
+            let users: Vec<CancellationToken> = old_devices
+                .values()
+                .filter(|d| d.bus == *id)
+                .map(|d| d.done.clone())
+                .collect();
+            let stop = old.stop.clone();
+            self.bus_tasks.spawn(async move {
+                for user in users {
+                    user.cancelled().await;
+                }
+                stop.cancel();
+            });
+            if let Some(new) = new_buses.get(id.as_str()) {
+                let running = self.spawn_bus(new, Some(old.done.clone()));
+                self.buses.insert(id.clone(), running);
+            }
+        }
+        for id in &plan.buses.start {
+            if let Some(new) = new_buses.get(id.as_str()) {
+                let running = self.spawn_bus(new, None);
+                self.buses.insert(id.clone(), running);
+            }
+        }
+        // 3. A new [hub] gets new shared settings; sessions still draining keep the old ones.
+        if let Some(tls) = tls {
+            self.shared = new_shared(&config.hub, tls, &self.connected, &self.draining);
+            self.hub = hub;
+        }
+        // 4. Devices that restart (after their old session is gone) or are new.
+        for d in &config.devices {
+            let after = if plan.devices.restart.binary_search(&d.id).is_ok() {
+                old_devices.get(&d.id).map(|old| old.done.clone())
+            } else if plan.devices.start.binary_search(&d.id).is_ok() {
+                None
+            } else {
+                continue;
+            };
+            if let Some(running) = self.spawn_device(d, after) {
+                self.devices.insert(d.id.clone(), running);
+            }
+        }
+        log_changes("device", &plan.devices);
+        log_changes("bus", &plan.buses);
+        Ok(plan)
     }
 
     /// Devices connected and subscribed right now.
     #[must_use]
     pub fn connected(&self) -> usize {
-        self.shared.connected.load(Ordering::Relaxed)
+        self.connected.load(Ordering::Relaxed)
     }
 
     #[must_use]
     pub fn devices(&self) -> usize {
-        self.devices
+        self.devices.len()
     }
 
     /// Buses whose transport is open right now.
     #[must_use]
     pub fn buses_up(&self) -> usize {
-        self.bus_handles.iter().filter(|h| h.is_up()).count()
+        self.buses.values().filter(|b| b.handle.is_up()).count()
     }
 
     #[must_use]
     pub fn buses(&self) -> usize {
-        self.bus_handles.len()
+        self.buses.len()
     }
 
     /// How long a shutdown may take so that every method in flight still gets its reply: the
-    /// longest method deadline plus time to disconnect. systemd's `TimeoutStopSec` must exceed it.
+    /// longest method deadline plus time to disconnect. systemd's `TimeoutStopSec` must exceed it
+    /// (the unit allows 330 s; method deadlines are at most 300 s).
     #[must_use]
     pub fn drain_deadline(&self) -> Duration {
-        self.longest_method + Duration::from_secs(2)
+        self.devices
+            .values()
+            .map(|d| d.longest_method)
+            .fold(crate::mapping::raw::TIMEOUT, Duration::max)
+            + DISCONNECT_TIME
     }
 
     /// Stops: new requests get 503 at once, in-flight ones finish (each within its own
     /// deadline, all within `drain`), sessions disconnect, then buses stop.
     pub async fn shutdown(self, drain: Duration) {
-        self.shared.draining.cancel();
-        self.stop_sessions.cancel();
+        self.draining.cancel();
+        for d in self.devices.values() {
+            d.stop.cancel();
+        }
+        self.sessions.close();
         if tokio::time::timeout(drain, self.sessions.wait())
             .await
             .is_err()
@@ -153,8 +351,34 @@ impl Gateway {
                 drain.as_millis()
             );
         }
-        self.stop_buses.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.buses.wait()).await;
+        for b in self.buses.values() {
+            b.stop.cancel();
+        }
+        self.bus_tasks.close();
+        let _ = tokio::time::timeout(DISCONNECT_TIME, self.bus_tasks.wait()).await;
         log::info!("stopped");
+    }
+}
+
+/// One line per kind of change; ids listed when there are few (a `[hub]` change on a site with
+/// thousands of devices should not flood the journal), each id at debug level otherwise.
+fn log_changes(what: &str, changes: &reload::Changes) {
+    const LISTED: usize = 20;
+    for (verb, ids) in [
+        ("restarting", &changes.restart),
+        ("starting", &changes.start),
+        ("stopping", &changes.stop),
+    ] {
+        if ids.is_empty() {
+            continue;
+        }
+        if ids.len() <= LISTED {
+            log::info!("reload: {verb} {what}(s) {}", ids.join(", "));
+        } else {
+            log::info!("reload: {verb} {} {what}(s)", ids.len());
+            for id in ids {
+                log::debug!("reload: {verb} {what} {id}");
+            }
+        }
     }
 }

@@ -39,8 +39,9 @@ pub struct Shared {
     pub hub: config::Hub,
     pub tls: Arc<rustls::ClientConfig>,
     pub pacer: Pacer,
-    /// Sessions currently connected and subscribed (for status lines).
-    pub connected: AtomicUsize,
+    /// Sessions currently connected and subscribed (for status lines). Shared with the sessions
+    /// of earlier configs that are still draining after a reload.
+    pub connected: Arc<AtomicUsize>,
     /// Stop taking new requests (answer 503) but keep sessions up to publish in-flight replies.
     pub draining: CancellationToken,
 }
@@ -309,7 +310,9 @@ fn publish(id: &str, client: &AsyncClient, reply: Reply) {
     }
 }
 
-const SHUTTING_DOWN: &str = "leafgate is shutting down";
+/// Why a request that arrives while its device is stopping (at shutdown, or to restart it with
+/// a changed config) is answered 503 instead of being run.
+const SHUTTING_DOWN: &str = "leafgate is stopping this device (shutdown or config reload)";
 
 fn on_publish(
     device: &Arc<Device>,
@@ -332,8 +335,10 @@ fn on_publish(
     let tx = work.tx.clone();
     work.tasks.spawn(async move {
         let response = if let Some(reason) = stopping {
-            let body = serde_json::json!({"error": "bus_unavailable", "message": reason});
-            log::info!(device_id = &*device.id, method = &*name, rid = &*rid, status = 503; "method {name} on {}: 503 {reason}", device.id);
+            let bus = device.bus.id();
+            let body = serde_json::json!({"error": "bus_unavailable", "bus": bus, "message": reason});
+            log::info!(device_id = &*device.id, method = &*name, rid = &*rid, bus = bus, status = 503, duration_ms = 0;
+                "method {name} on {}: 503 {reason}", device.id);
             Response { status: 503, body, deadline: received + Duration::from_secs(5) }
         } else {
             device.call(&name, &rid, &payload, received).await
