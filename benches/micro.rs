@@ -15,11 +15,7 @@ use leafgate::mapping::value::{self, Layout};
 use serde_json::json;
 
 fn method(toml: &str) -> Method {
-    let cfg: FileConfig = config::Config::builder()
-        .add_source(config::File::from_str(toml, config::FileFormat::Toml))
-        .build()
-        .and_then(config::Config::try_deserialize)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let cfg: FileConfig = leafgate::config::load::parse(toml).unwrap_or_else(|e| panic!("{e}"));
     Method::compile(&cfg.device[0].method[0], BusKind::ModbusTcp, "m")
         .unwrap_or_else(|e| panic!("{e:?}"))
 }

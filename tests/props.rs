@@ -216,12 +216,7 @@ fn sample_method() -> leafgate::mapping::Method {
         address = 0
         fields = [{ name = "x" }]
     "#;
-    let cfg: leafgate::config::schema::FileConfig = config::Config::builder()
-        .add_source(config::File::from_str(toml, config::FileFormat::Toml))
-        .build()
-        .unwrap()
-        .try_deserialize()
-        .unwrap();
+    let cfg: leafgate::config::schema::FileConfig = leafgate::config::load::parse(toml).unwrap();
     leafgate::mapping::Method::compile(&cfg.device[0].method[0], BusKind::ModbusTcp, "m").unwrap()
 }
 

@@ -48,21 +48,36 @@ pub fn files(base: &Path) -> Result<Vec<PathBuf>, Problem> {
 /// # Errors
 /// The file's problem with the key path where deserialization stopped.
 pub fn file(path: &Path) -> Result<FileConfig, Problem> {
-    let problem = |key: String, message: String| Problem {
+    let text = std::fs::read_to_string(path).map_err(|e| Problem {
         file: path.to_path_buf(),
+        path: String::new(),
+        message: format!("cannot read: {e}"),
+    })?;
+    parse(&text).map_err(|p| Problem {
+        file: path.to_path_buf(),
+        ..p
+    })
+}
+
+/// Parses TOML text against the closed schema; the problem's `file` is left empty. Tests and
+/// benchmarks use it for config snippets.
+///
+/// # Errors
+/// The problem with the key path where deserialization stopped.
+pub fn parse(text: &str) -> Result<FileConfig, Problem> {
+    let problem = |key: String, message: String| Problem {
+        file: PathBuf::new(),
         path: key,
         message,
     };
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| problem(String::new(), format!("cannot read: {e}")))?;
     let built = config::Config::builder()
-        .add_source(config::File::from_str(&text, config::FileFormat::Toml))
+        .add_source(config::File::from_str(text, config::FileFormat::Toml))
         .build()
-        .map_err(|e| problem(String::new(), describe(&e, &text)))?;
+        .map_err(|e| problem(String::new(), describe(&e, text)))?;
     serde_path_to_error::deserialize::<_, FileConfig>(built).map_err(|e| {
         let key = e.path().to_string();
         let key = if key == "." { String::new() } else { key };
-        problem(key, describe(e.inner(), &text))
+        problem(key, describe(e.inner(), text))
     })
 }
 

@@ -1109,12 +1109,7 @@ mod tests {
 
     /// Compiles the first method of a one-device TOML snippet.
     fn method(bus: BusKind, toml: &str) -> Result<Method, Vec<Problem>> {
-        let cfg: FileConfig = config::Config::builder()
-            .add_source(config::File::from_str(toml, config::FileFormat::Toml))
-            .build()
-            .unwrap()
-            .try_deserialize()
-            .unwrap();
+        let cfg: FileConfig = crate::config::load::parse(toml).unwrap();
         Method::compile(&cfg.device[0].method[0], bus, "m")
     }
 
