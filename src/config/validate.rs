@@ -980,12 +980,7 @@ mod tests {
 
     /// Validates one file's text; the problems as `path: message` lines.
     fn problems(toml: &str) -> Vec<String> {
-        let cfg: FileConfig = config::Config::builder()
-            .add_source(config::File::from_str(toml, config::FileFormat::Toml))
-            .build()
-            .unwrap()
-            .try_deserialize()
-            .unwrap();
+        let cfg: FileConfig = super::super::load::parse(toml).unwrap();
         match validate(vec![(PathBuf::from("leafgate.toml"), cfg)]) {
             Ok(_) => Vec::new(),
             Err(problems) => problems
@@ -1110,12 +1105,7 @@ mod tests {
     #[test]
     fn trimmed_host_names_are_what_the_hub_connects_to() {
         let toml = "[hub]\nhostname = \" myhub.azure-devices.net \"\ngateway_hostname = \" edge.local\\n\"\n";
-        let cfg: FileConfig = config::Config::builder()
-            .add_source(config::File::from_str(toml, config::FileFormat::Toml))
-            .build()
-            .unwrap()
-            .try_deserialize()
-            .unwrap();
+        let cfg: FileConfig = super::super::load::parse(toml).unwrap();
         let cfg = validate(vec![(PathBuf::from("leafgate.toml"), cfg)]).unwrap();
         assert_eq!(cfg.hub.hostname, "myhub.azure-devices.net");
         assert_eq!(cfg.hub.gateway_hostname.as_deref(), Some("edge.local"));
