@@ -43,12 +43,32 @@ pub fn files(base: &Path) -> Result<Vec<PathBuf>, Problem> {
     Ok(files)
 }
 
+/// Config files larger than this are refused: no real config comes close, and a path that
+/// points at an endless device (`/dev/zero`) must not exhaust memory.
+pub const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Reads at most `limit` bytes of a text file; more is an error rather than a truncation.
+///
+/// # Errors
+/// When the file cannot be read, is larger than `limit`, or is not UTF-8.
+pub fn read_limited(path: &Path, limit: u64) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(limit + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > limit {
+        return Err(std::io::Error::other(format!("larger than {limit} bytes")));
+    }
+    Ok(text)
+}
+
 /// Parses one file against the closed schema.
 ///
 /// # Errors
 /// The file's problem with the key path where deserialization stopped.
 pub fn file(path: &Path) -> Result<FileConfig, Problem> {
-    let text = std::fs::read_to_string(path).map_err(|e| Problem {
+    let text = read_limited(path, MAX_CONFIG_BYTES).map_err(|e| Problem {
         file: path.to_path_buf(),
         path: String::new(),
         message: format!("cannot read: {e}"),

@@ -51,13 +51,16 @@ pub fn add_ca_file(path: &Path, roots: &mut RootCertStore) -> Result<usize, Erro
     if path.is_dir() {
         return Err(Error::CaIsDirectory(shown));
     }
-    let pem = std::fs::read(path).map_err(|source| Error::ReadCa {
-        path: shown.clone(),
-        source,
+    // A CA bundle is a few hundred KiB at most; the limit keeps `/dev/zero` from exhausting memory.
+    let pem = crate::config::load::read_limited(path, 16 * 1024 * 1024).map_err(|source| {
+        Error::ReadCa {
+            path: shown.clone(),
+            source,
+        }
     })?;
     let mut unreadable = None;
     let mut found = 0usize;
-    for item in rustls_pemfile::certs(&mut pem.as_slice()) {
+    for item in rustls_pemfile::certs(&mut pem.as_bytes()) {
         match item {
             Ok(cert) => {
                 found += 1;
