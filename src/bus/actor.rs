@@ -310,6 +310,9 @@ impl<L: Link> Actor<L> {
         let bus = &*self.settings.id;
         let health = self.units.entry(unit).or_default();
         match result {
+            // Only a timeout that waited the full bus timeout says the unit is silent; one cut
+            // short by the method's deadline (a job that waited long in a busy queue) does not.
+            Err(Error::Timeout(waited)) if *waited < self.settings.timeout => {}
             Err(Error::Timeout(_)) => {
                 health.timeouts = health.timeouts.saturating_add(1);
                 let threshold = self.settings.down_after;
