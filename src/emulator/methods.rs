@@ -291,10 +291,17 @@ pub(crate) async fn invoke(
     );
     let deadline = Instant::now() + Duration::from_secs(call.response_timeout_s);
     let exchange = async {
-        conn.outbound
-            .send(outbound)
-            .await
-            .map_err(|_| InvokeError::DeviceNotOnline)?;
+        // Logged before it is queued, so that no response can arrive before its request.
+        shared.history.method_sent(
+            rid,
+            device,
+            &call.method_name,
+            Duration::from_secs(call.response_timeout_s),
+        );
+        if conn.outbound.send(outbound).await.is_err() {
+            shared.history.method_unsent(rid);
+            return Err(InvokeError::DeviceNotOnline);
+        }
         shared
             .registry
             .record_method_request(&entry, &call.method_name, rid);
