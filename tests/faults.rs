@@ -6,14 +6,187 @@
 //! wait on the emulator's watch channels, not on sleeps, except where the passing of time is the
 //! behaviour under test (a backoff, a token's lifetime), which the comments say.
 
-use std::path::Path;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use leafgate::emulator::{AttemptOutcome, Emulator, EmulatorConfig, Fault, RefusalReason, Target};
+use leafgate::emulator::{
+    AttemptOutcome, ConnectAttempt, Emulator, EmulatorConfig, Fault, InvokeError, MethodCall,
+    RefusalReason, Target,
+};
+use leafgate::gateway::Gateway;
 use leafgate::hub::sas::Key;
+use leafgate::sim::modbus::{Registers, TcpServer};
+use serde_json::json;
 use tokio::time::Instant;
 
 const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+const WAIT: Duration = Duration::from_secs(10);
+
+/// An emulator on a runtime (and thread) of its own, as a hub on another machine would be: the
+/// times it records are then not skewed by the gateway's tasks queueing on the same workers.
+struct OwnThread {
+    emu: Emulator,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl OwnThread {
+    fn start() -> OwnThread {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                tx.send(Emulator::start(EmulatorConfig::default()).await.unwrap())
+                    .unwrap();
+                let _ = stopped.await;
+            });
+        });
+        OwnThread {
+            emu: rx.recv().unwrap(),
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl std::ops::Deref for OwnThread {
+    type Target = Emulator;
+    fn deref(&self) -> &Emulator {
+        &self.emu
+    }
+}
+
+impl Drop for OwnThread {
+    fn drop(&mut self) {
+        self.emu.drop_all_connections();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The emulator, one simulated Modbus TCP endpoint (units 1 and 2) as bus `plc`, and leafgate
+/// in process with every device reading holding register 0 of its unit through method `get`.
+struct Site {
+    emu: OwnThread,
+    _regs: Registers,
+    _plc: TcpServer,
+    _dir: tempfile::TempDir,
+    /// Runs until the test's runtime ends (its sessions then retry a gone emulator, harmlessly).
+    _gateway: Gateway,
+}
+
+impl Site {
+    /// `hub` is the `[hub]` settings besides hostname, port and CA; `devices` are (id, unit).
+    async fn start(devices: &[(String, u8)], hub: &str) -> Site {
+        let emu = OwnThread::start();
+        let regs = Registers::with_units([1, 2]);
+        regs.set_holding(1, 0, &[1]);
+        regs.set_holding(2, 0, &[2]);
+        let plc = TcpServer::start(regs.clone()).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        for (id, _) in devices {
+            emu.add_device(id, Key::from_base64(KEY).unwrap());
+        }
+        let config = site_config(&emu, dir.path(), &plc.addr().to_string(), devices, hub);
+        let cfg = leafgate::config::load(&config).unwrap_or_else(|e| panic!("{e}"));
+        let gateway = Gateway::start(&cfg).unwrap();
+        let site = Site {
+            emu,
+            _regs: regs,
+            _plc: plc,
+            _dir: dir,
+            _gateway: gateway,
+        };
+        for (id, _) in devices {
+            site.emu
+                .wait_method_ready(id, Duration::from_secs(30))
+                .await
+                .unwrap();
+        }
+        site
+    }
+
+    async fn get(&self, id: &str) -> Result<u16, InvokeError> {
+        self.emu
+            .invoke(id, MethodCall::new("get", json!(null)).response_timeout(5))
+            .await
+            .map(|r| r.status)
+    }
+
+    /// Waits until `id` is connected and subscribed, with more accepted connections than
+    /// `accepted_before`.
+    async fn wait_reconnected(&self, id: &str, accepted_before: u64, timeout: Duration) {
+        self.emu
+            .wait_for(id, timeout, |s| {
+                s.connects_accepted > accepted_before && s.online && s.methods_subscribed
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+/// Writes the CA and a config for `devices` on one Modbus TCP bus at `plc`; returns its path.
+fn site_config(
+    emu: &Emulator,
+    dir: &Path,
+    plc: &str,
+    devices: &[(String, u8)],
+    hub: &str,
+) -> PathBuf {
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, emu.ca_pem()).unwrap();
+    let mut config = format!(
+        "[hub]\nhostname = \"localhost\"\nport = {}\nca_file = \"{}\"\n{hub}\n\n[[bus]]\nid = \"plc\"\nkind = \"modbus_tcp\"\naddress = \"{plc}\"\n",
+        emu.mqtt_addr().port(),
+        ca.display(),
+    );
+    for (id, unit) in devices {
+        config.push_str(&device(id, "plc", *unit, 2000));
+    }
+    let path = dir.join("leafgate.toml");
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+/// A device with one method `get` reading holding register 0 of `unit`.
+fn device(id: &str, bus: &str, unit: u8, timeout_ms: u64) -> String {
+    format!(
+        "[[device]]\nid = \"{id}\"\nshared_access_key = \"{KEY}\"\nbus = \"{bus}\"\nunit = {unit}\n[[device.method]]\nname = \"get\"\ntimeout_ms = {timeout_ms}\n[[device.method.step]]\nop = \"read\"\ntable = \"holding\"\naddress = 0\nfields = [{{ name = \"v\" }}]\n"
+    )
+}
+
+fn ids(prefix: &str, n: usize) -> Vec<(String, u8)> {
+    (0..n).map(|i| (format!("{prefix}-{i:04}"), 1)).collect()
+}
+
+/// The most events of `times` (any order) inside any window of length `window`.
+fn max_in_window(times: &[Instant], window: Duration) -> usize {
+    let mut sorted = times.to_vec();
+    sorted.sort();
+    let mut best = 0;
+    let mut start = 0;
+    for end in 0..sorted.len() {
+        while sorted[end] - sorted[start] >= window {
+            start += 1;
+        }
+        best = best.max(end - start + 1);
+    }
+    best
+}
+
+fn ms(d: Duration) -> u128 {
+    d.as_millis()
+}
 
 /// One plain MQTT connection attempt as device `id` (rumqttc, as leafgate uses it, without
 /// leafgate's session): the first CONNACK or error, and how long it took.
@@ -176,4 +349,83 @@ async fn each_hub_fault_meets_a_plain_client_as_documented() {
     assert!(stalled.closed_at.unwrap() - stalled.connect_at.unwrap() < Duration::from_secs(2));
     // Refusals also count in the device's stats, as real ones do.
     assert_eq!(emu.device_stats("d").connects_refused, 3);
+}
+
+/// Issue 5: "a mass reconnect that trips the hub's connection throttle and locks everyone out".
+/// 1,000 devices start together, then the hub drops them all at once; both herds reach the hub
+/// no faster than `max_connects_per_s`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_devices_dropped_together_reconnect_no_faster_than_max_connects_per_s() {
+    const DEVICES: usize = 1000;
+    const RATE: usize = 200;
+    let devices = ids("herd", DEVICES);
+    let started = Instant::now();
+    let site = Site::start(
+        &devices,
+        &format!("max_connects_per_s = {RATE}\nreconnect_min_ms = 100\nreconnect_max_ms = 2000\nconnect_timeout_s = 30"),
+    )
+    .await;
+    let first = site.emu.connect_attempts();
+    let startup = started.elapsed();
+
+    let dropped = Instant::now();
+    site.emu.drop_all_connections();
+    let all = site
+        .emu
+        .wait_connect_attempts(Duration::from_secs(60), |attempts| {
+            attempts
+                .iter()
+                .filter(|a| a.tcp_at >= dropped && a.outcome == AttemptOutcome::Accepted)
+                .count()
+                >= DEVICES
+        })
+        .await
+        .unwrap();
+    let back = dropped.elapsed();
+    let again: Vec<&ConnectAttempt> = all.iter().filter(|a| a.tcp_at >= dropped).collect();
+    for (id, _) in &devices {
+        site.wait_reconnected(id, 1, WAIT).await;
+    }
+
+    let connects = |attempts: &[&ConnectAttempt]| -> Vec<Instant> {
+        attempts.iter().filter_map(|a| a.connect_at).collect()
+    };
+    let tcps = |attempts: &[&ConnectAttempt]| -> Vec<Instant> {
+        attempts.iter().map(|a| a.tcp_at).collect()
+    };
+    let first: Vec<&ConnectAttempt> = first.iter().collect();
+    let peak_start = max_in_window(&connects(&first), Duration::from_secs(1));
+    let peak_again = max_in_window(&connects(&again), Duration::from_secs(1));
+    let peak_tcp = max_in_window(&tcps(&again), Duration::from_secs(1));
+    eprintln!(
+        "{DEVICES} devices at max_connects_per_s = {RATE}: started in {} ms (peak {peak_start} CONNECTs/s); after the drop {} attempts, all back in {} ms, peak {peak_again} CONNECTs/s ({peak_tcp} TCP connects/s)",
+        ms(startup),
+        again.len(),
+        ms(back)
+    );
+    // The pacer spaces connects 1/RATE apart; a loaded machine can bunch a few (a late timer,
+    // a slow handshake), hence 10 %.
+    let limit = RATE + RATE / 10;
+    assert!(
+        peak_start <= limit,
+        "{peak_start} CONNECTs within 1 s at start"
+    );
+    assert!(
+        peak_again <= limit,
+        "{peak_again} CONNECTs within 1 s after the drop"
+    );
+    // Every device came back, each with one accepted connection: nobody was locked out.
+    let accepted: BTreeSet<&str> = again
+        .iter()
+        .filter(|a| a.outcome == AttemptOutcome::Accepted)
+        .filter_map(|a| a.client_id.as_deref())
+        .collect();
+    assert_eq!(accepted.len(), DEVICES);
+    // Pacing, not luck: the herd took about DEVICES / RATE seconds.
+    assert!(
+        back >= Duration::from_secs((DEVICES / RATE - 1) as u64),
+        "back in {back:?}"
+    );
+    assert_eq!(site.get("herd-0000").await, Ok(200));
+    assert_eq!(site.get("herd-0999").await, Ok(200));
 }
