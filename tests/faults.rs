@@ -6,7 +6,7 @@
 //! wait on the emulator's watch channels, not on sleeps, except where the passing of time is the
 //! behaviour under test (a backoff, a token's lifetime), which the comments say.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -182,6 +182,14 @@ fn max_in_window(times: &[Instant], window: Duration) -> usize {
         best = best.max(end - start + 1);
     }
     best
+}
+
+/// The attempts carrying a CONNECT from `id`, in order.
+fn attempts_of<'a>(attempts: &'a [ConnectAttempt], id: &str) -> Vec<&'a ConnectAttempt> {
+    attempts
+        .iter()
+        .filter(|a| a.client_id.as_deref() == Some(id))
+        .collect()
 }
 
 fn ms(d: Duration) -> u128 {
@@ -428,4 +436,354 @@ async fn a_thousand_devices_dropped_together_reconnect_no_faster_than_max_connec
     );
     assert_eq!(site.get("herd-0000").await, Ok(200));
     assert_eq!(site.get("herd-0999").await, Ok(200));
+}
+
+/// The attempts from `id` whose TCP connection came after `after`, in order.
+fn attempts_since(attempts: &[ConnectAttempt], id: &str, after: Instant) -> Vec<ConnectAttempt> {
+    attempts_of(attempts, id)
+        .into_iter()
+        .filter(|a| a.tcp_at >= after)
+        .cloned()
+        .collect()
+}
+
+/// The waits a device made between attempts, as the emulator saw them: from `start` (when its
+/// connection was dropped) to the first attempt, then from each CONNECT to the next attempt's
+/// TCP accept. That is the backoff delay plus a TCP connect, without the TLS handshake.
+fn gaps(start: Instant, attempts: &[ConnectAttempt]) -> Vec<Duration> {
+    let mut from = start;
+    let mut gaps = Vec::new();
+    for a in attempts {
+        gaps.push(a.tcp_at - from);
+        from = a.connect_at.unwrap();
+    }
+    gaps
+}
+
+/// The backoff's upper bound before attempt `n` (from 0): min·2ⁿ, capped.
+fn cap(n: usize, min: u64, max: u64) -> Duration {
+    Duration::from_millis(min.saturating_mul(1 << n.min(20)).min(max))
+}
+
+/// Backoff of a device whose attempts keep failing (hung up on after CONNECT; a refused CONNECT
+/// waits at least 10 s, tested separately): each wait is uniform in [min, min·2ⁿ] up to max, so
+/// the waits grow, are jittered, stay under their cap, and start small again once a connection
+/// stayed up for reconnect_max_ms. The waits themselves are the behaviour under test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backoff_grows_with_jitter_to_its_cap_and_starts_afresh_after_a_stable_connection() {
+    const MIN: u64 = 25;
+    const MAX: u64 = 800;
+    // Scheduling on a loaded machine adds to every wait, never subtracts.
+    const SLACK: Duration = Duration::from_millis(150);
+    let site = Site::start(
+        &[("flaky".to_owned(), 1), ("steady".to_owned(), 1)],
+        &format!("max_connects_per_s = 1000\nreconnect_min_ms = {MIN}\nreconnect_max_ms = {MAX}"),
+    )
+    .await;
+    let steady = site.emu.device_stats("steady");
+
+    // Growth: 5 doublings to the cap, then 13 waits at the cap.
+    let hangup = site
+        .emu
+        .inject_fault(Fault::Hangup(Target::devices(["flaky"])), None)
+        .await;
+    let dropped = Instant::now();
+    assert!(site.emu.drop_connection("flaky"));
+    let attempts = site
+        .emu
+        .wait_connect_attempts(Duration::from_secs(60), |a| {
+            attempts_since(a, "flaky", dropped).len() >= 18
+        })
+        .await
+        .unwrap();
+    let attempts = attempts_since(&attempts, "flaky", dropped);
+    assert!(
+        attempts.iter().all(
+            |a| a.outcome == AttemptOutcome::Faulted(Fault::Hangup(Target::devices(["flaky"])))
+        ),
+        "{attempts:?}"
+    );
+    let waits = gaps(dropped, &attempts[..18]);
+    eprintln!(
+        "backoff {MIN}..{MAX} ms, waits (ms): {:?}",
+        waits.iter().map(|d| ms(*d)).collect::<Vec<_>>()
+    );
+    for (n, wait) in waits.iter().enumerate() {
+        let cap = cap(n, MIN, MAX);
+        assert!(
+            *wait >= Duration::from_millis(MIN) && *wait <= cap + SLACK,
+            "wait {n} of {wait:?} outside [{MIN} ms, {cap:?}]"
+        );
+    }
+    let at_cap = &waits[5..];
+    let longest = at_cap.iter().max().unwrap();
+    let shortest = at_cap.iter().min().unwrap();
+    // 13 uniform draws in [25, 800] ms all below 400 ms: p < 1e-4.
+    assert!(
+        *longest > Duration::from_millis(MAX / 2),
+        "never waited more than {longest:?}: the backoff did not grow to its cap"
+    );
+    // ... or all within 100 ms of each other: p < 1e-9.
+    assert!(
+        *longest - *shortest > Duration::from_millis(100),
+        "waits at the cap are not jittered: {at_cap:?}"
+    );
+
+    // A stable connection (up longer than reconnect_max_ms) resets the backoff.
+    let before = site.emu.device_stats("flaky").connects_accepted;
+    assert!(site.emu.clear_fault(hangup).await);
+    site.wait_reconnected("flaky", before, WAIT).await;
+    // Staying up is the behaviour under test.
+    tokio::time::sleep(Duration::from_millis(MAX + 200)).await;
+    site.emu
+        .inject_fault(Fault::Hangup(Target::devices(["flaky"])), None)
+        .await;
+    let dropped = Instant::now();
+    assert!(site.emu.drop_connection("flaky"));
+    let attempts = site
+        .emu
+        .wait_connect_attempts(WAIT, |a| attempts_since(a, "flaky", dropped).len() >= 4)
+        .await
+        .unwrap();
+    let waits = gaps(dropped, &attempts_since(&attempts, "flaky", dropped)[..4]);
+    eprintln!(
+        "after a stable connection, waits (ms): {:?}",
+        waits.iter().map(|d| ms(*d)).collect::<Vec<_>>()
+    );
+    // Without the reset each would be uniform in [25, 800] ms: all four this short, p ~ 0.005.
+    for (n, wait) in waits.iter().enumerate() {
+        let cap = cap(n, MIN, MAX);
+        assert!(
+            *wait <= cap + SLACK,
+            "wait {n} of {wait:?} after a reset, cap {cap:?}"
+        );
+    }
+
+    site.emu.clear_faults().await;
+    let before = site.emu.device_stats("flaky").connects_accepted;
+    site.wait_reconnected("flaky", before, WAIT).await;
+    assert_eq!(site.get("flaky").await, Ok(200));
+    // The other device on the same gateway never noticed.
+    let now = site.emu.device_stats("steady");
+    assert_eq!(
+        (now.connects_accepted, now.disconnects),
+        (steady.connects_accepted, steady.disconnects)
+    );
+}
+
+/// CONNACK 5 (an identity problem) and CONNACK 3 (a throttled hub) make a device wait at least
+/// 10 s before its next attempt ("throttled" profile, iothub-protocol.md 7), while devices
+/// dropped at the same moment reconnect at once. The 10 s wait is the behaviour under test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_and_throttled_devices_wait_at_least_10_s_without_delaying_the_others() {
+    let mut devices = ids("other", 5);
+    devices.push(("refused".to_owned(), 1));
+    devices.push(("throttled".to_owned(), 1));
+    let site = Site::start(
+        &devices,
+        "max_connects_per_s = 1000\nreconnect_min_ms = 100\nreconnect_max_ms = 1000",
+    )
+    .await;
+    site.emu
+        .inject_fault(Fault::Refuse(Target::devices(["refused"])), None)
+        .await;
+    site.emu
+        .inject_fault(Fault::Throttle(Target::devices(["throttled"])), None)
+        .await;
+    let dropped = Instant::now();
+    site.emu.drop_all_connections();
+
+    for (id, _) in &devices[..5] {
+        site.wait_reconnected(id, 1, WAIT).await;
+        assert_eq!(site.get(id).await, Ok(200));
+    }
+    let others_back = dropped.elapsed();
+    let attempts = site
+        .emu
+        .wait_connect_attempts(WAIT, |a| {
+            !attempts_since(a, "refused", dropped).is_empty()
+                && !attempts_since(a, "throttled", dropped).is_empty()
+        })
+        .await
+        .unwrap();
+    let refused = attempts_since(&attempts, "refused", dropped);
+    let throttled = attempts_since(&attempts, "throttled", dropped);
+    assert_eq!(
+        refused[0].outcome,
+        AttemptOutcome::Refused(RefusalReason::Injected)
+    );
+    assert_eq!(
+        throttled[0].outcome,
+        AttemptOutcome::Refused(RefusalReason::Throttled)
+    );
+    // Both are refused, and stay away; the others are long back.
+    assert!(
+        others_back < Duration::from_secs(5),
+        "the others took {others_back:?} to come back"
+    );
+    site.emu.clear_faults().await;
+    for id in ["refused", "throttled"] {
+        site.wait_reconnected(id, 1, Duration::from_secs(20)).await;
+    }
+    let attempts = site.emu.connect_attempts();
+    for id in ["refused", "throttled"] {
+        let mine = attempts_since(&attempts, id, dropped);
+        assert_eq!(mine.len(), 2, "{id}: {mine:?}");
+        assert_eq!(mine[1].outcome, AttemptOutcome::Accepted);
+        let wait = mine[1].tcp_at - mine[0].connect_at.unwrap();
+        eprintln!("{id}: next attempt {} ms after the refusal", ms(wait));
+        assert!(
+            wait >= Duration::from_secs(10) && wait <= Duration::from_secs(16),
+            "{id} waited {wait:?} after a refusal"
+        );
+        assert_eq!(site.get(id).await, Ok(200));
+    }
+}
+
+/// A hub that accepts TCP and TLS but never answers CONNECT: the attempt is abandoned after
+/// `connect_timeout_s` and retried with backoff, one connection at a time; when the hub answers
+/// again the device connects by itself. The timeout is the behaviour under test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_connect_times_out_after_connect_timeout_s_and_is_retried() {
+    let site = Site::start(
+        &[("stalled".to_owned(), 1), ("other".to_owned(), 1)],
+        "max_connects_per_s = 1000\nreconnect_min_ms = 100\nreconnect_max_ms = 400\nconnect_timeout_s = 1",
+    )
+    .await;
+    let other = site.emu.device_stats("other");
+    let stall = site
+        .emu
+        .inject_fault(Fault::Stall(Target::devices(["stalled"])), None)
+        .await;
+    let dropped = Instant::now();
+    assert!(site.emu.drop_connection("stalled"));
+    let attempts = site
+        .emu
+        .wait_connect_attempts(WAIT, |a| {
+            let mine = attempts_since(a, "stalled", dropped);
+            mine.len() >= 3 && mine[..3].iter().all(|a| a.closed_at.is_some())
+        })
+        .await
+        .unwrap();
+    let mine = attempts_since(&attempts, "stalled", dropped);
+    for a in &mine[..3] {
+        assert_eq!(
+            a.outcome,
+            AttemptOutcome::Faulted(Fault::Stall(Target::devices(["stalled"])))
+        );
+        // The timeout covers TCP + TLS + CONNACK from the attempt's start, just before tcp_at.
+        let held = a.closed_at.unwrap() - a.tcp_at;
+        eprintln!("stalled attempt abandoned after {} ms", ms(held));
+        assert!(
+            held >= Duration::from_millis(900) && held <= Duration::from_millis(2500),
+            "a stalled attempt was abandoned after {held:?}, connect_timeout_s = 1"
+        );
+    }
+    for pair in mine[..3].windows(2) {
+        // One attempt at a time: the next starts after the previous was given up, and after
+        // at least the minimum backoff.
+        assert!(pair[1].tcp_at >= pair[0].closed_at.unwrap());
+        assert!(pair[1].tcp_at - pair[0].tcp_at >= Duration::from_millis(1000));
+    }
+    // The other device is not held up by its stalled neighbour.
+    assert_eq!(site.get("other").await, Ok(200));
+    assert_eq!(
+        site.emu.device_stats("other").connects_accepted,
+        other.connects_accepted
+    );
+
+    let before = site.emu.device_stats("stalled").connects_accepted;
+    assert!(site.emu.clear_fault(stall).await);
+    site.wait_reconnected("stalled", before, WAIT).await;
+    assert_eq!(site.get("stalled").await, Ok(200));
+}
+
+/// Every kind of hub fault in turn, for all devices at once: while it lasts nobody gets in, and
+/// once it ends (cleared, or its time is up) every device reconnects by itself and answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_device_reconnects_by_itself_after_each_hub_fault_ends() {
+    let devices = ids("dev", 20);
+    let site = Site::start(
+        &devices,
+        "max_connects_per_s = 1000\nreconnect_min_ms = 100\nreconnect_max_ms = 1000\nconnect_timeout_s = 1",
+    )
+    .await;
+    let faults = [
+        (Fault::RefuseTcp, Some(Duration::from_millis(1500))),
+        (Fault::CloseTcp, None),
+        (Fault::Stall(Target::All), None),
+        (
+            Fault::Hangup(Target::All),
+            Some(Duration::from_millis(1500)),
+        ),
+    ];
+    for (fault, lasting) in faults {
+        let before: BTreeMap<String, u64> = devices
+            .iter()
+            .map(|(id, _)| (id.clone(), site.emu.device_stats(id).connects_accepted))
+            .collect();
+        let started = Instant::now();
+        let id = site.emu.inject_fault(fault.clone(), lasting).await;
+        site.emu.drop_all_connections();
+        let ended = match lasting {
+            // It ends by itself; a closed listener shows nothing at the hub to wait for.
+            Some(lasting) => started + lasting,
+            None => {
+                // Every device meets the fault at least once (CloseTcp hides who: count).
+                site.emu
+                    .wait_connect_attempts(WAIT, |a| {
+                        let met: Vec<&ConnectAttempt> = a
+                            .iter()
+                            .filter(|a| {
+                                a.tcp_at >= started && a.outcome != AttemptOutcome::Accepted
+                            })
+                            .collect();
+                        let devices_met: BTreeSet<&str> =
+                            met.iter().filter_map(|a| a.client_id.as_deref()).collect();
+                        devices_met.len() == devices.len() || met.len() >= 2 * devices.len()
+                    })
+                    .await
+                    .unwrap_or_else(|e| panic!("{fault:?}: {e}"));
+                site.emu.clear_fault(id).await;
+                Instant::now()
+            }
+        };
+        for (id, _) in &devices {
+            site.wait_reconnected(id, before[id], Duration::from_secs(20))
+                .await;
+        }
+        let during: Vec<ConnectAttempt> = site
+            .emu
+            .connect_attempts()
+            .into_iter()
+            .filter(|a| a.tcp_at >= started)
+            .collect();
+        let recovered = ended.elapsed();
+        eprintln!(
+            "{fault:?}: {} attempts, all {} devices back {} ms after it ended",
+            during.len(),
+            devices.len(),
+            ms(recovered)
+        );
+        // Nobody got in while it lasted.
+        for a in &during {
+            if a.outcome == AttemptOutcome::Accepted {
+                assert!(
+                    a.connect_at.unwrap() >= ended - Duration::from_millis(10),
+                    "{fault:?}: {a:?} accepted before the fault ended"
+                );
+            }
+        }
+        if fault == Fault::RefuseTcp {
+            assert!(
+                during
+                    .iter()
+                    .all(|a| a.tcp_at >= ended - Duration::from_millis(10)),
+                "the listener accepted while closed"
+            );
+        }
+    }
+    for (id, _) in &devices {
+        assert_eq!(site.get(id).await, Ok(200), "{id}");
+    }
 }
