@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use leafgate::emulator::{
-    AttemptOutcome, ConnectAttempt, Emulator, EmulatorConfig, Fault, InvokeError, MethodCall,
-    RefusalReason, Target,
+    AttemptOutcome, ConnectAttempt, DisconnectReason, Emulator, EmulatorConfig, Event, Fault,
+    InvokeError, MethodCall, RefusalReason, Target,
 };
 use leafgate::gateway::Gateway;
 use leafgate::hub::sas::Key;
@@ -78,7 +78,7 @@ impl Drop for OwnThread {
 /// in process with every device reading holding register 0 of its unit through method `get`.
 struct Site {
     emu: OwnThread,
-    _regs: Registers,
+    regs: Registers,
     _plc: TcpServer,
     _dir: tempfile::TempDir,
     /// Runs until the test's runtime ends (its sessions then retry a gone emulator, harmlessly).
@@ -102,7 +102,7 @@ impl Site {
         let gateway = Gateway::start(&cfg).unwrap();
         let site = Site {
             emu,
-            _regs: regs,
+            regs,
             _plc: plc,
             _dir: dir,
             _gateway: gateway,
@@ -786,4 +786,150 @@ async fn every_device_reconnects_by_itself_after_each_hub_fault_ends() {
     for (id, _) in &devices {
         assert_eq!(site.get(id).await, Ok(200), "{id}");
     }
+}
+
+/// Issue 5 item 2, for many devices (tests/gateway.rs has one device's clean renewal): with a
+/// 10 s token every device renews by a clean reconnect at 75–85 % of its life, so the hub never
+/// has to cut anyone off for an expired token; the renewals are spread in time, not a herd; and
+/// a method sent while a device is between its old and new connection gets the hub's 404103 at
+/// once, while one that may wait for the device (connectTimeoutInSeconds) runs exactly once.
+/// The token's lifetime is the behaviour under test, so this waits for two renewals (~17 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_devices_renew_before_expiry_spread_in_time_and_a_call_in_the_gap_gets_404103() {
+    const TTL: Duration = Duration::from_secs(10);
+    let mut devices = ids("renew", 19);
+    devices.push(("gap".to_owned(), 2));
+    let site = Site::start(
+        &devices,
+        "sas_ttl_s = 10\nmax_connects_per_s = 1000\nreconnect_min_ms = 100\nreconnect_max_ms = 1000\nconnect_timeout_s = 1",
+    )
+    .await;
+    let mut events = site.emu.events();
+    let disconnects = tokio::spawn(async move {
+        let mut reasons = Vec::new();
+        loop {
+            match events.recv().await {
+                Ok(Event::Disconnected { device, reason, .. }) => reasons.push((device, reason)),
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    panic!("missed {n} events")
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return reasons,
+            }
+        }
+    });
+
+    // "gap" renews into a hub that does not answer its CONNECT for a while: its renewal gap
+    // stays open until the stall is cleared.
+    let stall = site
+        .emu
+        .inject_fault(Fault::Stall(Target::devices(["gap"])), None)
+        .await;
+    let gone = site.emu.wait_for("gap", TTL, |s| !s.online).await.unwrap();
+    assert_eq!(
+        gone.last_disconnect,
+        Some(DisconnectReason::ClientDisconnect)
+    );
+    let asked = Instant::now();
+    let refused = site
+        .emu
+        .invoke(
+            "gap",
+            MethodCall::new("get", json!(null)).response_timeout(5),
+        )
+        .await;
+    assert_eq!(refused, Err(InvokeError::DeviceNotOnline));
+    assert_eq!(refused.unwrap_err().error_code(), 404_103);
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "404103 took {:?}",
+        asked.elapsed()
+    );
+    // A caller willing to wait for the device gets its answer once the gap closes.
+    let patient = MethodCall::new("get", json!(null))
+        .response_timeout(5)
+        .connect_timeout(10);
+    let (patient, ()) = tokio::join!(site.emu.invoke("gap", patient), async {
+        // Leave the gap open until a stalled renewal attempt was given up and retried.
+        site.emu
+            .wait_connect_attempts(WAIT, |a| {
+                attempts_of(a, "gap").iter().any(|a| a.closed_at.is_some())
+            })
+            .await
+            .unwrap();
+        assert!(site.emu.clear_fault(stall).await);
+    });
+    assert_eq!(patient.map(|r| r.status), Ok(200));
+    let gap_requests = site.regs.requests().iter().filter(|r| r.unit == 2).count();
+    assert_eq!(
+        gap_requests, 1,
+        "the refused call must never run, the patient one once"
+    );
+    let gap = site.emu.device_stats("gap");
+    assert_eq!((gap.method_requests, gap.method_responses), (1, 1));
+
+    // Two renewals of every other device.
+    for (id, _) in &devices[..19] {
+        site.emu
+            .wait_for(id, Duration::from_secs(25), |s| {
+                s.connects_accepted >= 3 && s.methods_subscribed
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let attempts = site.emu.connect_attempts();
+    let mut starts = Vec::new();
+    let mut renewals = [Vec::new(), Vec::new()];
+    for (id, _) in &devices[..19] {
+        let accepted: Vec<&ConnectAttempt> = attempts_of(&attempts, id)
+            .into_iter()
+            .filter(|a| a.outcome == AttemptOutcome::Accepted)
+            .collect();
+        assert!(accepted.len() >= 3, "{id}: {accepted:?}");
+        for (round, pair) in accepted[..3].windows(2).enumerate() {
+            // renew_at is set as the attempt starts, just before its TCP accept.
+            let after = pair[1].tcp_at - pair[0].tcp_at;
+            assert!(
+                after >= TTL.mul_f64(0.74) && after <= TTL.mul_f64(0.9),
+                "{id} renewed {after:?} into a {TTL:?} token"
+            );
+            renewals[round].push(pair[1].connect_at.unwrap());
+        }
+        starts.push(accepted[0].connect_at.unwrap());
+        let stats = site.emu.device_stats(id);
+        assert_eq!(stats.connects_refused, 0, "{id}");
+    }
+    let window = Duration::from_millis(100);
+    let span = |times: &[Instant]| *times.iter().max().unwrap() - *times.iter().min().unwrap();
+    eprintln!(
+        "19 devices: connected within {} ms (at most {} in 100 ms); first renewals over {} ms (at most {} in 100 ms), second over {} ms (at most {} in 100 ms)",
+        ms(span(&starts)),
+        max_in_window(&starts, window),
+        ms(span(&renewals[0])),
+        max_in_window(&renewals[0], window),
+        ms(span(&renewals[1])),
+        max_in_window(&renewals[1], window),
+    );
+    // Uniform over a 1 s band: more than half of 19 in one 100 ms window has p < 1e-3.
+    for round in &renewals {
+        assert!(
+            max_in_window(round, window) <= 9,
+            "renewals bunched: {round:?}"
+        );
+    }
+
+    drop(site);
+    let reasons = disconnects.await.unwrap();
+    assert!(
+        !reasons
+            .iter()
+            .any(|(_, reason)| *reason == DisconnectReason::TokenExpired),
+        "the hub cut a device off for an expired token: {reasons:?}"
+    );
+    // Every renewal ended its connection with DISCONNECT.
+    let renewals_seen = reasons
+        .iter()
+        .filter(|(device, reason)| device != "gap" && *reason == DisconnectReason::ClientDisconnect)
+        .count();
+    assert!(renewals_seen >= 2 * 19, "{reasons:?}");
 }
