@@ -684,16 +684,13 @@ impl Session<'_> {
                     "malformed method response topic {topic:?}"
                 ))
             })?;
-            // Recorded before the waiting call can wake: a test that awaits the caller sees
-            // the response in the history too.
+            // Recorded before the waiting call wakes: a test that has its answer also finds the
+            // response in the history and the device's stats.
             self.shared
                 .history
                 .method_response(self.device_id, rid, status);
-            let accepted =
-                self.shared
-                    .methods
-                    .complete(self.device_id, rid, status, publish.payload.clone());
-            if !accepted {
+            let answer = self.shared.methods.take(self.device_id, rid);
+            if answer.is_none() {
                 log::debug!(
                     "emulator: device {} answered rid {rid} that has no live request; ignored",
                     self.device_id
@@ -704,8 +701,12 @@ impl Session<'_> {
                 rid,
                 status,
                 publish.qos as u8,
-                accepted,
+                answer.is_some(),
             );
+            if let Some(answer) = answer {
+                // The caller may have given up at this very moment; its timeout answers it.
+                let _ = answer.send(status, publish.payload.clone());
+            }
         } else if topic.starts_with("$iothub/twin/") {
             return Err(DisconnectReason::NotEmulated("device twin".to_owned()));
         } else if let Some(rest) = topic.strip_prefix("devices/") {
