@@ -18,6 +18,10 @@ mod emulator;
 /// The whole gateway end to end: emulator + simulated hardware + leafgate from a config file.
 mod gateway;
 
+/// Issue 5: hub faults (refused, closed, stalled, throttled connects; mass reconnects), SAS
+/// renewal across many devices, and method floods against the real binary's memory.
+mod faults;
+
 /// The real binary: `check` and `run` exit codes, SIGTERM, secrets kept out of the log.
 mod cli;
 

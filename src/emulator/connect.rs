@@ -64,11 +64,12 @@ pub(crate) struct Accepted<T> {
     pub(crate) handle: T,
 }
 
-/// The CONNACK code for a refusal: 1 for a protocol level other than 3.1.1, otherwise 5, which
-/// the hub sends for every auth or identity failure.
+/// The CONNACK code for a refusal: 1 for a protocol level other than 3.1.1, 3 for a throttled
+/// hub, otherwise 5, which the hub sends for every auth or identity failure.
 pub(crate) fn return_code(reason: &RefusalReason) -> ConnectReturnCode {
     match reason {
         RefusalReason::ProtocolVersion(_) => ConnectReturnCode::RefusedProtocolVersion,
+        RefusalReason::Throttled => ConnectReturnCode::ServiceUnavailable,
         _ => ConnectReturnCode::NotAuthorized,
     }
 }

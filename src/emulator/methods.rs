@@ -193,6 +193,16 @@ struct Waiter {
     tx: oneshot::Sender<DeviceResponse>,
 }
 
+/// A live request taken off the table by its response.
+pub(crate) struct Answer(Waiter);
+
+impl Answer {
+    /// Wakes the caller with the response; false if it stopped waiting meanwhile.
+    pub(crate) fn send(self, status: u16, body: Bytes) -> bool {
+        self.0.tx.send(DeviceResponse { status, body }).is_ok()
+    }
+}
+
 /// Outstanding requests by rid.
 pub(crate) struct Methods {
     next_rid: AtomicU64,
@@ -233,21 +243,24 @@ impl Methods {
         (PendingGuard { methods: self, rid }, rx)
     }
 
-    /// Hands a device's response to the waiting call. False (the response is ignored) when the
-    /// rid is unknown, already answered, expired, or belongs to another device's request.
-    pub(crate) fn complete(&self, device: &str, rid: &str, status: u16, body: Bytes) -> bool {
+    /// Takes the live request `rid` of `device` off the table, so that its response can be
+    /// counted before the caller wakes. `None` (the response is ignored) when the rid is unknown,
+    /// already answered, expired, or belongs to another device's request.
+    pub(crate) fn take(&self, device: &str, rid: &str) -> Option<Answer> {
         // The device must echo the rid byte for byte: "007" or "+7" do not answer request 7.
-        let Some(number) = rid.parse::<u64>().ok().filter(|n| n.to_string() == rid) else {
-            return false;
-        };
-        let waiter = {
-            let mut pending = lock(&self.pending);
-            match pending.get(&number) {
-                Some(waiter) if waiter.device == device => pending.remove(&number),
-                _ => None,
-            }
-        };
-        waiter.is_some_and(|waiter| waiter.tx.send(DeviceResponse { status, body }).is_ok())
+        let number = rid.parse::<u64>().ok().filter(|n| n.to_string() == rid)?;
+        let mut pending = lock(&self.pending);
+        match pending.get(&number) {
+            Some(waiter) if waiter.device == device => pending.remove(&number).map(Answer),
+            _ => None,
+        }
+    }
+
+    /// Hands a device's response to the waiting call; false when [`Methods::take`] finds none.
+    #[cfg(test)]
+    fn complete(&self, device: &str, rid: &str, status: u16, body: Bytes) -> bool {
+        self.take(device, rid)
+            .is_some_and(|answer| answer.send(status, body))
     }
 
     #[cfg(test)]
@@ -291,10 +304,17 @@ pub(crate) async fn invoke(
     );
     let deadline = Instant::now() + Duration::from_secs(call.response_timeout_s);
     let exchange = async {
-        conn.outbound
-            .send(outbound)
-            .await
-            .map_err(|_| InvokeError::DeviceNotOnline)?;
+        // Logged before it is queued, so that no response can arrive before its request.
+        shared.history.method_sent(
+            rid,
+            device,
+            &call.method_name,
+            Duration::from_secs(call.response_timeout_s),
+        );
+        if conn.outbound.send(outbound).await.is_err() {
+            shared.history.method_unsent(rid);
+            return Err(InvokeError::DeviceNotOnline);
+        }
         shared
             .registry
             .record_method_request(&entry, &call.method_name, rid);

@@ -44,6 +44,18 @@
 //!   bad body), 401003, 413001 (payload > 128 KB), 503001 (shutting down), with the
 //!   JSON-in-string error body and the `iothub-errorcode` header.
 //!
+//! # Fault hooks and records, for tests
+//! - [`Emulator::drop_all_connections`] and [`Emulator::drop_connection`] close connections as
+//!   the hub does (TCP close, no MQTT packet).
+//! - [`Emulator::inject_fault`] switches a [`Fault`] on, for every device or some
+//!   ([`Target`]), until cleared or for a given time: refuse at the TCP level (listener closed),
+//!   close TCP at once, stall (never CONNACK), hang up after CONNECT, CONNACK 5, or CONNACK 3 as
+//!   a throttled hub.
+//! - [`Emulator::connect_attempts`] lists every connection attempt with its times (TCP accept,
+//!   CONNECT) and outcome, to compute connect rates and backoff gaps;
+//!   [`Emulator::method_exchanges`] lists every method request with the time it was sent and
+//!   the time and status of every response to its rid. Both can be awaited.
+//!
 //! # Emulator choices where the hub's behaviour is undocumented
 //! - A device response body that is not JSON (or larger than 128 KB) answers the caller HTTP 502,
 //!   errorCode 502001, `iothub-errorcode: BadDeviceResponse` (the Node SDK maps 502 to
@@ -68,7 +80,9 @@
 //!   (the one service policy may do everything), Azure AD bearer tokens.
 //! - MQTT over WebSockets, AMQP, HTTPS device APIs. The service API is plain HTTP on loopback,
 //!   and optionally also HTTPS ([`EmulatorConfig::https_addr`]) with the same CA as MQTT.
-//! - Throttling and quotas (429001, 403002), connection-rate limits, the 1,000,000-device limit.
+//! - Throttling and quotas (429001, 403002), connection-rate limits and the 1,000,000-device
+//!   limit are not enforced by themselves; a test can only inject a throttled hub
+//!   ([`Fault::Throttle`]: CONNACK 3).
 //! - IoT Edge gateway semantics, DPS, the registry REST API (devices are added in process), ETags
 //!   and request-id headers, any other service API route.
 
@@ -76,6 +90,8 @@ mod cli;
 mod client;
 mod connect;
 mod error;
+mod faults;
+mod history;
 mod http;
 mod methods;
 mod mqtt;
@@ -101,6 +117,8 @@ use registry::{Registry, lock};
 pub use cli::{DeviceArg, EmulatorArgs, run_cli};
 pub use client::{ClientError, ServiceClient, ServiceResponse};
 pub use error::{Error, WaitTimeout};
+pub use faults::{Fault, FaultId, Target};
+pub use history::{AttemptOutcome, ConnectAttempt, MAX_RECORDS, MethodExchange};
 pub use methods::{
     InvokeError, MAX_CONNECT_TIMEOUT_S, MAX_METHOD_PAYLOAD, MethodCall, MethodResult,
     RESPONSE_TIMEOUT_RANGE_S,
@@ -162,6 +180,12 @@ pub(crate) struct Shared {
     pub(crate) service_policy: (String, Key),
     pub(crate) registry: Registry,
     pub(crate) methods: methods::Methods,
+    /// Faults injected by tests, consulted for every connection attempt.
+    pub(crate) faults: faults::Faults,
+    /// Time-stamped connection attempts and method exchanges.
+    pub(crate) history: history::History,
+    /// Whether the MQTT listener is bound (false while a [`Fault::RefuseTcp`] holds it closed).
+    pub(crate) listening: watch::Sender<bool>,
     /// Cancelled once, at shutdown; every task watches it.
     pub(crate) shutdown: CancellationToken,
     /// Parent of every connection's token; replaced by [`Emulator::drop_all_connections`], so
@@ -251,6 +275,9 @@ impl Emulator {
             service_policy: config.service_policy,
             registry: Registry::new(),
             methods: methods::Methods::new(),
+            faults: faults::Faults::new(),
+            history: history::History::new(),
+            listening: watch::Sender::new(true),
             generation: Mutex::new(shutdown.child_token()),
             shutdown,
         });
@@ -258,6 +285,7 @@ impl Emulator {
         let acceptor = TlsAcceptor::from(certs.server_config);
         tokio::spawn(mqtt::run(
             mqtt_listener,
+            mqtt_addr,
             acceptor.clone(),
             Arc::clone(&shared),
             done_tx.clone(),
@@ -441,6 +469,147 @@ impl Emulator {
     /// hub does), including ones still in their TLS handshake. Devices may reconnect at once.
     pub fn drop_all_connections(&self) {
         self.shared.drop_all_connections();
+    }
+
+    /// Fault hook: closes one device's connection (TCP close, no MQTT packet), recorded as
+    /// [`DisconnectReason::Dropped`]. False if it had none.
+    pub fn drop_connection(&self, id: &str) -> bool {
+        self.shared.registry.drop_connection(id)
+    }
+
+    /// Fault hook: from now on, connection attempts meet `fault` (see [`Fault`] for each kind),
+    /// until [`Emulator::clear_fault`] or, with `lasting`, for that long. Connections already
+    /// attached stay up. When several faults apply, the oldest wins. Returns once the fault is
+    /// in force: for [`Fault::RefuseTcp`], once the listener is closed.
+    pub async fn inject_fault(&self, fault: Fault, lasting: Option<Duration>) -> FaultId {
+        log::info!("emulator: injecting fault {fault:?} for {lasting:?}");
+        let refuse_tcp = fault == Fault::RefuseTcp;
+        let id = self.shared.faults.inject(fault, lasting);
+        if refuse_tcp {
+            self.await_listening(false).await;
+        }
+        id
+    }
+
+    /// Ends an injected fault; false if it had already ended. Devices it stalled are closed.
+    /// Returns once the listener is open again if no [`Fault::RefuseTcp`] remains.
+    pub async fn clear_fault(&self, id: FaultId) -> bool {
+        let cleared = self.shared.faults.clear(id);
+        if self.shared.faults.refuse_tcp().is_none() {
+            self.await_listening(true).await;
+        }
+        cleared
+    }
+
+    /// Ends every injected fault; returns once the listener is open.
+    pub async fn clear_faults(&self) {
+        self.shared.faults.clear_all();
+        self.await_listening(true).await;
+    }
+
+    /// Waits (up to 5 s, or until shutdown) for the accept loop to have the listener in `state`.
+    async fn await_listening(&self, state: bool) {
+        let mut listening = self.shared.listening.subscribe();
+        tokio::select! {
+            () = self.shared.shutdown.cancelled() => {}
+            _ = tokio::time::timeout(SHUTDOWN_GRACE, listening.wait_for(|open| *open == state)) => {}
+        }
+    }
+
+    /// The injected faults in force now, oldest first.
+    #[must_use]
+    pub fn active_faults(&self) -> Vec<(FaultId, Fault)> {
+        self.shared.faults.active()
+    }
+
+    /// Every connection attempt so far (the newest [`MAX_RECORDS`]), in the order their outcome
+    /// was decided: accepted, refused, faulted, or closed before a CONNECT.
+    #[must_use]
+    pub fn connect_attempts(&self) -> Vec<ConnectAttempt> {
+        self.shared.history.attempts()
+    }
+
+    /// Waits until the connection attempts satisfy `predicate` (checked at once, then on every
+    /// new or updated attempt); returns them.
+    ///
+    /// # Errors
+    /// [`WaitTimeout`] (its `last` stats are those of no device) when `timeout` passes first.
+    pub async fn wait_connect_attempts(
+        &self,
+        timeout: Duration,
+        mut predicate: impl FnMut(&[ConnectAttempt]) -> bool,
+    ) -> Result<Vec<ConnectAttempt>, WaitTimeout> {
+        let mut changes = self.shared.history.attempts_changed();
+        let found = tokio::time::timeout(timeout, async {
+            loop {
+                changes.borrow_and_update();
+                // The predicate runs under the log's lock; a copy is made only once it holds.
+                let done = self
+                    .shared
+                    .history
+                    .with_attempts(|records| predicate(records).then(|| records.to_vec()));
+                if done.is_some() {
+                    return done;
+                }
+                if changes.changed().await.is_err() {
+                    return None;
+                }
+            }
+        })
+        .await;
+        match found {
+            Ok(Some(attempts)) => Ok(attempts),
+            Ok(None) | Err(_) => Err(WaitTimeout {
+                device: "(connect attempts)".to_owned(),
+                timeout,
+                last: DeviceStats::default(),
+            }),
+        }
+    }
+
+    /// Every direct-method request sent to a device so far (the newest [`MAX_RECORDS`]), with
+    /// the responses published for it.
+    #[must_use]
+    pub fn method_exchanges(&self) -> Vec<MethodExchange> {
+        self.shared.history.methods()
+    }
+
+    /// Waits until the method exchanges satisfy `predicate` (checked at once, then on every
+    /// request and response); returns them.
+    ///
+    /// # Errors
+    /// [`WaitTimeout`] (its `last` stats are those of no device) when `timeout` passes first.
+    pub async fn wait_method_exchanges(
+        &self,
+        timeout: Duration,
+        mut predicate: impl FnMut(&[MethodExchange]) -> bool,
+    ) -> Result<Vec<MethodExchange>, WaitTimeout> {
+        let mut changes = self.shared.history.methods_changed();
+        let found = tokio::time::timeout(timeout, async {
+            loop {
+                changes.borrow_and_update();
+                // The predicate runs under the log's lock; a copy is made only once it holds.
+                let done = self
+                    .shared
+                    .history
+                    .with_methods(|records| predicate(records).then(|| records.to_vec()));
+                if done.is_some() {
+                    return done;
+                }
+                if changes.changed().await.is_err() {
+                    return None;
+                }
+            }
+        })
+        .await;
+        match found {
+            Ok(Some(exchanges)) => Ok(exchanges),
+            Ok(None) | Err(_) => Err(WaitTimeout {
+                device: "(method exchanges)".to_owned(),
+                timeout,
+                last: DeviceStats::default(),
+            }),
+        }
     }
 
     /// Stops accepting, closes every connection, fails calls in flight with 503, and waits (up

@@ -25,9 +25,12 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
+use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use super::connect::{self, Accepted};
+use super::faults::{Active, Fault};
+use super::history::AttemptOutcome;
 use super::registry::{Connection, DeviceEntry, DisconnectReason, Outbound, Subscription};
 use super::wire::ConnectRecord;
 use crate::hub::topics;
@@ -124,28 +127,85 @@ fn expiry_instant(se: u64) -> Instant {
     Instant::now() + left.min(Duration::from_secs(10 * 365 * 24 * 3600))
 }
 
-/// Accepts device connections until shutdown, one task each.
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Accepts device connections until shutdown, one task each. While a [`Fault::RefuseTcp`] is
+/// active the listening socket is closed (the kernel refuses connections); `addr` is bound again
+/// when it ends.
 pub(crate) async fn run(
     listener: TcpListener,
+    addr: SocketAddr,
     acceptor: TlsAcceptor,
     shared: Arc<Shared>,
     done: mpsc::Sender<()>,
 ) {
+    let mut listener = Some(listener);
+    let mut faults = shared.faults.subscribe();
     loop {
+        faults.borrow_and_update();
+        if let Some(active) = shared.faults.refuse_tcp() {
+            if listener.take().is_some() {
+                log::info!("emulator: mqtt listener on {addr} closed by an injected fault");
+                shared.listening.send_replace(false);
+            }
+            tokio::select! {
+                biased;
+                () = shared.shutdown.cancelled() => break,
+                _ = faults.changed() => {}
+                () = sleep_until_some(active.until) => {}
+            }
+            continue;
+        }
+        let current = match &mut listener {
+            Some(current) => current,
+            None => match TcpListener::bind(addr).await {
+                Ok(bound) => {
+                    log::info!("emulator: mqtt listener on {addr} open again");
+                    shared.listening.send_replace(true);
+                    listener.insert(bound)
+                }
+                Err(e) => {
+                    // Someone took the port meanwhile (unlikely on loopback); keep trying.
+                    log::warn!("emulator: cannot bind the mqtt listener on {addr} again: {e}");
+                    tokio::select! {
+                        () = shared.shutdown.cancelled() => break,
+                        () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    }
+                    continue;
+                }
+            },
+        };
         let accepted = tokio::select! {
             biased;
             () = shared.shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
+            _ = faults.changed() => continue,
+            accepted = current.accept() => accepted,
         };
         match accepted {
             Ok((tcp, peer)) => {
+                let tcp_at = Instant::now();
+                if shared.faults.close_tcp() {
+                    // RST rather than FIN: the connection is refused, not ended.
+                    let _ = tcp.set_zero_linger();
+                    drop(tcp);
+                    shared
+                        .history
+                        .attempt(tcp_at, None, None, AttemptOutcome::ClosedTcp);
+                    continue;
+                }
                 // Small request/response packets: do not wait for Nagle.
                 let _ = tcp.set_nodelay(true);
                 let shared = Arc::clone(&shared);
                 let acceptor = acceptor.clone();
                 let done = done.clone();
                 tokio::spawn(async move {
-                    serve(&shared, acceptor, tcp, peer).await;
+                    serve(&shared, acceptor, tcp, peer, tcp_at).await;
                     drop(done);
                 });
             }
@@ -273,11 +333,25 @@ impl Link {
 }
 
 /// One device connection, from TLS handshake to close.
-async fn serve(shared: &Shared, acceptor: TlsAcceptor, tcp: TcpStream, peer: SocketAddr) {
+async fn serve(
+    shared: &Shared,
+    acceptor: TlsAcceptor,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    tcp_at: Instant,
+) {
     let kill = shared.connection_token();
+    let no_connect = || {
+        shared
+            .history
+            .attempt(tcp_at, None, None, AttemptOutcome::NoConnect);
+    };
     let handshake = tokio::select! {
         biased;
-        () = kill.cancelled() => return,
+        () = kill.cancelled() => {
+            no_connect();
+            return;
+        }
         handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)) => handshake,
     };
     let (mut link, tls_version) = match handshake {
@@ -291,10 +365,12 @@ async fn serve(shared: &Shared, acceptor: TlsAcceptor, tcp: TcpStream, peer: Soc
         }
         Ok(Err(e)) => {
             log::debug!("emulator: mqtt {peer}: tls handshake failed: {e}");
+            no_connect();
             return;
         }
         Err(_) => {
             log::debug!("emulator: mqtt {peer}: tls handshake timed out");
+            no_connect();
             return;
         }
     };
@@ -306,8 +382,11 @@ async fn serve(shared: &Shared, acceptor: TlsAcceptor, tcp: TcpStream, peer: Soc
             Ok(Ok(other)) => Err(Some(format!("first packet is {}, not CONNECT", packet_name(&other)))),
             Ok(Err(LinkError::Malformed(mqttbytes::Error::InvalidProtocolLevel(level)))) => {
                 // MQTT 3.1.1 section 3.2.2.3: answer 0x01 and close.
-                refuse(shared, &mut link, "", &super::RefusalReason::ProtocolVersion(level)).await;
-                Err(None)
+                let reason = super::RefusalReason::ProtocolVersion(level);
+                refuse(shared, &mut link, "", &reason).await;
+                shared.history.attempt(tcp_at, Some(Instant::now()), None, AttemptOutcome::Refused(reason));
+                link.close().await;
+                return;
             }
             Ok(Err(e)) => Err(Some(e.to_string())),
             Err(_) => Err(Some("no CONNECT within 10 s".to_owned())),
@@ -319,14 +398,48 @@ async fn serve(shared: &Shared, acceptor: TlsAcceptor, tcp: TcpStream, peer: Soc
             if let Some(why) = why {
                 log::debug!("emulator: mqtt {peer}: {why}");
             }
+            no_connect();
             link.close().await;
             return;
         }
+    };
+    let connect_at = Instant::now();
+    let attempt = |outcome| {
+        shared.history.attempt(
+            tcp_at,
+            Some(connect_at),
+            Some(connect.client_id.clone()),
+            outcome,
+        )
     };
     // Never log `connect` itself: it holds the SAS token. The record keeps only its shape.
     let mut record = ConnectRecord::new(&connect);
     record.tls_version = tls_version;
     shared.registry.record_connect(record);
+    if let Some(active) = shared.faults.on_connect(&connect.client_id) {
+        let refusal = match &active.fault {
+            Fault::Refuse(_) => Some(super::RefusalReason::Injected),
+            Fault::Throttle(_) => Some(super::RefusalReason::Throttled),
+            Fault::Stall(_) | Fault::Hangup(_) | Fault::RefuseTcp | Fault::CloseTcp => None,
+        };
+        if let Some(reason) = refusal {
+            refuse(shared, &mut link, &connect.client_id, &reason).await;
+            attempt(AttemptOutcome::Refused(reason));
+        } else {
+            let seq = attempt(AttemptOutcome::Faulted(active.fault.clone()));
+            if matches!(active.fault, Fault::Stall(_)) {
+                stall(shared, &mut link, &kill, &connect.client_id, &active).await;
+                shared.history.attempt_closed(seq);
+            }
+            log::debug!(
+                "emulator: mqtt {peer}: CONNECT from {:?} met an injected fault: {:?}",
+                connect.client_id,
+                active.fault
+            );
+        }
+        link.close().await;
+        return;
+    }
     let accepted = connect::authenticate(&connect, &shared.host_name, unix_now(), |id| {
         shared.registry.device_key(id)
     });
@@ -338,6 +451,7 @@ async fn serve(shared: &Shared, acceptor: TlsAcceptor, tcp: TcpStream, peer: Soc
         Ok(accepted) => accepted,
         Err(reason) => {
             refuse(shared, &mut link, &connect.client_id, &reason).await;
+            attempt(AttemptOutcome::Refused(reason));
             link.close().await;
             return;
         }
@@ -355,10 +469,12 @@ async fn serve(shared: &Shared, acceptor: TlsAcceptor, tcp: TcpStream, peer: Soc
         Ok(resumed) => resumed,
         Err(reason) => {
             refuse(shared, &mut link, &device_id, &reason).await;
+            attempt(AttemptOutcome::Refused(reason));
             link.close().await;
             return;
         }
     };
+    attempt(AttemptOutcome::Accepted);
     log::debug!(
         "emulator: mqtt {peer}: device {device_id} connected (connection {})",
         conn.id
@@ -401,6 +517,37 @@ async fn serve(shared: &Shared, acceptor: TlsAcceptor, tcp: TcpStream, peer: Soc
     }
     shared.registry.detach(&entry, conn.id, &reason);
     link.close().await;
+}
+
+/// Holds a stalled CONNECT: reads (and drops) whatever the device sends, answers nothing, until
+/// the device closes, the connection is dropped, or the fault ends.
+async fn stall(
+    shared: &Shared,
+    link: &mut Link,
+    kill: &CancellationToken,
+    client_id: &str,
+    active: &Active,
+) {
+    let mut faults = shared.faults.subscribe();
+    loop {
+        faults.borrow_and_update();
+        if !shared.faults.still(active, client_id) {
+            return;
+        }
+        tokio::select! {
+            biased;
+            () = kill.cancelled() => return,
+            () = sleep_until_some(active.until) => return,
+            _ = faults.changed() => {}
+            filled = link.fill() => {
+                if filled.is_err() {
+                    return;
+                }
+                // Nothing is answered before a CONNACK; keep the buffer from growing.
+                link.rbuf.clear();
+            }
+        }
+    }
 }
 
 /// Records a refusal and sends the CONNACK for it.
@@ -537,11 +684,13 @@ impl Session<'_> {
                     "malformed method response topic {topic:?}"
                 ))
             })?;
-            let accepted =
-                self.shared
-                    .methods
-                    .complete(self.device_id, rid, status, publish.payload.clone());
-            if !accepted {
+            // Recorded before the waiting call wakes: a test that has its answer also finds the
+            // response in the history and the device's stats.
+            self.shared
+                .history
+                .method_response(self.device_id, rid, status);
+            let answer = self.shared.methods.take(self.device_id, rid);
+            if answer.is_none() {
                 log::debug!(
                     "emulator: device {} answered rid {rid} that has no live request; ignored",
                     self.device_id
@@ -552,8 +701,12 @@ impl Session<'_> {
                 rid,
                 status,
                 publish.qos as u8,
-                accepted,
+                answer.is_some(),
             );
+            if let Some(answer) = answer {
+                // The caller may have given up at this very moment; its timeout answers it.
+                let _ = answer.send(status, publish.payload.clone());
+            }
         } else if topic.starts_with("$iothub/twin/") {
             return Err(DisconnectReason::NotEmulated("device twin".to_owned()));
         } else if let Some(rest) = topic.strip_prefix("devices/") {

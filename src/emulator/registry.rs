@@ -34,7 +34,7 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Why a CONNECT was refused. The hub answers CONNACK 5 for all of these except
-/// [`RefusalReason::ProtocolVersion`] (CONNACK 1); the reason itself only exists here, for tests.
+/// [`RefusalReason::ProtocolVersion`] (CONNACK 1) and [`RefusalReason::Throttled`] (CONNACK 3); the reason itself only exists here, for tests.
 /// Never carries the key or the token.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RefusalReason {
@@ -64,6 +64,13 @@ pub enum RefusalReason {
     PolicyToken,
     #[error("sas token rejected: {0}")]
     Token(TokenError),
+    /// A [`Fault::Refuse`](super::Fault::Refuse) injected by a test (CONNACK 5).
+    #[error("refused by an injected fault")]
+    Injected,
+    /// A [`Fault::Throttle`](super::Fault::Throttle) injected by a test: CONNACK 3 (server
+    /// unavailable), as a throttled hub answers.
+    #[error("hub is throttling connections (injected fault)")]
+    Throttled,
 }
 
 /// Why a device connection ended.
@@ -432,6 +439,21 @@ impl Registry {
         }
         entry.stats.send_modify(|stats| stats.enabled = enabled);
         true
+    }
+
+    /// Closes `id`'s current connection as [`DisconnectReason::Dropped`]; false if it has none.
+    pub(crate) fn drop_connection(&self, id: &str) -> bool {
+        let Some(entry) = self.existing(id) else {
+            return false;
+        };
+        let state = lock(&entry.state);
+        match &state.current {
+            Some(conn) => {
+                conn.kick(DisconnectReason::Dropped);
+                true
+            }
+            None => false,
+        }
     }
 
     /// The key of a registered, enabled device, for verifying its CONNECT.

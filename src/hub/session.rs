@@ -67,6 +67,16 @@ fn renewal_delay(ttl: Duration) -> Duration {
     backoff::jitter(ttl.mul_f64(0.75), ttl.mul_f64(0.85))
 }
 
+/// How long a connection must have been up (since its CONNACK) to count as stable, so that
+/// backoff starts afresh when it drops: as long as the longest backoff delay, at most 60 s.
+///
+/// This used to be a fixed 60 s counted from the start of the attempt, so a connect that
+/// stalled until a long `connect_timeout_s` also reset the backoff, and a test could not see a
+/// reset without a minute-long connection.
+fn stable_after(hub: &config::Hub) -> Duration {
+    hub.reconnect_max.min(Duration::from_secs(60))
+}
+
 /// A method reply on its way to the hub.
 struct Reply {
     topic: String,
@@ -106,8 +116,8 @@ pub async fn run(device: Arc<Device>, shared: Arc<Shared>, shutdown: Cancellatio
             () = shutdown.cancelled() => break,
             () = shared.pacer.acquire() => {}
         }
-        let connected_at = Instant::now();
-        match connect_once(&device, &shared, &shutdown, &mut work).await {
+        let (ended, up_for) = connect_once(&device, &shared, &shutdown, &mut work).await;
+        match ended {
             Ended::Shutdown => break,
             Ended::Renew => {
                 log::info!(device_id = &*id; "device {id}: reconnecting to renew its SAS token");
@@ -115,7 +125,7 @@ pub async fn run(device: Arc<Device>, shared: Arc<Shared>, shutdown: Cancellatio
             }
             Ended::Failed { error, refused } => {
                 // A connection that stayed up for a while was healthy: start backoff afresh.
-                if connected_at.elapsed() > Duration::from_secs(60) {
+                if up_for.is_some_and(|up| up >= stable_after(hub)) {
                     backoff.reset();
                 }
                 let delay = if refused {
@@ -160,12 +170,14 @@ fn describe(error: &ConnectionError) -> (String, bool) {
     }
 }
 
+/// One connection, from the attempt to its end; also returns how long it was up, if it got a
+/// CONNACK.
 async fn connect_once(
     device: &Arc<Device>,
     shared: &Arc<Shared>,
     shutdown: &CancellationToken,
     work: &mut Work,
-) -> Ended {
+) -> (Ended, Option<Duration>) {
     let hub = &shared.hub;
     let id = device.id.clone();
     let expiry = unix_now() + hub.sas_ttl.as_secs();
@@ -193,7 +205,7 @@ async fn connect_once(
     eventloop.set_network_options(net);
 
     let renew_at = Instant::now() + renewal_delay(hub.sas_ttl);
-    let mut connected = false;
+    let mut connected_at: Option<Instant> = None;
     let mut subscribed = false;
     let result = loop {
         tokio::select! {
@@ -202,7 +214,7 @@ async fn connect_once(
             Some(reply) = work.rx.recv(), if subscribed => publish(&id, &client, reply),
             event = eventloop.poll() => match event {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    connected = true;
+                    connected_at = Some(Instant::now());
                     if let Err(e) = client.try_subscribe(topics::METHODS_FILTER, QoS::AtMostOnce) {
                         break Ended::Failed { error: format!("cannot subscribe to methods: {e}"), refused: false };
                     }
@@ -234,14 +246,15 @@ async fn connect_once(
     }
     // Without a CONNACK there is nothing to close, and polling again would open a connection
     // the pacer never approved.
-    if connected {
+    let up_for = connected_at.map(|at| at.elapsed());
+    if up_for.is_some() {
         match result {
             Ended::Shutdown => drain(device, &client, &mut eventloop, work).await,
             Ended::Renew => disconnect(&client, &mut eventloop).await,
             Ended::Failed { .. } => {}
         }
     }
-    result
+    (result, up_for)
 }
 
 /// On shutdown: answer new requests 503, let methods in flight finish and publish their replies
