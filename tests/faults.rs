@@ -1175,16 +1175,15 @@ async fn a_flood_of_ten_times_what_the_bus_serves_is_answered_in_time_with_flat_
             per_s: 100,
             down_after: 3,
         },
-        // The circuit breaker is off here: it counts the timeouts of jobs that started with
-        // less time left than the unit needs, and marks this healthy unit down for 10 s (see
-        // the ignored test below).
+        // Jobs here often start with less time left than the unit needs; the circuit breaker
+        // must not count those cut-short timeouts (see the test below).
         FloodBus {
             id: "tight",
             service_ms: 200,
             queue: 8,
             deadline_ms: 1000,
             per_s: 50,
-            down_after: 0,
+            down_after: 3,
         },
     ];
     let mut result = flood(&buses, length).await;
@@ -1292,10 +1291,9 @@ async fn a_flood_of_ten_times_what_the_bus_serves_is_answered_in_time_with_flat_
 /// than the unit needs to answer; each one times out at its deadline, and the circuit breaker
 /// counts those timeouts as the unit's, marking a healthy unit down for `down_for_ms` (10 s),
 /// during which every call gets 503. A timeout cut short by the method's deadline says nothing
-/// about the unit and should not count towards `down_after`. The fix belongs in
-/// src/bus/actor.rs; until then this fails.
+/// about the unit and must not count towards `down_after` (fixed in src/bus/actor.rs,
+/// `record_health`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug: the circuit breaker counts timeouts cut short by a method deadline (src/bus/actor.rs)"]
 async fn a_flood_never_marks_a_healthy_unit_down() {
     let bus = FloodBus {
         id: "tight",
