@@ -77,6 +77,10 @@ fn options(emu: &Emulator, id: &str, key: &Key, tls: Arc<rustls::ClientConfig>) 
 /// Answers every method request with 200 and `body`, until aborted; reconnects after errors.
 async fn respond(options: MqttOptions, body: bytes::Bytes) {
     let (client, mut eventloop) = AsyncClient::new(options, 256);
+    // The floor is the best a responder can do: no Nagle delay on its small replies.
+    let mut net = eventloop.network_options();
+    net.set_tcp_nodelay(true);
+    eventloop.set_network_options(net);
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {

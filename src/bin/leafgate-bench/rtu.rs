@@ -76,6 +76,9 @@ pub struct Line {
     pub excess: Summary,
     /// Request read → reply written by the sim (its own timer adds to the configured delay).
     pub turnaround: Summary,
+    /// How late `tokio::time::sleep(frame_gap)` wakes up on this machine, on a multi-threaded
+    /// runtime like leafgate's: the part of the excess that comes from the timer alone.
+    pub tokio_sleep_overshoot: Summary,
     pub machine: Machine,
 }
 
@@ -340,6 +343,9 @@ pub async fn run(args: Args) -> Result<Report> {
         line.recorder.on.store(false, Ordering::Relaxed);
         let after = Snapshot::take();
         gate.check_alive()?;
+        let overshoot = tokio::spawn(sleep_overshoot(gap, 300))
+            .await
+            .context("timer probe failed")?;
         let events = line.recorder.take();
         let (gap_samples, turnarounds) = gaps(&events);
         let gap_us = gap.as_secs_f64() * 1e6;
@@ -360,6 +366,7 @@ pub async fn run(args: Args) -> Result<Report> {
             gap: summary,
             excess,
             turnaround: Summary::of(&turnarounds),
+            tokio_sleep_overshoot: overshoot,
             machine: Machine::between(&before, &after, Some(gate.pid())),
         });
     }
@@ -377,6 +384,18 @@ pub async fn run(args: Args) -> Result<Report> {
         leafgate_exit_code: exit,
         passed,
     })
+}
+
+/// How late `tokio::time::sleep(d)` returns, over `n` sleeps (leafgate waits out the frame gap
+/// with such a sleep; tokio's timer wheel has millisecond slots).
+async fn sleep_overshoot(d: Duration, n: usize) -> Summary {
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let start = Instant::now();
+        tokio::time::sleep(d).await;
+        samples.push(start.elapsed().saturating_sub(d));
+    }
+    Summary::of(&samples)
 }
 
 /// `concurrency` callers, each calling the next device as soon as its previous call returned,
@@ -440,12 +459,12 @@ pub fn render(r: &Report) -> String {
     );
     let _ = writeln!(
         out,
-        "| baud | frame gap | turnaround (set / measured p50) | exchanges/s | methods ok / errors | gap p50 | gap p99 | excess p50 | excess p90 | excess p99 | excess max |\n|---|---|---|---|---|---|---|---|---|---|---|"
+        "| baud | frame gap | turnaround (set / measured p50) | exchanges/s | methods ok / errors | gap p50 | gap p99 | excess p50 | excess p90 | excess p99 | excess max | tokio sleep(gap) overshoot p50 / p99 |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for l in &r.lines {
         let _ = writeln!(
             out,
-            "| {} | {} | {} / {} | {:.1} | {} / {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} / {} | {:.1} | {} / {} | {} | {} | {} | {} | {} | {} | {} / {} |",
             l.baud,
             ms(l.frame_gap_us),
             l.turnaround_ms,
@@ -458,7 +477,9 @@ pub fn render(r: &Report) -> String {
             ms(l.excess.p50_us),
             ms(l.excess.p90_us),
             ms(l.excess.p99_us),
-            ms(l.excess.max_us)
+            ms(l.excess.max_us),
+            ms(l.tokio_sleep_overshoot.p50_us),
+            ms(l.tokio_sleep_overshoot.p99_us)
         );
     }
     let _ = writeln!(out);
