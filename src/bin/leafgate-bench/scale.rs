@@ -218,10 +218,10 @@ pub async fn run(args: Args) -> Result<Report> {
     if n == 0 || !(1..=247).contains(&args.units_per_endpoint) {
         bail!("--devices must be > 0 and --units-per-endpoint within 1..=247");
     }
-    // leafgate: one socket per device and per endpoint; the harness: the emulator's side of
-    // each, the floor's two ends, the simulators' sockets. Plus slack for files and the runtime.
-    let want =
-        (2 * n + 4 * args.floor_devices + 2 * n.div_ceil(args.units_per_endpoint) + 1024) as u64;
+    // The limit is per process and the child inherits it. leafgate: one socket per device and
+    // per endpoint. The harness: the emulator's end of each device connection, both ends of each
+    // floor connection, the simulators' listeners and connections. Plus slack for the rest.
+    let want = (n + 2 * args.floor_devices + 2 * n.div_ceil(args.units_per_endpoint) + 1024) as u64;
     let nofile = child::raise_nofile(want)?;
     if nofile < want {
         bail!(
