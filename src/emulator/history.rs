@@ -146,6 +146,33 @@ impl<T: Clone> Ring<T> {
     fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
     }
+
+    /// Waits until `predicate` holds for the records (checked at once, then on every change)
+    /// and returns a copy of them; `None` when `timeout` passes first. The predicate runs under
+    /// the lock; the copy is made only once it holds.
+    async fn wait_until(
+        &self,
+        timeout: Duration,
+        mut predicate: impl FnMut(&[T]) -> bool,
+    ) -> Option<Vec<T>>
+    where
+        T: Clone,
+    {
+        let mut changes = self.subscribe();
+        let wait = async {
+            loop {
+                changes.borrow_and_update();
+                let done = self.with(|records| predicate(records).then(|| records.to_vec()));
+                if done.is_some() {
+                    return done;
+                }
+                if changes.changed().await.is_err() {
+                    return None;
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.ok().flatten()
+    }
 }
 
 pub(crate) struct History {
@@ -188,16 +215,20 @@ impl History {
         self.connects.snapshot()
     }
 
-    pub(crate) fn with_attempts<R>(&self, f: impl FnOnce(&[ConnectAttempt]) -> R) -> R {
-        self.connects.with(f)
+    pub(crate) async fn wait_attempts(
+        &self,
+        timeout: Duration,
+        predicate: impl FnMut(&[ConnectAttempt]) -> bool,
+    ) -> Option<Vec<ConnectAttempt>> {
+        self.connects.wait_until(timeout, predicate).await
     }
 
-    pub(crate) fn with_methods<R>(&self, f: impl FnOnce(&[MethodExchange]) -> R) -> R {
-        self.methods.with(f)
-    }
-
-    pub(crate) fn attempts_changed(&self) -> watch::Receiver<u64> {
-        self.connects.subscribe()
+    pub(crate) async fn wait_methods(
+        &self,
+        timeout: Duration,
+        predicate: impl FnMut(&[MethodExchange]) -> bool,
+    ) -> Option<Vec<MethodExchange>> {
+        self.methods.wait_until(timeout, predicate).await
     }
 
     pub(crate) fn method_sent(
@@ -249,9 +280,5 @@ impl History {
 
     pub(crate) fn methods(&self) -> Vec<MethodExchange> {
         self.methods.snapshot()
-    }
-
-    pub(crate) fn methods_changed(&self) -> watch::Receiver<u64> {
-        self.methods.subscribe()
     }
 }

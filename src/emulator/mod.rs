@@ -163,6 +163,15 @@ impl Default for EmulatorConfig {
     }
 }
 
+/// The timeout of a wait on one of the emulator's logs, which belong to no single device.
+fn log_timeout(what: &str, timeout: Duration) -> WaitTimeout {
+    WaitTimeout {
+        device: what.to_owned(),
+        timeout,
+        last: DeviceStats::default(),
+    }
+}
+
 /// A random 32-byte key, as the portal generates them.
 #[must_use]
 pub fn random_key() -> Key {
@@ -537,34 +546,10 @@ impl Emulator {
     pub async fn wait_connect_attempts(
         &self,
         timeout: Duration,
-        mut predicate: impl FnMut(&[ConnectAttempt]) -> bool,
+        predicate: impl FnMut(&[ConnectAttempt]) -> bool,
     ) -> Result<Vec<ConnectAttempt>, WaitTimeout> {
-        let mut changes = self.shared.history.attempts_changed();
-        let found = tokio::time::timeout(timeout, async {
-            loop {
-                changes.borrow_and_update();
-                // The predicate runs under the log's lock; a copy is made only once it holds.
-                let done = self
-                    .shared
-                    .history
-                    .with_attempts(|records| predicate(records).then(|| records.to_vec()));
-                if done.is_some() {
-                    return done;
-                }
-                if changes.changed().await.is_err() {
-                    return None;
-                }
-            }
-        })
-        .await;
-        match found {
-            Ok(Some(attempts)) => Ok(attempts),
-            Ok(None) | Err(_) => Err(WaitTimeout {
-                device: "(connect attempts)".to_owned(),
-                timeout,
-                last: DeviceStats::default(),
-            }),
-        }
+        let found = self.shared.history.wait_attempts(timeout, predicate).await;
+        found.ok_or_else(|| log_timeout("(connect attempts)", timeout))
     }
 
     /// Every direct-method request sent to a device so far (the newest [`MAX_RECORDS`]), with
@@ -582,34 +567,10 @@ impl Emulator {
     pub async fn wait_method_exchanges(
         &self,
         timeout: Duration,
-        mut predicate: impl FnMut(&[MethodExchange]) -> bool,
+        predicate: impl FnMut(&[MethodExchange]) -> bool,
     ) -> Result<Vec<MethodExchange>, WaitTimeout> {
-        let mut changes = self.shared.history.methods_changed();
-        let found = tokio::time::timeout(timeout, async {
-            loop {
-                changes.borrow_and_update();
-                // The predicate runs under the log's lock; a copy is made only once it holds.
-                let done = self
-                    .shared
-                    .history
-                    .with_methods(|records| predicate(records).then(|| records.to_vec()));
-                if done.is_some() {
-                    return done;
-                }
-                if changes.changed().await.is_err() {
-                    return None;
-                }
-            }
-        })
-        .await;
-        match found {
-            Ok(Some(exchanges)) => Ok(exchanges),
-            Ok(None) | Err(_) => Err(WaitTimeout {
-                device: "(method exchanges)".to_owned(),
-                timeout,
-                last: DeviceStats::default(),
-            }),
-        }
+        let found = self.shared.history.wait_methods(timeout, predicate).await;
+        found.ok_or_else(|| log_timeout("(method exchanges)", timeout))
     }
 
     /// Stops accepting, closes every connection, fails calls in flight with 503, and waits (up
