@@ -5,6 +5,7 @@
 //! cargo build --release --locked
 //! target/release/leafgate-bench scale --devices 1000 --rates 1000,5000 --json scale.json
 //! target/release/leafgate-bench rtu --json rtu.json
+//! scripts/soak.sh            # leafgate-bench soak: 200 devices, 30 minutes of faults
 //! ```
 //!
 //! Everything runs on this machine: the emulated IoT Hub (TLS), simulated Modbus hardware, the
@@ -19,6 +20,7 @@ mod load;
 mod procfs;
 mod rtu;
 mod scale;
+mod soak;
 mod stats;
 
 use std::path::Path;
@@ -46,6 +48,8 @@ enum Command {
     Scale(scale::Args),
     /// Gap leafgate leaves between frames on a busy Modbus RTU line (pty pair).
     Rtu(rtu::Args),
+    /// Long run under random hub drops, hardware outages and method load (`scripts/soak.sh`).
+    Soak(soak::Args),
 }
 
 fn main() -> ExitCode {
@@ -94,6 +98,13 @@ fn run(command: Command) -> Result<bool> {
             let json = args.json.clone();
             let report = runtime.block_on(rtu::run(args))?;
             println!("{context}\n\n{}", rtu::render(&report));
+            write_json(json.as_deref(), &report)?;
+            Ok(report.passed)
+        }
+        Command::Soak(args) => {
+            let json = args.json.clone();
+            let report = runtime.block_on(soak::run(args))?;
+            println!("{context}\n\n{}", soak::render(&report));
             write_json(json.as_deref(), &report)?;
             Ok(report.passed)
         }

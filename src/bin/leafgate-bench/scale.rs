@@ -150,7 +150,7 @@ pub struct Load {
 }
 
 /// Deterministic register contents: unit u's register i holds u × 100 + i.
-fn register_values(unit: u8) -> Vec<u16> {
+pub fn register_values(unit: u8) -> Vec<u16> {
     (0..10).map(|i| u16::from(unit) * 100 + i).collect()
 }
 
