@@ -43,6 +43,24 @@ pub fn raise_nofile(want: u64) -> Result<u64> {
     Ok(limit.rlim_max)
 }
 
+/// Has the kernel send `signal` to the child when the harness dies (`PR_SET_PDEATHSIG`), so
+/// that no child outlives a harness killed with SIGKILL. The signal comes when the *thread*
+/// that spawned the child ends: every caller spawns from the top-level future of `block_on`,
+/// i.e. the main thread, which lives as long as the process.
+pub fn die_with_parent(command: &mut Command, signal: libc::c_int) {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: the closure runs in the child between fork and exec and only calls prctl, which
+    // is async-signal-safe.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, signal) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// The `leafgate` binary next to this one (both are built by the same `cargo build`).
 pub fn default_binary() -> Result<PathBuf> {
     let me = std::env::current_exe().context("cannot find the harness's own path")?;
@@ -61,7 +79,10 @@ impl Leafgate {
         let stderr =
             File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
         let started = Instant::now();
-        let child = Command::new(binary)
+        let mut command = Command::new(binary);
+        // SIGTERM: leafgate drains and disconnects its devices as at any stop.
+        die_with_parent(&mut command, libc::SIGTERM);
+        let child = command
             .arg("run")
             .arg("-c")
             .arg(config)

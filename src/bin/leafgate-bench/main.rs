@@ -5,6 +5,7 @@
 //! cargo build --release --locked
 //! target/release/leafgate-bench scale --devices 1000 --rates 1000,5000 --json scale.json
 //! target/release/leafgate-bench rtu --json rtu.json
+//! target/release/leafgate-bench baseline --devices 50 --rates 100,500 --json baseline.json
 //! scripts/soak.sh            # leafgate-bench soak: 200 devices, 30 minutes of faults
 //! ```
 //!
@@ -14,6 +15,7 @@
 //! answered and leafgate exited cleanly, 1 errors (the report says which), 2 the run could not
 //! be carried out.
 
+mod baseline;
 mod child;
 mod floor;
 mod load;
@@ -46,6 +48,9 @@ struct Cli {
 enum Command {
     /// N devices: connect, idle and load phases against leafgate and the floor responders.
     Scale(scale::Args),
+    /// leafgate next to one Python process per device (azure-iot-device + pymodbus), same N
+    /// and load, in the same run; prints both and the ratios.
+    Baseline(baseline::Args),
     /// Gap leafgate leaves between frames on a busy Modbus RTU line (pty pair).
     Rtu(rtu::Args),
     /// Long run under random hub drops, hardware outages and method load (`scripts/soak.sh`).
@@ -91,6 +96,13 @@ fn run(command: Command) -> Result<bool> {
             let json = args.json.clone();
             let report = runtime.block_on(scale::run(args))?;
             println!("{context}\n\n{}", scale::render(&report));
+            write_json(json.as_deref(), &report)?;
+            Ok(report.passed)
+        }
+        Command::Baseline(args) => {
+            let json = args.json.clone();
+            let report = runtime.block_on(baseline::run(args))?;
+            println!("{context}\n\n{}", baseline::render(&report));
             write_json(json.as_deref(), &report)?;
             Ok(report.passed)
         }

@@ -123,7 +123,7 @@ pub struct Side {
 }
 
 impl Side {
-    fn of(run: Run) -> Side {
+    pub fn of(run: Run) -> Side {
         Side {
             offered: run.offered,
             answered: run.answered(),
