@@ -123,6 +123,10 @@ pub fn validate(files: Vec<(PathBuf, FileConfig)>) -> Result<Config, Vec<Problem
     });
     let mut devices = Vec::new();
     let mut units_seen: BTreeMap<(String, u8), String> = BTreeMap::new();
+    let mut profiles = Profiles {
+        defs: profiles,
+        compiled: Vec::new(),
+    };
     for (file, path, d) in &devices_in {
         let Some((kind, units)) = bus_kinds.get(&d.bus).copied() else {
             let known = bus_kinds.keys().cloned().collect::<Vec<_>>().join(", ");
@@ -148,7 +152,7 @@ pub fn validate(files: Vec<(PathBuf, FileConfig)>) -> Result<Config, Vec<Problem
             .as_ref()
             .map(|(host, gateway)| (host.as_str(), gateway.as_deref()));
         let on = BusRef { kind, units };
-        if let Some(device) = resolve_device(file, path, d, on, hub_names, &profiles, &mut p) {
+        if let Some(device) = resolve_device(file, path, d, on, hub_names, &mut profiles, &mut p) {
             devices.push(device);
         }
     }
@@ -747,13 +751,53 @@ struct BusRef {
     units: Units,
 }
 
+/// A profile's methods compiled for one bus kind.
+type Compiled = Vec<Result<Arc<Method>, Vec<crate::mapping::method::Problem>>>;
+
+/// Profile methods compiled once per (profile, bus kind) and shared by every device that uses
+/// them: 10,000 devices on one profile would otherwise hold 10,000 copies (2 KiB each for
+/// leafgate-bench's 10-register profile, found with heaptrack; issue 6).
+struct Profiles<'a> {
+    /// Each profile by id, with the file and key path it was defined at.
+    defs: BTreeMap<&'a str, (&'a PathBuf, &'a String, &'a ProfileConfig)>,
+    compiled: Vec<(String, BusKind, Compiled)>,
+}
+
+impl Profiles<'_> {
+    fn methods(
+        &mut self,
+        id: &str,
+        kind: BusKind,
+        path: &str,
+        profile: &ProfileConfig,
+    ) -> &Compiled {
+        let i = match self
+            .compiled
+            .iter()
+            .position(|(p, k, _)| p == id && *k == kind)
+        {
+            Some(i) => i,
+            None => {
+                let compiled = (profile.method.iter().enumerate())
+                    .map(|(i, m)| {
+                        Method::compile(m, kind, &format!("{path}.method[{i}]")).map(Arc::new)
+                    })
+                    .collect();
+                self.compiled.push((id.to_owned(), kind, compiled));
+                self.compiled.len() - 1
+            }
+        };
+        &self.compiled[i].2
+    }
+}
+
 fn resolve_device(
     file: &Path,
     path: &str,
     d: &DeviceConfig,
     on: BusRef,
     hub: Option<(&str, Option<&str>)>,
-    profiles: &BTreeMap<&str, (&PathBuf, &String, &ProfileConfig)>,
+    profiles: &mut Profiles<'_>,
     p: &mut Problems,
 ) -> Option<Device> {
     let start = p.0.len();
@@ -793,20 +837,20 @@ fn resolve_device(
     };
     let mut methods: BTreeMap<String, Arc<Method>> = BTreeMap::new();
     if let Some(profile_id) = &d.profile {
-        match profiles.get(profile_id.as_str()) {
+        match profiles.defs.get(profile_id.as_str()).copied() {
             Some((pfile, ppath, profile)) => {
-                for (i, m) in profile.method.iter().enumerate() {
-                    // Profile methods are compiled for this device's bus kind: the same profile on
-                    // a serial bus is a problem worth naming at the device.
-                    match Method::compile(m, kind, &format!("{ppath}.method[{i}]")) {
+                // Profile methods are compiled for this device's bus kind: the same profile on a
+                // serial bus is a problem worth naming at the device.
+                for compiled in profiles.methods(profile_id, kind, ppath, profile) {
+                    match compiled {
                         Ok(method) => {
-                            methods.insert(method.name.clone(), Arc::new(method));
+                            methods.insert(method.name.clone(), Arc::clone(method));
                         }
                         Err(problems) => {
                             for pr in problems {
                                 p.add(
                                     pfile,
-                                    pr.path,
+                                    pr.path.clone(),
                                     format!("{} (used by device {:?})", pr.message, d.id),
                                 );
                             }

@@ -77,7 +77,9 @@ fn stable_after(hub: &config::Hub) -> Duration {
     hub.reconnect_max.min(Duration::from_secs(60))
 }
 
-/// A method reply on its way to the hub.
+/// A method reply on its way to the hub. Boxed in the queue: tokio allocates a bounded
+/// channel's first block of 32 slots up front, and 32 inline replies cost every device 3.5 KiB
+/// of idle memory (heaptrack, issue 6); 32 pointers cost 256 bytes.
 struct Reply {
     topic: String,
     body: Vec<u8>,
@@ -95,8 +97,8 @@ enum Ended {
 
 /// The session's side of the reply queue and the method tasks it started.
 struct Work {
-    tx: mpsc::Sender<Reply>,
-    rx: mpsc::Receiver<Reply>,
+    tx: mpsc::Sender<Box<Reply>>,
+    rx: mpsc::Receiver<Box<Reply>>,
     tasks: TaskTracker,
 }
 
@@ -193,6 +195,10 @@ async fn connect_once(
         .set_credentials(username(&hub.hostname, &id), token)
         .set_keep_alive(hub.keep_alive)
         .set_clean_session(false)
+        // Replies go out at QoS 0 and the subscription is QoS 0, so nothing is ever in flight;
+        // rumqttc keeps a slot per allowed in-flight publish in every session (100 by default,
+        // 12 KiB per device at 10,000 devices; heaptrack, issue 6).
+        .set_inflight(1)
         // The hub's own message limit is 256 KiB; larger payloads are refused with 413 by us
         // rather than killing the connection inside rumqttc.
         .set_max_packet_size(max_packet, max_packet)
@@ -200,6 +206,9 @@ async fn connect_once(
             shared.tls.clone(),
         )));
     let (client, mut eventloop) = AsyncClient::new(options, REPLY_QUEUE);
+    // rumqttc reserves room for 100 buffered events per session; a device sees a handful at a
+    // time, and the queue grows on demand. Starting empty saves 11 KiB per device.
+    eventloop.state.events = std::collections::VecDeque::new();
     let mut net = eventloop.network_options();
     net.set_connection_timeout(hub.connect_timeout.as_secs().max(1));
     // Replies are small writes: with Nagle on, a reply sent while the previous one is still
@@ -215,7 +224,7 @@ async fn connect_once(
         tokio::select! {
             () = shutdown.cancelled() => break Ended::Shutdown,
             () = tokio::time::sleep_until(renew_at) => break Ended::Renew,
-            Some(reply) = work.rx.recv(), if subscribed => publish(&id, &client, reply),
+            Some(reply) = work.rx.recv(), if subscribed => publish(&id, &client, *reply),
             event = eventloop.poll() => match event {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     connected_at = Some(Instant::now());
@@ -280,7 +289,7 @@ async fn drain(
     loop {
         tokio::select! {
             () = &mut done => break,
-            Some(reply) = work.rx.recv() => publish(id, client, reply),
+            Some(reply) = work.rx.recv() => publish(id, client, *reply),
             event = eventloop.poll() => match event {
                 Ok(Event::Incoming(Packet::Publish(p))) => on_publish(device, work, &p.topic, p.payload, Some(SHUTTING_DOWN)),
                 Ok(_) => {}
@@ -289,7 +298,7 @@ async fn drain(
         }
     }
     while let Ok(reply) = work.rx.try_recv() {
-        publish(id, client, reply);
+        publish(id, client, *reply);
     }
     disconnect(client, eventloop).await;
 }
@@ -361,14 +370,14 @@ fn on_publish(
             device.call(&name, &rid, &payload, received).await
         };
         let body = serde_json::to_vec(&response.body).unwrap_or_else(|_| b"{}".to_vec());
-        let reply = Reply {
+        let reply = Box::new(Reply {
             topic: topics::response(response.status, &rid),
             body,
             status: response.status,
             deadline: response.deadline,
             method: name,
             rid,
-        };
+        });
         if tx.send(reply).await.is_err() {
             log::debug!(device_id = &*device.id; "session ended before a reply could be queued");
         }
