@@ -3,6 +3,9 @@
 // The whole crate is test code: helper functions may unwrap like #[test] functions do.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+/// Every log line of this process, at trace level, scanned for secrets (issue 5).
+mod logscan;
+
 /// Config cases under tests/fixtures/config/, and the shipped sample config.
 mod config;
 
