@@ -149,6 +149,7 @@ fields = [{{ name = "v" }}]
     // The key, and anything signed with it, never reaches the log.
     assert!(!stderr.contains(KEY), "the key leaked: {stderr}");
     assert!(!stderr.contains("sig="), "a token leaked: {stderr}");
+    assert_eq!(crate::logscan::find_secret(&stderr), None, "{stderr}");
     assert!(
         !stderr.contains("SharedAccessSignature"),
         "a token leaked: {stderr}"

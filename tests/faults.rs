@@ -944,7 +944,8 @@ struct Daemon {
 impl Daemon {
     fn start(config: &Path, log: &Path) -> Daemon {
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_leafgate"))
-            .args(["run", "--log-level", "warn", "-c"])
+            // Debug, so the secret scan on drop sees everything but the per-packet trace.
+            .args(["run", "--log-level", "debug", "-c"])
             .arg(config)
             .env_remove("JOURNAL_STREAM")
             .env_remove("NOTIFY_SOCKET")
@@ -977,6 +978,11 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some((what, _)) = crate::logscan::find_secret(&self.log())
+            && !std::thread::panicking()
+        {
+            panic!("{what} in leafgate's log {}", self.log.display());
+        }
     }
 }
 

@@ -110,7 +110,8 @@ struct Daemon {
 impl Daemon {
     fn start(config: &Path, env: &[(&str, &str)]) -> Daemon {
         let mut child = Command::new(BIN)
-            .args(["run", "-c"])
+            // Debug, so the secret scan on drop sees more than the shipped level shows.
+            .args(["run", "--log-level", "debug", "-c"])
             .arg(config)
             .envs(env.iter().copied())
             .env_remove("JOURNAL_STREAM")
@@ -185,6 +186,11 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         if let Some(child) = &mut self.child {
             let _ = child.kill();
+        }
+        if let Some((what, _)) = crate::logscan::find_secret(&self.log())
+            && !std::thread::panicking()
+        {
+            panic!("{what} in leafgate's log:\n{}", self.log());
         }
     }
 }
