@@ -8,7 +8,9 @@
 //! answer to the next request. On TCP the connection is dropped instead.
 //!
 //! The silent interval (3.5 characters) runs from the moment the reply's last byte was read, the
-//! earliest time leafgate can know the line went quiet. Bytes that arrive meanwhile restart it.
+//! earliest time leafgate can know the line went quiet, and is waited out with a
+//! high-resolution timer ([`GapTimer`]): tokio's 1 ms timer slots would add about a millisecond
+//! to every exchange. Bytes that arrive meanwhile restart it.
 //!
 //! Serial writes are never flushed with `tcdrain`: tokio-serial would run it on the async worker
 //! thread and block every device for the frame's transmit time. The transmit time is computed
@@ -23,6 +25,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::frame;
+use super::gap::GapTimer;
 use super::link::Link;
 use super::port;
 use super::{Error, Op, Output};
@@ -96,6 +99,7 @@ pub struct RtuLink {
     stream: Option<Box<dyn Stream>>,
     /// When the line last carried a byte (sent or received); the next frame waits for the gap.
     last_activity: Instant,
+    gap_timer: GapTimer,
     sent: bool,
 }
 
@@ -109,6 +113,7 @@ impl RtuLink {
             guard: guard_time(bus_timeout),
             stream: None,
             last_activity: Instant::now(),
+            gap_timer: GapTimer::new(),
             sent: false,
         }
     }
@@ -129,7 +134,9 @@ impl RtuLink {
             .as_mut()
             .ok_or_else(|| Error::Unavailable("line not open".to_owned()))?;
         loop {
-            tokio::time::sleep_until(self.last_activity + self.frame_gap).await;
+            self.gap_timer
+                .wait_until(self.last_activity + self.frame_gap)
+                .await;
             if discard_pending(stream).await? == 0 {
                 break;
             }
