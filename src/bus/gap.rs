@@ -7,8 +7,8 @@
 //! hrtimer with nanosecond resolution whose expiry makes the descriptor readable, so tokio's
 //! reactor wakes the task at the deadline with one `epoll` event and no extra thread.
 //!
-//! Where a timerfd cannot be had (not Linux, no descriptors left, no reactor), the wait falls
-//! back to tokio's timer: late, never early.
+//! Where a timerfd cannot be had (not Linux, no descriptors left), the wait falls back to
+//! tokio's timer: late, never early.
 
 use tokio::time::Instant;
 
