@@ -655,3 +655,129 @@ async fn a_unit_that_keeps_timing_out_is_marked_down_fails_fast_and_comes_back()
     .unwrap();
     assert_eq!(r, vec![Output::Registers(vec![11])]);
 }
+
+/// The sim's side of a pty, with the time of every read and write that moved bytes.
+struct Tap {
+    inner: leafgate::sim::pty::Pty,
+    /// (when, true for a write).
+    events: std::sync::Arc<std::sync::Mutex<Vec<(std::time::Instant, bool)>>>,
+}
+
+impl tokio::io::AsyncRead for Tap {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            let now = std::time::Instant::now();
+            self.events.lock().unwrap().push((now, false));
+        }
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for Tap {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(polled, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            let now = std::time::Instant::now();
+            self.events.lock().unwrap().push((now, true));
+        }
+        polled
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The Modbus silent interval is a minimum: a request that follows a reply sooner runs into it
+/// on the wire. With units answering at once and a queue that is never empty, every request
+/// must still come at least 3.5 characters after the previous reply's last byte. The gap is
+/// measured from the sim's write of the reply returning to its read of the next request
+/// returning: leafgate cannot see the reply before the first nor send before the second, so a
+/// loaded machine only lengthens it. Lower bound only; how close leafgate gets is the
+/// benchmark's business (`leafgate-bench rtu`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_waits_at_least_the_silent_interval_after_the_last_reply() {
+    let regs = Registers::with_units([1, 2]);
+    regs.set_holding(1, 0, &[1; 10]);
+    regs.set_holding(2, 0, &[2; 10]);
+    let pty = leafgate::sim::pty::Pty::open().unwrap();
+    let path = pty.path().to_path_buf();
+    let events = std::sync::Arc::default();
+    let tap = Tap {
+        inner: pty,
+        events: std::sync::Arc::clone(&events),
+    };
+    let sim = tokio::spawn(leafgate::sim::modbus::serve_rtu(tap, regs));
+    let mut serial = line(&path);
+    serial.baud_rate = 9600;
+    let gap = serial.silent_interval();
+    // 3.5 characters of 10 bits (8N1), in whole microseconds.
+    assert_eq!(gap, Duration::from_micros(3645));
+    let cfg = bus(
+        "rs485",
+        BusSpec::ModbusRtu {
+            line: serial,
+            frame_gap: gap,
+        },
+        1000,
+    );
+    let (h, _task) = bus::start(&cfg, CancellationToken::new());
+    up(&h).await;
+    // Four callers keep the queue full; each job is two exchanges, so gaps both between jobs
+    // (the actor's queue hop) and within one are covered.
+    let mut callers = Vec::new();
+    for k in 0..4u8 {
+        let h = h.clone();
+        callers.push(tokio::spawn(async move {
+            for _ in 0..10 {
+                let unit = 1 + k % 2;
+                let ops = vec![
+                    read(unit, Table::Holding, 0, 10),
+                    read(3 - unit, Table::Holding, 0, 10),
+                ];
+                let out = run(&h, ops, Duration::from_secs(10)).await.unwrap();
+                assert_eq!(out.len(), 2);
+            }
+        }));
+    }
+    for caller in callers {
+        caller.await.unwrap();
+    }
+    sim.abort();
+    let events = std::mem::take(&mut *events.lock().unwrap());
+    let mut gaps = Vec::new();
+    let mut last_write = None;
+    for (at, write) in events {
+        if write {
+            last_write = Some(at);
+        } else if let Some(reply_end) = last_write.take() {
+            gaps.push(at.duration_since(reply_end));
+        }
+    }
+    assert!(gaps.len() >= 79, "only {} gaps seen", gaps.len());
+    let shortest = gaps.iter().min().unwrap();
+    assert!(
+        *shortest >= gap,
+        "a request followed a reply after {shortest:?}, less than the silent interval {gap:?}"
+    );
+}

@@ -2,12 +2,14 @@
 //!
 //! - [`actor`]: the queue, deadlines, reconnects; generic over a [`link::Link`].
 //! - [`modbus_tcp`]: Modbus TCP (MBAP) through tokio-modbus.
-//! - [`modbus_rtu`]: Modbus RTU master on a serial line or RTU-over-TCP; [`frame`] its frames.
+//! - [`modbus_rtu`]: Modbus RTU master on a serial line or RTU-over-TCP; [`frame`] its frames,
+//!   [`gap`] the silent interval between them.
 //! - [`serial`]: raw serial exchanges framed by terminator, length or idle gap.
 
 pub mod actor;
 pub mod error;
 pub mod frame;
+pub mod gap;
 pub mod link;
 pub mod modbus_rtu;
 pub mod modbus_tcp;

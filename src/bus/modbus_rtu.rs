@@ -7,17 +7,25 @@
 //! and 1 s) and everything that arrives is discarded, so a late reply cannot be taken as the
 //! answer to the next request. On TCP the connection is dropped instead.
 //!
+//! The silent interval (3.5 characters) runs from the moment the reply's last byte was read, the
+//! earliest time leafgate can know the line went quiet, and is waited out with a
+//! high-resolution timer ([`GapTimer`]): tokio's 1 ms timer slots would add about a millisecond
+//! to every exchange. Bytes that arrive meanwhile restart it.
+//!
 //! Serial writes are never flushed with `tcdrain`: tokio-serial would run it on the async worker
 //! thread and block every device for the frame's transmit time. The transmit time is computed
 //! from the line settings instead, and waited for asynchronously.
 
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::frame;
+use super::gap::GapTimer;
 use super::link::Link;
 use super::port;
 use super::{Error, Op, Output};
@@ -91,6 +99,7 @@ pub struct RtuLink {
     stream: Option<Box<dyn Stream>>,
     /// When the line last carried a byte (sent or received); the next frame waits for the gap.
     last_activity: Instant,
+    gap_timer: GapTimer,
     sent: bool,
 }
 
@@ -104,6 +113,7 @@ impl RtuLink {
             guard: guard_time(bus_timeout),
             stream: None,
             last_activity: Instant::now(),
+            gap_timer: GapTimer::new(),
             sent: false,
         }
     }
@@ -123,8 +133,16 @@ impl RtuLink {
             .stream
             .as_mut()
             .ok_or_else(|| Error::Unavailable("line not open".to_owned()))?;
-        tokio::time::sleep_until(self.last_activity + self.frame_gap).await;
-        discard_pending(stream).await?;
+        loop {
+            self.gap_timer
+                .wait_until(self.last_activity + self.frame_gap)
+                .await;
+            if discard_pending(stream).await? == 0 {
+                break;
+            }
+            // Someone else spoke: the silence starts again (the exchange's limit bounds this).
+            self.last_activity = Instant::now();
+        }
         self.sent = true;
         stream.write_all(&request).await.map_err(write_failed)?;
         // The frame is on the wire until `tx_time` from now; the reply cannot start before.
@@ -189,17 +207,35 @@ pub(crate) async fn read_exact<S: Stream + ?Sized>(
     }
 }
 
-/// Discards bytes already waiting (a late reply that arrived between transactions). A closed
-/// line is found here, before anything is sent.
-pub(crate) async fn discard_pending<S: Stream + ?Sized>(stream: &mut S) -> Result<(), Error> {
+/// Discards bytes already waiting (a late reply that arrived between transactions) and returns
+/// how many. A closed line is found here, before anything is sent.
+pub(crate) async fn discard_pending<S: Stream + ?Sized>(stream: &mut S) -> Result<usize, Error> {
     let mut buf = [0u8; 256];
+    let mut discarded = 0;
     loop {
-        // A zero timeout polls the read once: it takes only what is already there.
-        match tokio::time::timeout(Duration::ZERO, stream.read(&mut buf)).await {
-            Err(_) => return Ok(()),
-            Ok(Ok(0)) => return Err(Error::Unavailable("line closed".to_owned())),
-            Ok(Ok(n)) => log::debug!("discarded {n} stray bytes before a request"),
-            Ok(Err(e)) => return Err(Error::Unavailable(format!("read failed: {e}"))),
+        // Polls the read once and takes only what the reactor already knows is there. Not a
+        // zero timeout: its timer entry fires at tokio's next 1 ms tick whenever the line is
+        // quiet, which delayed every request. Unconstrained, so an exhausted task budget cannot
+        // pass for a quiet line.
+        let polled = tokio::task::coop::unconstrained(std::future::poll_fn(|cx| {
+            let mut read = ReadBuf::new(&mut buf);
+            match Pin::new(&mut *stream).poll_read(cx, &mut read) {
+                Poll::Pending => Poll::Ready(None),
+                Poll::Ready(r) => Poll::Ready(Some(r.map(|()| read.filled().len()))),
+            }
+        }))
+        .await;
+        match polled {
+            None => return Ok(discarded),
+            Some(Ok(0)) => return Err(Error::Unavailable("line closed".to_owned())),
+            Some(Ok(n)) => {
+                log::debug!("discarded {n} stray bytes before a request");
+                discarded += n;
+                // The read above ignores the budget; a flood must still let the exchange's
+                // timeout and other tasks run.
+                tokio::task::coop::consume_budget().await;
+            }
+            Some(Err(e)) => return Err(Error::Unavailable(format!("read failed: {e}"))),
         }
     }
 }
@@ -240,5 +276,30 @@ impl Link for RtuLink {
 
     fn close(&mut self) {
         self.stream = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn discarding_takes_what_is_waiting_and_never_waits_for_a_timer() {
+        let (mut ours, mut theirs) = tokio::io::duplex(64);
+        // Off a millisecond boundary, where a timer entry would have to wait for the next tick.
+        tokio::time::advance(Duration::from_micros(500)).await;
+        let before = Instant::now();
+        assert_eq!(discard_pending(&mut ours).await.unwrap(), 0);
+        assert_eq!(Instant::now(), before, "a quiet line cost timer time");
+        theirs.write_all(&[1, 2, 3, 4, 5]).await.unwrap();
+        assert_eq!(discard_pending(&mut ours).await.unwrap(), 5);
+        assert_eq!(discard_pending(&mut ours).await.unwrap(), 0);
+        drop(theirs);
+        assert!(matches!(
+            discard_pending(&mut ours).await,
+            Err(Error::Unavailable(_))
+        ));
     }
 }

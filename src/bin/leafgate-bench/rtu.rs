@@ -6,13 +6,18 @@
 //! can serve, so leafgate's queue is never empty and the next request is always ready.
 //!
 //! Method: the sim side's transport is wrapped in a tap that timestamps every read and write
-//! on the pty master (`std::time::Instant`, right after the syscall returns). A pty carries
-//! bytes instantly, so "end of the reply" is the moment the sim's write of it returns, and
-//! "start of the next request" is the first read after it that returns bytes. The gap between
-//! them is compared with the configured silent interval (`frame_gap`, 3.5 characters, read
-//! back from the loaded config); the excess is what leafgate adds. The sim runs on its own OS
-//! thread with its own single-threaded runtime, so its wake-ups do not queue behind the
-//! emulator's work; they still add a few tens of microseconds, so the excess is an upper bound.
+//! on the pty master (`std::time::Instant`, right after the syscall returns). A pty has no baud
+//! rate, so "end of the reply" is the moment the sim's write of it returns, and "start of the
+//! next request" is the first read after it that returns bytes. The gap between them is
+//! compared with the configured silent interval (`frame_gap`, 3.5 characters, read back from
+//! the loaded config); the excess is what leafgate adds, plus one artefact: the sim's own read
+//! latency. A byte written to a pty reaches the other end through a kernel worker (the tty flip
+//! buffer), and the sim's thread must then wake from `epoll_wait`, so the sim sees the request
+//! some time after leafgate wrote it. The sim runs on its own OS thread with its own
+//! single-threaded runtime, so that wake-up does not queue behind the emulator's work, and
+//! [`pty_wake`] measures it separately (`pty_wake`, not subtracted): the excess is an upper
+//! bound. The same kind of latency on leafgate's side (seeing the reply) is leafgate's own and
+//! counts, as a real UART's receive latency would.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -77,8 +82,14 @@ pub struct Line {
     /// Request read → reply written by the sim (its own timer adds to the configured delay).
     pub turnaround: Summary,
     /// How late `tokio::time::sleep(frame_gap)` wakes up on this machine, on a multi-threaded
-    /// runtime like leafgate's: the part of the excess that comes from the timer alone.
+    /// runtime like leafgate's: what the excess was made of before leafgate used a timerfd.
     pub tokio_sleep_overshoot: Summary,
+    /// How late leafgate's own gap wait (`bus::gap::GapTimer`, a timerfd) wakes up on this
+    /// machine, in the harness's runtime: the part of the excess that comes from the timer.
+    pub gap_timer_overshoot: Summary,
+    /// A byte written to a pty slave → the read on the master returning, with the reader parked
+    /// like the sim: the sim's own read latency, which every measured gap includes.
+    pub pty_wake: Summary,
     pub machine: Machine,
 }
 
@@ -346,6 +357,12 @@ pub async fn run(args: Args) -> Result<Report> {
         let overshoot = tokio::spawn(sleep_overshoot(gap, 300))
             .await
             .context("timer probe failed")?;
+        let gap_overshoot = tokio::spawn(gap_timer_overshoot(gap, 300))
+            .await
+            .context("timer probe failed")?;
+        let pty_wake = tokio::task::spawn_blocking(|| pty_wake(300))
+            .await
+            .context("pty probe failed")??;
         let events = line.recorder.take();
         let (gap_samples, turnarounds) = gaps(&events);
         let gap_us = gap.as_secs_f64() * 1e6;
@@ -367,6 +384,8 @@ pub async fn run(args: Args) -> Result<Report> {
             excess,
             turnaround: Summary::of(&turnarounds),
             tokio_sleep_overshoot: overshoot,
+            gap_timer_overshoot: gap_overshoot,
+            pty_wake,
             machine: Machine::between(&before, &after, Some(gate.pid())),
         });
     }
@@ -396,6 +415,97 @@ async fn sleep_overshoot(d: Duration, n: usize) -> Summary {
         samples.push(start.elapsed().saturating_sub(d));
     }
     Summary::of(&samples)
+}
+
+/// The same for leafgate's gap wait.
+async fn gap_timer_overshoot(d: Duration, n: usize) -> Summary {
+    let mut timer = leafgate::bus::gap::GapTimer::new();
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let start = tokio::time::Instant::now();
+        timer.wait_until(start + d).await;
+        samples.push(start.elapsed().saturating_sub(d));
+    }
+    Summary::of(&samples)
+}
+
+/// Over `n` single bytes: a write on a fresh pty's slave end (as leafgate writes a request)
+/// returning → the read on its master returning in a reader set up like [`SimLine`] (own
+/// thread, current-thread runtime, parked in `epoll_wait` between bytes). Blocking: run it off
+/// the runtime.
+fn pty_wake(n: usize) -> Result<Summary> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    use tokio::io::AsyncReadExt as _;
+
+    let (read_tx, read_rx) = std::sync::mpsc::channel::<Instant>();
+    let (path_tx, path_rx) = std::sync::mpsc::channel();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("pty-probe".to_owned())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = path_tx.send(Err(anyhow!("cannot start the probe's runtime: {e}")));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let mut pty = match Pty::open() {
+                    Ok(pty) => pty,
+                    Err(e) => {
+                        let _ = path_tx.send(Err(anyhow!("cannot open a pty: {e}")));
+                        return;
+                    }
+                };
+                let _ = path_tx.send(Ok(pty.path().to_path_buf()));
+                let mut buf = [0u8; 64];
+                let reader = async {
+                    while let Ok(got) = pty.read(&mut buf).await {
+                        if got == 0 {
+                            break;
+                        }
+                        let at = Instant::now();
+                        for _ in 0..got {
+                            let _ = read_tx.send(at);
+                        }
+                    }
+                };
+                tokio::select! {
+                    () = reader => {}
+                    _ = stopped => {}
+                }
+            });
+        })?;
+    let path = path_rx
+        .recv_timeout(Duration::from_secs(10))
+        .context("the pty probe did not start")??;
+    let measured = (|| -> Result<Vec<Duration>> {
+        let mut slave = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NOCTTY)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        let mut samples = Vec::with_capacity(n);
+        for _ in 0..n {
+            slave.write_all(&[0x55])?;
+            let written = Instant::now();
+            let read = read_rx
+                .recv_timeout(Duration::from_secs(1))
+                .context("the probe's byte never arrived")?;
+            samples.push(read.saturating_duration_since(written));
+            // Let the reader park again, as the sim does between requests.
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(samples)
+    })();
+    let _ = stop.send(());
+    let _ = thread.join();
+    Ok(Summary::of(&measured?))
 }
 
 /// `concurrency` callers, each calling the next device as soon as its previous call returned,
@@ -459,12 +569,12 @@ pub fn render(r: &Report) -> String {
     );
     let _ = writeln!(
         out,
-        "| baud | frame gap | turnaround (set / measured p50) | exchanges/s | methods ok / errors | gap p50 | gap p99 | excess p50 | excess p90 | excess p99 | excess max | tokio sleep(gap) overshoot p50 / p99 |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "| baud | frame gap | turnaround (set / measured p50) | exchanges/s | methods ok / errors | gap p50 | gap p99 | excess p50 | excess p90 | excess p99 | excess max | tokio sleep(gap) overshoot p50 / p99 | leafgate gap timer overshoot p50 / p99 | pty wake (sim read latency) p50 / p99 |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for l in &r.lines {
         let _ = writeln!(
             out,
-            "| {} | {} | {} / {} | {:.1} | {} / {} | {} | {} | {} | {} | {} | {} | {} / {} |",
+            "| {} | {} | {} / {} | {:.1} | {} / {} | {} | {} | {} | {} | {} | {} | {} / {} | {} / {} | {} / {} |",
             l.baud,
             ms(l.frame_gap_us),
             l.turnaround_ms,
@@ -479,7 +589,11 @@ pub fn render(r: &Report) -> String {
             ms(l.excess.p99_us),
             ms(l.excess.max_us),
             ms(l.tokio_sleep_overshoot.p50_us),
-            ms(l.tokio_sleep_overshoot.p99_us)
+            ms(l.tokio_sleep_overshoot.p99_us),
+            ms(l.gap_timer_overshoot.p50_us),
+            ms(l.gap_timer_overshoot.p99_us),
+            ms(l.pty_wake.p50_us),
+            ms(l.pty_wake.p99_us)
         );
     }
     let _ = writeln!(out);
