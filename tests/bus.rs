@@ -731,8 +731,8 @@ async fn every_request_waits_at_least_the_silent_interval_after_the_last_reply()
     let mut serial = line(&path);
     serial.baud_rate = 9600;
     let gap = serial.silent_interval();
-    // 3.5 characters of 10 bits (8N1), in whole microseconds.
-    assert_eq!(gap, Duration::from_micros(3645));
+    // 3.5 characters of 10 bits (8N1): 3645.83 µs, rounded up to whole microseconds.
+    assert_eq!(gap, Duration::from_micros(3646));
     let cfg = bus(
         "rs485",
         BusSpec::ModbusRtu {

@@ -1013,7 +1013,10 @@ impl Line {
             + u64::from(self.data_bits)
             + u64::from(self.stop_bits)
             + u64::from(self.parity != Parity::None);
-        Duration::from_micros(bits_per_char * 3_500_000 / u64::from(self.baud_rate.max(1)))
+        // Rounded up: a gap a fraction of a microsecond short of 3.5 characters is out of spec.
+        Duration::from_micros(
+            (bits_per_char * 3_500_000).div_ceil(u64::from(self.baud_rate.max(1))),
+        )
     }
 }
 
