@@ -367,6 +367,54 @@ async fn a_full_queue_answers_at_once() {
 }
 
 #[tokio::test]
+async fn a_job_that_cannot_finish_behind_the_queue_is_refused_at_once() {
+    let regs = Registers::with_units([1]);
+    regs.set_fault(1, Fault::Delay(Duration::from_millis(100)));
+    let line = SerialLine::modbus_rtu(regs.clone()).unwrap();
+    let (h, _task) = bus::start(&rtu(line.path(), 1000), CancellationToken::new());
+    up(&h).await;
+    // One job teaches the bus how long a job takes here (~100 ms).
+    run(
+        &h,
+        vec![read(1, Table::Holding, 0, 1)],
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    // Eight at once with 380 ms each: only what can finish behind the jobs ahead is queued.
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let h = h.clone();
+        calls.spawn(async move {
+            let asked = std::time::Instant::now();
+            let result = run(
+                &h,
+                vec![read(1, Table::Holding, 0, 1)],
+                Duration::from_millis(380),
+            )
+            .await;
+            (result, asked.elapsed())
+        });
+    }
+    let results = calls.join_all().await;
+    let ok = results.iter().filter(|(r, _)| r.is_ok()).count();
+    let busy: Vec<_> = results
+        .iter()
+        .filter(|(r, _)| matches!(r, Err(Error::Busy { .. })))
+        .collect();
+    assert!(ok >= 2, "{results:?}");
+    assert!(!busy.is_empty(), "{results:?}");
+    assert_eq!(ok + busy.len(), 8, "only 200s and refusals: {results:?}");
+    assert!(
+        busy.iter()
+            .all(|(_, took)| *took < Duration::from_millis(50)),
+        "refusals must be immediate: {results:?}"
+    );
+    // The unit was asked for the jobs that succeeded, and nothing else.
+    assert_eq!(regs.requests().len(), 1 + ok);
+}
+
+#[tokio::test]
 async fn modbus_tcp_reads_writes_and_fails_fast_when_the_device_is_gone() {
     let regs = Registers::with_units([1, 5]);
     regs.set_holding(5, 0, &[55, 56]);

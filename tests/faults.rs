@@ -1181,8 +1181,9 @@ async fn a_flood_of_ten_times_what_the_bus_serves_is_answered_in_time_with_flat_
             per_s: 100,
             down_after: 3,
         },
-        // Jobs here often start with less time left than the unit needs; the circuit breaker
-        // must not count those cut-short timeouts (see the test below).
+        // A full queue here is 1.6 s of work against a 1 s deadline: without the bus's busy check
+        // most queued jobs would start too late, hold the line until they time out (504), and
+        // the unit would serve almost nothing in time (17 of 331 in a run before the check).
         FloodBus {
             id: "tight",
             service_ms: 200,
@@ -1260,9 +1261,15 @@ async fn a_flood_of_ten_times_what_the_bus_serves_is_answered_in_time_with_flat_
             last_served - result.ended
         );
     }
-    // `slow` serves everything it queues; `tight` times out the back of its queue, in time.
+    // `slow` serves everything it queues. `tight` queues only what can finish in time, so the
+    // unit's time goes to calls that succeed: almost every request it is asked is a 200.
     assert!(!result.statuses["slow"].contains_key(&504), "{report}");
-    assert!(result.statuses["tight"].contains_key(&504), "{report}");
+    let tight_ok = result.statuses["tight"].get(&200).map_or(0, Vec::len);
+    let tight_asked = result.served["tight"].0;
+    assert!(
+        tight_ok * 10 >= tight_asked * 8,
+        "tight: only {tight_ok} of {tight_asked} requests to the unit answered in time\n{report}"
+    );
 
     let during = &result.rss_during;
     let max_during = during.iter().copied().max().unwrap();

@@ -6,12 +6,16 @@
 //! - a job whose deadline passed while it waited is dropped unexecuted (never run a write after
 //!   its caller was told it timed out);
 //! - every operation runs under min(bus timeout, time left to the deadline);
-//! - a full queue answers at once (503) instead of growing;
+//! - a full queue answers at once (503) instead of growing, and so does a job that would wait
+//!   longer than its deadline allows behind the work already queued (estimated from how long
+//!   recent jobs took): otherwise, under overload, most jobs would start too late, time out
+//!   (504) after occupying the line, and the bus would serve almost nothing in time;
 //! - the link reconnects in the background with backoff; jobs that arrive while it is down fail
 //!   fast (503) rather than waiting for a connect;
 //! - shutdown is honoured only between jobs.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -61,6 +65,8 @@ pub struct Handle {
     tx: mpsc::Sender<Job>,
     capacity: usize,
     up: watch::Receiver<bool>,
+    /// Moving average of how long a successful job held the bus, in µs (0: none yet).
+    job_us: Arc<AtomicU64>,
 }
 
 impl Handle {
@@ -96,6 +102,7 @@ impl Handle {
         deadline: Instant,
         label: Label,
     ) -> Result<Vec<Output>, Error> {
+        self.admit(deadline)?;
         let (reply, rx) = oneshot::channel();
         let job = Job {
             ops,
@@ -108,6 +115,31 @@ impl Handle {
             mpsc::error::TrySendError::Closed(_) => Error::ShuttingDown,
         })?;
         rx.await.unwrap_or(Err(Error::ShuttingDown))
+    }
+}
+
+impl Handle {
+    /// Refuses a job that cannot finish in time behind the jobs already queued: each of them,
+    /// the one in progress and this one are assumed to take the recent average. Only when jobs
+    /// are queued: a job that finds the queue empty always runs, so a bus whose recent jobs were
+    /// slow can never refuse everything, and the estimate keeps learning.
+    fn admit(&self, deadline: Instant) -> Result<(), Error> {
+        let queued = self.tx.max_capacity().saturating_sub(self.tx.capacity());
+        let job_us = self.job_us.load(Ordering::Relaxed);
+        if queued == 0 || job_us == 0 {
+            return Ok(());
+        }
+        let jobs = u64::try_from(queued).unwrap_or(u64::MAX).saturating_add(2);
+        let wait = Duration::from_micros(job_us.saturating_mul(jobs));
+        let left = deadline.saturating_duration_since(Instant::now());
+        if wait > left {
+            let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+            return Err(Error::Busy {
+                wait_ms: ms(wait),
+                left_ms: ms(left),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -133,11 +165,13 @@ pub fn spawn_after<L: Link>(
 ) -> (Handle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(settings.queue_capacity.max(1));
     let (up_tx, up) = watch::channel(false);
+    let job_us = Arc::new(AtomicU64::new(0));
     let handle = Handle {
         id: settings.id.clone(),
         tx,
         capacity: settings.queue_capacity,
         up,
+        job_us: Arc::clone(&job_us),
     };
     let actor = Actor {
         backoff: Backoff::new(settings.reconnect_min, settings.reconnect_max),
@@ -147,6 +181,7 @@ pub fn spawn_after<L: Link>(
         last_error: String::from("not connected yet"),
         up: up_tx,
         units: std::collections::HashMap::new(),
+        job_us,
     };
     let task = tokio::spawn(async move {
         tokio::select! {
@@ -168,6 +203,8 @@ struct Actor<L> {
     up: watch::Sender<bool>,
     /// Health per unit id (0 on raw serial lines), for the circuit breaker.
     units: std::collections::HashMap<u8, UnitHealth>,
+    /// Shared with the handles: see [`Handle::admit`].
+    job_us: Arc<AtomicU64>,
 }
 
 /// Consecutive timeouts of one unit, and until when it is considered down.
@@ -288,6 +325,7 @@ impl<L: Link> Actor<L> {
             }
             // Cool-down over: this job is the probe that brings the unit back, or not.
         }
+        let started = Instant::now();
         let mut outputs = Vec::with_capacity(ops.len());
         let mut result = Ok(());
         for op in &ops {
@@ -300,7 +338,24 @@ impl<L: Link> Actor<L> {
             }
         }
         self.record_health(unit, &result, &label);
+        if result.is_ok() {
+            self.record_duration(started.elapsed());
+        }
         let _ = reply.send(result.map(|()| outputs));
+    }
+
+    /// Folds a successful job's duration into the average (weight 1/8: a few jobs follow a
+    /// change of pace, one odd job does not swing it). Failed jobs are left out: a timeout says
+    /// how long the bus waited, not how long the work takes.
+    fn record_duration(&self, took: Duration) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
+        let old = self.job_us.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            us
+        } else {
+            old.saturating_mul(7).saturating_add(us) / 8
+        };
+        self.job_us.store(new, Ordering::Relaxed);
     }
 
     /// The circuit breaker: `down_after` consecutive timeouts mark a unit down for `down_for`,

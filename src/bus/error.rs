@@ -24,6 +24,12 @@ pub enum Error {
     /// The bus queue is full.
     #[error("bus queue is full ({0} jobs waiting)")]
     QueueFull(usize),
+    /// The work queued ahead would outlast the job's deadline (estimated from how long recent
+    /// jobs took), so it is refused at once instead of timing out at the back of the queue.
+    #[error(
+        "bus is busy: about {wait_ms} ms of queued work ahead, {left_ms} ms left before the method's deadline"
+    )]
+    Busy { wait_ms: u64, left_ms: u64 },
     /// leafgate is stopping or the bus is being restarted.
     #[error("bus is shutting down")]
     ShuttingDown,

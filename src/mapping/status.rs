@@ -84,7 +84,10 @@ pub fn respond(failure: &Failure) -> (u16, Value, log::Level) {
                 json!({"error": "bad_device_reply", "message": msg}),
                 Warn,
             ),
-            bus::Error::Unavailable(_) | bus::Error::QueueFull(_) | bus::Error::ShuttingDown => (
+            bus::Error::Unavailable(_)
+            | bus::Error::QueueFull(_)
+            | bus::Error::Busy { .. }
+            | bus::Error::ShuttingDown => (
                 503,
                 json!({"error": "bus_unavailable", "bus": bus, "message": error.to_string()}),
                 Warn,
@@ -168,6 +171,14 @@ mod tests {
             ),
             (
                 bus_failure(bus::Error::QueueFull(64)),
+                503,
+                "bus_unavailable",
+            ),
+            (
+                bus_failure(bus::Error::Busy {
+                    wait_ms: 1600,
+                    left_ms: 990,
+                }),
                 503,
                 "bus_unavailable",
             ),
