@@ -878,27 +878,10 @@ pub fn render(r: &Report) -> String {
     );
 
     let _ = writeln!(out, "\nLatency at the caller (`Emulator::invoke`), ms:\n");
-    let _ = writeln!(
-        out,
-        "| rate | side | answered / offered | errors | achieved/s | p50 | p90 | p99 | p99.9 | max | caller lag p99 |\n|---|---|---|---|---|---|---|---|---|---|---|"
-    );
+    let _ = writeln!(out, "{}", crate::scale::LATENCY_HEADER);
     for ((gl, pl), lx) in g.loads.iter().zip(&p.loads).zip(&x.loads) {
         for (name, s) in [("leafgate", &gl.side), ("Python", &pl.side)] {
-            let _ = writeln!(
-                out,
-                "| {} | {name} | {} / {} | {} | {:.0} | {} | {} | {} | {} | {} | {} |",
-                gl.offered_rate,
-                s.answered,
-                s.offered,
-                s.errors,
-                s.achieved_rate,
-                ms(s.latency.p50_us),
-                ms(s.latency.p90_us),
-                ms(s.latency.p99_us),
-                ms(s.latency.p999_us),
-                ms(s.latency.max_us),
-                ms(s.issue_lag.p99_us)
-            );
+            crate::scale::latency_row(&mut out, gl.offered_rate, name, s);
         }
         let _ = writeln!(
             out,

@@ -136,6 +136,27 @@ impl Side {
     }
 }
 
+/// The caller-latency table (`scale` and `baseline`): its header, then one [`latency_row`] per
+/// rate and side.
+pub const LATENCY_HEADER: &str = "| rate | side | answered / offered | errors | achieved/s | p50 | p90 | p99 | p99.9 | max | caller lag p99 |\n|---|---|---|---|---|---|---|---|---|---|---|";
+
+pub fn latency_row(out: &mut String, rate: u32, name: &str, s: &Side) {
+    let _ = writeln!(
+        out,
+        "| {rate} | {name} | {} / {} | {} | {:.0} | {} | {} | {} | {} | {} | {} |",
+        s.answered,
+        s.offered,
+        s.errors,
+        s.achieved_rate,
+        ms(s.latency.p50_us),
+        ms(s.latency.p90_us),
+        ms(s.latency.p99_us),
+        ms(s.latency.p999_us),
+        ms(s.latency.max_us),
+        ms(s.issue_lag.p99_us)
+    );
+}
+
 #[derive(Debug, Serialize)]
 pub struct Load {
     pub offered_rate: u32,
@@ -536,27 +557,10 @@ pub fn render(r: &Report) -> String {
     );
 
     let _ = writeln!(out, "\nLatency at the caller (`Emulator::invoke`), ms:\n");
-    let _ = writeln!(
-        out,
-        "| rate | side | answered / offered | errors | achieved/s | p50 | p90 | p99 | p99.9 | max | caller lag p99 |\n|---|---|---|---|---|---|---|---|---|---|---|"
-    );
+    let _ = writeln!(out, "{LATENCY_HEADER}");
     for l in &r.load {
         for (name, s) in [("floor", &l.floor), ("leafgate", &l.leafgate)] {
-            let _ = writeln!(
-                out,
-                "| {} | {name} | {} / {} | {} | {:.0} | {} | {} | {} | {} | {} | {} |",
-                l.offered_rate,
-                s.answered,
-                s.offered,
-                s.errors,
-                s.achieved_rate,
-                ms(s.latency.p50_us),
-                ms(s.latency.p90_us),
-                ms(s.latency.p99_us),
-                ms(s.latency.p999_us),
-                ms(s.latency.max_us),
-                ms(s.issue_lag.p99_us)
-            );
+            latency_row(&mut out, l.offered_rate, name, s);
         }
         let a = &l.added;
         let _ = writeln!(
