@@ -116,9 +116,7 @@ impl Handle {
         })?;
         rx.await.unwrap_or(Err(Error::ShuttingDown))
     }
-}
 
-impl Handle {
     /// Refuses a job that cannot finish in time behind the jobs already queued: each of them,
     /// the one in progress and this one are assumed to take the recent average. Only when jobs
     /// are queued: a job that finds the queue empty always runs, so a bus whose recent jobs were

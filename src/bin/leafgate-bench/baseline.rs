@@ -19,7 +19,6 @@ use anyhow::{Context as _, Result, bail};
 use leafgate::emulator::{Emulator, EmulatorConfig};
 use leafgate::sim::modbus::{Registers, TcpServer};
 use serde::Serialize;
-use tokio::task::JoinSet;
 
 use crate::child::{self, Leafgate};
 use crate::load::{self, Run};
@@ -261,7 +260,8 @@ pub async fn run(args: Args) -> Result<Report> {
         &dir.join("leafgate.log"),
     )?;
     let gate_pids = [gate.pid()];
-    let gate_ready = wait_ready(&emu, &gate_ids, connect_wait, || gate.check_alive()).await?;
+    let gate_ready =
+        crate::child::wait_ready(&emu, &gate_ids, connect_wait, || gate.check_alive()).await?;
     let gate_connect_cpu = cpu_seconds(&gate_pids)?;
     phases.push(Phase {
         name: "connect leafgate".to_owned(),
@@ -294,7 +294,8 @@ pub async fn run(args: Args) -> Result<Report> {
         })?;
     }
     let py_pids = fleet.pids();
-    let py_ready = wait_ready(&emu, &py_ids, connect_wait, || fleet.check_alive()).await?;
+    let py_ready =
+        crate::child::wait_ready(&emu, &py_ids, connect_wait, || fleet.check_alive()).await?;
     let py_connect_cpu = cpu_seconds(&py_pids)?;
     let after = Snapshot::take();
     phases.push(Phase {
@@ -480,51 +481,6 @@ fn ratios(gate: &System, py: &System) -> Ratios {
             })
             .collect(),
     }
-}
-
-/// Waits until every device in `ids` is online and subscribed to methods (the emulator's own
-/// state, watched, not polled), failing early when `alive` reports a dead process. Returns when
-/// the last one got there.
-async fn wait_ready(
-    emu: &Arc<Emulator>,
-    ids: &[String],
-    timeout: Duration,
-    mut alive: impl FnMut() -> Result<()>,
-) -> Result<Instant> {
-    let mut watchers = JoinSet::new();
-    for id in ids {
-        let emu = Arc::clone(emu);
-        let id = id.clone();
-        watchers.spawn(async move {
-            emu.wait_method_ready(&id, timeout)
-                .await
-                .map(|_| Instant::now())
-                .map_err(|e| anyhow::anyhow!("{e}"))
-        });
-    }
-    let mut last = Instant::now();
-    let mut failures = Vec::new();
-    let mut check = tokio::time::interval(Duration::from_millis(250));
-    loop {
-        tokio::select! {
-            joined = watchers.join_next() => match joined {
-                None => break,
-                Some(Ok(Ok(at))) => last = last.max(at),
-                Some(Ok(Err(e))) => failures.push(e),
-                Some(Err(e)) => bail!("watcher task failed: {e}"),
-            },
-            _ = check.tick() => alive()?,
-        }
-    }
-    alive()?;
-    if let Some(first) = failures.first() {
-        bail!(
-            "{} of {} devices did not connect within {timeout:?}; first: {first}",
-            failures.len(),
-            ids.len()
-        );
-    }
-    Ok(last)
 }
 
 /// CPU seconds of a set of processes, summed.

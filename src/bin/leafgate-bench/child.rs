@@ -1,12 +1,15 @@
 //! leafgate as a separate process (the real `leafgate run -c FILE`), so its CPU and memory are
-//! its own; and the file-descriptor limit both processes need.
+//! its own; the file-descriptor limit both processes need; and waiting for its devices.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
+use leafgate::emulator::Emulator;
+use tokio::task::JoinSet;
 
 /// Raises this process's `RLIMIT_NOFILE` to at least `want` (the soft limit up to the hard
 /// one, and the hard one too when allowed, i.e. as root). The child inherits it. Returns the
@@ -154,4 +157,49 @@ pub fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Waits until every device in `ids` is online and subscribed to methods (the emulator's own
+/// state, watched, not polled), failing early when `alive` reports a dead process. Returns when
+/// the last one got there.
+pub async fn wait_ready(
+    emu: &Arc<Emulator>,
+    ids: &[String],
+    timeout: Duration,
+    mut alive: impl FnMut() -> Result<()>,
+) -> Result<Instant> {
+    let mut watchers = JoinSet::new();
+    for id in ids {
+        let emu = Arc::clone(emu);
+        let id = id.clone();
+        watchers.spawn(async move {
+            emu.wait_method_ready(&id, timeout)
+                .await
+                .map(|_| Instant::now())
+                .map_err(|e| anyhow::anyhow!("{e}"))
+        });
+    }
+    let mut last = Instant::now();
+    let mut failures = Vec::new();
+    let mut check = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            joined = watchers.join_next() => match joined {
+                None => break,
+                Some(Ok(Ok(at))) => last = last.max(at),
+                Some(Ok(Err(e))) => failures.push(e),
+                Some(Err(e)) => bail!("watcher task failed: {e}"),
+            },
+            _ = check.tick() => alive()?,
+        }
+    }
+    alive()?;
+    if let Some(first) = failures.first() {
+        bail!(
+            "{} of {} devices did not connect within {timeout:?}; first: {first}",
+            failures.len(),
+            ids.len()
+        );
+    }
+    Ok(last)
 }

@@ -23,7 +23,6 @@ use leafgate::sim::modbus::{self, Framing, Garbage, Registers, TcpServer};
 use serde::Serialize;
 use serde_json::json;
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 
 use crate::child::{self, Leafgate};
 use crate::procfs::{self, Memory};
@@ -205,25 +204,12 @@ pub async fn run(args: Args) -> Result<Report> {
     let connect_wait =
         Duration::from_secs_f64(n as f64 / f64::from(args.connect_rate.max(1)) * 3.0)
             + Duration::from_secs(60);
-    let mut watchers = JoinSet::new();
-    for id in &ids {
-        let (emu, id) = (Arc::clone(&emu), id.clone());
-        watchers.spawn(async move { emu.wait_method_ready(&id, connect_wait).await.is_ok() });
-    }
     let log_path = dir.join("leafgate.log");
     let mut gate = Leafgate::spawn(&binary, &config_path, &args.leafgate_log_level, &log_path)?;
     let pid = gate.pid();
-    let mut connected = 0;
-    while let Some(ok) = watchers.join_next().await {
-        connected += usize::from(ok.unwrap_or(false));
-    }
-    gate.check_alive()?;
-    if connected < n {
-        bail!(
-            "only {connected} of {n} devices connected; leafgate log: {}",
-            log_path.display()
-        );
-    }
+    child::wait_ready(&emu, &ids, connect_wait, || gate.check_alive())
+        .await
+        .with_context(|| format!("leafgate log: {}", log_path.display()))?;
     let memory_start = procfs::memory(pid)?;
     let cpu_start = procfs::cpu_seconds(pid)?;
     eprintln!(
