@@ -763,14 +763,11 @@ struct Profiles<'a> {
     compiled: Vec<(String, BusKind, Compiled)>,
 }
 
-impl Profiles<'_> {
-    fn methods(
-        &mut self,
-        id: &str,
-        kind: BusKind,
-        path: &str,
-        profile: &ProfileConfig,
-    ) -> &Compiled {
+impl<'a> Profiles<'a> {
+    /// The file profile `id` is defined in and its methods compiled for `kind`, or `None` when
+    /// no such profile exists.
+    fn methods(&mut self, id: &str, kind: BusKind) -> Option<(&'a PathBuf, &Compiled)> {
+        let (file, path, profile) = self.defs.get(id).copied()?;
         let i = match self
             .compiled
             .iter()
@@ -787,7 +784,7 @@ impl Profiles<'_> {
                 self.compiled.len() - 1
             }
         };
-        &self.compiled[i].2
+        Some((file, &self.compiled[i].2))
     }
 }
 
@@ -837,11 +834,11 @@ fn resolve_device(
     };
     let mut methods: BTreeMap<String, Arc<Method>> = BTreeMap::new();
     if let Some(profile_id) = &d.profile {
-        match profiles.defs.get(profile_id.as_str()).copied() {
-            Some((pfile, ppath, profile)) => {
-                // Profile methods are compiled for this device's bus kind: the same profile on a
-                // serial bus is a problem worth naming at the device.
-                for compiled in profiles.methods(profile_id, kind, ppath, profile) {
+        // Profile methods are compiled for this device's bus kind: the same profile on a serial
+        // bus is a problem worth naming at the device.
+        match profiles.methods(profile_id, kind) {
+            Some((pfile, compiled)) => {
+                for compiled in compiled {
                     match compiled {
                         Ok(method) => {
                             methods.insert(method.name.clone(), Arc::clone(method));
