@@ -9,6 +9,7 @@
 //! - [`gateway`]: the supervisor that builds buses and device sessions, owns shutdown and reload,
 //!   and (`gateway::service`) the daemon loop: signals, systemd notifications, watchdog.
 //! - [`systemd`]: journald-or-stderr logging and service notifications.
+//! - [`logtext`]: untrusted text (method names, rids, topics, replies) bounded for log lines.
 //! - [`backoff`]: jittered exponential backoff shared by sessions and buses.
 //! - [`sim`]: simulated hardware (Modbus TCP/RTU devices, a serial instrument, ptys) with fault
 //!   injection, for the integration tests and `leafgate demo`.
@@ -23,6 +24,7 @@ pub mod demo;
 pub mod emulator;
 pub mod gateway;
 pub mod hub;
+pub mod logtext;
 pub mod mapping;
 pub mod sim;
 pub mod systemd;

@@ -19,6 +19,32 @@ use regex::Regex;
 
 /// Log lines scanned so far in this process.
 static SCANNED: AtomicU64 = AtomicU64::new(0);
+/// The longest line of the daemon's own code so far, in bytes.
+static LONGEST: AtomicU64 = AtomicU64::new(0);
+
+/// The longest log line the daemon may write. Text from outside (method names, rids, topics,
+/// device replies) is clipped before it reaches a line (`leafgate::logtext`), so no request can
+/// make a line anywhere near this long; a longer one aborts the run like a secret does.
+pub const MAX_LINE: u64 = 4096;
+
+/// Whether `target` is the daemon's own code, whose lines the length bound applies to (the
+/// emulator, the simulators and the bench are test tools that log what they like).
+fn daemon_target(target: &str) -> bool {
+    target.starts_with("leafgate")
+        && ![
+            "leafgate::emulator",
+            "leafgate::sim",
+            "leafgate::demo",
+            "leafgate_bench",
+        ]
+        .iter()
+        .any(|tool| target.starts_with(tool))
+}
+
+/// The longest daemon log line seen so far, in bytes.
+pub fn longest_line() -> u64 {
+    LONGEST.load(Ordering::Relaxed)
+}
 
 struct Pattern {
     what: &'static str,
@@ -79,6 +105,20 @@ impl log::Log for Scanner {
         let mut fields = Fields(&mut line);
         let _ = record.key_values().visit(&mut fields);
         SCANNED.fetch_add(1, Ordering::Relaxed);
+        if daemon_target(record.target()) {
+            let len = u64::try_from(line.len()).unwrap_or(u64::MAX);
+            LONGEST.fetch_max(len, Ordering::Relaxed);
+            if len > MAX_LINE {
+                let cut: String = line.chars().take(300).collect();
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "\n*** a log line of {len} bytes (limit {MAX_LINE}) from {} at {}: {cut}…\n",
+                    record.target(),
+                    record.level()
+                );
+                std::process::abort();
+            }
+        }
         if let Some((what, at)) = find_secret(&line) {
             let mut masked = line.clone();
             masked.replace_range(at, "<MASKED>");

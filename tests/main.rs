@@ -25,6 +25,10 @@ mod gateway;
 /// renewal across many devices, and method floods against the real binary's memory.
 mod faults;
 
+/// leafgate against a raw, hostile MQTT peer: request bursts in one write, no SUBACK, huge
+/// method names.
+mod hub_hostile;
+
 /// The real binary: `check` and `run` exit codes, SIGTERM, secrets kept out of the log.
 mod cli;
 

@@ -96,7 +96,7 @@ mod http;
 mod methods;
 mod mqtt;
 mod registry;
-mod tls;
+pub mod tls;
 mod wire;
 
 use std::collections::BTreeMap;

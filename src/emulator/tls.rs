@@ -4,6 +4,8 @@
 //! Clients trust [`Certificates::ca_pem`] the way a leaf trusts an Edge gateway's root CA
 //! (`iothub-protocol.md` 8). The server certificate names `localhost`, `127.0.0.1`, `::1` and
 //! the configured host name, so a client may dial any of them.
+//!
+//! Public so that tests can stand up hostile hubs of their own that leafgate trusts the same way.
 
 use std::sync::Arc;
 
@@ -17,9 +19,9 @@ use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use super::Error;
 
 /// The CA (PEM, for clients) and the TLS server configuration holding the server certificate.
-pub(crate) struct Certificates {
-    pub(crate) ca_pem: String,
-    pub(crate) server_config: Arc<ServerConfig>,
+pub struct Certificates {
+    pub ca_pem: String,
+    pub server_config: Arc<ServerConfig>,
 }
 
 /// The names the server certificate carries: the loopback names plus `host_name`.
@@ -39,7 +41,7 @@ fn subject_alt_names(host_name: &str) -> Vec<String> {
 ///
 /// # Errors
 /// When `host_name` cannot go in a certificate, or rustls refuses the result.
-pub(crate) fn generate(host_name: &str) -> Result<Certificates, Error> {
+pub fn generate(host_name: &str) -> Result<Certificates, Error> {
     let ca_key = KeyPair::generate().map_err(Error::Certificate)?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(Error::Certificate)?;
     ca_params

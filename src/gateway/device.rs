@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use crate::bus::{self, Op};
 use crate::config::schema::BusKind;
 use crate::hub::sas::Key;
+use crate::logtext;
 use crate::mapping::{Failure, Method, raw, respond};
 
 pub struct Device {
@@ -62,6 +63,9 @@ impl Device {
         let deadline = received + timeout;
         let result = self.run(name, rid, payload, received, timeout).await;
         let elapsed = received.elapsed();
+        // Name, rid and the failure's text (which may quote the device's reply) come from
+        // outside: bounded in the journal, whole in the reply.
+        let (name, rid) = (&*logtext::clip(name), &*logtext::clip(rid));
         let (status, body) = match result {
             Ok(body) => {
                 log::info!(device_id = &*self.id, method = name, rid = rid, bus = self.bus.id(), status = 200, duration_ms = elapsed.as_millis();
@@ -77,6 +81,7 @@ impl Device {
                     why.push_str(&format!(": {s}"));
                     source = s.source();
                 }
+                let why = logtext::clip_to(&why, 4 * logtext::MAX_CHARS);
                 log::log!(level, device_id = &*self.id, method = name, rid = rid, bus = self.bus.id(), status = status, duration_ms = elapsed.as_millis();
                     "method {name} on {}: {status} in {} ms: {why}", self.id, elapsed.as_millis());
                 (status, body)
@@ -138,8 +143,8 @@ impl Device {
         let bus_deadline = deadline - margin(timeout);
         let label = bus::Label {
             device: self.id.clone(),
-            method: name.into(),
-            rid: rid.into(),
+            method: logtext::clip(name).into(),
+            rid: logtext::clip(rid).into(),
         };
         let bus_failure = |error| Failure::Bus {
             bus: self.bus.id().to_owned(),

@@ -1,0 +1,315 @@
+//! leafgate against a hub that misbehaves on purpose: a raw MQTT-over-TLS peer written here, not
+//! the emulator, so it can do what no polite hub does. It bursts a thousand method requests
+//! in one write, never answers SUBSCRIBE, sends requests before SUBACK, and names a method with
+//! 60,000 characters.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use leafgate::gateway::Gateway;
+use leafgate::sim::modbus::{Registers, TcpServer};
+use rumqttc::mqttbytes::QoS;
+use rumqttc::mqttbytes::v4::{ConnAck, ConnectReturnCode, Packet, Publish, SubAck};
+use rumqttc::mqttbytes::v4::{Subscribe, SubscribeReasonCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+
+const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A TLS listener with a certificate leafgate is told to trust, and nothing else: every packet
+/// is the test's to send or withhold.
+struct RawHub {
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    _dir: tempfile::TempDir,
+    config: std::path::PathBuf,
+}
+
+struct RawConn {
+    stream: TlsStream<TcpStream>,
+    rbuf: BytesMut,
+}
+
+impl RawHub {
+    /// Starts the listener and writes a config for one Modbus TCP device, `dev-1`, with the
+    /// raw methods on, behind `plc`. `hub_extra` adds `[hub]` keys.
+    async fn start(plc: &TcpServer, hub_extra: &str) -> RawHub {
+        let certs = leafgate::emulator::tls::generate("localhost").unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, &certs.ca_pem).unwrap();
+        let config = dir.path().join("leafgate.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"[hub]
+hostname = "localhost"
+port = {port}
+ca_file = "{ca}"
+reconnect_min_ms = 100
+reconnect_max_ms = 500
+max_connects_per_s = 1000
+{hub_extra}
+
+[[bus]]
+id = "plc"
+kind = "modbus_tcp"
+address = "{plc}"
+
+[[device]]
+id = "dev-1"
+shared_access_key = "{KEY}"
+bus = "plc"
+unit = 1
+raw_methods = true
+"#,
+                port = listener.local_addr().unwrap().port(),
+                ca = ca.display(),
+                plc = plc.addr(),
+            ),
+        )
+        .unwrap();
+        RawHub {
+            listener,
+            acceptor: TlsAcceptor::from(Arc::clone(&certs.server_config)),
+            _dir: dir,
+            config,
+        }
+    }
+
+    fn gateway(&self) -> Gateway {
+        let cfg = leafgate::config::load(&self.config).unwrap_or_else(|e| panic!("{e}"));
+        Gateway::start(&cfg).unwrap()
+    }
+
+    /// The next connection, after its TLS handshake and CONNECT, answered with CONNACK 0.
+    async fn accept(&self) -> RawConn {
+        let (tcp, _) = tokio::time::timeout(WAIT, self.listener.accept())
+            .await
+            .expect("leafgate did not connect")
+            .unwrap();
+        let stream = self.acceptor.accept(tcp).await.unwrap();
+        let mut conn = RawConn {
+            stream,
+            rbuf: BytesMut::new(),
+        };
+        let connect = conn.next().await;
+        assert!(matches!(connect, Packet::Connect(..)), "{connect:?}");
+        conn.send(&[Packet::ConnAck(ConnAck::new(
+            ConnectReturnCode::Success,
+            false,
+        ))])
+        .await;
+        conn
+    }
+}
+
+impl RawConn {
+    /// The next packet leafgate sends; panics after `WAIT`.
+    async fn next(&mut self) -> Packet {
+        tokio::time::timeout(WAIT, self.read())
+            .await
+            .expect("leafgate sent nothing")
+            .expect("leafgate closed the connection")
+    }
+
+    /// The next packet, or `None` once leafgate closes the connection.
+    async fn read(&mut self) -> Option<Packet> {
+        loop {
+            match Packet::read(&mut self.rbuf, 1 << 20) {
+                Ok(packet) => return Some(packet),
+                Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {}
+                Err(e) => panic!("leafgate sent a malformed packet: {e}"),
+            }
+            match self.stream.read_buf(&mut self.rbuf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// The SUBSCRIBE that must follow CONNACK.
+    async fn subscribe(&mut self) -> Subscribe {
+        match self.next().await {
+            Packet::Subscribe(s) => s,
+            other => panic!("expected SUBSCRIBE, got {other:?}"),
+        }
+    }
+
+    async fn suback(&mut self, subscribe: &Subscribe) {
+        let codes = vec![SubscribeReasonCode::Success(QoS::AtMostOnce); subscribe.filters.len()];
+        self.send(&[Packet::SubAck(SubAck::new(subscribe.pkid, codes))])
+            .await;
+    }
+
+    /// Encodes every packet into one buffer and writes it with one call.
+    async fn send(&mut self, packets: &[Packet]) {
+        let mut buf = BytesMut::new();
+        for p in packets {
+            p.write(&mut buf, 1 << 20).unwrap();
+        }
+        self.stream.write_all(&buf).await.unwrap();
+        self.stream.flush().await.unwrap();
+    }
+
+    /// Replies by rid until every rid in `rids` has one; panics on a reply to a rid that
+    /// already has one, or after `WAIT`.
+    async fn replies(&mut self, rids: usize) -> BTreeMap<String, (u16, serde_json::Value)> {
+        let mut got = BTreeMap::new();
+        let until = Instant::now() + WAIT;
+        while got.len() < rids {
+            let packet = tokio::time::timeout_at(until, self.read())
+                .await
+                .unwrap_or_else(|_| panic!("only {} of {rids} replies arrived", got.len()))
+                .unwrap_or_else(|| panic!("closed after {} of {rids} replies", got.len()));
+            if let Packet::Publish(p) = packet {
+                let (status, rid) = leafgate::hub::topics::parse_response(&p.topic)
+                    .unwrap_or_else(|| panic!("not a method response: {}", p.topic));
+                let body = serde_json::from_slice(&p.payload).unwrap();
+                let earlier = got.insert(rid.to_owned(), (status, body));
+                assert!(earlier.is_none(), "two replies to rid {rid}");
+            }
+        }
+        got
+    }
+}
+
+fn request(name: &str, rid: &str, payload: &serde_json::Value) -> Packet {
+    Packet::Publish(Publish::new(
+        format!("$iothub/methods/POST/{name}/?$rid={rid}"),
+        QoS::AtMostOnce,
+        serde_json::to_vec(payload).unwrap(),
+    ))
+}
+
+/// The outside run lost up to 1,543 of 3,000 replies this way: rumqttc's request channel filled
+/// while its event loop handed out the buffered requests.
+#[tokio::test]
+async fn a_thousand_requests_in_one_write_get_one_reply_each_and_every_answered_write_ran() {
+    let regs = Registers::with_units([1]);
+    let plc = TcpServer::start(regs.clone()).await.unwrap();
+    let hub = RawHub::start(&plc, "").await;
+    let gateway = hub.gateway();
+    let mut conn = hub.accept().await;
+    let sub = conn.subscribe().await;
+    conn.suback(&sub).await;
+
+    const N: u16 = 1000;
+    let burst: Vec<Packet> = (0..N)
+        .map(|i| {
+            if i % 2 == 0 {
+                let write = serde_json::json!({"table": "holding", "address": i, "values": [1]});
+                request("modbus.write", &format!("w{i}"), &write)
+            } else {
+                let read = serde_json::json!({"table": "holding", "address": 0, "count": 1});
+                request("modbus.read", &format!("r{i}"), &read)
+            }
+        })
+        .collect();
+    conn.send(&burst).await;
+    let replies = conn.replies(usize::from(N)).await;
+
+    // One more request after the burst: its reply comes after any duplicate of the burst's.
+    conn.send(&[request(
+        "modbus.read",
+        "last",
+        &serde_json::json!({"table": "holding", "address": 0, "count": 1}),
+    )])
+    .await;
+    let last = conn.replies(1).await;
+    assert_eq!(last.keys().collect::<Vec<_>>(), ["last"]);
+
+    let mut statuses = BTreeMap::<u16, usize>::new();
+    for (status, _) in replies.values() {
+        *statuses.entry(*status).or_default() += 1;
+    }
+    assert!(
+        statuses.keys().all(|s| [200, 503].contains(s)),
+        "only 200 and 503 (shed load) are expected: {statuses:?}"
+    );
+    let written = regs.holding(1, 0, N);
+    for i in (0..N).step_by(2) {
+        let (status, body) = &replies[&format!("w{i}")];
+        let ran = written[usize::from(i)] == 1;
+        assert_eq!(
+            *status == 200,
+            ran,
+            "write w{i}: status {status} {body}, executed on the device: {ran}"
+        );
+    }
+    assert!(statuses.get(&200).copied().unwrap_or(0) > 0, "{statuses:?}");
+    drop(gateway);
+}
+
+/// The outside run's hub sent CONNACK and never SUBACK: leafgate sat deaf for good, and ran a
+/// request that arrived meanwhile without ever publishing its reply.
+#[tokio::test]
+async fn a_hub_that_never_answers_subscribe_is_left_and_a_request_meanwhile_is_answered() {
+    let regs = Registers::with_units([1]);
+    regs.set_holding(1, 7, &[42]);
+    let plc = TcpServer::start(regs.clone()).await.unwrap();
+    let hub = RawHub::start(&plc, "connect_timeout_s = 1").await;
+    let gateway = hub.gateway();
+
+    let mut deaf = hub.accept().await;
+    let _ = deaf.subscribe().await;
+    let read = serde_json::json!({"table": "holding", "address": 7, "count": 1});
+    deaf.send(&[request("modbus.read", "early", &read)]).await;
+    let replies = deaf.replies(1).await;
+    assert_eq!(replies["early"], (200, serde_json::json!({"values": [42]})));
+    let left_at = Instant::now();
+    while let Some(packet) = tokio::time::timeout(WAIT, deaf.read()).await.unwrap() {
+        assert!(
+            matches!(packet, Packet::PingReq | Packet::Disconnect),
+            "unexpected {packet:?}"
+        );
+    }
+    // Left after the SUBACK timeout (connect_timeout_s = 1), not before and not much later.
+    assert!(left_at.elapsed() < Duration::from_secs(5));
+
+    let mut next = hub.accept().await;
+    let sub = next.subscribe().await;
+    next.suback(&sub).await;
+    next.send(&[request("modbus.read", "after", &read)]).await;
+    assert_eq!(next.replies(1).await["after"].0, 200);
+    drop(gateway);
+}
+
+/// A 60,000-character method name made a 120 KB log line. The reply still carries the whole
+/// rid; the journal gets a bounded line (the suite's log scanner aborts on any longer line of
+/// leafgate's, see logscan.rs).
+#[tokio::test]
+async fn a_huge_method_name_and_rid_are_answered_and_logged_bounded() {
+    let regs = Registers::with_units([1]);
+    let plc = TcpServer::start(regs).await.unwrap();
+    let hub = RawHub::start(&plc, "").await;
+    let gateway = hub.gateway();
+    let mut conn = hub.accept().await;
+    let sub = conn.subscribe().await;
+    conn.suback(&sub).await;
+
+    // Dots: a long run of letters would look like a key to the log scanner. The topic must
+    // stay under MQTT's 65,535 bytes.
+    let name = "n.".repeat(30_000);
+    let rid = "r.".repeat(2_000);
+    let before = crate::logscan::longest_line();
+    conn.send(&[request(&name, &rid, &serde_json::json!({}))])
+        .await;
+    let replies = conn.replies(1).await;
+    let (status, body) = &replies[&rid];
+    assert_eq!(*status, 501, "{body}");
+    assert_eq!(body["error"], "unknown_method");
+    let longest = crate::logscan::longest_line();
+    assert!(
+        longest <= crate::logscan::MAX_LINE,
+        "a log line of {longest} bytes (was {before} before the request)"
+    );
+    drop(gateway);
+}
