@@ -1,6 +1,6 @@
 //! What a config reload changes: which buses and devices keep running, restart, start or stop.
 //!
-//! Pure: compares what runs with the new config; [`super::Gateway::reload`] carries the plan out.
+//! Pure: compares what runs with the new config; [`super::Gateway::apply`] carries the plan out.
 //! The rules:
 //! - a bus restarts when its section changed (`config::Bus` compares every setting);
 //! - a device restarts when anything that shapes its session changed: its own section, the
