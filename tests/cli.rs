@@ -233,3 +233,156 @@ async fn a_hub_with_an_untrusted_certificate_is_refused_with_a_clear_log_line() 
     );
     assert_eq!(emu.device_stats("pump-1").connects_accepted, 0);
 }
+
+/// Makes a FIFO nobody ever writes to: a blocking open or read of it waits forever.
+fn mkfifo(path: &std::path::Path) {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
+    let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
+    assert_eq!(rc, 0, "mkfifo: {}", std::io::Error::last_os_error());
+}
+
+/// A valid config with one device; `hub_extra` goes into `[hub]`, `credential` is the device's
+/// key line.
+fn one_device(hub_extra: &str, credential: &str) -> String {
+    format!(
+        "[hub]\nhostname = \"h\"\n{hub_extra}\n[[bus]]\nid = \"b\"\nkind = \"modbus_tcp\"\naddress = \"127.0.0.1:502\"\n[[device]]\nid = \"d\"\n{credential}\nbus = \"b\"\nunit = 1\nraw_methods = true\n"
+    )
+}
+
+/// Runs `leafgate <args> -c config`; panics if it has not exited within 10 s (it is killed then).
+/// Returns the exit code and stderr.
+async fn leafgate_within_10s(args: &[&str], config: &std::path::Path) -> (Option<i32>, String) {
+    let out = tokio::process::Command::new(BIN)
+        .args(args)
+        .arg("-c")
+        .arg(config)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(10), out)
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "leafgate {args:?} -c {} did not exit within 10 s",
+                config.display()
+            )
+        })
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `check` must exit 78 at once with one problem naming `what` (file and key) and `path`.
+async fn check_refuses(config: &std::path::Path, what: &str, path: &std::path::Path) {
+    let (code, stderr) = leafgate_within_10s(&["check"], config).await;
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(stderr.contains(what), "{what:?} not in: {stderr}");
+    assert!(
+        stderr.contains(&path.display().to_string()),
+        "{} not in: {stderr}",
+        path.display()
+    );
+    assert!(stderr.contains("not a regular file"), "{stderr}");
+}
+
+#[tokio::test]
+async fn check_refuses_a_fifo_config_file_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("leafgate.toml");
+    mkfifo(&config);
+    check_refuses(
+        &config,
+        &format!("{}: cannot read", config.display()),
+        &config,
+    )
+    .await;
+    // `run` refuses it the same way, with the config exit code.
+    let (code, stderr) = leafgate_within_10s(&["run"], &config).await;
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(stderr.contains("not a regular file"), "{stderr}");
+}
+
+#[tokio::test]
+async fn check_refuses_a_fifo_key_file_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("d.key");
+    mkfifo(&key);
+    let config = dir.path().join("leafgate.toml");
+    std::fs::write(
+        &config,
+        one_device(
+            "",
+            &format!("shared_access_key_file = {:?}", key.display().to_string()),
+        ),
+    )
+    .unwrap();
+    let what = format!("{}: device[0].shared_access_key_file: ", config.display());
+    check_refuses(&config, &what, &key).await;
+    let (code, stderr) = leafgate_within_10s(&["run"], &config).await;
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(stderr.contains(&what), "{stderr}");
+}
+
+#[tokio::test]
+async fn check_refuses_a_fifo_ca_file_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    mkfifo(&ca);
+    let config = dir.path().join("leafgate.toml");
+    std::fs::write(
+        &config,
+        one_device(
+            &format!("ca_file = {:?}", ca.display().to_string()),
+            &format!("shared_access_key = \"{KEY}\""),
+        ),
+    )
+    .unwrap();
+    check_refuses(
+        &config,
+        &format!("{}: hub.ca_file: ", config.display()),
+        &ca,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn check_refuses_a_fifo_drop_in_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("leafgate.toml");
+    std::fs::write(
+        &config,
+        one_device("", &format!("shared_access_key = \"{KEY}\"")),
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("conf.d")).unwrap();
+    let drop_in = dir.path().join("conf.d/20-more.toml");
+    mkfifo(&drop_in);
+    check_refuses(
+        &config,
+        &format!("{}: cannot read", drop_in.display()),
+        &drop_in,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn check_refuses_a_key_file_linked_to_a_terminal_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("d.key");
+    std::os::unix::fs::symlink("/dev/ptmx", &key).unwrap();
+    let config = dir.path().join("leafgate.toml");
+    std::fs::write(
+        &config,
+        one_device(
+            "",
+            &format!("shared_access_key_file = {:?}", key.display().to_string()),
+        ),
+    )
+    .unwrap();
+    let what = format!("{}: device[0].shared_access_key_file: ", config.display());
+    check_refuses(&config, &what, &key).await;
+}

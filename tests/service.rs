@@ -610,3 +610,115 @@ fn the_unit_outlasts_the_longest_drain_and_keeps_its_contract() {
     let nofile: u64 = value("LimitNOFILE")[0].parse().unwrap();
     assert!(nofile > 10_000 + 1000);
 }
+
+/// Replaces `path` by a FIFO nobody writes to: a blocking open or read of it waits forever.
+fn replace_by_fifo(path: &Path) {
+    use std::os::unix::ffi::OsStrExt as _;
+    std::fs::remove_file(path).unwrap();
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
+    let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
+    assert_eq!(rc, 0, "mkfifo: {}", std::io::Error::last_os_error());
+}
+
+#[tokio::test]
+async fn a_reload_reading_a_fifo_is_refused_and_the_main_loop_keeps_serving_signals_and_systemd() {
+    let hub = Hub::start(&["pump-1"]).await;
+    let regs = Registers::with_units([1]);
+    regs.set_holding(1, 0, &[42]);
+    let plc = TcpServer::start(regs).await.unwrap();
+    let key_file = hub.dir.path().join("pump-1.key");
+    std::fs::write(&key_file, format!("{KEY}\n")).unwrap();
+    let with_key_file = |text: String| {
+        text.replace(
+            &format!("shared_access_key = \"{KEY}\""),
+            &format!(
+                "shared_access_key_file = {:?}",
+                key_file.display().to_string()
+            ),
+        )
+    };
+    let config = hub.write_config(&with_key_file(format!(
+        "{}{}",
+        bus("plc", plc.addr(), ""),
+        device("pump-1", "plc", 0, 2000)
+    )));
+    let mut notify = NotifySocket::bind(hub.dir.path());
+    // WatchdogSec=0.4s: pings every 200 ms.
+    let daemon = Daemon::start(
+        &config,
+        &[
+            ("NOTIFY_SOCKET", notify.path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
+    );
+    notify.next("READY=1", |m| m.contains("READY=1")).await;
+    hub.emu.wait_method_ready("pump-1", WAIT).await.unwrap();
+    let connects = hub.connects("pump-1");
+
+    // The key file becomes a FIFO: the reload is refused with the problem naming it.
+    replace_by_fifo(&key_file);
+    daemon.signal(libc::SIGHUP);
+    let ready = notify
+        .next("READY=1 after the refused reload", |m| {
+            m.contains("READY=1")
+        })
+        .await;
+    assert!(
+        ready.contains("last reload refused: 1 config problem(s)"),
+        "{ready:?}"
+    );
+    let log = daemon.log();
+    assert!(
+        log.contains(&format!(
+            "{}: device[0].shared_access_key_file: cannot read {}: is a FIFO (named pipe), not a regular file",
+            config.display(),
+            key_file.display()
+        )),
+        "{log}"
+    );
+    assert!(
+        log.contains("still running on the previous config"),
+        "{log}"
+    );
+    // The main loop is alive: the watchdog keeps coming, and the device still answers on its
+    // old session.
+    for _ in 0..2 {
+        notify.next("WATCHDOG=1", |m| m == "WATCHDOG=1\n").await;
+    }
+    assert_eq!(hub.call("pump-1", "get").await, (200, json!({"v": 42})));
+
+    // The config file itself becomes a FIFO: refused the same way, and a second SIGHUP is
+    // still heard.
+    replace_by_fifo(&config);
+    for _ in 0..2 {
+        daemon.signal(libc::SIGHUP);
+        let ready = notify
+            .next("READY=1 after the refused reload", |m| {
+                m.contains("READY=1")
+            })
+            .await;
+        assert!(
+            ready.contains("last reload refused: 1 config problem(s)"),
+            "{ready:?}"
+        );
+    }
+    let log = daemon.log();
+    assert!(
+        log.contains(&format!(
+            "{}: cannot read: is a FIFO (named pipe), not a regular file",
+            config.display()
+        )),
+        "{log}"
+    );
+    notify.next("WATCHDOG=1", |m| m == "WATCHDOG=1\n").await;
+    assert_eq!(hub.connects("pump-1"), connects, "the device reconnected");
+
+    // SIGTERM still stops it cleanly.
+    daemon.signal(libc::SIGTERM);
+    notify
+        .next("STOPPING=1", |m| m.contains("STOPPING=1"))
+        .await;
+    let (status, log) = daemon.wait().await;
+    assert!(status.success(), "exit {status:?}: {log}");
+}

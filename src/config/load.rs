@@ -1,5 +1,6 @@
 //! Reading the base file and its `conf.d/*.toml` drop-ins (in name order) with the `config`
-//! crate, one file at a time so each problem can name its file. Reads files, opens nothing else.
+//! crate, one file at a time so each problem can name its file. Reads regular files only, opens
+//! nothing else.
 
 use std::path::{Path, PathBuf};
 
@@ -16,6 +17,10 @@ pub fn drop_in_dir(base: &Path) -> PathBuf {
 
 /// The base file followed by its drop-ins, sorted by file name.
 ///
+/// Every `*.toml` entry is a drop-in, whatever its type: one that is not a regular file (a FIFO,
+/// a device, a directory, a dangling symlink) is refused when read, with its name, rather than
+/// silently left out of the config.
+///
 /// # Errors
 /// When the drop-in directory exists but cannot be listed.
 pub fn files(base: &Path) -> Result<Vec<PathBuf>, Problem> {
@@ -26,7 +31,7 @@ pub fn files(base: &Path) -> Result<Vec<PathBuf>, Problem> {
             let mut drop_ins: Vec<PathBuf> = entries
                 .filter_map(Result::ok)
                 .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|e| e == "toml") && p.is_file())
+                .filter(|p| p.extension().is_some_and(|e| e == "toml"))
                 .collect();
             drop_ins.sort();
             files.extend(drop_ins);
@@ -50,17 +55,73 @@ pub const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
 /// Reads at most `limit` bytes of a text file; more is an error rather than a truncation.
 ///
 /// # Errors
-/// When the file cannot be read, is larger than `limit`, or is not UTF-8.
+/// When the file cannot be read, is not a regular file (see [`read_regular`]), is larger than
+/// `limit`, or is not UTF-8.
 pub fn read_limited(path: &Path, limit: u64) -> std::io::Result<String> {
+    String::from_utf8(read_regular(path, limit)?)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"))
+}
+
+/// Reads at most `limit` bytes of a regular file (after following symlinks); more is an error
+/// rather than a truncation.
+///
+/// Config, key and CA files are read on the daemon's reload path, so nothing here may block: a
+/// FIFO blocks its opener until a writer comes and a terminal (`/dev/ptmx`) blocks its reader
+/// forever. So: refuse what `stat` says is not a regular file before opening it (opening a
+/// device can itself have effects), open with `O_NONBLOCK` (a FIFO swapped in meanwhile opens
+/// at once instead of waiting for a writer) and `O_NOCTTY`, and check the *opened* file again,
+/// so a swap between the two checks is caught too.
+///
+/// # Errors
+/// When the file cannot be opened or read, is not a regular file, or is larger than `limit`.
+pub fn read_regular(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
     use std::io::Read as _;
-    let mut text = String::new();
-    std::fs::File::open(path)?
-        .take(limit + 1)
-        .read_to_string(&mut text)?;
-    if text.len() as u64 > limit {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    refuse_unless_regular(path, &std::fs::metadata(path)?)?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    refuse_unless_regular(path, &file.metadata()?)?;
+    let mut bytes = Vec::new();
+    file.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
         return Err(std::io::Error::other(format!("larger than {limit} bytes")));
     }
-    Ok(text)
+    Ok(bytes)
+}
+
+/// `is a FIFO (named pipe), not a regular file` and, for a symlink, what it resolves to: the
+/// operator sees the configured path and may not know it points at a device.
+fn refuse_unless_regular(path: &Path, meta: &std::fs::Metadata) -> std::io::Result<()> {
+    use std::os::unix::fs::FileTypeExt as _;
+    let kind = meta.file_type();
+    if kind.is_file() {
+        return Ok(());
+    }
+    let what = if kind.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_dir() {
+        "a directory"
+    } else {
+        "a special file"
+    };
+    let mut message = format!("is {what}, not a regular file");
+    if let Ok(target) = std::fs::canonicalize(path)
+        && std::path::absolute(path).is_ok_and(|given| given != target)
+    {
+        message.push_str(&format!(" (it resolves to {})", target.display()));
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        message,
+    ))
 }
 
 /// Parses one file against the closed schema.
@@ -161,6 +222,105 @@ fn is_gutter(line: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn mkfifo(path: &Path) {
+        use std::os::unix::ffi::OsStrExt as _;
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+        // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    }
+
+    /// Nobody writes to the FIFO and nobody types on the terminal: a blocking read would never
+    /// return, so each of these returning at all is half the test.
+    #[test]
+    fn only_regular_files_are_read_and_nothing_else_is_waited_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let regular = dir.path().join("key");
+        std::fs::write(&regular, "abc\n").unwrap();
+        assert_eq!(read_limited(&regular, 4).unwrap(), "abc\n");
+        let err = read_limited(&regular, 3).unwrap_err().to_string();
+        assert_eq!(err, "larger than 3 bytes");
+
+        let fifo = dir.path().join("fifo");
+        mkfifo(&fifo);
+        let terminal = dir.path().join("terminal");
+        std::os::unix::fs::symlink("/dev/ptmx", &terminal).unwrap();
+        let to_fifo = dir.path().join("to-fifo");
+        std::os::unix::fs::symlink(&fifo, &to_fifo).unwrap();
+        let cases: [(&Path, String); 5] = [
+            (
+                &fifo,
+                "is a FIFO (named pipe), not a regular file".to_owned(),
+            ),
+            (
+                &to_fifo,
+                format!(
+                    "is a FIFO (named pipe), not a regular file (it resolves to {})",
+                    std::fs::canonicalize(&fifo).unwrap().display()
+                ),
+            ),
+            (
+                &terminal,
+                format!(
+                    "is a character device, not a regular file (it resolves to {})",
+                    std::fs::canonicalize("/dev/ptmx").unwrap().display()
+                ),
+            ),
+            (
+                Path::new("/dev/null"),
+                "is a character device, not a regular file".to_owned(),
+            ),
+            (dir.path(), "is a directory, not a regular file".to_owned()),
+        ];
+        for (path, want) in cases {
+            let err = read_limited(path, 4096).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                std::io::ErrorKind::InvalidInput,
+                "{}",
+                path.display()
+            );
+            assert_eq!(err.to_string(), want, "{}", path.display());
+        }
+        let missing = read_limited(&dir.path().join("missing"), 10).unwrap_err();
+        assert_eq!(missing.kind(), std::io::ErrorKind::NotFound);
+        let binary = dir.path().join("binary");
+        std::fs::write(&binary, [0xff, 0xfe]).unwrap();
+        assert_eq!(
+            read_limited(&binary, 10).unwrap_err().to_string(),
+            "not UTF-8 text"
+        );
+    }
+
+    #[test]
+    fn every_toml_entry_in_conf_d_is_a_drop_in_whatever_its_type() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("leafgate.toml");
+        let conf_d = dir.path().join("conf.d");
+        std::fs::create_dir(&conf_d).unwrap();
+        std::fs::write(conf_d.join("20-b.toml"), "").unwrap();
+        mkfifo(&conf_d.join("10-a.toml"));
+        std::fs::create_dir(conf_d.join("30-c.toml")).unwrap();
+        std::fs::write(conf_d.join("notes.txt"), "").unwrap();
+        let names: Vec<PathBuf> = files(&base).unwrap();
+        assert_eq!(
+            names,
+            [
+                base.clone(),
+                conf_d.join("10-a.toml"),
+                conf_d.join("20-b.toml"),
+                conf_d.join("30-c.toml")
+            ]
+        );
+        let problem = file(&conf_d.join("10-a.toml")).unwrap_err();
+        assert_eq!(
+            problem.to_string(),
+            format!(
+                "{}: cannot read: is a FIFO (named pipe), not a regular file",
+                conf_d.join("10-a.toml").display()
+            )
+        );
+    }
 
     #[test]
     fn toml_excerpts_are_dropped_and_position_and_message_kept() {

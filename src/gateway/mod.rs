@@ -29,8 +29,9 @@ use crate::config::schema::BusKind;
 use crate::config::{self, BusSpec, Config};
 use crate::hub::limiter::Pacer;
 use crate::hub::{session, tls};
+pub use reload::HubIdentity;
+use reload::Identity;
 pub use reload::Plan;
-use reload::{HubIdentity, Identity};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -59,6 +60,22 @@ struct RunningDevice {
     stop: CancellationToken,
     /// Cancelled once the session (and any predecessor) ended: replies sent, disconnected.
     done: CancellationToken,
+}
+
+/// A reloaded config with its files read, ready for [`Gateway::apply`].
+pub struct Prepared {
+    config: Config,
+    hub: HubIdentity,
+    /// New TLS settings, when `[hub]` changed.
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl Prepared {
+    /// The new config's `[log] level`.
+    #[must_use]
+    pub fn log_level(&self) -> log::LevelFilter {
+        self.config.log_level
+    }
 }
 
 /// A running gateway.
@@ -209,22 +226,38 @@ impl Gateway {
         })
     }
 
-    /// Applies a new, validated config: restarts only the buses and devices whose config
-    /// changed (see [`reload`] for the rules), starts new ones and stops removed ones. Devices
-    /// being stopped drain as at shutdown: methods in flight finish and get their reply, new
-    /// requests get 503. Returns at once; restarts complete in the background.
+    /// The part of a reload that reads files and may fail: `ca_file` and the system's trusted
+    /// roots for a changed `[hub]`. It touches nothing that runs, so the daemon calls it off its
+    /// main loop (a file on a stalled filesystem must not stop signals and the watchdog) and
+    /// [`Gateway::apply`]s the result there.
     ///
     /// # Errors
-    /// When `[hub]` changed and its TLS settings cannot be built; nothing was changed then.
-    pub fn reload(&mut self, config: &Config) -> Result<Plan, Error> {
+    /// When `[hub]` changed and its TLS settings cannot be built.
+    pub fn prepare(config: Config, running_hub: &HubIdentity) -> Result<Prepared, Error> {
         let hub = HubIdentity::of(&config.hub);
-        let hub_changed = hub != self.hub;
-        // Everything that can fail comes before the first change.
-        let tls = if hub_changed {
-            Some(tls::client_config(config.hub.ca_file.as_deref())?)
-        } else {
+        let tls = if hub == *running_hub {
             None
+        } else {
+            Some(tls::client_config(config.hub.ca_file.as_deref())?)
         };
+        Ok(Prepared { config, hub, tls })
+    }
+
+    /// What [`Gateway::prepare`] compares a new `[hub]` with.
+    #[must_use]
+    pub fn hub_identity(&self) -> HubIdentity {
+        self.hub.clone()
+    }
+
+    /// Applies a new, validated and [prepared](Gateway::prepare) config: restarts only the buses
+    /// and devices whose config changed (see [`reload`] for the rules), starts new ones and stops
+    /// removed ones. Devices being stopped drain as at shutdown: methods in flight finish and get
+    /// their reply, new requests get 503. Reads no file and returns at once; restarts complete
+    /// in the background.
+    pub fn apply(&mut self, prepared: Prepared) -> Plan {
+        let Prepared { config, hub, tls } = prepared;
+        let config = &config;
+        let hub_changed = tls.is_some();
         let running_buses = self
             .buses
             .iter()
@@ -296,7 +329,7 @@ impl Gateway {
         }
         log_changes("device", &plan.devices);
         log_changes("bus", &plan.buses);
-        Ok(plan)
+        plan
     }
 
     /// Devices connected and subscribed right now.

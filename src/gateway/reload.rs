@@ -1,6 +1,6 @@
 //! What a config reload changes: which buses and devices keep running, restart, start or stop.
 //!
-//! Pure: compares what runs with the new config; [`super::Gateway::reload`] carries the plan out.
+//! Pure: compares what runs with the new config; [`super::Gateway::apply`] carries the plan out.
 //! The rules:
 //! - a bus restarts when its section changed (`config::Bus` compares every setting);
 //! - a device restarts when anything that shapes its session changed: its own section, the
@@ -50,12 +50,14 @@ pub struct HubIdentity {
 }
 
 impl HubIdentity {
+    /// Reads `ca_file` like the TLS setup does (regular files only, bounded), so it never blocks
+    /// on a FIFO or a terminal; an unreadable file is part of the identity as its error.
     #[must_use]
     pub fn of(hub: &config::Hub) -> HubIdentity {
-        let ca = hub
-            .ca_file
-            .as_ref()
-            .map(|path: &PathBuf| std::fs::read(path).map_err(|e| e.to_string()));
+        let ca = hub.ca_file.as_ref().map(|path: &PathBuf| {
+            config::load::read_regular(path, crate::hub::tls::MAX_CA_BYTES)
+                .map_err(|e| e.to_string())
+        });
         HubIdentity {
             hub: hub.clone(),
             ca,

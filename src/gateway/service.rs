@@ -6,9 +6,12 @@
 //!   second);
 //! - `WATCHDOG=1` from this main loop at half of `WatchdogSec=`, so a stuck loop gets the
 //!   service restarted;
-//! - SIGHUP: `RELOADING=1`, re-read and validate the config; on problems log every one and keep
-//!   running on the old config; otherwise restart only what changed (see [`super::reload`]);
-//!   then `READY=1`;
+//! - SIGHUP: `RELOADING=1`, re-read and validate the config on a thread of its own (so a file
+//!   that cannot be read promptly never stops this loop: signals, `STATUS=` and the watchdog go
+//!   on), within [`RELOAD_TIME_LIMIT`]; on problems log every one and keep running on the old
+//!   config; otherwise restart only what changed (see [`super::reload`]); then `READY=1`. A
+//!   SIGHUP during a reload runs one more reload after it (the files may have changed since it
+//!   read them);
 //! - SIGTERM/SIGINT: `STOPPING=1`, drain (new requests 503, methods in flight finish within the
 //!   drain deadline), disconnect, return.
 
@@ -16,9 +19,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::time::MissedTickBehavior;
+use tokio::sync::oneshot;
+use tokio::time::{Instant, MissedTickBehavior};
 
-use super::Gateway;
+use super::{Gateway, HubIdentity, Prepared};
 use crate::config::{self, Config};
 use crate::systemd;
 
@@ -41,6 +45,12 @@ pub struct Options {
 
 /// How often the status line is recomputed (and sent when it changed).
 const STATUS_EVERY: Duration = Duration::from_millis(500);
+
+/// How long a reload may take to read and check the config and the files it names. It takes
+/// milliseconds; FIFOs and terminals are refused at once, so only a file on a stalled
+/// filesystem (a hung NFS mount) gets near this. Past it the reload is refused and its thread
+/// left to finish or hang on its own: its result is never applied.
+pub const RELOAD_TIME_LIMIT: Duration = Duration::from_secs(30);
 
 /// The `STATUS=` line.
 #[must_use]
@@ -81,6 +91,9 @@ pub async fn run(config: Config, options: &Options) -> Result<(), Error> {
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut tick = tokio::time::interval(STATUS_EVERY);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut reloading: Option<Reload> = None;
+    // A SIGHUP arrived while `reloading` ran: reload again once it is done.
+    let mut again = false;
     loop {
         tokio::select! {
             _ = term.recv() => {
@@ -92,8 +105,25 @@ pub async fn run(config: Config, options: &Options) -> Result<(), Error> {
                 break;
             }
             _ = hup.recv() => {
-                reload(&mut gateway, options);
+                if reloading.is_some() {
+                    if !again {
+                        log::info!(
+                            "SIGHUP during a reload: reading {} again once this reload is done",
+                            options.config_path.display()
+                        );
+                    }
+                    again = true;
+                } else {
+                    reloading = Reload::start(&gateway, options);
+                }
+            }
+            outcome = Reload::finished(&mut reloading), if reloading.is_some() => {
+                reloading = None;
+                finish_reload(&mut gateway, options, outcome);
                 status = status_line(&gateway);
+                if std::mem::take(&mut again) {
+                    reloading = Reload::start(&gateway, options);
+                }
             }
             _ = ping.tick(), if watchdog.is_some() => systemd::notify_watchdog(),
             _ = tick.tick() => {
@@ -104,6 +134,11 @@ pub async fn run(config: Config, options: &Options) -> Result<(), Error> {
                 }
             }
         }
+    }
+    if reloading.is_some() {
+        log::warn!(
+            "stopping during a reload: the config it was reading is not applied (its thread is left to end with the process)"
+        );
     }
     let drain = gateway.drain_deadline();
     systemd::notify_stopping(&format!(
@@ -126,47 +161,129 @@ pub async fn run(config: Config, options: &Options) -> Result<(), Error> {
     Ok(())
 }
 
-/// SIGHUP: re-read the config and apply it, or keep the running one and say why.
-fn reload(gateway: &mut Gateway, options: &Options) {
-    let path = &options.config_path;
-    systemd::notify_reloading(&format!("reloading {}", path.display()));
-    log::info!("SIGHUP: reloading {}", path.display());
-    let outcome = match config::load(path) {
-        Ok(config) => match gateway.reload(&config) {
-            Ok(plan) => {
-                systemd::set_level(options.log_level.unwrap_or(config.log_level));
-                log::info!("reloaded {}: {plan}", path.display());
+/// What a reload's thread found.
+enum Outcome {
+    Ready(Box<Prepared>),
+    Problems(config::Error),
+    /// `[hub]` changed and its TLS settings cannot be built.
+    Hub(super::Error),
+    /// Still reading after [`RELOAD_TIME_LIMIT`].
+    TimedOut,
+    /// The thread ended without an answer (it panicked).
+    Lost,
+}
+
+/// A reload reading the config on a thread of its own, so the main loop never waits on a file.
+struct Reload {
+    outcome: oneshot::Receiver<Outcome>,
+    deadline: Instant,
+}
+
+impl Reload {
+    /// SIGHUP: tells systemd and starts reading; `None` (after saying why) when no thread can be
+    /// started.
+    fn start(gateway: &Gateway, options: &Options) -> Option<Reload> {
+        let path = options.config_path.clone();
+        systemd::notify_reloading(&format!("reloading {}", path.display()));
+        log::info!("SIGHUP: reloading {}", path.display());
+        let hub: HubIdentity = gateway.hub_identity();
+        let (tx, rx) = oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name("leafgate-reload".to_owned())
+            .spawn(move || {
+                let outcome = match config::load(&path) {
+                    Ok(config) => match Gateway::prepare(config, &hub) {
+                        Ok(prepared) => Outcome::Ready(Box::new(prepared)),
+                        Err(e) => Outcome::Hub(e),
+                    },
+                    Err(e) => Outcome::Problems(e),
+                };
+                // The main loop is gone when it gave up on this reload or is stopping: nothing
+                // is applied then.
+                let _ = tx.send(outcome);
+            });
+        match spawned {
+            Ok(_) => Some(Reload {
+                outcome: rx,
+                deadline: Instant::now() + RELOAD_TIME_LIMIT,
+            }),
+            Err(e) => {
+                refused(
+                    gateway,
+                    options,
+                    &format!("cannot start a thread to read the config: {e}"),
+                );
                 None
             }
-            Err(e) => {
-                let mut why = e.to_string();
-                let mut source = std::error::Error::source(&e);
-                while let Some(s) = source {
-                    why.push_str(&format!(": {s}"));
-                    source = s.source();
-                }
-                log::error!("{why}");
-                Some("the new [hub] settings cannot be used".to_owned())
-            }
-        },
-        Err(e) => {
+        }
+    }
+
+    /// The reload's outcome, at the latest at its deadline. Cancel-safe: the main loop's
+    /// `select!` polls it anew each round. Pending forever when no reload runs.
+    async fn finished(reload: &mut Option<Reload>) -> Outcome {
+        let Some(reload) = reload else {
+            return std::future::pending().await;
+        };
+        match tokio::time::timeout_at(reload.deadline, &mut reload.outcome).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Outcome::Lost,
+            Err(_) => Outcome::TimedOut,
+        }
+    }
+}
+
+/// Applies what a reload found, or keeps the running config and says why; then `READY=1`.
+fn finish_reload(gateway: &mut Gateway, options: &Options, outcome: Outcome) {
+    let path = &options.config_path;
+    let why = match outcome {
+        Outcome::Ready(prepared) => {
+            let level = prepared.log_level();
+            let plan = gateway.apply(*prepared);
+            systemd::set_level(options.log_level.unwrap_or(level));
+            log::info!("reloaded {}: {plan}", path.display());
+            systemd::notify_ready(&status_line(gateway));
+            return;
+        }
+        Outcome::Problems(e) => {
             for problem in &e.problems {
                 log::error!("{problem}");
             }
-            Some(format!("{} config problem(s)", e.problems.len()))
+            format!("{} config problem(s)", e.problems.len())
         }
-    };
-    match outcome {
-        None => systemd::notify_ready(&status_line(gateway)),
-        Some(why) => {
+        Outcome::Hub(e) => {
+            let mut why = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                why.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            log::error!("{why}");
+            "the new [hub] settings cannot be used".to_owned()
+        }
+        Outcome::TimedOut => {
             log::error!(
-                "reload refused ({why}); still running on the previous config; fix {} and reload again",
-                path.display()
+                "reading {} and the files it names took longer than {} s; is one of them on a stalled network filesystem?",
+                path.display(),
+                RELOAD_TIME_LIMIT.as_secs()
             );
-            systemd::notify_ready(&format!(
-                "{}; last reload refused: {why} (see the journal)",
-                status_line(gateway)
-            ));
+            format!(
+                "reading the config took longer than {} s",
+                RELOAD_TIME_LIMIT.as_secs()
+            )
         }
-    }
+        Outcome::Lost => "the reload failed unexpectedly".to_owned(),
+    };
+    refused(gateway, options, &why);
+}
+
+/// A reload that changed nothing: says so in the journal and in `STATUS=`, with `READY=1`.
+fn refused(gateway: &Gateway, options: &Options, why: &str) {
+    log::error!(
+        "reload refused ({why}); still running on the previous config; fix {} and reload again",
+        options.config_path.display()
+    );
+    systemd::notify_ready(&format!(
+        "{}; last reload refused: {why} (see the journal)",
+        status_line(gateway)
+    ));
 }

@@ -39,25 +39,26 @@ pub enum Error {
     Config(#[source] rustls::Error),
 }
 
+/// A CA bundle is a few hundred KiB at most; the limit keeps a huge file from exhausting memory.
+pub const MAX_CA_BYTES: u64 = 16 * 1024 * 1024;
+
 /// Adds the certificates of a PEM file to `roots`; returns how many. Config validation calls
 /// this too, so a file `leafgate check` accepts is exactly a file the daemon can use. PEM
 /// sections that are not certificates (a key in a bundle) are skipped; at least one certificate
 /// must be there and rustls must accept each.
 ///
 /// # Errors
-/// When the file cannot be read, is a directory, or holds no usable certificate.
+/// When the file cannot be read, is not a regular file, or holds no usable certificate.
 pub fn add_ca_file(path: &Path, roots: &mut RootCertStore) -> Result<usize, Error> {
     let shown = path.display().to_string();
     if path.is_dir() {
         return Err(Error::CaIsDirectory(shown));
     }
-    // A CA bundle is a few hundred KiB at most; the limit keeps `/dev/zero` from exhausting memory.
-    let pem = crate::config::load::read_limited(path, 16 * 1024 * 1024).map_err(|source| {
-        Error::ReadCa {
+    let pem =
+        crate::config::load::read_limited(path, MAX_CA_BYTES).map_err(|source| Error::ReadCa {
             path: shown.clone(),
             source,
-        }
-    })?;
+        })?;
     let mut unreadable = None;
     let mut found = 0usize;
     for item in rustls_pemfile::certs(&mut pem.as_bytes()) {
