@@ -28,6 +28,16 @@ pub fn clip(text: &str) -> Cow<'_, str> {
     clip_to(text, MAX_CHARS)
 }
 
+/// [`clip`] for a string the caller owns: returned as it is (no copy) when short enough.
+#[must_use]
+pub fn clip_owned(text: String) -> String {
+    match clip(&text) {
+        Cow::Borrowed(_) => None,
+        Cow::Owned(clipped) => Some(clipped),
+    }
+    .unwrap_or(text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -37,6 +47,8 @@ mod tests {
         assert!(matches!(clip("getStatus"), Cow::Borrowed("getStatus")));
         let exact = "x".repeat(MAX_CHARS);
         assert!(matches!(clip(&exact), Cow::Borrowed(_)));
+        assert_eq!(clip_owned(exact.clone()), exact);
+        assert_eq!(clip_owned("é".repeat(200)), clip(&"é".repeat(200)));
     }
 
     #[test]

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use leafgate::gateway::Gateway;
-use leafgate::sim::modbus::{Registers, TcpServer};
+use leafgate::hub::session::MAX_IN_FLIGHT;
+use leafgate::sim::modbus::{Fault, Registers, TcpServer};
 use rumqttc::mqttbytes::QoS;
 use rumqttc::mqttbytes::v4::{ConnAck, ConnectReturnCode, Packet, Publish, SubAck};
 use rumqttc::mqttbytes::v4::{Subscribe, SubscribeReasonCode};
@@ -38,8 +39,8 @@ struct RawConn {
 
 impl RawHub {
     /// Starts the listener and writes a config for one Modbus TCP device, `dev-1`, with the
-    /// raw methods on, behind `plc`. `hub_extra` adds `[hub]` keys.
-    async fn start(plc: &TcpServer, hub_extra: &str) -> RawHub {
+    /// raw methods on, behind `plc`. `hub_extra` adds `[hub]` keys, `bus_extra` keys of the bus.
+    async fn start(plc: &TcpServer, hub_extra: &str, bus_extra: &str) -> RawHub {
         let certs = leafgate::emulator::tls::generate("localhost").unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let dir = tempfile::tempdir().unwrap();
@@ -62,6 +63,7 @@ max_connects_per_s = 1000
 id = "plc"
 kind = "modbus_tcp"
 address = "{plc}"
+{bus_extra}
 
 [[device]]
 id = "dev-1"
@@ -195,7 +197,7 @@ fn request(name: &str, rid: &str, payload: &serde_json::Value) -> Packet {
 async fn a_thousand_requests_in_one_write_get_one_reply_each_and_every_answered_write_ran() {
     let regs = Registers::with_units([1]);
     let plc = TcpServer::start(regs.clone()).await.unwrap();
-    let hub = RawHub::start(&plc, "").await;
+    let hub = RawHub::start(&plc, "", "").await;
     let gateway = hub.gateway();
     let mut conn = hub.accept().await;
     let sub = conn.subscribe().await;
@@ -255,7 +257,7 @@ async fn a_hub_that_never_answers_subscribe_is_left_and_a_request_meanwhile_is_a
     let regs = Registers::with_units([1]);
     regs.set_holding(1, 7, &[42]);
     let plc = TcpServer::start(regs.clone()).await.unwrap();
-    let hub = RawHub::start(&plc, "connect_timeout_s = 1").await;
+    let hub = RawHub::start(&plc, "connect_timeout_s = 1", "").await;
     let gateway = hub.gateway();
 
     let mut deaf = hub.accept().await;
@@ -289,7 +291,7 @@ async fn a_hub_that_never_answers_subscribe_is_left_and_a_request_meanwhile_is_a
 async fn a_huge_method_name_and_rid_are_answered_and_logged_bounded() {
     let regs = Registers::with_units([1]);
     let plc = TcpServer::start(regs).await.unwrap();
-    let hub = RawHub::start(&plc, "").await;
+    let hub = RawHub::start(&plc, "", "").await;
     let gateway = hub.gateway();
     let mut conn = hub.accept().await;
     let sub = conn.subscribe().await;
@@ -311,5 +313,58 @@ async fn a_huge_method_name_and_rid_are_answered_and_logged_bounded() {
         longest <= crate::logscan::MAX_LINE,
         "a log line of {longest} bytes (was {before} before the request)"
     );
+    drop(gateway);
+}
+
+/// Past `MAX_IN_FLIGHT` requests in progress for one device, the next are answered 503 at once
+/// and never reach the hardware; the others are all served once the unit answers again.
+#[tokio::test]
+async fn requests_past_the_in_flight_cap_are_refused_unexecuted_and_the_rest_are_served() {
+    let regs = Registers::with_units([1]);
+    let plc = TcpServer::start(regs.clone()).await.unwrap();
+    // A queue deep enough that the bus admits everything: the cap is what refuses.
+    let hub = RawHub::start(&plc, "", "queue_capacity = 5000\ntimeout_ms = 2000").await;
+    let gateway = hub.gateway();
+    let mut conn = hub.accept().await;
+    let sub = conn.subscribe().await;
+    conn.suback(&sub).await;
+
+    // The unit hangs on the first request, so every other one stays in progress meanwhile.
+    regs.set_fault_times(1, Fault::Silent, 1);
+    let extra = 76;
+    let n = MAX_IN_FLIGHT + extra;
+    let burst: Vec<Packet> = (0..n)
+        .map(|i| {
+            let write = serde_json::json!({"table": "holding", "address": i, "values": [1]});
+            request("modbus.write", &format!("w{i}"), &write)
+        })
+        .collect();
+    conn.send(&burst).await;
+    let replies = conn.replies(n).await;
+
+    let refused: Vec<usize> = (0..n)
+        .filter(|i| {
+            let (status, body) = &replies[&format!("w{i}")];
+            *status == 503
+                && body["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("already in progress")
+        })
+        .collect();
+    assert_eq!(refused.len(), extra, "refused: {refused:?}");
+    let written = regs.holding(1, 0, u16::try_from(n).unwrap());
+    for i in 0..n {
+        let (status, body) = &replies[&format!("w{i}")];
+        let ran = written[i] == 1;
+        assert_eq!(
+            *status == 200,
+            ran,
+            "w{i}: {status} {body}, executed: {ran}"
+        );
+    }
+    let served = replies.values().filter(|(s, _)| *s == 200).count();
+    // The first write met the silent unit (504); every other admitted one was served.
+    assert_eq!(served, MAX_IN_FLIGHT - 1);
     drop(gateway);
 }

@@ -515,8 +515,8 @@ fn on_publish(
             body,
             status: response.status,
             deadline: response.deadline,
-            method: logtext::clip(&name).into_owned(),
-            rid: logtext::clip(&rid).into_owned(),
+            method: logtext::clip_owned(name),
+            rid: logtext::clip_owned(rid),
         });
         if let Err(mpsc::error::SendError(reply)) = tx.send(reply).await {
             let id = &*device.id;
