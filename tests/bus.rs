@@ -1083,3 +1083,66 @@ async fn a_garbling_unit_on_an_rtu_over_tcp_endpoint_costs_its_line_mates_nothin
     a_garbling_unit_costs_its_line_mates_nothing(TcpFraming::Rtu, Garbage::BadCrc).await;
     a_garbling_unit_costs_its_line_mates_nothing(TcpFraming::Rtu, Garbage::Unit(2)).await;
 }
+
+/// A bus configured without `queue_capacity`, from a config file as an operator writes it.
+fn default_tcp_bus(addr: std::net::SocketAddr) -> Bus {
+    let toml = format!(
+        r#"
+        [hub]
+        hostname = "h.azure-devices.net"
+        [[bus]]
+        id = "plc"
+        kind = "modbus_tcp"
+        address = "{addr}"
+        [[device]]
+        id = "d"
+        shared_access_key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
+        bus = "plc"
+        unit = 1
+        raw_methods = true
+        "#
+    );
+    let file = leafgate::config::load::parse(&toml).unwrap();
+    let config =
+        leafgate::config::validate::validate(vec![("leafgate.toml".into(), file)]).unwrap();
+    config.buses.into_iter().next().unwrap()
+}
+
+#[tokio::test]
+async fn a_burst_of_quick_jobs_with_long_deadlines_is_served_whole_by_the_default_queue() {
+    let regs = Registers::with_units([1]);
+    regs.set_holding(1, 0, &[7]);
+    let server = TcpServer::start(regs.clone()).await.unwrap();
+    let cfg = default_tcp_bus(server.addr());
+    let (h, _task) = bus::start(&cfg, CancellationToken::new());
+    up(&h).await;
+    // One job teaches the bus how long a job takes here (well under a millisecond).
+    run(
+        &h,
+        vec![read(1, Table::Holding, 0, 1)],
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    // 1,000 callers at once, each with 10 s: the bus needs well under a second for all of them.
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..1000 {
+        let h = h.clone();
+        calls.spawn(async move {
+            run(
+                &h,
+                vec![read(1, Table::Holding, 0, 1)],
+                Duration::from_secs(10),
+            )
+            .await
+        });
+    }
+    let results = calls.join_all().await;
+    let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of 1000 failed, first: {:?}",
+        failed.len(),
+        failed.first()
+    );
+}
