@@ -829,3 +829,320 @@ async fn every_request_waits_at_least_the_silent_interval_after_the_last_reply()
         "a request followed a reply after {shortest:?}, less than the silent interval {gap:?}"
     );
 }
+
+fn tcp(addr: std::net::SocketAddr, framing: TcpFraming) -> Bus {
+    bus(
+        "gw",
+        BusSpec::ModbusTcp {
+            address: addr.to_string(),
+            framing,
+        },
+        300,
+    )
+}
+
+/// `n` zero registers as an FC3 reply PDU, with a byte count that matches them.
+fn holding_reply(n: u8) -> Vec<u8> {
+    let mut pdu = vec![3, 2 * n];
+    pdu.resize(2 + usize::from(2 * n), 0);
+    pdu
+}
+
+/// Runs `op` while unit 1 sends `garbage`: it must fail as an unusable reply (502) whose message
+/// contains `says`, after `tries` requests reached the device (reads are retried, writes never
+/// sent twice), and the bus must serve the next clean request at once.
+async fn refused_as_unusable(
+    h: &bus::Handle,
+    regs: &Registers,
+    op: Op,
+    garbage: Garbage,
+    says: &str,
+) {
+    let what = format!("{garbage:?} in reply to {op:?}");
+    regs.set_fault(1, Fault::Garbage(garbage));
+    let before = regs.requests().len();
+    let r = run(h, vec![op.clone()], Duration::from_secs(5)).await;
+    match &r {
+        Err(Error::Protocol(msg)) if msg.contains(says) => {}
+        other => panic!("{what}: expected an unusable reply saying {says:?}, got {other:?}"),
+    }
+    let tries = if matches!(op, Op::Read { .. }) { 3 } else { 1 };
+    assert_eq!(regs.requests().len() - before, tries, "{what}");
+    regs.clear_faults(1);
+    let r = run(
+        h,
+        vec![read(1, Table::Holding, 0, 2)],
+        Duration::from_secs(2),
+    )
+    .await;
+    assert_eq!(
+        r.unwrap(),
+        vec![Output::Registers(regs.holding(1, 0, 2))],
+        "{what}: the next request must be served"
+    );
+}
+
+#[tokio::test]
+async fn modbus_tcp_refuses_a_wrong_register_count_or_write_echo_with_502() {
+    let regs = Registers::with_units([1]);
+    regs.set_holding(1, 0, &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
+    let server = TcpServer::start(regs.clone()).await.unwrap();
+    let (h, _task) = bus::start(
+        &tcp(server.addr(), TcpFraming::Mbap),
+        CancellationToken::new(),
+    );
+    up(&h).await;
+    let ten = read(1, Table::Holding, 0, 10);
+    refused_as_unusable(
+        &h,
+        &regs,
+        ten.clone(),
+        Garbage::Pdu(holding_reply(9)),
+        "18 bytes for 10 registers",
+    )
+    .await;
+    refused_as_unusable(
+        &h,
+        &regs,
+        ten,
+        Garbage::Pdu(holding_reply(11)),
+        "22 bytes for 10 registers",
+    )
+    .await;
+    let one = Op::Write {
+        unit: 1,
+        address: 3,
+        data: WriteData::Registers(vec![5]),
+    };
+    refused_as_unusable(
+        &h,
+        &regs,
+        one.clone(),
+        Garbage::Pdu(vec![6, 0, 4, 0, 5]),
+        "address 4",
+    )
+    .await;
+    refused_as_unusable(&h, &regs, one, Garbage::Pdu(vec![6, 0, 3, 0, 6]), "value 6").await;
+    let two = Op::Write {
+        unit: 1,
+        address: 3,
+        data: WriteData::Registers(vec![5, 6]),
+    };
+    refused_as_unusable(
+        &h,
+        &regs,
+        two.clone(),
+        Garbage::Pdu(vec![16, 0, 4, 0, 2]),
+        "address 4",
+    )
+    .await;
+    refused_as_unusable(
+        &h,
+        &regs,
+        two,
+        Garbage::Pdu(vec![16, 0, 3, 0, 3]),
+        "quantity 3",
+    )
+    .await;
+    let coils = Op::Write {
+        unit: 1,
+        address: 0,
+        data: WriteData::Coils(vec![true, false, true]),
+    };
+    refused_as_unusable(
+        &h,
+        &regs,
+        coils,
+        Garbage::Pdu(vec![15, 0, 0, 0, 2]),
+        "quantity 2",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn modbus_tcp_answers_a_garbled_reply_with_502_never_503() {
+    let regs = Registers::with_units([1]);
+    regs.set_holding(1, 0, &[1, 2]);
+    let server = TcpServer::start(regs.clone()).await.unwrap();
+    let (h, _task) = bus::start(
+        &tcp(server.addr(), TcpFraming::Mbap),
+        CancellationToken::new(),
+    );
+    up(&h).await;
+    let two = read(1, Table::Holding, 0, 2);
+    refused_as_unusable(
+        &h,
+        &regs,
+        two.clone(),
+        Garbage::TransactionId,
+        "transaction id",
+    )
+    .await;
+    refused_as_unusable(&h, &regs, two.clone(), Garbage::Unit(2), "unit 2").await;
+    refused_as_unusable(&h, &regs, two.clone(), Garbage::MbapLength(0), "length 0").await;
+    refused_as_unusable(&h, &regs, two.clone(), Garbage::MbapLength(1), "length 1").await;
+    refused_as_unusable(
+        &h,
+        &regs,
+        two.clone(),
+        Garbage::MbapLength(300),
+        "length 300",
+    )
+    .await;
+    refused_as_unusable(&h, &regs, two.clone(), Garbage::BadCrc, "protocol id").await;
+    refused_as_unusable(
+        &h,
+        &regs,
+        two.clone(),
+        Garbage::Pdu(vec![3, 6, 0, 1, 0, 2]),
+        "byte count 6",
+    )
+    .await;
+    refused_as_unusable(
+        &h,
+        &regs,
+        two.clone(),
+        Garbage::Pdu(vec![0x41, 0, 0]),
+        "function code 65",
+    )
+    .await;
+    refused_as_unusable(
+        &h,
+        &regs,
+        two,
+        Garbage::Pdu(vec![0x83]),
+        "exception reply without a code",
+    )
+    .await;
+    let write = Op::Write {
+        unit: 1,
+        address: 3,
+        data: WriteData::Registers(vec![5]),
+    };
+    refused_as_unusable(&h, &regs, write, Garbage::TransactionId, "transaction id").await;
+    assert!(h.is_up(), "a garbled reply must not take the bus down");
+}
+
+/// Unit 1 garbles every reply, unit 2 behind the same endpoint is healthy (a TCP-to-RTU gateway
+/// with one bad meter): under steady load on both, unit 1 gets 502 each time and unit 2 never
+/// notices.
+async fn a_garbling_unit_costs_its_line_mates_nothing(framing: TcpFraming, garbage: Garbage) {
+    let regs = Registers::with_units([1, 2]);
+    regs.set_holding(2, 0, &[22]);
+    regs.set_fault(1, Fault::Garbage(garbage.clone()));
+    let server = match framing {
+        TcpFraming::Mbap => TcpServer::start(regs.clone()).await,
+        TcpFraming::Rtu => TcpServer::start_rtu_over_tcp(regs.clone()).await,
+    }
+    .unwrap();
+    let (h, _task) = bus::start(&tcp(server.addr(), framing), CancellationToken::new());
+    up(&h).await;
+    let calls = |unit: u8| {
+        let h = h.clone();
+        async move {
+            let mut results = Vec::new();
+            for _ in 0..60 {
+                let r = run(
+                    &h,
+                    vec![read(unit, Table::Holding, 0, 1)],
+                    Duration::from_secs(2),
+                )
+                .await;
+                results.push(r);
+            }
+            results
+        }
+    };
+    let (garbled, healthy) = tokio::join!(calls(1), calls(2));
+    let failed: Vec<_> = healthy.iter().filter(|r| r.is_err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{framing:?}, {garbage:?}: unit 2 failed {} of 60 calls, first: {:?}",
+        failed.len(),
+        failed.first()
+    );
+    assert!(
+        healthy
+            .iter()
+            .all(|r| matches!(r, Ok(out) if *out == [Output::Registers(vec![22])]))
+    );
+    assert!(
+        garbled.iter().all(|r| matches!(r, Err(Error::Protocol(_)))),
+        "{framing:?}, {garbage:?}: unit 1 must get 502 every time: {garbled:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_garbling_unit_on_a_modbus_tcp_endpoint_costs_its_line_mates_nothing() {
+    a_garbling_unit_costs_its_line_mates_nothing(TcpFraming::Mbap, Garbage::TransactionId).await;
+    a_garbling_unit_costs_its_line_mates_nothing(TcpFraming::Mbap, Garbage::MbapLength(0)).await;
+}
+
+#[tokio::test]
+async fn a_garbling_unit_on_an_rtu_over_tcp_endpoint_costs_its_line_mates_nothing() {
+    a_garbling_unit_costs_its_line_mates_nothing(TcpFraming::Rtu, Garbage::BadCrc).await;
+    a_garbling_unit_costs_its_line_mates_nothing(TcpFraming::Rtu, Garbage::Unit(2)).await;
+}
+
+/// A bus configured without `queue_capacity`, from a config file as an operator writes it.
+fn default_tcp_bus(addr: std::net::SocketAddr) -> Bus {
+    let toml = format!(
+        r#"
+        [hub]
+        hostname = "h.azure-devices.net"
+        [[bus]]
+        id = "plc"
+        kind = "modbus_tcp"
+        address = "{addr}"
+        [[device]]
+        id = "d"
+        shared_access_key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
+        bus = "plc"
+        unit = 1
+        raw_methods = true
+        "#
+    );
+    let file = leafgate::config::load::parse(&toml).unwrap();
+    let config =
+        leafgate::config::validate::validate(vec![("leafgate.toml".into(), file)]).unwrap();
+    config.buses.into_iter().next().unwrap()
+}
+
+#[tokio::test]
+async fn a_burst_of_quick_jobs_with_long_deadlines_is_served_whole_by_the_default_queue() {
+    let regs = Registers::with_units([1]);
+    regs.set_holding(1, 0, &[7]);
+    let server = TcpServer::start(regs.clone()).await.unwrap();
+    let cfg = default_tcp_bus(server.addr());
+    let (h, _task) = bus::start(&cfg, CancellationToken::new());
+    up(&h).await;
+    // One job teaches the bus how long a job takes here (well under a millisecond).
+    run(
+        &h,
+        vec![read(1, Table::Holding, 0, 1)],
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    // 1,000 callers at once, each with 10 s: the bus needs well under a second for all of them.
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..1000 {
+        let h = h.clone();
+        calls.spawn(async move {
+            run(
+                &h,
+                vec![read(1, Table::Holding, 0, 1)],
+                Duration::from_secs(10),
+            )
+            .await
+        });
+    }
+    let results = calls.join_all().await;
+    let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of 1000 failed, first: {:?}",
+        failed.len(),
+        failed.first()
+    );
+}

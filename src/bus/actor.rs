@@ -6,10 +6,12 @@
 //! - a job whose deadline passed while it waited is dropped unexecuted (never run a write after
 //!   its caller was told it timed out);
 //! - every operation runs under min(bus timeout, time left to the deadline);
-//! - a full queue answers at once (503) instead of growing, and so does a job that would wait
-//!   longer than its deadline allows behind the work already queued (estimated from how long
-//!   recent jobs took): otherwise, under overload, most jobs would start too late, time out
-//!   (504) after occupying the line, and the bus would serve almost nothing in time;
+//! - a job that would wait longer than its deadline allows behind the work already queued
+//!   (estimated from how long recent jobs took) is answered at once (503): otherwise, under
+//!   overload, most jobs would start too late, time out (504) after occupying the line, and the
+//!   bus would serve almost nothing in time. That is the admission rule; the queue's capacity is
+//!   only a memory bound (a full queue also answers 503 at once instead of growing), so a burst
+//!   of quick jobs is served whole whenever their deadlines allow;
 //! - the link reconnects in the background with backoff; jobs that arrive while it is down fail
 //!   fast (503) rather than waiting for a connect;
 //! - shutdown is honoured only between jobs.
@@ -450,5 +452,23 @@ impl<L: Link> Actor<L> {
                 Err(e) => return Err(e),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The default queue capacity is documented as a memory bound from these sizes (README,
+    /// `queue_capacity`): keep them true.
+    #[test]
+    fn a_waiting_job_stays_small() {
+        assert!(size_of::<Job>() <= 96, "{}", size_of::<Job>());
+        assert!(size_of::<Op>() <= 40, "{}", size_of::<Op>());
+        assert!(
+            size_of::<Result<Vec<Output>, Error>>() <= 32,
+            "{}",
+            size_of::<Result<Vec<Output>, Error>>()
+        );
     }
 }

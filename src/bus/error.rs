@@ -15,7 +15,8 @@ pub enum Error {
     /// earlier step took the time); it was never sent.
     #[error("deadline too close to send the request; not executed")]
     Expired,
-    /// The answer was unusable: bad CRC, wrong unit/function/length, reply not matching.
+    /// The answer was unusable: bad CRC or MBAP header, wrong unit/function/transaction/length,
+    /// reply not matching the request. The message says which, for the 502 and the log.
     #[error("unusable reply from the device: {0}")]
     Protocol(String),
     /// The transport could not be opened/connected, or broke during the transaction.

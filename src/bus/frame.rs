@@ -1,5 +1,6 @@
-//! Modbus RTU frames: request encoding, reply length prediction, reply decoding with CRC check.
-//! Pure functions; `modbus_rtu` does the I/O.
+//! Modbus RTU frames: request encoding, reply length prediction, reply decoding with CRC check;
+//! and the PDU encoding and checks that Modbus TCP shares, so both framings refuse the same
+//! replies. Pure functions; `modbus_rtu` and `modbus_tcp` do the I/O.
 //!
 //! Written by hand rather than through tokio-modbus's RTU client because a shared RS-485 line
 //! needs what that client does not do: know a reply's exact length up front (so we stop reading
@@ -209,12 +210,28 @@ pub fn decode_pdu(op: &Op, pdu: &[u8]) -> Result<Output, Error> {
             // value (FC 5, 6) or the quantity (FC 15, 16). A stale echo of an earlier write to
             // the same address with another value fails here.
             let request = request_pdu(op)?;
-            if data.len() != 4 || request.get(1..5) != Some(data) {
-                return Err(Error::Protocol(
-                    "write reply does not echo the request".to_owned(),
-                ));
+            let sent = request.get(1..5).unwrap_or_default();
+            if data == sent {
+                return Ok(Output::Written);
             }
-            Ok(Output::Written)
+            let what = if matches!(fc, 5 | 6) {
+                "value"
+            } else {
+                "quantity"
+            };
+            let pair = |b: &[u8]| match b {
+                [a0, a1, v0, v1] => format!(
+                    "address {}, {what} {}",
+                    u16::from_be_bytes([*a0, *a1]),
+                    u16::from_be_bytes([*v0, *v1])
+                ),
+                _ => format!("{} bytes", b.len()),
+            };
+            Err(Error::Protocol(format!(
+                "write reply echoes {} but the request was {}",
+                pair(data),
+                pair(sent)
+            )))
         }
         Op::Serial { .. } => Err(Error::Protocol("not a modbus operation".to_owned())),
     }

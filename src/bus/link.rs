@@ -11,6 +11,9 @@ use super::{Error, Op, Output};
 pub trait Link: Send + 'static {
     /// Opens the transport (connect a socket, open a serial device).
     fn open(&mut self) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Whether jobs can be run. A TCP link that dropped its connection after a timeout or an
+    /// unusable reply still counts as open: it connects afresh in its next `execute` (a failure
+    /// there is `Unavailable`), so one bad unit does not send the whole endpoint into backoff.
     fn is_open(&self) -> bool;
     /// Runs one operation. `limit` bounds the whole exchange: the inter-frame gap, sending, and
     /// waiting for the reply.

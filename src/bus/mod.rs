@@ -1,9 +1,9 @@
 //! Hardware: one actor per physical bus owns its transport and runs jobs one at a time.
 //!
 //! - [`actor`]: the queue, deadlines, reconnects; generic over a [`link::Link`].
-//! - [`modbus_tcp`]: Modbus TCP (MBAP) through tokio-modbus.
-//! - [`modbus_rtu`]: Modbus RTU master on a serial line or RTU-over-TCP; [`frame`] its frames,
-//!   [`gap`] the silent interval between them.
+//! - [`modbus_tcp`]: Modbus TCP (MBAP) master.
+//! - [`modbus_rtu`]: Modbus RTU master on a serial line or RTU-over-TCP; [`frame`] its frames
+//!   (and the PDU checks both masters share), [`gap`] the silent interval between them.
 //! - [`serial`]: raw serial exchanges framed by terminator, length or idle gap.
 
 pub mod actor;

@@ -5,7 +5,10 @@
 //! Never a stale reply: before each request, stray input is discarded; after a timeout or an
 //! unusable reply, the line is kept quiet for a guard time (half the bus timeout, between 20 ms
 //! and 1 s) and everything that arrives is discarded, so a late reply cannot be taken as the
-//! answer to the next request. On TCP the connection is dropped instead.
+//! answer to the next request. On TCP the connection is dropped instead, and the next exchange
+//! connects afresh at once: the endpoint answered a moment ago and the other units behind it are
+//! likely fine, so one garbling unit must not mark the bus down for its line-mates. Only a
+//! connect that fails is left to the actor's backoff.
 //!
 //! The silent interval (3.5 characters) runs from the moment the reply's last byte was read, the
 //! earliest time leafgate can know the line went quiet, and is waited out with a
@@ -97,6 +100,9 @@ pub struct RtuLink {
     frame_gap: Duration,
     guard: Duration,
     stream: Option<Box<dyn Stream>>,
+    /// A TCP connection was dropped after a timeout or an unusable reply: the next exchange
+    /// connects first. The link still counts as open.
+    reopen: bool,
     /// When the line last carried a byte (sent or received); the next frame waits for the gap.
     last_activity: Instant,
     gap_timer: GapTimer,
@@ -112,6 +118,7 @@ impl RtuLink {
             frame_gap,
             guard: guard_time(bus_timeout),
             stream: None,
+            reopen: false,
             last_activity: Instant::now(),
             gap_timer: GapTimer::new(),
             sent: false,
@@ -173,6 +180,7 @@ impl RtuLink {
     async fn resync(&mut self) {
         if self.endpoint.is_tcp() {
             self.stream = None;
+            self.reopen = true;
             return;
         }
         if let Some(stream) = self.stream.as_mut() {
@@ -242,18 +250,26 @@ pub(crate) async fn discard_pending<S: Stream + ?Sized>(stream: &mut S) -> Resul
 
 impl Link for RtuLink {
     async fn open(&mut self) -> Result<(), Error> {
+        self.reopen = false;
         self.stream = Some(self.endpoint.open().await?);
         self.last_activity = Instant::now();
         Ok(())
     }
 
     fn is_open(&self) -> bool {
-        self.stream.is_some()
+        self.stream.is_some() || self.reopen
     }
 
     async fn execute(&mut self, op: &Op, limit: Duration) -> Result<Output, Error> {
         self.sent = false;
-        let result = match tokio::time::timeout(limit, self.exchange(op)).await {
+        // One limit for reconnecting and the exchange, so neither can push past the deadline.
+        let until = Instant::now() + limit;
+        if self.reopen {
+            tokio::time::timeout_at(until, self.open())
+                .await
+                .map_err(|_| Error::Unavailable("reconnect timed out".to_owned()))??;
+        }
+        let result = match tokio::time::timeout_at(until, self.exchange(op)).await {
             Ok(result) => result,
             Err(_) => Err(Error::Timeout(limit)),
         };
@@ -276,6 +292,7 @@ impl Link for RtuLink {
 
     fn close(&mut self) {
         self.stream = None;
+        self.reopen = false;
     }
 }
 

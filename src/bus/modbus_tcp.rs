@@ -1,7 +1,17 @@
-//! Modbus TCP (MBAP) through tokio-modbus: one connection per endpoint, since many devices accept
-//! only one. tokio-modbus has no timeouts of its own and, after a caller-side timeout, would take
-//! the late reply as the answer to the next request; so every failure drops the connection and
-//! the next request starts on a fresh one.
+//! Modbus TCP (MBAP) master: one connection per endpoint, since many devices (and TCP-to-RTU
+//! gateways) accept only one.
+//!
+//! Written by hand rather than through tokio-modbus's client, which checks a reply's register
+//! count and write echo only with `debug_assert` (a release build returned 9 registers for a read
+//! of 10, and a debug build panicked) and reports undecodable frames as I/O errors. Here the PDU
+//! goes through the same [`frame`] code as RTU, so both check function code, byte count, length
+//! and the full write echo, and every MBAP header field is checked too: transaction id, protocol
+//! id 0, a length within the 2..=254 the spec allows (nothing is allocated from it), unit id.
+//!
+//! After an unusable reply or a timeout the byte stream can no longer be trusted (a late reply
+//! may follow), so the connection is dropped; but the endpoint was reachable a moment ago and
+//! other units behind it are likely fine, so the next exchange connects afresh at once instead of
+//! the bus being marked down. Only a connect that fails is left to the actor's backoff.
 //!
 //! Devices and NAT boxes close idle connections. Before each request the socket is peeked: a
 //! closed connection (or stray bytes) is replaced before anything is sent, so a write is never
@@ -9,21 +19,30 @@
 
 use std::time::Duration;
 
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
-use tokio_modbus::Slave;
-use tokio_modbus::client::{Context, Reader as _, Writer as _};
-use tokio_modbus::prelude::SlaveContext as _;
+use tokio::time::Instant;
 
+use super::frame;
 use super::link::Link;
-use super::{Error, Op, Output, WriteData};
-use crate::config::schema::Table;
+use super::{Error, Op, Output};
+
+/// MBAP header: transaction id, protocol id, length, unit id.
+const HEADER: usize = 7;
+/// The largest PDU (Modbus Application Protocol v1.1b3, 4.1): a 260-byte ADU minus the header.
+const MAX_PDU: usize = 253;
 
 pub struct TcpLink {
     address: String,
     connect_timeout: Duration,
-    ctx: Option<Context>,
-    /// A second handle on the same socket, only to peek at it between transactions.
+    stream: Option<TcpStream>,
+    /// A second handle on the same socket, only to peek at it between transactions: a real
+    /// `recv(MSG_PEEK)`, which sees a close even before tokio's reactor has.
     probe: Option<std::net::TcpStream>,
+    /// The connection was dropped after an unusable reply or a timeout: the next exchange
+    /// connects first. The link still counts as open; the endpoint answered a moment ago.
+    reopen: bool,
+    transaction: u16,
     sent: bool,
 }
 
@@ -33,8 +52,10 @@ impl TcpLink {
         TcpLink {
             address,
             connect_timeout,
-            ctx: None,
+            stream: None,
             probe: None,
+            reopen: false,
+            transaction: 0,
             sent: false,
         }
     }
@@ -67,17 +88,102 @@ impl TcpLink {
             }
         }
     }
+
+    /// Drops the connection but keeps the link open: the next exchange reconnects first.
+    fn drop_connection(&mut self) {
+        self.stream = None;
+        self.probe = None;
+        self.reopen = true;
+    }
+
+    async fn exchange(&mut self, op: &Op) -> Result<Output, Error> {
+        let unit = match op {
+            Op::Read { unit, .. } | Op::Write { unit, .. } => *unit,
+            Op::Serial { .. } => {
+                return Err(Error::Protocol(
+                    "serial exchange on a modbus tcp bus".to_owned(),
+                ));
+            }
+        };
+        let pdu = frame::request_pdu(op)?;
+        self.transaction = self.transaction.wrapping_add(1);
+        let transaction = self.transaction;
+        let length = u16::try_from(pdu.len() + 1)
+            .map_err(|_| Error::Protocol("request too long for one frame".to_owned()))?;
+        let mut adu = Vec::with_capacity(HEADER + pdu.len());
+        adu.extend(transaction.to_be_bytes());
+        adu.extend([0, 0]);
+        adu.extend(length.to_be_bytes());
+        adu.push(unit);
+        adu.extend(pdu);
+        let address = &self.address;
+        let stream = self
+            .stream
+            .as_mut()
+            .ok_or_else(|| Error::Unavailable(format!("not connected to {address}")))?;
+        self.sent = true;
+        stream
+            .write_all(&adu)
+            .await
+            .map_err(|e| Error::Unavailable(format!("sending to {address} failed: {e}")))?;
+
+        let mut header = [0u8; HEADER];
+        read_exact(stream, &mut header, address).await?;
+        let got_transaction = u16::from_be_bytes([header[0], header[1]]);
+        let protocol = u16::from_be_bytes([header[2], header[3]]);
+        let length = usize::from(u16::from_be_bytes([header[4], header[5]]));
+        let got_unit = header[6];
+        if protocol != 0 {
+            return Err(Error::Protocol(format!(
+                "reply has protocol id {protocol}, expected 0 (Modbus)"
+            )));
+        }
+        if !(2..=MAX_PDU + 1).contains(&length) {
+            return Err(Error::Protocol(format!(
+                "reply has MBAP length {length}, outside 2..={}",
+                MAX_PDU + 1
+            )));
+        }
+        if got_transaction != transaction {
+            return Err(Error::Protocol(format!(
+                "reply has transaction id {got_transaction}, expected {transaction}"
+            )));
+        }
+        if got_unit != unit {
+            return Err(Error::Protocol(format!(
+                "reply from unit {got_unit} while waiting for unit {unit}"
+            )));
+        }
+        let mut body = [0u8; MAX_PDU];
+        let body = &mut body[..length - 1];
+        read_exact(stream, body, address).await?;
+        frame::decode_pdu(op, body)
+    }
+}
+
+/// Reads exactly `buf.len()` bytes; the caller bounds the time.
+async fn read_exact(stream: &mut TcpStream, buf: &mut [u8], address: &str) -> Result<(), Error> {
+    match stream.read_exact(buf).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(Error::Unavailable(
+            format!("{address} closed the connection before its reply was complete"),
+        )),
+        Err(e) => Err(Error::Unavailable(format!(
+            "reading from {address} failed: {e}"
+        ))),
+    }
 }
 
 impl Link for TcpLink {
     async fn open(&mut self) -> Result<(), Error> {
+        self.reopen = false;
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(&self.address))
             .await
             .map_err(|_| Error::Unavailable(format!("connect to {} timed out", self.address)))?
             .map_err(|e| Error::Unavailable(format!("cannot connect to {}: {e}", self.address)))?;
         let _ = stream.set_nodelay(true);
         // The std handle stays non-blocking (tokio set it so), which is what peek needs.
-        let probe = stream
+        let (probe, stream) = stream
             .into_std()
             .and_then(|std| Ok((std.try_clone()?, std)))
             .and_then(|(probe, std)| Ok((probe, TcpStream::from_std(std)?)))
@@ -87,48 +193,40 @@ impl Link for TcpLink {
                     self.address
                 ))
             })?;
-        self.probe = Some(probe.0);
-        self.ctx = Some(tokio_modbus::client::tcp::attach(probe.1));
+        self.probe = Some(probe);
+        self.stream = Some(stream);
         Ok(())
     }
 
     fn is_open(&self) -> bool {
-        self.ctx.is_some()
+        self.stream.is_some() || self.reopen
     }
 
-    async fn execute(&mut self, op: &Op, timeout: Duration) -> Result<Output, Error> {
+    async fn execute(&mut self, op: &Op, limit: Duration) -> Result<Output, Error> {
         self.sent = false;
-        if self.ctx.is_some() && !self.idle_and_healthy() {
+        // One limit for reconnecting and the exchange, so neither can push past the deadline.
+        let until = Instant::now() + limit;
+        if self.reopen || (self.stream.is_some() && !self.idle_and_healthy()) {
             self.close();
-            tokio::time::timeout(timeout, self.open())
+            tokio::time::timeout_at(until, self.open())
                 .await
                 .map_err(|_| {
                     Error::Unavailable(format!("reconnect to {} timed out", self.address))
                 })??;
         }
-        let ctx = self
-            .ctx
-            .as_mut()
-            .ok_or_else(|| Error::Unavailable("not connected".to_owned()))?;
-        self.sent = true;
-        let result = tokio::time::timeout(timeout, call(ctx, op)).await;
-        let outcome = match result {
-            Err(_) => Err(Error::Timeout(timeout)),
-            Ok(Err(tokio_modbus::Error::Transport(e))) => Err(Error::Unavailable(format!(
-                "connection to {} failed: {e}",
-                self.address
-            ))),
-            Ok(Err(tokio_modbus::Error::Protocol(e))) => Err(Error::Protocol(e.to_string())),
-            Ok(Ok(Err(code))) => {
-                return Err(Error::Exception {
-                    code: u8::from(code),
-                });
-            }
-            Ok(Ok(Ok(out))) => return Ok(out),
+        let result = match tokio::time::timeout_at(until, self.exchange(op)).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Timeout(limit)),
         };
-        // Anything but a clean reply or an exception leaves the stream in an unknown state.
-        self.close();
-        outcome
+        match &result {
+            Ok(_) | Err(Error::Exception { .. }) => {}
+            // A late or partly read reply may still be on its way: never read it as the answer
+            // to the next request.
+            Err(Error::Timeout(_) | Error::Protocol(_)) => self.drop_connection(),
+            // The connection itself failed; reconnecting is the actor's call (once, then backoff).
+            Err(_) => self.close(),
+        }
+        result
     }
 
     fn sent(&self) -> bool {
@@ -140,52 +238,8 @@ impl Link for TcpLink {
     }
 
     fn close(&mut self) {
-        self.ctx = None;
+        self.stream = None;
         self.probe = None;
-    }
-}
-
-type ModbusResult<T> = tokio_modbus::Result<T>;
-
-async fn call(ctx: &mut Context, op: &Op) -> ModbusResult<Output> {
-    match op {
-        Op::Read {
-            unit,
-            table,
-            address,
-            count,
-        } => {
-            ctx.set_slave(Slave(*unit));
-            let (a, c) = (*address, *count);
-            Ok(match table {
-                Table::Holding => ctx
-                    .read_holding_registers(a, c)
-                    .await?
-                    .map(Output::Registers),
-                Table::Input => ctx.read_input_registers(a, c).await?.map(Output::Registers),
-                Table::Coil => ctx.read_coils(a, c).await?.map(Output::Bits),
-                Table::Discrete => ctx.read_discrete_inputs(a, c).await?.map(Output::Bits),
-            })
-        }
-        Op::Write {
-            unit,
-            address,
-            data,
-        } => {
-            ctx.set_slave(Slave(*unit));
-            let a = *address;
-            let r = match data {
-                WriteData::Registers(regs) if regs.len() == 1 => {
-                    ctx.write_single_register(a, regs[0]).await?
-                }
-                WriteData::Registers(regs) => ctx.write_multiple_registers(a, regs).await?,
-                WriteData::Coils(bits) if bits.len() == 1 => {
-                    ctx.write_single_coil(a, bits[0]).await?
-                }
-                WriteData::Coils(bits) => ctx.write_multiple_coils(a, bits).await?,
-            };
-            Ok(r.map(|()| Output::Written))
-        }
-        Op::Serial { .. } => Ok(Err(tokio_modbus::ExceptionCode::IllegalFunction)),
+        self.reopen = false;
     }
 }

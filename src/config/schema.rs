@@ -370,7 +370,11 @@ pub(crate) mod defaults {
         10_000
     }
     pub const BUS_TIMEOUT_MS: u64 = 1000;
-    pub const BUS_QUEUE_CAPACITY: usize = 64;
+    /// A memory bound, not a latency guess: deadline admission decides which jobs wait (see
+    /// `bus::actor`). A waiting one-step job holds about 250 bytes (96 in the queue, 40 per
+    /// operation, about 100 for its reply channel, plus any write data), so 1,024 of them take
+    /// about 0.25 MiB per bus, allocated only while they wait.
+    pub const BUS_QUEUE_CAPACITY: usize = 1024;
     pub const BUS_RETRIES: u32 = 2;
     pub const BUS_RECONNECT_MIN_MS: u64 = 500;
     pub const BUS_RECONNECT_MAX_MS: u64 = 30_000;

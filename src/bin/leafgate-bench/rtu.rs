@@ -50,7 +50,7 @@ pub struct Args {
     /// The units' fixed turnaround (request received → reply sent), milliseconds.
     #[arg(long, default_value_t = 5)]
     pub turnaround_ms: u64,
-    /// Calls kept outstanding on each line (leafgate's queue holds 64).
+    /// Calls kept outstanding on each line (well within leafgate's queue).
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
     /// Seconds of load per line.

@@ -45,6 +45,18 @@ pub enum Garbage {
     NoiseBefore(Vec<u8>),
     /// These bytes are sent instead of the frame.
     Noise(Vec<u8>),
+    /// A well-formed frame (right unit, transaction id, MBAP length or CRC) that carries this
+    /// PDU instead of the real answer: a wrong register count, a write echo naming another
+    /// address or quantity, a byte count that disagrees with the data, an unknown function code.
+    Pdu(Vec<u8>),
+    /// A well-formed frame that names this unit instead of the one asked.
+    Unit(u8),
+    /// Modbus TCP: the transaction id is one more than the request's, as in a reply to another
+    /// request. RTU frames carry none and are sent intact.
+    TransactionId,
+    /// Modbus TCP: the MBAP length field says this instead of the true length; the rest of the
+    /// frame is sent as is. RTU frames carry none and are sent intact.
+    MbapLength(u16),
 }
 
 impl Garbage {
@@ -84,6 +96,40 @@ impl Garbage {
                 out
             }
             Garbage::Noise(noise) => noise.clone(),
+            Garbage::Pdu(pdu) if rtu => super::rtu::frame(frame.first().copied().unwrap_or(0), pdu),
+            Garbage::Pdu(pdu) => {
+                let mut out = frame.get(..4).unwrap_or_default().to_vec();
+                out.extend(u16::try_from(pdu.len() + 1).unwrap_or(0).to_be_bytes());
+                out.push(frame.get(6).copied().unwrap_or(0));
+                out.extend(pdu);
+                out
+            }
+            Garbage::Unit(unit) if rtu => {
+                let pdu = frame
+                    .get(1..frame.len().saturating_sub(2))
+                    .unwrap_or_default();
+                super::rtu::frame(*unit, pdu)
+            }
+            Garbage::Unit(unit) => {
+                if let Some(byte) = frame.get_mut(6) {
+                    *byte = *unit;
+                }
+                frame
+            }
+            Garbage::TransactionId | Garbage::MbapLength(_) if rtu => frame,
+            Garbage::TransactionId => {
+                if let Some(id) = frame.get_mut(0..2) {
+                    let next = u16::from_be_bytes([id[0], id[1]]).wrapping_add(1);
+                    id.copy_from_slice(&next.to_be_bytes());
+                }
+                frame
+            }
+            Garbage::MbapLength(len) => {
+                if let Some(field) = frame.get_mut(4..6) {
+                    field.copy_from_slice(&len.to_be_bytes());
+                }
+                frame
+            }
         }
     }
 }
@@ -148,7 +194,32 @@ mod tests {
             Garbage::NoiseBefore(vec![9]).apply(rtu.clone(), true)[..2],
             [9, 1]
         );
+        assert_eq!(
+            Garbage::Pdu(vec![3, 2, 0, 7]).apply(rtu.clone(), true),
+            super::super::rtu::frame(1, &[3, 2, 0, 7])
+        );
+        assert_eq!(
+            Garbage::Unit(9).apply(rtu.clone(), true),
+            super::super::rtu::frame(9, &[3, 2, 0, 0])
+        );
+        assert_eq!(Garbage::TransactionId.apply(rtu.clone(), true), rtu);
         let tcp = vec![0, 1, 0, 0, 0, 3, 1, 0x83, 2];
-        assert_eq!(Garbage::BadCrc.apply(tcp, false)[..4], [0, 1, 0xFF, 0xFF]);
+        assert_eq!(
+            Garbage::BadCrc.apply(tcp.clone(), false)[..4],
+            [0, 1, 0xFF, 0xFF]
+        );
+        assert_eq!(
+            Garbage::Pdu(vec![0x41, 0, 0]).apply(tcp.clone(), false),
+            [0, 1, 0, 0, 0, 4, 1, 0x41, 0, 0]
+        );
+        assert_eq!(Garbage::Unit(9).apply(tcp.clone(), false)[6], 9);
+        assert_eq!(
+            Garbage::TransactionId.apply(tcp.clone(), false)[..2],
+            [0, 2]
+        );
+        assert_eq!(
+            Garbage::MbapLength(0).apply(tcp, false),
+            [0, 1, 0, 0, 0, 0, 1, 0x83, 2]
+        );
     }
 }
