@@ -105,9 +105,11 @@ check_libc6() {
     echo "Depends: $depends (the binary needs GLIBC_$need; installs down to glibc $OLDEST_GLIBC)"
 }
 
-# mode uid/gid path, for every file (directories are dpkg's business).
+# mode uid/gid path, for every file (directories are dpkg's business). Numeric ids: what dpkg
+# applies when it unpacks.
 contents() {
-    dpkg-deb -c "$1" | awk '$1 !~ /^d/ { print $1, $2, $6 }' | sort -k3
+    dpkg-deb --fsys-tarfile "$1" | tar -tv --numeric-owner | awk '$1 !~ /^d/ { print $1, $2, $6 }' \
+        | sort -k3
 }
 
 step "build"
@@ -288,6 +290,6 @@ echo "depends:        $(field Depends)"
 if [ -n "$deb_arm64" ]; then
     echo "arm64 package:  $(basename "$deb_arm64"), $(stat -c %s "$deb_arm64") bytes, depends: $(dpkg-deb -f "$deb_arm64" Depends)"
 else
-    echo "arm64 package:  not built (no cross toolchain)"
+    echo "arm64 package:  not built (CHECK_DEB_ARM64=$CHECK_DEB_ARM64; see the arm64 step)"
 fi
 echo "check-deb: ok in ${SECONDS}s"

@@ -646,17 +646,17 @@ async fn a_refused_serial_device_is_logged_with_the_drop_in_that_lets_the_servic
     match Immutable::set(&node) {
         Ok(_immutable) => {
             let daemon = Daemon::start(&config, &systemd);
-            daemon.wait_log("bus rs485 is down").await;
-            let log = daemon.log();
-            assert!(log.contains("Operation not permitted"), "{log}");
+            let line = down_line(&daemon).await;
+            assert!(line.contains("Operation not permitted"), "{line}");
             assert!(
-                log.contains("add the lines `[Service]` and `DeviceAllow=char-ttymxc rw`"),
-                "{log}"
+                line.contains("add the lines `[Service]` and `DeviceAllow=char-ttymxc rw`"),
+                "{line}"
             );
             // Outside systemd there is no device policy to blame.
             let daemon = Daemon::start(&config, &[]);
-            daemon.wait_log("bus rs485 is down").await;
-            assert!(!daemon.log().contains("DeviceAllow"), "{}", daemon.log());
+            let line = down_line(&daemon).await;
+            assert!(line.contains("Operation not permitted"), "{line}");
+            assert!(!line.contains("DeviceAllow"), "{line}");
         }
         Err(e) => eprintln!(
             "EPERM case skipped: cannot make {} immutable: {e}",
@@ -679,14 +679,28 @@ async fn a_refused_serial_device_is_logged_with_the_drop_in_that_lets_the_servic
         }
     }
     let daemon = Daemon::start_as(&config, &systemd, uid);
-    daemon.wait_log("bus rs485 is down").await;
-    let log = daemon.log();
-    assert!(log.contains("Permission denied"), "{log}");
+    let line = down_line(&daemon).await;
+    assert!(line.contains("Permission denied"), "{line}");
     assert!(
-        log.contains("0000, not read/writable by group dialout"),
-        "{log}"
+        line.contains("0000, not read/writable by group dialout"),
+        "{line}"
     );
-    assert!(log.contains("GROUP=\"dialout\", MODE=\"0660\""), "{log}");
+    assert!(line.contains("GROUP=\"dialout\", MODE=\"0660\""), "{line}");
+}
+
+/// The whole first "bus rs485 is down" line of the daemon's log, once it has been written.
+async fn down_line(daemon: &Daemon) -> String {
+    let until = Instant::now() + WAIT;
+    loop {
+        let log = daemon.log();
+        if let Some(start) = log.find("bus rs485 is down")
+            && let Some(len) = log[start..].find('\n')
+        {
+            return log[start..start + len].to_owned();
+        }
+        assert!(Instant::now() < until, "no bus rs485 is down line:\n{log}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// The immutable attribute (`chattr +i`), removed again on drop so the temp dir can go.
