@@ -109,10 +109,23 @@ struct Daemon {
 
 impl Daemon {
     fn start(config: &Path, env: &[(&str, &str)]) -> Daemon {
-        let mut child = Command::new(BIN)
+        Daemon::start_as(config, env, None)
+    }
+
+    /// As [`Daemon::start`], as user and group `uid` (the test must be root to switch).
+    fn start_as(config: &Path, env: &[(&str, &str)], uid: Option<u32>) -> Daemon {
+        use std::os::unix::process::CommandExt as _;
+        let mut command = Command::new(BIN);
+        if let Some(uid) = uid {
+            command.uid(uid).gid(uid);
+        }
+        let mut child = command
             // Debug, so the secret scan on drop sees more than the shipped level shows.
             .args(["run", "--log-level", "debug", "-c"])
             .arg(config)
+            // Not under systemd unless the test says so (`env` comes after).
+            .env_remove("INVOCATION_ID")
+            .env_remove("NOTIFY_SOCKET")
             .envs(env.iter().copied())
             .env_remove("JOURNAL_STREAM")
             .stdout(Stdio::null())
@@ -721,4 +734,161 @@ async fn a_reload_reading_a_fifo_is_refused_and_the_main_loop_keeps_serving_sign
         .await;
     let (status, log) = daemon.wait().await;
     assert!(status.success(), "exit {status:?}: {log}");
+}
+
+/// A serial device the kernel refuses is logged with what to change: under systemd, the
+/// `systemctl edit leafgate` drop-in line. The errors are real: EPERM from an immutable file
+/// (the unit's device cgroup gives the same errno, but needs a running systemd), EACCES from a
+/// mode-000 file opened by an unprivileged user. Named like an i.MX UART, so the hint names its
+/// device class.
+#[tokio::test]
+async fn a_refused_serial_device_is_logged_with_the_drop_in_that_lets_the_service_at_it() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let hub = Hub::start(&["meter-1"]).await;
+    let node = hub.dir.path().join("ttymxc7");
+    std::fs::write(&node, b"").unwrap();
+    let config = hub.write_config(&format!(
+        "[[bus]]\nid = \"rs485\"\nkind = \"modbus_rtu\"\npath = \"{}\"\n\n\
+         [[device]]\nid = \"meter-1\"\nshared_access_key = \"{KEY}\"\nbus = \"rs485\"\nunit = 1\nraw_methods = true\n",
+        node.display()
+    ));
+    let systemd = [("INVOCATION_ID", "5f0c1e5bd0a04a4c8c0e5f5d6c7b8a91")];
+
+    // EPERM, as from `DevicePolicy=closed`.
+    match Immutable::set(&node) {
+        Ok(_immutable) => {
+            let daemon = Daemon::start(&config, &systemd);
+            let line = down_line(&daemon).await;
+            assert!(line.contains("Operation not permitted"), "{line}");
+            assert!(
+                line.contains("add the lines `[Service]` and `DeviceAllow=char-ttymxc rw`"),
+                "{line}"
+            );
+            // Outside systemd there is no device policy to blame.
+            let daemon = Daemon::start(&config, &[]);
+            let line = down_line(&daemon).await;
+            assert!(line.contains("Operation not permitted"), "{line}");
+            assert!(!line.contains("DeviceAllow"), "{line}");
+        }
+        Err(e) => eprintln!(
+            "EPERM case skipped: cannot make {} immutable: {e}",
+            node.display()
+        ),
+    }
+
+    // EACCES: mode 000, as an unprivileged user (root would be let through).
+    std::fs::set_permissions(&node, std::fs::Permissions::from_mode(0o000)).unwrap();
+    // SAFETY: geteuid has no preconditions.
+    let uid = (unsafe { libc::geteuid() } == 0).then_some(65534);
+    if uid.is_some() {
+        // The unprivileged user reads the config and the CA through the test's directory.
+        for (path, mode) in [
+            (hub.dir.path().to_path_buf(), 0o755),
+            (config.clone(), 0o644),
+            (hub.dir.path().join("ca.pem"), 0o644),
+        ] {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+    }
+    let daemon = Daemon::start_as(&config, &systemd, uid);
+    let line = down_line(&daemon).await;
+    assert!(line.contains("Permission denied"), "{line}");
+    assert!(
+        line.contains("0000, not read/writable by group dialout"),
+        "{line}"
+    );
+    assert!(line.contains("GROUP=\"dialout\", MODE=\"0660\""), "{line}");
+}
+
+/// The whole first "bus rs485 is down" line of the daemon's log, once it has been written.
+async fn down_line(daemon: &Daemon) -> String {
+    let until = Instant::now() + WAIT;
+    loop {
+        let log = daemon.log();
+        if let Some(start) = log.find("bus rs485 is down")
+            && let Some(len) = log[start..].find('\n')
+        {
+            return log[start..start + len].to_owned();
+        }
+        assert!(Instant::now() < until, "no bus rs485 is down line:\n{log}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The immutable attribute (`chattr +i`), removed again on drop so the temp dir can go.
+struct Immutable(PathBuf);
+
+impl Immutable {
+    const FLAG: libc::c_int = 0x10; // FS_IMMUTABLE_FL
+
+    fn set(path: &Path) -> std::io::Result<Immutable> {
+        Immutable::change(path, true)?;
+        Ok(Immutable(path.to_path_buf()))
+    }
+
+    fn change(path: &Path, on: bool) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd as _;
+        let file = std::fs::File::open(path)?;
+        let mut flags: libc::c_int = 0;
+        // SAFETY: FS_IOC_GETFLAGS/SETFLAGS read and write one int through the pointer.
+        if unsafe { libc::ioctl(file.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        flags = if on {
+            flags | Self::FLAG
+        } else {
+            flags & !Self::FLAG
+        };
+        // SAFETY: as above.
+        if unsafe { libc::ioctl(file.as_raw_fd(), libc::FS_IOC_SETFLAGS, &flags) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = Immutable::change(&self.0, false);
+    }
+}
+
+/// The unit lets the service at the serial devices of common boards and nothing else. A
+/// `char-NAME` class is the tty driver's name in /proc/devices, which is the node's name
+/// without its line number (the kernel names nodes driver + index): `ttymxc` for /dev/ttymxc0.
+#[test]
+fn the_unit_allows_the_serial_device_classes_of_common_boards() {
+    let unit = std::fs::read_to_string(root().join("packaging/leafgate.service")).unwrap();
+    let values = |key: &str| -> Vec<String> {
+        unit.lines()
+            .filter_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(values("DevicePolicy"), ["closed"]);
+    assert!(values("PrivateDevices").is_empty());
+    let allowed = values("DeviceAllow");
+    let classes = [
+        "ttyS",     // 8250/16550: PCs, many SoCs
+        "ttyUSB",   // USB serial adapters
+        "ttyACM",   // USB CDC ACM
+        "ttyAMA",   // ARM PL011: Raspberry Pi
+        "ttyXRUSB", // Exar's USB UART driver
+        "ttymxc",   // NXP i.MX
+        "ttyLP",    // NXP LPUART (i.MX 7ULP/8, Layerscape)
+        "ttySC",    // SC16IS7xx SPI/I2C UARTs: RS-485 HATs
+        "ttyMAX",   // MAX310x SPI UARTs
+        "ttyTHS",   // NVIDIA Tegra/Jetson high-speed UARTs
+        "ttyPS",    // Xilinx Zynq
+        "ttyO",     // TI OMAP (older kernels; 8250_omap names them ttyS)
+        "ttyAML",   // Amlogic
+        "ttyMSM",   // Qualcomm
+        "ttySAC",   // Samsung Exynos
+    ];
+    for class in classes {
+        let entry = format!("char-{class} rw");
+        assert!(allowed.contains(&entry), "no DeviceAllow={entry}");
+    }
+    // Only serial classes, read and write (no mknod: devices come from udev).
+    assert_eq!(allowed.len(), classes.len(), "{allowed:?}");
 }
