@@ -848,6 +848,31 @@ fn holding_reply(n: u8) -> Vec<u8> {
     pdu
 }
 
+/// A reply followed by more bytes in the same segment is served, and the extra bytes are never
+/// read as the start of the next reply, even when they look exactly like it.
+#[tokio::test]
+async fn modbus_tcp_serves_a_reply_followed_by_stray_bytes_and_never_reads_them_as_the_next() {
+    let regs = Registers::with_units([1]);
+    regs.set_holding(1, 0, &[1, 2]);
+    let server = TcpServer::start(regs.clone()).await.unwrap();
+    let (h, _task) = bus::start(
+        &tcp(server.addr(), TcpFraming::Mbap),
+        CancellationToken::new(),
+    );
+    up(&h).await;
+    let two = read(1, Table::Holding, 0, 2);
+    // A whole reply to the next transaction (id 2: the first read is transaction 1), carrying
+    // other values.
+    let fake_next = vec![0, 2, 0, 0, 0, 7, 1, 3, 4, 0xDE, 0xAD, 0xBE, 0xEF];
+    regs.set_fault_times(1, Fault::Garbage(Garbage::NoiseAfter(fake_next)), 1);
+    let first = run(&h, vec![two.clone()], Duration::from_secs(2)).await;
+    assert_eq!(first.unwrap(), vec![Output::Registers(vec![1, 2])]);
+    regs.set_holding(1, 0, &[3, 4]);
+    let second = run(&h, vec![two], Duration::from_secs(2)).await;
+    assert_eq!(second.unwrap(), vec![Output::Registers(vec![3, 4])]);
+    assert!(h.is_up());
+}
+
 /// Runs `op` while unit 1 sends `garbage`: it must fail as an unusable reply (502) whose message
 /// contains `says`, after `tries` requests reached the device (reads are retried, writes never
 /// sent twice), and the bus must serve the next clean request at once.

@@ -127,8 +127,11 @@ impl TcpLink {
             .await
             .map_err(|e| Error::Unavailable(format!("sending to {address} failed: {e}")))?;
 
-        let mut header = [0u8; HEADER];
-        read_exact(stream, &mut header, address).await?;
+        // The whole reply usually arrives in one segment: read it with one call (a read of the
+        // header and another of the body cost a second syscall per transaction).
+        let mut buf = [0u8; HEADER + MAX_PDU];
+        let mut have = read_at_least(stream, &mut buf, 0, HEADER, address).await?;
+        let header = &buf[..HEADER];
         let got_transaction = u16::from_be_bytes([header[0], header[1]]);
         let protocol = u16::from_be_bytes([header[2], header[3]]);
         let length = usize::from(u16::from_be_bytes([header[4], header[5]]));
@@ -154,24 +157,47 @@ impl TcpLink {
                 "reply from unit {got_unit} while waiting for unit {unit}"
             )));
         }
-        let mut body = [0u8; MAX_PDU];
-        let body = &mut body[..length - 1];
-        read_exact(stream, body, address).await?;
-        frame::decode_pdu(op, body)
+        let end = HEADER - 1 + length;
+        have = read_at_least(stream, &mut buf, have, end, address).await?;
+        let output = frame::decode_pdu(op, &buf[HEADER..end])?;
+        if have > end {
+            // Bytes after the reply belong to no request of ours: the reply stands, but the
+            // stream is out of step, so the next exchange starts on a fresh connection.
+            log::debug!(
+                "{} stray bytes after a reply from {address}; reconnecting before the next request",
+                have - end
+            );
+            self.drop_connection();
+        }
+        Ok(output)
     }
 }
 
-/// Reads exactly `buf.len()` bytes; the caller bounds the time.
-async fn read_exact(stream: &mut TcpStream, buf: &mut [u8], address: &str) -> Result<(), Error> {
-    match stream.read_exact(buf).await {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(Error::Unavailable(
-            format!("{address} closed the connection before its reply was complete"),
-        )),
-        Err(e) => Err(Error::Unavailable(format!(
-            "reading from {address} failed: {e}"
-        ))),
+/// Reads into `buf` (holding `have` bytes already) until it holds at least `want`; returns how
+/// many it holds. The caller bounds the time.
+async fn read_at_least(
+    stream: &mut TcpStream,
+    buf: &mut [u8],
+    mut have: usize,
+    want: usize,
+    address: &str,
+) -> Result<usize, Error> {
+    while have < want {
+        match stream.read(&mut buf[have..]).await {
+            Ok(0) => {
+                return Err(Error::Unavailable(format!(
+                    "{address} closed the connection before its reply was complete"
+                )));
+            }
+            Ok(n) => have += n,
+            Err(e) => {
+                return Err(Error::Unavailable(format!(
+                    "reading from {address} failed: {e}"
+                )));
+            }
+        }
     }
+    Ok(have)
 }
 
 impl Link for TcpLink {

@@ -43,6 +43,8 @@ pub enum Garbage {
     Truncated,
     /// These bytes precede the (intact) frame.
     NoiseBefore(Vec<u8>),
+    /// These bytes follow the (intact) frame, in the same write.
+    NoiseAfter(Vec<u8>),
     /// These bytes are sent instead of the frame.
     Noise(Vec<u8>),
     /// A well-formed frame (right unit, transaction id, MBAP length or CRC) that carries this
@@ -94,6 +96,10 @@ impl Garbage {
                 let mut out = noise.clone();
                 out.extend(frame);
                 out
+            }
+            Garbage::NoiseAfter(noise) => {
+                frame.extend(noise);
+                frame
             }
             Garbage::Noise(noise) => noise.clone(),
             Garbage::Pdu(pdu) if rtu => super::rtu::frame(frame.first().copied().unwrap_or(0), pdu),
