@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use leafgate::{config, demo, gateway, systemd};
+use leafgate::{config, gateway, systemd};
+#[cfg(feature = "demo")]
+use leafgate_demo as demo;
 
 /// Exit code for a bad config (EX_CONFIG); the unit sets `RestartPreventExitStatus=78` so
 /// systemd does not restart-loop on it.
@@ -48,6 +50,7 @@ enum Command {
     ///
     /// Exit codes: 0 every round trip answered as expected; 1 one did not (with --once);
     /// 2 the demo could not start.
+    #[cfg(feature = "demo")]
     Demo {
         /// Do the round trips and exit instead of serving until Ctrl-C.
         #[arg(long)]
@@ -64,9 +67,10 @@ enum Command {
         log_level: log::LevelFilter,
     },
     /// Run only the local IoT Hub emulator (MQTT over TLS + service API) until Ctrl-C.
+    #[cfg(feature = "demo")]
     Emulator {
         #[command(flatten)]
-        args: leafgate::emulator::EmulatorArgs,
+        args: leafgate_emulator::EmulatorArgs,
         /// Log level on stderr (off, error, warn, info, debug, trace).
         #[arg(long, default_value = "info")]
         log_level: log::LevelFilter,
@@ -74,8 +78,10 @@ enum Command {
 }
 
 /// `leafgate demo`: a round trip did not answer as expected (with --once).
+#[cfg(feature = "demo")]
 const EXIT_DEMO_FAILED: u8 = 1;
 /// `leafgate demo` or `leafgate emulator` could not start.
+#[cfg(feature = "demo")]
 const EXIT_CANNOT_START: u8 = 2;
 
 fn main() -> ExitCode {
@@ -86,6 +92,7 @@ fn main() -> ExitCode {
             has_devices,
         } => check(&config, has_devices),
         Command::Run { config, log_level } => run(&config, log_level),
+        #[cfg(feature = "demo")]
         Command::Demo {
             once,
             hub_port,
@@ -99,10 +106,12 @@ fn main() -> ExitCode {
             },
             log_level,
         ),
+        #[cfg(feature = "demo")]
         Command::Emulator { args, log_level } => emulator(args, log_level),
     }
 }
 
+#[cfg(feature = "demo")]
 fn demo(options: &demo::Options, level: log::LevelFilter) -> ExitCode {
     if let Err(e) = systemd::init_logging(level) {
         eprintln!("leafgate: cannot start logging: {e}");
@@ -123,11 +132,12 @@ fn demo(options: &demo::Options, level: log::LevelFilter) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn emulator(args: leafgate::emulator::EmulatorArgs, level: log::LevelFilter) -> ExitCode {
+#[cfg(feature = "demo")]
+fn emulator(args: leafgate_emulator::EmulatorArgs, level: log::LevelFilter) -> ExitCode {
     if let Err(e) = systemd::init_logging(level) {
         eprintln!("leafgate: cannot start logging: {e}");
     }
-    match block_on(leafgate::emulator::run_cli(args)) {
+    match block_on(leafgate_emulator::run_cli(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             print_error("leafgate emulator", &e);
@@ -150,6 +160,7 @@ where
 }
 
 /// `{command}: what failed` then one `caused by:` line per cause, on stderr.
+#[cfg(feature = "demo")]
 fn print_error(command: &str, error: &anyhow::Error) {
     eprintln!("{command}: {error}");
     for cause in error.chain().skip(1) {

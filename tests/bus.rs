@@ -6,9 +6,9 @@ use std::time::Duration;
 use leafgate::bus::{self, Error, Label, Op, Output, WriteData};
 use leafgate::config::schema::{Parity, Table, TcpFraming};
 use leafgate::config::{Bus, BusSpec, Line, SerialFraming};
-use leafgate::sim::SerialLine;
-use leafgate::sim::instrument::{self, Psu};
-use leafgate::sim::modbus::{Fault, Garbage, Registers, TcpServer};
+use leafgate_sim::SerialLine;
+use leafgate_sim::instrument::{self, Psu};
+use leafgate_sim::modbus::{Fault, Garbage, Registers, TcpServer};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -483,7 +483,7 @@ async fn modbus_tcp_reads_writes_and_fails_fast_when_the_device_is_gone() {
         t.elapsed()
     );
     // It comes back at the same address: the bus reconnects by itself.
-    let _server = TcpServer::bind(addr, leafgate::sim::modbus::Framing::Mbap, regs.clone())
+    let _server = TcpServer::bind(addr, leafgate_sim::modbus::Framing::Mbap, regs.clone())
         .await
         .unwrap();
     up(&h).await;
@@ -706,7 +706,7 @@ async fn a_unit_that_keeps_timing_out_is_marked_down_fails_fast_and_comes_back()
 
 /// The sim's side of a pty, with the time of every read and write that moved bytes.
 struct Tap {
-    inner: leafgate::sim::pty::Pty,
+    inner: leafgate_sim::pty::Pty,
     /// (when, true for a write).
     events: std::sync::Arc<std::sync::Mutex<Vec<(std::time::Instant, bool)>>>,
 }
@@ -768,14 +768,14 @@ async fn every_request_waits_at_least_the_silent_interval_after_the_last_reply()
     let regs = Registers::with_units([1, 2]);
     regs.set_holding(1, 0, &[1; 10]);
     regs.set_holding(2, 0, &[2; 10]);
-    let pty = leafgate::sim::pty::Pty::open().unwrap();
+    let pty = leafgate_sim::pty::Pty::open().unwrap();
     let path = pty.path().to_path_buf();
     let events = std::sync::Arc::default();
     let tap = Tap {
         inner: pty,
         events: std::sync::Arc::clone(&events),
     };
-    let sim = tokio::spawn(leafgate::sim::modbus::serve_rtu(tap, regs));
+    let sim = tokio::spawn(leafgate_sim::modbus::serve_rtu(tap, regs));
     let mut serial = line(&path);
     serial.baud_rate = 9600;
     let gap = serial.silent_interval();

@@ -4,9 +4,9 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use leafgate::emulator::{Emulator, EmulatorConfig, ServiceClient};
 use leafgate::hub::sas::Key;
-use leafgate::sim::modbus::{Registers, TcpServer};
+use leafgate_emulator::{Emulator, EmulatorConfig, ServiceClient};
+use leafgate_sim::modbus::{Registers, TcpServer};
 use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_leafgate");

@@ -36,8 +36,8 @@ mod sas;
 /// leafgate's CONNECT and SUBSCRIBE next to the device SDK's, field by field (item 5).
 mod wire;
 
-use leafgate::emulator::{Emulator, EmulatorConfig};
 use leafgate::hub::sas::Key;
+use leafgate_emulator::{Emulator, EmulatorConfig};
 
 /// The key of every device in these tests (bytes 0x00..0x1f, the protocol doc's vector key).
 pub const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";

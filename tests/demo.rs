@@ -5,7 +5,7 @@ use std::io::Read as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use leafgate::demo::{self, Options};
+use leafgate_demo::{self as demo, Options};
 
 const DEVICES: [&str; 4] = ["plc-1", "meter-1", "meter-2", "psu-1"];
 
@@ -102,7 +102,7 @@ async fn a_wrong_answer_fails_its_round_trip_by_name_and_the_rest_still_run() {
     let demo = demo::Demo::start(&Options::default()).await.unwrap();
     demo.site()
         .rtu_registers
-        .set_fault(2, leafgate::sim::modbus::Fault::Exception(2));
+        .set_fault(2, leafgate_sim::modbus::Fault::Exception(2));
     let summary = demo.round_trips().await;
     demo.shutdown().await;
     assert!(!summary.all_passed());

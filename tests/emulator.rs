@@ -10,12 +10,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use bytes::BytesMut;
-use leafgate::emulator::{
+use leafgate::hub::sas::{self, Key, TokenError};
+use leafgate::hub::topics;
+use leafgate_emulator::{
     DeviceStats, DisconnectReason, Emulator, EmulatorConfig, InvokeError, MethodCall,
     RefusalReason, ServiceClient,
 };
-use leafgate::hub::sas::{self, Key, TokenError};
-use leafgate::hub::topics;
 use rumqttc::mqttbytes::v4::{Connect, Packet};
 use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, Incoming, MqttOptions, QoS,
@@ -1031,7 +1031,7 @@ async fn telemetry_is_acknowledged_and_counted() {
     let stats = emu.device_stats("t");
     assert_eq!((stats.telemetry_messages, stats.telemetry_bytes), (1, 11));
     loop {
-        if let leafgate::emulator::Event::Telemetry {
+        if let leafgate_emulator::Event::Telemetry {
             device, payload, ..
         } = events.recv().await.unwrap()
         {

@@ -11,13 +11,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use leafgate::emulator::{
+use leafgate::gateway::Gateway;
+use leafgate::hub::sas::Key;
+use leafgate_emulator::{
     AttemptOutcome, ConnectAttempt, DisconnectReason, Emulator, EmulatorConfig, Event, Fault,
     InvokeError, MethodCall, RefusalReason, Target,
 };
-use leafgate::gateway::Gateway;
-use leafgate::hub::sas::Key;
-use leafgate::sim::modbus::{Fault as UnitFault, Registers, TcpServer};
+use leafgate_sim::modbus::{Fault as UnitFault, Registers, TcpServer};
 use serde_json::json;
 use tokio::time::Instant;
 

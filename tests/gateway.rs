@@ -4,11 +4,11 @@
 
 use std::time::Duration;
 
-use leafgate::emulator::{Emulator, EmulatorConfig, ServiceClient};
 use leafgate::gateway::Gateway;
 use leafgate::hub::sas::Key;
-use leafgate::sim::modbus::{Fault, Garbage, Registers, TcpServer};
-use leafgate::sim::{SerialLine, instrument::Psu};
+use leafgate_emulator::{Emulator, EmulatorConfig, ServiceClient};
+use leafgate_sim::modbus::{Fault, Garbage, Registers, TcpServer};
+use leafgate_sim::{SerialLine, instrument::Psu};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -249,7 +249,7 @@ expect = '^(?P<maker>[A-Z]+),(?P<model>[^,]+),'
     );
     // 502: a serial reply that does not match its pattern.
     psu.set_fault_times(
-        leafgate::sim::instrument::Fault::Garbage(b"??\r\n".to_vec()),
+        leafgate_sim::instrument::Fault::Garbage(b"??\r\n".to_vec()),
         1,
     );
     let (status, body) = rig.call("psu-1", "identify", json!(null)).await;
@@ -424,7 +424,7 @@ async fn sas_tokens_are_renewed_before_expiry_with_a_clean_reconnect() {
     assert_eq!(renewed.disconnects, first.disconnects + 1);
     assert_eq!(
         renewed.last_disconnect,
-        Some(leafgate::emulator::DisconnectReason::ClientDisconnect),
+        Some(leafgate_emulator::DisconnectReason::ClientDisconnect),
         "the old connection must end with DISCONNECT, not token expiry"
     );
     assert_eq!(renewed.connects_refused, 0);

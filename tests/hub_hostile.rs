@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use leafgate::gateway::Gateway;
 use leafgate::hub::session::MAX_IN_FLIGHT;
-use leafgate::sim::modbus::{Fault, Registers, TcpServer};
+use leafgate_sim::modbus::{Fault, Registers, TcpServer};
 use rumqttc::mqttbytes::QoS;
 use rumqttc::mqttbytes::v4::{ConnAck, ConnectReturnCode, Packet, Publish, SubAck};
 use rumqttc::mqttbytes::v4::{Subscribe, SubscribeReasonCode};
@@ -41,7 +41,7 @@ impl RawHub {
     /// Starts the listener and writes a config for one Modbus TCP device, `dev-1`, with the
     /// raw methods on, behind `plc`. `hub_extra` adds `[hub]` keys, `bus_extra` keys of the bus.
     async fn start(plc: &TcpServer, hub_extra: &str, bus_extra: &str) -> RawHub {
-        let certs = leafgate::emulator::tls::generate("localhost").unwrap();
+        let certs = leafgate_emulator::tls::generate("localhost").unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let ca = dir.path().join("ca.pem");

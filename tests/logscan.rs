@@ -27,18 +27,11 @@ static LONGEST: AtomicU64 = AtomicU64::new(0);
 /// make a line anywhere near this long; a longer one aborts the run like a secret does.
 pub const MAX_LINE: u64 = 4096;
 
-/// Whether `target` is the daemon's own code, whose lines the length bound applies to (the
-/// emulator, the simulators and the bench are test tools that log what they like).
+/// Whether `target` is the daemon library's own code, whose lines the length bound applies to
+/// (the emulator, the simulators, the demo and the bench are crates of their own, test tools
+/// that log what they like).
 fn daemon_target(target: &str) -> bool {
-    target.starts_with("leafgate")
-        && ![
-            "leafgate::emulator",
-            "leafgate::sim",
-            "leafgate::demo",
-            "leafgate_bench",
-        ]
-        .iter()
-        .any(|tool| target.starts_with(tool))
+    target == "leafgate" || target.starts_with("leafgate::")
 }
 
 /// The longest daemon log line seen so far, in bytes.

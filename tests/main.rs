@@ -45,6 +45,3 @@ mod compat;
 /// leafgate as a systemd service through the real binary: notify socket messages, SIGHUP partial
 /// reload, SIGTERM drain, the start condition, the shipped unit and default config.
 mod service;
-
-/// The benchmark harness (`leafgate-bench scale` and `rtu`) at toy size, so it cannot rot.
-mod bench;

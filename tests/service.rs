@@ -9,9 +9,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use leafgate::emulator::{Emulator, EmulatorConfig, ServiceClient};
 use leafgate::hub::sas::Key;
-use leafgate::sim::modbus::{Fault, Registers, TcpServer};
+use leafgate_emulator::{Emulator, EmulatorConfig, ServiceClient};
+use leafgate_sim::modbus::{Fault, Registers, TcpServer};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -521,7 +521,7 @@ async fn a_method_in_flight_at_sigterm_gets_its_answer_and_new_requests_get_503(
     assert_eq!(stats.method_requests, stats.method_responses, "{stats:?}");
     assert_eq!(
         stats.last_disconnect,
-        Some(leafgate::emulator::DisconnectReason::ClientDisconnect)
+        Some(leafgate_emulator::DisconnectReason::ClientDisconnect)
     );
 }
 

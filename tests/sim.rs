@@ -8,10 +8,10 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
-use leafgate::sim::instrument::{self, Psu};
-use leafgate::sim::modbus::{Fault, Garbage, Outcome, Registers, Table, TcpServer, crc16};
-use leafgate::sim::pty::Pty;
-use leafgate::sim::{SerialLine, Site};
+use leafgate_sim::instrument::{self, Psu};
+use leafgate_sim::modbus::{Fault, Garbage, Outcome, Registers, Table, TcpServer, crc16};
+use leafgate_sim::pty::Pty;
+use leafgate_sim::{SerialLine, Site};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -316,7 +316,7 @@ async fn a_stopped_tcp_device_refuses_connections_and_can_come_back_at_the_same_
     device.stop().await;
     assert!(TcpStream::connect(addr).await.is_err());
 
-    let _device = TcpServer::bind(addr, leafgate::sim::modbus::Framing::Mbap, registers)
+    let _device = TcpServer::bind(addr, leafgate_sim::modbus::Framing::Mbap, registers)
         .await
         .unwrap();
     let mut ctx = tcp::connect_slave(addr, Slave(1)).await.unwrap();

@@ -2,10 +2,10 @@
 //! device built with Microsoft's SDK expects from the hub, each as its own test. Methods are
 //! called through the emulator's HTTP service API, as a back-end application would.
 
-use leafgate::emulator::{
+use leafgate::hub::sas::TokenError;
+use leafgate_emulator::{
     DisconnectReason, Emulator, MethodCall, RefusalReason, ServiceClient, Subscription,
 };
-use leafgate::hub::sas::TokenError;
 use serde_json::{Value, json};
 
 use super::emulator;

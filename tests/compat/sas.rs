@@ -3,8 +3,8 @@
 //! tests in `src/hub/sas.rs`; here the SDKs pick the expiry (they read the clock), and leafgate
 //! must produce the same token for that expiry.
 
-use leafgate::emulator::{Escapes, TokenShape};
 use leafgate::hub::sas::{self, percent_decode};
+use leafgate_emulator::{Escapes, TokenShape};
 use serde_json::json;
 
 use super::peer::{Peer, Venv};

@@ -2,7 +2,7 @@
 //! `IoTHubRegistryManager.invoke_device_method`, with a device made with the device SDK on the
 //! other end: Microsoft's code on both sides of the emulator.
 
-use leafgate::emulator::Emulator;
+use leafgate_emulator::Emulator;
 use serde_json::{Value, json};
 
 use super::device_sdk::Sdk;

@@ -22,7 +22,7 @@
 
 use std::time::Duration;
 
-use leafgate::emulator::{ConnectRecord, Escapes, Subscription};
+use leafgate_emulator::{ConnectRecord, Escapes, Subscription};
 use serde_json::json;
 
 use super::peer::{Peer, Venv, WAIT};

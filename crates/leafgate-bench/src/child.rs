@@ -1,0 +1,205 @@
+//! leafgate as a separate process (the real `leafgate run -c FILE`), so its CPU and memory are
+//! its own; the file-descriptor limit both processes need; and waiting for its devices.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use leafgate_emulator::Emulator;
+use tokio::task::JoinSet;
+
+/// Raises this process's `RLIMIT_NOFILE` to at least `want` (the soft limit up to the hard
+/// one, and the hard one too when allowed, i.e. as root). The child inherits it. Returns the
+/// soft limit now in force.
+pub fn raise_nofile(want: u64) -> Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit through a valid pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("getrlimit(RLIMIT_NOFILE)");
+    }
+    if limit.rlim_cur >= want {
+        return Ok(limit.rlim_cur);
+    }
+    let raised = libc::rlimit {
+        rlim_cur: want,
+        rlim_max: limit.rlim_max.max(want),
+    };
+    // SAFETY: setrlimit reads one rlimit through a valid pointer.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+        return Ok(want);
+    }
+    // Not allowed to raise the hard limit: take what there is.
+    let capped = libc::rlimit {
+        rlim_cur: limit.rlim_max,
+        rlim_max: limit.rlim_max,
+    };
+    // SAFETY: as above.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &capped) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("setrlimit(RLIMIT_NOFILE)");
+    }
+    Ok(limit.rlim_max)
+}
+
+/// Has the kernel send `signal` to the child when the harness dies (`PR_SET_PDEATHSIG`), so
+/// that no child outlives a harness killed with SIGKILL. The signal comes when the *thread*
+/// that spawned the child ends: every caller spawns from the top-level future of `block_on`,
+/// i.e. the main thread, which lives as long as the process.
+pub fn die_with_parent(command: &mut Command, signal: libc::c_int) {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: the closure runs in the child between fork and exec and only calls prctl, which
+    // is async-signal-safe.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, signal) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// The `leafgate` binary next to this one (both are built by the same `cargo build`).
+pub fn default_binary() -> Result<PathBuf> {
+    let me = std::env::current_exe().context("cannot find the harness's own path")?;
+    Ok(me.with_file_name("leafgate"))
+}
+
+/// A running `leafgate run`, stopped with SIGTERM (then SIGKILL) on [`Leafgate::stop`] or drop.
+pub struct Leafgate {
+    child: Child,
+    pub started: Instant,
+    pub log: PathBuf,
+}
+
+impl Leafgate {
+    pub fn spawn(binary: &Path, config: &Path, log_level: &str, log: &Path) -> Result<Leafgate> {
+        let stderr =
+            File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
+        let started = Instant::now();
+        let mut command = Command::new(binary);
+        // SIGTERM: leafgate drains and disconnects its devices as at any stop.
+        die_with_parent(&mut command, libc::SIGTERM);
+        let child = command
+            .arg("run")
+            .arg("-c")
+            .arg(config)
+            .arg("--log-level")
+            .arg(log_level)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            // Under systemd's journal the logger would switch to it; the harness wants a file.
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("NOTIFY_SOCKET")
+            .spawn()
+            .with_context(|| format!("cannot start {}", binary.display()))?;
+        Ok(Leafgate {
+            child,
+            started,
+            log: log.to_path_buf(),
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Fails if the process has exited (with the end of its log).
+    pub fn check_alive(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!(
+                "leafgate exited early ({status}); end of its log:\n{}",
+                tail(&self.log, 20)
+            );
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, wait up to `grace`, then SIGKILL. Returns the exit code if it exited by itself.
+    pub fn stop(mut self, grace: Duration) -> Result<Option<i32>> {
+        self.terminate(grace)
+    }
+
+    fn terminate(&mut self, grace: Duration) -> Result<Option<i32>> {
+        if let Some(status) = self.child.try_wait()? {
+            return Ok(status.code());
+        }
+        let pid = libc::pid_t::try_from(self.child.id()).context("pid out of range")?;
+        // SAFETY: kill with a pid we spawned and have not reaped yet.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let until = Instant::now() + grace;
+        while Instant::now() < until {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status.code());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(None)
+    }
+}
+
+impl Drop for Leafgate {
+    fn drop(&mut self) {
+        let _ = self.terminate(Duration::from_secs(5));
+    }
+}
+
+/// The last `lines` lines of a log file.
+pub fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Waits until every device in `ids` is online and subscribed to methods (the emulator's own
+/// state, watched, not polled), failing early when `alive` reports a dead process. Returns when
+/// the last one got there.
+pub async fn wait_ready(
+    emu: &Arc<Emulator>,
+    ids: &[String],
+    timeout: Duration,
+    mut alive: impl FnMut() -> Result<()>,
+) -> Result<Instant> {
+    let mut watchers = JoinSet::new();
+    for id in ids {
+        let emu = Arc::clone(emu);
+        let id = id.clone();
+        watchers.spawn(async move {
+            emu.wait_method_ready(&id, timeout)
+                .await
+                .map(|_| Instant::now())
+                .map_err(|e| anyhow::anyhow!("{e}"))
+        });
+    }
+    let mut last = Instant::now();
+    let mut failures = Vec::new();
+    let mut check = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            joined = watchers.join_next() => match joined {
+                None => break,
+                Some(Ok(Ok(at))) => last = last.max(at),
+                Some(Ok(Err(e))) => failures.push(e),
+                Some(Err(e)) => bail!("watcher task failed: {e}"),
+            },
+            _ = check.tick() => alive()?,
+        }
+    }
+    alive()?;
+    if let Some(first) = failures.first() {
+        bail!(
+            "{} of {} devices did not connect within {timeout:?}; first: {first}",
+            failures.len(),
+            ids.len()
+        );
+    }
+    Ok(last)
+}

@@ -1,0 +1,132 @@
+//! `leafgate-bench`: the scale benchmark (issue 6) and the RTU line-efficiency measurement.
+//! Not shipped in the .deb; micro-benchmarks live in `benches/micro.rs` (`cargo bench`).
+//!
+//! ```text
+//! cargo build --release --locked
+//! target/release/leafgate-bench scale --devices 1000 --rates 1000,5000 --json scale.json
+//! target/release/leafgate-bench rtu --json rtu.json
+//! target/release/leafgate-bench baseline --devices 50 --rates 100,500 --json baseline.json
+//! scripts/soak.sh            # leafgate-bench soak: 200 devices, 30 minutes of faults
+//! ```
+//!
+//! Everything runs on this machine: the emulated IoT Hub (TLS), simulated Modbus hardware, the
+//! floor responders and the caller in this process; leafgate as a child process (`leafgate run`)
+//! so its CPU and memory are read from its own `/proc` entries. Exit codes: 0 every call
+//! answered and leafgate exited cleanly, 1 errors (the report says which), 2 the run could not
+//! be carried out.
+
+mod baseline;
+mod child;
+mod floor;
+mod load;
+mod rtu;
+mod scale;
+mod soak;
+mod stats;
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand};
+use leafgate_testkit::procfs;
+
+#[derive(Parser)]
+#[command(
+    name = "leafgate-bench",
+    about = "Scale and line-efficiency benchmarks of leafgate"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log level of the harness (emulator, simulators), on stderr.
+    #[arg(long, global = true, default_value = "warn")]
+    harness_log_level: log::LevelFilter,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// N devices: connect, idle and load phases against leafgate and the floor responders.
+    Scale(scale::Args),
+    /// leafgate next to one Python process per device (azure-iot-device + pymodbus), same N
+    /// and load, in the same run; prints both and the ratios.
+    Baseline(baseline::Args),
+    /// Gap leafgate leaves between frames on a busy Modbus RTU line (pty pair).
+    Rtu(rtu::Args),
+    /// Long run under random hub drops, hardware outages and method load (`scripts/soak.sh`).
+    Soak(soak::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = leafgate::systemd::init_logging(cli.harness_log_level) {
+        eprintln!("leafgate-bench: cannot start logging: {e}");
+    }
+    match run(cli.command) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("leafgate-bench: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(command: Command) -> Result<bool> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let context = format!(
+        "machine: {} CPUs, load average {:.2}, {}",
+        procfs::nproc(),
+        procfs::load_average(),
+        std::fs::read_to_string("/proc/version")
+            .unwrap_or_default()
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    match command {
+        Command::Scale(args) => {
+            let json = args.json.clone();
+            let report = runtime.block_on(scale::run(args))?;
+            println!("{context}\n\n{}", scale::render(&report));
+            write_json(json.as_deref(), &report)?;
+            Ok(report.passed)
+        }
+        Command::Baseline(args) => {
+            let json = args.json.clone();
+            let report = runtime.block_on(baseline::run(args))?;
+            println!("{context}\n\n{}", baseline::render(&report));
+            write_json(json.as_deref(), &report)?;
+            Ok(report.passed)
+        }
+        Command::Rtu(args) => {
+            let json = args.json.clone();
+            let report = runtime.block_on(rtu::run(args))?;
+            println!("{context}\n\n{}", rtu::render(&report));
+            write_json(json.as_deref(), &report)?;
+            Ok(report.passed)
+        }
+        Command::Soak(args) => {
+            let json = args.json.clone();
+            let report = runtime.block_on(soak::run(args))?;
+            println!("{context}\n\n{}", soak::render(&report));
+            write_json(json.as_deref(), &report)?;
+            Ok(report.passed)
+        }
+    }
+}
+
+fn write_json(path: Option<&Path>, report: &impl serde::Serialize) -> Result<()> {
+    if let Some(path) = path {
+        let text = serde_json::to_string_pretty(report)?;
+        std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,608 @@
+//! `leafgate-bench scale`: N leaf devices on simulated Modbus TCP endpoints, the emulated hub
+//! (TLS), and the real `leafgate run` as a child process; then the connect, idle and load
+//! phases, with the floor responders measured in the same run.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use base64::Engine as _;
+use leafgate_emulator::{Emulator, EmulatorConfig};
+use leafgate_sim::modbus::{Registers, TcpServer};
+use serde::Serialize;
+use serde_json::json;
+use tokio::task::JoinSet;
+
+use crate::child::{self, Leafgate};
+use crate::floor::Floor;
+use crate::load::{self, Run};
+use crate::stats::{Summary, ms};
+use leafgate_testkit::procfs::{self, Machine, Memory, Snapshot};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Leaf devices (N), each its own MQTT/TLS connection from leafgate to the hub.
+    #[arg(long, default_value_t = 1000)]
+    pub devices: usize,
+    /// leafgate's `max_connects_per_s`.
+    #[arg(long, default_value_t = 500)]
+    pub connect_rate: u32,
+    /// Idle phase length (keep-alives only), seconds.
+    #[arg(long, default_value_t = 60.0)]
+    pub idle_s: f64,
+    /// Offered method rates, one load phase each, e.g. `1000,5000`.
+    #[arg(long, value_delimiter = ',', default_value = "1000")]
+    pub rates: Vec<u32>,
+    /// Seconds of load per rate and per side (leafgate, floor), split over `--rounds`.
+    #[arg(long, default_value_t = 20.0)]
+    pub load_s: f64,
+    /// The load of each rate alternates floor and leafgate this many times (floor first in
+    /// even rounds, leafgate first in odd ones), so background noise hits both alike.
+    #[arg(long, default_value_t = 2)]
+    pub rounds: u32,
+    /// Floor responders (at most N).
+    #[arg(long, default_value_t = 100)]
+    pub floor_devices: usize,
+    /// Modbus units behind each simulated Modbus TCP endpoint (1..=247); one leafgate bus each.
+    #[arg(long, default_value_t = 50)]
+    pub units_per_endpoint: usize,
+    /// MQTT keep-alive of leafgate's sessions (`keep_alive_s`).
+    #[arg(long, default_value_t = 120)]
+    pub keep_alive_s: u64,
+    /// leafgate's log level (method lines are logged at info, as shipped).
+    #[arg(long, default_value = "info")]
+    pub leafgate_log_level: String,
+    /// The leafgate binary (default: `leafgate` next to this binary).
+    #[arg(long)]
+    pub leafgate: Option<PathBuf>,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Keep the work directory (config, CA, leafgate's log) instead of deleting it.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub devices: usize,
+    pub endpoints: usize,
+    pub units_per_endpoint: usize,
+    pub keep_alive_s: u64,
+    pub leafgate_log_level: String,
+    pub nofile_limit: u64,
+    pub leafgate_binary: String,
+    pub leafgate_binary_bytes: u64,
+    pub connect: Connect,
+    pub idle: Idle,
+    pub load: Vec<Load>,
+    /// The harness process (emulator, simulators, floor, caller) at the end.
+    pub harness_memory: Memory,
+    pub leafgate_exit_code: Option<i32>,
+    pub passed: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Connect {
+    pub configured_rate: u32,
+    /// Process start → the last device connected and subscribed.
+    pub time_to_all_s: f64,
+    /// Process start → the first device subscribed (startup: config, buses, TLS setup).
+    pub first_s: f64,
+    /// (N − 1) / (last − first).
+    pub achieved_rate: f64,
+    pub achieved_pct_of_configured: f64,
+    pub leafgate_cpu_s: f64,
+    pub leafgate_memory: Memory,
+    pub machine: Machine,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Idle {
+    pub duration_s: f64,
+    pub leafgate_memory: Memory,
+    pub rss_per_device_kib: f64,
+    pub leafgate_cpu_pct: f64,
+    /// Connections accepted beyond one per device during the whole run (reconnects).
+    pub reconnects: u64,
+    pub machine: Machine,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Side {
+    pub offered: usize,
+    pub answered: usize,
+    pub errors: usize,
+    pub error_kinds: std::collections::BTreeMap<String, usize>,
+    pub achieved_rate: f64,
+    pub latency: Summary,
+    /// How late calls left against their schedule: the caller's own limit.
+    pub issue_lag: Summary,
+}
+
+impl Side {
+    pub fn of(run: Run) -> Side {
+        Side {
+            offered: run.offered,
+            answered: run.answered(),
+            errors: run.error_count(),
+            achieved_rate: run.answered() as f64 / run.elapsed.as_secs_f64().max(1e-9),
+            latency: Summary::of(&run.latencies),
+            issue_lag: Summary::of(&run.issue_lag),
+            error_kinds: run.errors,
+        }
+    }
+}
+
+/// The caller-latency table (`scale` and `baseline`): its header, then one [`latency_row`] per
+/// rate and side.
+pub const LATENCY_HEADER: &str = "| rate | side | answered / offered | errors | achieved/s | p50 | p90 | p99 | p99.9 | max | caller lag p99 |\n|---|---|---|---|---|---|---|---|---|---|---|";
+
+pub fn latency_row(out: &mut String, rate: u32, name: &str, s: &Side) {
+    let _ = writeln!(
+        out,
+        "| {rate} | {name} | {} / {} | {} | {:.0} | {} | {} | {} | {} | {} | {} |",
+        s.answered,
+        s.offered,
+        s.errors,
+        s.achieved_rate,
+        ms(s.latency.p50_us),
+        ms(s.latency.p90_us),
+        ms(s.latency.p99_us),
+        ms(s.latency.p999_us),
+        ms(s.latency.max_us),
+        ms(s.issue_lag.p99_us)
+    );
+}
+
+#[derive(Debug, Serialize)]
+pub struct Load {
+    pub offered_rate: u32,
+    pub leafgate: Side,
+    pub floor: Side,
+    /// leafgate − floor, percentile by percentile.
+    pub added: Summary,
+    /// leafgate CPU during its load segments / methods it answered.
+    pub leafgate_cpu_us_per_method: f64,
+    pub leafgate_memory: Memory,
+    pub machine: Machine,
+}
+
+/// Deterministic register contents: unit u's register i holds u × 100 + i.
+pub fn register_values(unit: u8) -> Vec<u16> {
+    (0..10).map(|i| u16::from(unit) * 100 + i).collect()
+}
+
+/// What leafgate answers to `read10` (and so what the floor answers too).
+fn reply_body(unit: u8) -> Result<Vec<u8>> {
+    let mut map = serde_json::Map::new();
+    for (i, v) in register_values(unit).into_iter().enumerate() {
+        map.insert(format!("r{i}"), json!(v));
+    }
+    Ok(serde_json::to_vec(&map)?)
+}
+
+pub const PROFILE: &str = r#"
+[[profile]]
+id = "bench"
+[[profile.method]]
+name = "read10"
+timeout_ms = 5000
+[[profile.method.step]]
+op = "read"
+table = "holding"
+address = 0
+fields = [
+  { name = "r0" }, { name = "r1" }, { name = "r2" }, { name = "r3" }, { name = "r4" },
+  { name = "r5" }, { name = "r6" }, { name = "r7" }, { name = "r8" }, { name = "r9" },
+]
+"#;
+
+/// `[hub]` for the emulator, with the CA written beside the config.
+pub fn hub_section(emu: &Emulator, ca: &Path, connect_rate: u32, keep_alive_s: u64) -> String {
+    format!(
+        "[hub]\nhostname = \"{}\"\nport = {}\nca_file = \"{}\"\nmax_connects_per_s = {connect_rate}\nkeep_alive_s = {keep_alive_s}\n",
+        emu.host_name(),
+        emu.mqtt_addr().port(),
+        ca.display()
+    )
+}
+
+pub fn key_text(key: &leafgate::hub::sas::Key) -> String {
+    base64::engine::general_purpose::STANDARD.encode(key.as_bytes())
+}
+
+/// Writes a file only its owner can read (it holds device keys; leafgate warns otherwise).
+pub fn write_private(path: &Path, text: &str) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    std::io::Write::write_all(&mut file, text.as_bytes())?;
+    Ok(())
+}
+
+pub fn work_dir(name: &str) -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("leafgate-bench-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
+}
+
+pub async fn run(args: Args) -> Result<Report> {
+    let n = args.devices;
+    if n == 0 || !(1..=247).contains(&args.units_per_endpoint) {
+        bail!("--devices must be > 0 and --units-per-endpoint within 1..=247");
+    }
+    // The limit is per process and the child inherits it. leafgate: one socket per device and
+    // per endpoint. The harness: the emulator's end of each device connection, both ends of each
+    // floor connection, the simulators' listeners and connections. Plus slack for the rest.
+    let want = (n + 2 * args.floor_devices + 2 * n.div_ceil(args.units_per_endpoint) + 1024) as u64;
+    let nofile = child::raise_nofile(want)?;
+    if nofile < want {
+        bail!(
+            "RLIMIT_NOFILE is {nofile}, {want} needed for {n} devices; run as root or raise the hard limit"
+        );
+    }
+    let binary = match &args.leafgate {
+        Some(path) => path.clone(),
+        None => child::default_binary()?,
+    };
+    let binary_bytes = std::fs::metadata(&binary)
+        .with_context(|| format!("no leafgate binary at {}", binary.display()))?
+        .len();
+    let dir = work_dir("scale")?;
+
+    // The hub.
+    let emu = Arc::new(Emulator::start(EmulatorConfig::default()).await?);
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, emu.ca_pem())?;
+
+    // The hardware: `endpoints` Modbus TCP servers with up to `units_per_endpoint` units each.
+    let upe = args.units_per_endpoint;
+    let endpoints = n.div_ceil(upe);
+    let mut servers = Vec::with_capacity(endpoints);
+    let mut config = hub_section(&emu, &ca, args.connect_rate, args.keep_alive_s);
+    config.push_str(PROFILE);
+    for e in 0..endpoints {
+        let units = (n - e * upe).min(upe);
+        let registers = Registers::new();
+        for unit in 1..=units {
+            let unit = u8::try_from(unit)?;
+            registers.set_holding(unit, 0, &register_values(unit));
+        }
+        let server = TcpServer::start(registers.clone()).await?;
+        writeln!(
+            config,
+            "\n[[bus]]\nid = \"tcp-{e}\"\nkind = \"modbus_tcp\"\naddress = \"{}\"\ntimeout_ms = 1000\nqueue_capacity = 256",
+            server.addr()
+        )?;
+        servers.push((server, registers));
+    }
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        let id = format!("dev-{i:05}");
+        let key = leafgate_emulator::random_key();
+        emu.add_device(&id, key.clone());
+        writeln!(
+            config,
+            "\n[[device]]\nid = \"{id}\"\nshared_access_key = \"{}\"\nbus = \"tcp-{}\"\nunit = {}\nprofile = \"bench\"",
+            key_text(&key),
+            i / upe,
+            i % upe + 1
+        )?;
+        ids.push(id);
+    }
+    let config_path = dir.join("leafgate.toml");
+    write_private(&config_path, &config)?;
+
+    // Connect phase: watchers first, so no connection is missed.
+    let connect_wait =
+        Duration::from_secs_f64(n as f64 / f64::from(args.connect_rate.max(1)) * 3.0)
+            + Duration::from_secs(60);
+    let mut watchers = JoinSet::new();
+    for id in &ids {
+        let emu = Arc::clone(&emu);
+        let id = id.clone();
+        watchers.spawn(async move {
+            emu.wait_method_ready(&id, connect_wait)
+                .await
+                .map(|_| Instant::now())
+                .map_err(|e| anyhow::anyhow!("{e}"))
+        });
+    }
+    let before = Snapshot::take();
+    let mut gate = Leafgate::spawn(
+        &binary,
+        &config_path,
+        &args.leafgate_log_level,
+        &dir.join("leafgate.log"),
+    )?;
+    let pid = gate.pid();
+    let mut ready = Vec::with_capacity(n);
+    let mut failures = 0usize;
+    while let Some(joined) = watchers.join_next().await {
+        match joined {
+            Ok(Ok(at)) => ready.push(at),
+            Ok(Err(e)) => {
+                failures += 1;
+                if failures <= 3 {
+                    eprintln!("leafgate-bench: {e}");
+                }
+            }
+            Err(e) => bail!("watcher task failed: {e}"),
+        }
+    }
+    gate.check_alive()?;
+    if failures > 0 {
+        bail!(
+            "{failures} of {n} devices did not connect within {connect_wait:?}; leafgate log: {}",
+            gate.log.display()
+        );
+    }
+    let connect_cpu = procfs::cpu_seconds(pid)?;
+    let after = Snapshot::take();
+    ready.sort();
+    let (first, last) = (ready[0], ready[n - 1]);
+    let span = last.duration_since(first).as_secs_f64();
+    let achieved = if n > 1 {
+        (n - 1) as f64 / span.max(1e-9)
+    } else {
+        f64::NAN
+    };
+    let connect = Connect {
+        configured_rate: args.connect_rate,
+        time_to_all_s: last.duration_since(gate.started).as_secs_f64(),
+        first_s: first.duration_since(gate.started).as_secs_f64(),
+        achieved_rate: achieved,
+        achieved_pct_of_configured: achieved / f64::from(args.connect_rate) * 100.0,
+        leafgate_cpu_s: connect_cpu,
+        leafgate_memory: procfs::memory(pid)?,
+        machine: Machine::between(&before, &after, Some(pid)),
+    };
+    eprintln!(
+        "leafgate-bench: {n} devices connected in {:.2} s ({:.0}/s); idle for {} s",
+        connect.time_to_all_s, connect.achieved_rate, args.idle_s
+    );
+
+    // Idle phase: only keep-alives.
+    let before = Snapshot::take();
+    let cpu0 = procfs::cpu_seconds(pid)?;
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs_f64(args.idle_s)).await;
+    let cpu1 = procfs::cpu_seconds(pid)?;
+    let idle_elapsed = t0.elapsed().as_secs_f64();
+    let after = Snapshot::take();
+    gate.check_alive()?;
+    let memory = procfs::memory(pid)?;
+    let idle = Idle {
+        duration_s: idle_elapsed,
+        leafgate_memory: memory,
+        rss_per_device_kib: memory.rss_kib as f64 / n as f64,
+        leafgate_cpu_pct: (cpu1 - cpu0) / idle_elapsed * 100.0,
+        reconnects: 0,
+        machine: Machine::between(&before, &after, Some(pid)),
+    };
+
+    // Floor responders, then the load phases.
+    let floor_count = args.floor_devices.clamp(1, n);
+    let tls = leafgate::hub::tls::client_config(Some(&ca))?;
+    let floor = Floor::start(&emu, tls, floor_count, reply_body(1)?).await?;
+    let floor_ids = Arc::new(floor.ids.clone());
+    let gate_ids = Arc::new(ids);
+    let mut loads = Vec::new();
+    for &rate in &args.rates {
+        eprintln!("leafgate-bench: load {rate}/s, {} s per side", args.load_s);
+        let segment = Duration::from_secs_f64(args.load_s / f64::from(args.rounds.max(1)));
+        let (mut on_gate, mut on_floor) = (Run::default(), Run::default());
+        let mut gate_cpu = 0.0;
+        let before = Snapshot::take();
+        for round in 0..args.rounds.max(1) {
+            for gate_turn in if round % 2 == 0 {
+                [false, true]
+            } else {
+                [true, false]
+            } {
+                if gate_turn {
+                    let c0 = procfs::cpu_seconds(pid)?;
+                    on_gate.merge(load::offer(&emu, &gate_ids, rate, segment).await);
+                    gate_cpu += procfs::cpu_seconds(pid)? - c0;
+                } else {
+                    on_floor.merge(load::offer(&emu, &floor_ids, rate, segment).await);
+                }
+            }
+        }
+        let after = Snapshot::take();
+        gate.check_alive()?;
+        let gate_side = Side::of(on_gate);
+        let floor_side = Side::of(on_floor);
+        loads.push(Load {
+            offered_rate: rate,
+            added: gate_side.latency.minus(&floor_side.latency),
+            leafgate_cpu_us_per_method: gate_cpu * 1e6 / gate_side.answered.max(1) as f64,
+            leafgate: gate_side,
+            floor: floor_side,
+            leafgate_memory: procfs::memory(pid)?,
+            machine: Machine::between(&before, &after, Some(pid)),
+        });
+    }
+    floor.stop();
+
+    // Reconnects over the whole run: every accepted CONNECT beyond the first per device.
+    let stats = emu.stats();
+    let reconnects = gate_ids
+        .iter()
+        .filter_map(|id| stats.get(id))
+        .map(|s| s.connects_accepted.saturating_sub(1))
+        .sum();
+    let idle = Idle { reconnects, ..idle };
+    let harness_memory = procfs::memory(std::process::id())?;
+    let exit = gate.stop(Duration::from_secs(30))?;
+    drop(servers);
+    let passed = loads
+        .iter()
+        .all(|l| l.leafgate.errors == 0 && l.floor.errors == 0)
+        && exit == Some(0);
+    let report = Report {
+        devices: n,
+        endpoints,
+        units_per_endpoint: upe,
+        keep_alive_s: args.keep_alive_s,
+        leafgate_log_level: args.leafgate_log_level.clone(),
+        nofile_limit: nofile,
+        leafgate_binary: binary.display().to_string(),
+        leafgate_binary_bytes: binary_bytes,
+        connect,
+        idle,
+        load: loads,
+        harness_memory,
+        leafgate_exit_code: exit,
+        passed,
+    };
+    if args.keep {
+        eprintln!("leafgate-bench: work directory kept: {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(report)
+}
+
+/// The report as markdown tables.
+pub fn render(r: &Report) -> String {
+    let mut out = String::new();
+    let c = &r.connect;
+    let i = &r.idle;
+    let _ = writeln!(
+        out,
+        "## leafgate-bench scale: N = {} devices ({} Modbus TCP endpoints × ≤ {} units), keep-alive {} s, log level {}, RLIMIT_NOFILE {}\n",
+        r.devices,
+        r.endpoints,
+        r.units_per_endpoint,
+        r.keep_alive_s,
+        r.leafgate_log_level,
+        r.nofile_limit
+    );
+    let _ = writeln!(out, "| phase | figure | value |\n|---|---|---|");
+    let _ = writeln!(
+        out,
+        "| connect | time until all {} connected (from process start) | {:.2} s |",
+        r.devices, c.time_to_all_s
+    );
+    let _ = writeln!(
+        out,
+        "| connect | first device subscribed after | {:.3} s |",
+        c.first_s
+    );
+    let _ = writeln!(
+        out,
+        "| connect | achieved rate vs configured | {:.0}/s of {}/s ({:.1} %) |",
+        c.achieved_rate, c.configured_rate, c.achieved_pct_of_configured
+    );
+    let _ = writeln!(
+        out,
+        "| connect | leafgate CPU | {:.2} s |",
+        c.leafgate_cpu_s
+    );
+    let _ = writeln!(out, "| idle | duration | {:.1} s |", i.duration_s);
+    let _ = writeln!(
+        out,
+        "| idle | leafgate RSS total (peak) | {:.1} MiB ({:.1} MiB) |",
+        i.leafgate_memory.rss_kib as f64 / 1024.0,
+        i.leafgate_memory.peak_kib as f64 / 1024.0
+    );
+    let _ = writeln!(
+        out,
+        "| idle | leafgate RSS per device | {:.1} KiB |",
+        i.rss_per_device_kib
+    );
+    let _ = writeln!(
+        out,
+        "| idle | leafgate CPU (% of one core) | {:.2} % |",
+        i.leafgate_cpu_pct
+    );
+    let _ = writeln!(out, "| run | reconnects | {} |", i.reconnects);
+    for l in &r.load {
+        let _ = writeln!(
+            out,
+            "| load {}/s | leafgate CPU per method | {:.1} µs |",
+            l.offered_rate, l.leafgate_cpu_us_per_method
+        );
+        let _ = writeln!(
+            out,
+            "| load {}/s | leafgate RSS after | {:.1} MiB |",
+            l.offered_rate,
+            l.leafgate_memory.rss_kib as f64 / 1024.0
+        );
+    }
+    let _ = writeln!(
+        out,
+        "| run | leafgate exit code after SIGTERM | {} |",
+        r.leafgate_exit_code
+            .map_or("killed".to_owned(), |c| c.to_string())
+    );
+    let _ = writeln!(
+        out,
+        "| run | leafgate binary | {:.1} MB stripped |",
+        r.leafgate_binary_bytes as f64 / 1e6
+    );
+    let _ = writeln!(
+        out,
+        "| run | harness RSS (emulator, sims, floor, caller) | {:.1} MiB |",
+        r.harness_memory.rss_kib as f64 / 1024.0
+    );
+
+    let _ = writeln!(out, "\nLatency at the caller (`Emulator::invoke`), ms:\n");
+    let _ = writeln!(out, "{LATENCY_HEADER}");
+    for l in &r.load {
+        for (name, s) in [("floor", &l.floor), ("leafgate", &l.leafgate)] {
+            latency_row(&mut out, l.offered_rate, name, s);
+        }
+        let a = &l.added;
+        let _ = writeln!(
+            out,
+            "| {} | **added by leafgate** | | | | {} | {} | {} | {} | {} | |",
+            l.offered_rate,
+            ms(a.p50_us),
+            ms(a.p90_us),
+            ms(a.p99_us),
+            ms(a.p999_us),
+            ms(a.max_us)
+        );
+    }
+    for l in &r.load {
+        for (name, s) in [("floor", &l.floor), ("leafgate", &l.leafgate)] {
+            if !s.error_kinds.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "\nerrors at {}/s on {name}: {:?}",
+                    l.offered_rate, s.error_kinds
+                );
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\nMachine during each phase ({} CPUs):\n",
+        c.machine.nproc
+    );
+    let _ = writeln!(out, "- connect: {}", c.machine.summary());
+    let _ = writeln!(out, "- idle: {}", i.machine.summary());
+    for l in &r.load {
+        let _ = writeln!(out, "- load {}/s: {}", l.offered_rate, l.machine.summary());
+    }
+    let _ = writeln!(
+        out,
+        "\nResult: {}",
+        if r.passed {
+            "PASS (no errors, clean exit)"
+        } else {
+            "FAIL"
+        }
+    );
+    out
+}

@@ -1,0 +1,110 @@
+//! The benchmark harness end to end at toy size, so it cannot rot: `leafgate-bench scale` with
+//! 20 devices and `leafgate-bench rtu` on one line, each for a few seconds, against the real
+//! `leafgate` binary. Full runs are not part of the test suite (README, "Performance").
+
+// Test code: unwrapping is how a test reports.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::process::Command;
+
+use serde_json::Value;
+
+const BENCH: &str = env!("CARGO_BIN_EXE_leafgate-bench");
+
+fn run(args: &[&str], json: &std::path::Path) -> Value {
+    // Another package's binary: `cargo test` at the workspace root builds it alongside.
+    let leafgate = leafgate_testkit::binary("leafgate");
+    assert!(
+        leafgate.exists(),
+        "{} is missing: run the tests from the workspace root, or `cargo build --bin leafgate` first",
+        leafgate.display()
+    );
+    let output = Command::new(BENCH)
+        .args(args)
+        .arg("--leafgate")
+        .arg(&leafgate)
+        .arg("--json")
+        .arg(json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "leafgate-bench {args:?} failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    assert!(stdout.contains("Result: PASS"), "{stdout}");
+    serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap()
+}
+
+#[test]
+fn the_scale_harness_runs_end_to_end_and_reports_every_phase() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = run(
+        &[
+            "scale",
+            "--devices",
+            "20",
+            "--units-per-endpoint",
+            "8",
+            "--floor-devices",
+            "4",
+            "--connect-rate",
+            "200",
+            "--idle-s",
+            "1",
+            "--rates",
+            "100",
+            "--load-s",
+            "1",
+            "--rounds",
+            "1",
+        ],
+        &dir.path().join("scale.json"),
+    );
+    assert_eq!(report["devices"], 20);
+    assert_eq!(report["endpoints"], 3);
+    assert!(report["connect"]["achieved_rate"].as_f64().unwrap() > 0.0);
+    assert!(
+        report["idle"]["leafgate_memory"]["rss_kib"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    let load = &report["load"][0];
+    for side in ["leafgate", "floor"] {
+        assert_eq!(load[side]["offered"], 100, "{side}");
+        assert_eq!(load[side]["answered"], 100, "{side}");
+        assert_eq!(load[side]["errors"], 0, "{side}");
+        assert!(load[side]["latency"]["p99_us"].as_f64().unwrap() > 0.0);
+    }
+    assert!(load["leafgate_cpu_us_per_method"].as_f64().unwrap() >= 0.0);
+    assert_eq!(report["leafgate_exit_code"], 0);
+}
+
+#[test]
+fn the_rtu_harness_measures_gaps_on_a_busy_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = run(
+        &[
+            "rtu",
+            "--bauds",
+            "19200",
+            "--turnaround-ms",
+            "2",
+            "--concurrency",
+            "4",
+            "--duration-s",
+            "1",
+        ],
+        &dir.path().join("rtu.json"),
+    );
+    let line = &report["lines"][0];
+    assert_eq!(line["baud"], 19200);
+    // 3.5 characters of 10 bits (8N1) at 19200 baud (1822.9 µs), rounded up as leafgate does.
+    assert_eq!(line["frame_gap_us"], 1823.0);
+    assert!(line["gap"]["count"].as_u64().unwrap() > 10, "{line}");
+    assert!(line["gap"]["p50_us"].as_f64().unwrap() >= 1823.0, "{line}");
+    assert_eq!(line["errors"], 0);
+}

@@ -1,0 +1,150 @@
+//! The demo's command line: start an emulator, print how to reach it, run until Ctrl-C.
+//!
+//! anyhow is used here only, as CLI glue (house style: libraries return typed errors).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use base64::Engine as _;
+
+use super::{Emulator, EmulatorConfig};
+use leafgate::hub::sas::Key;
+
+/// Options of the emulator CLI.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EmulatorArgs {
+    /// IoT hub host name devices put in their username and SAS scope.
+    #[arg(long, default_value = "localhost")]
+    pub host_name: String,
+    /// Address of the MQTT-over-TLS device listener.
+    #[arg(long, default_value = "127.0.0.1:8883")]
+    pub mqtt_addr: SocketAddr,
+    /// Address of the plain-HTTP service API listener (keep it on loopback).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
+    /// Also serve the service API over HTTPS here (same CA as MQTT), for the Azure service SDKs.
+    #[arg(long, value_name = "ADDR")]
+    pub https_addr: Option<SocketAddr>,
+    /// Write the generated CA certificate (PEM) here, for devices to trust.
+    #[arg(long, value_name = "PATH")]
+    pub ca_out: Option<PathBuf>,
+    /// Register a device: ID=BASE64KEY. Repeat for more devices.
+    #[arg(long = "device", value_name = "ID=KEY", value_parser = parse_device)]
+    pub devices: Vec<DeviceArg>,
+    /// Service policy key (base64); a random one is generated when omitted.
+    #[arg(long, value_name = "BASE64")]
+    pub service_key: Option<String>,
+    /// Service policy name (the token's skn).
+    #[arg(long, default_value = "service")]
+    pub service_policy: String,
+}
+
+/// One `--device ID=KEY`.
+#[derive(Debug, Clone)]
+pub struct DeviceArg {
+    pub id: String,
+    pub key: Key,
+}
+
+/// Splits on the first `=` only: base64 keys end in `=` padding. The error never shows the key.
+fn parse_device(text: &str) -> Result<DeviceArg, String> {
+    let (id, key) = text
+        .split_once('=')
+        .ok_or_else(|| "expected ID=KEY".to_owned())?;
+    if id.is_empty() {
+        return Err("device id is empty".to_owned());
+    }
+    let key = Key::from_base64(key).map_err(|e| format!("device {id}: {e}"))?;
+    Ok(DeviceArg {
+        id: id.to_owned(),
+        key,
+    })
+}
+
+/// Starts the emulator from `args`, prints its addresses and connection string, and serves
+/// until Ctrl-C.
+///
+/// # Errors
+/// When a key does not decode, the emulator cannot start, or Ctrl-C cannot be awaited.
+pub async fn run_cli(args: EmulatorArgs) -> anyhow::Result<()> {
+    let service_key = match &args.service_key {
+        Some(text) => Key::from_base64(text).context("--service-key")?,
+        None => super::random_key(),
+    };
+    let config = EmulatorConfig {
+        host_name: args.host_name.clone(),
+        mqtt_addr: args.mqtt_addr,
+        http_addr: args.http_addr,
+        https_addr: args.https_addr,
+        ca_path: args.ca_out.clone(),
+        service_policy: (args.service_policy.clone(), service_key),
+    };
+    let emulator = Emulator::start(config)
+        .await
+        .context("could not start the IoT Hub emulator")?;
+    for device in &args.devices {
+        emulator.add_device(&device.id, device.key.clone());
+    }
+    println!("IoT Hub emulator for host {}", args.host_name);
+    println!("  mqtt (tls):  {}", emulator.mqtt_addr());
+    println!("  service api: http://{}", emulator.http_addr());
+    if let Some(addr) = emulator.https_addr() {
+        println!("  service api: https://{addr}");
+    }
+    match &args.ca_out {
+        Some(path) => println!("  ca:          {}", path.display()),
+        None => println!("  ca (pem):\n{}", emulator.ca_pem()),
+    }
+    for device in &args.devices {
+        println!(
+            "  device:      HostName={};DeviceId={};SharedAccessKey={}",
+            args.host_name,
+            device.id,
+            base64::engine::general_purpose::STANDARD.encode(device.key.as_bytes())
+        );
+    }
+    println!("  service:     {}", emulator.service_connection_string());
+    println!("press Ctrl-C to stop");
+    tokio::signal::ctrl_c()
+        .await
+        .context("could not wait for Ctrl-C")?;
+    emulator.shutdown().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: EmulatorArgs,
+    }
+
+    #[test]
+    fn parses_repeated_devices_with_padded_keys() {
+        let cli = Cli::try_parse_from([
+            "emu",
+            "--device",
+            "pump-1=AAECAw==",
+            "--device",
+            "pump-2=AQ==",
+            "--mqtt-addr",
+            "127.0.0.1:0",
+        ])
+        .unwrap();
+        let ids: Vec<&str> = cli.args.devices.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(ids, ["pump-1", "pump-2"]);
+        assert_eq!(cli.args.devices[0].key.as_bytes(), [0, 1, 2, 3]);
+        assert_eq!(cli.args.host_name, "localhost");
+        for bad in ["pump", "=AQ==", "pump=!!"] {
+            assert!(
+                Cli::try_parse_from(["emu", "--device", bad]).is_err(),
+                "{bad}"
+            );
+        }
+    }
+}

@@ -1,0 +1,305 @@
+//! CONNECT checks as the hub makes them (`iothub-protocol.md` 1.2, 1.5, 2): pure functions, the
+//! clock and the key lookup are arguments, so every refusal is unit tested without a socket.
+
+use rumqttc::mqttbytes::Protocol;
+use rumqttc::mqttbytes::v4::{Connect, ConnectReturnCode};
+
+use super::registry::RefusalReason;
+use leafgate::hub::sas::{self, Key};
+
+/// The parts of an IoT Hub username the emulator checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Username<'a> {
+    pub(crate) device_id: &'a str,
+    pub(crate) api_version: &'a str,
+}
+
+/// Parses `{host}/{deviceId}/?api-version=...[&k=v...]`, or the legacy
+/// `{host}/{deviceId}/api-version=...` form. The host compares case-insensitively (it is a DNS
+/// name); unknown query keys are ignored, as the hub does for `DeviceClientType` and `model-id`.
+///
+/// # Errors
+/// Which part is wrong; module usernames (`{host}/{device}/{module}/?...`) are refused as not
+/// emulated.
+pub(crate) fn parse_username<'a>(
+    username: &'a str,
+    host_name: &str,
+) -> Result<Username<'a>, RefusalReason> {
+    let (host, rest) = username.split_once('/').ok_or(RefusalReason::BadUsername)?;
+    if !host.eq_ignore_ascii_case(host_name) {
+        return Err(RefusalReason::WrongHost);
+    }
+    // Device ids cannot contain '/', so the first '/' ends the id.
+    let (device_id, tail) = rest.split_once('/').ok_or(RefusalReason::BadUsername)?;
+    if device_id.is_empty() {
+        return Err(RefusalReason::BadUsername);
+    }
+    let query = if let Some(query) = tail.strip_prefix('?') {
+        query
+    } else if tail.starts_with("api-version=") {
+        tail
+    } else if tail.contains('/') {
+        return Err(RefusalReason::ModuleIdentity);
+    } else {
+        return Err(RefusalReason::MissingApiVersion);
+    };
+    let api_version = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("api-version="))
+        .filter(|version| !version.is_empty())
+        .ok_or(RefusalReason::MissingApiVersion)?;
+    Ok(Username {
+        device_id,
+        api_version,
+    })
+}
+
+/// A CONNECT that passed every check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Accepted<T> {
+    pub(crate) device_id: String,
+    /// The token's `se` (Unix seconds): the hub drops the connection then.
+    pub(crate) token_expiry: u64,
+    /// Whatever the key lookup returned besides the key (the registry entry).
+    pub(crate) handle: T,
+}
+
+/// The CONNACK code for a refusal: 1 for a protocol level other than 3.1.1, 3 for a throttled
+/// hub, otherwise 5, which the hub sends for every auth or identity failure.
+pub(crate) fn return_code(reason: &RefusalReason) -> ConnectReturnCode {
+    match reason {
+        RefusalReason::ProtocolVersion(_) => ConnectReturnCode::RefusedProtocolVersion,
+        RefusalReason::Throttled => ConnectReturnCode::ServiceUnavailable,
+        _ => ConnectReturnCode::NotAuthorized,
+    }
+}
+
+/// Checks a CONNECT (already decoded, so its protocol level is 4 or 5): protocol level, client
+/// id, username, then the device's SAS token against `{host}/devices/{id}` with the key `lookup`
+/// returns for the id.
+///
+/// # Errors
+/// The first check that failed.
+pub(crate) fn authenticate<T>(
+    connect: &Connect,
+    host_name: &str,
+    now: u64,
+    lookup: impl FnOnce(&str) -> Result<(T, Key), RefusalReason>,
+) -> Result<Accepted<T>, RefusalReason> {
+    if connect.protocol != Protocol::V4 {
+        return Err(RefusalReason::ProtocolVersion(5));
+    }
+    if connect.client_id.is_empty() {
+        return Err(RefusalReason::EmptyClientId);
+    }
+    let login = connect
+        .login
+        .as_ref()
+        .filter(|login| !login.username.is_empty())
+        .ok_or(RefusalReason::MissingUsername)?;
+    let username = parse_username(&login.username, host_name)?;
+    if username.device_id != connect.client_id {
+        return Err(RefusalReason::ClientIdMismatch);
+    }
+    let (handle, key) = lookup(&connect.client_id)?;
+    if login.password.is_empty() {
+        return Err(RefusalReason::MissingPassword);
+    }
+    let parsed = sas::parse(&login.password).map_err(RefusalReason::Token)?;
+    // A policy-signed token would have to be checked against that policy's key, and the emulator
+    // has no device-connect policies; verifying it against the device key would be wrong.
+    if parsed.skn.is_some() {
+        return Err(RefusalReason::PolicyToken);
+    }
+    let resource = sas::device_resource(host_name, &connect.client_id);
+    let verified =
+        sas::verify(&login.password, &key, &resource, now).map_err(RefusalReason::Token)?;
+    Ok(Accepted {
+        device_id: connect.client_id.clone(),
+        token_expiry: verified.se,
+        handle,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use leafgate::hub::sas::TokenError;
+
+    const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    const HOST: &str = "myhub.azure-devices.net";
+    const NOW: u64 = 1_767_225_000;
+    const SE: u64 = 1_767_225_600;
+
+    #[test]
+    fn parses_usernames_from_docs_and_sdks() {
+        let ok: &[(&str, &str, &str)] = &[
+            (
+                "myhub.azure-devices.net/dev-1/?api-version=2021-04-12",
+                "dev-1",
+                "2021-04-12",
+            ),
+            (
+                "MyHub.Azure-Devices.net/dev-1/?api-version=2020-09-30&DeviceClientType=iothubclient%2F1.15.0",
+                "dev-1",
+                "2020-09-30",
+            ),
+            (
+                "myhub.azure-devices.net/dev-1/?model-id=dtmi%3Ax%3B1&api-version=2021-04-12",
+                "dev-1",
+                "2021-04-12",
+            ),
+            (
+                "myhub.azure-devices.net/dev-1/api-version=2016-11-14",
+                "dev-1",
+                "2016-11-14",
+            ),
+            ("myhub.azure-devices.net/d?x=1/?api-version=1", "d?x=1", "1"),
+        ];
+        for (username, device, version) in ok {
+            let parsed = parse_username(username, HOST).unwrap();
+            assert_eq!((parsed.device_id, parsed.api_version), (*device, *version));
+        }
+        let bad: &[(&str, RefusalReason)] = &[
+            ("", RefusalReason::BadUsername),
+            ("myhub.azure-devices.net", RefusalReason::BadUsername),
+            ("myhub.azure-devices.net/dev-1", RefusalReason::BadUsername),
+            (
+                "myhub.azure-devices.net//?api-version=1",
+                RefusalReason::BadUsername,
+            ),
+            (
+                "other.azure-devices.net/dev-1/?api-version=1",
+                RefusalReason::WrongHost,
+            ),
+            (
+                "myhub.azure-devices.net/dev-1/",
+                RefusalReason::MissingApiVersion,
+            ),
+            (
+                "myhub.azure-devices.net/dev-1/?api-version=",
+                RefusalReason::MissingApiVersion,
+            ),
+            (
+                "myhub.azure-devices.net/dev-1/?DeviceClientType=x",
+                RefusalReason::MissingApiVersion,
+            ),
+            (
+                "myhub.azure-devices.net/dev-1/mod/?api-version=1",
+                RefusalReason::ModuleIdentity,
+            ),
+        ];
+        for (username, want) in bad {
+            assert_eq!(
+                parse_username(username, HOST).err().as_ref(),
+                Some(want),
+                "{username}"
+            );
+        }
+    }
+
+    fn connect(client_id: &str, username: &str, password: &str) -> Connect {
+        let mut c = Connect::new(client_id);
+        c.set_login(username, password);
+        c
+    }
+
+    fn lookup(id: &str) -> Result<((), Key), RefusalReason> {
+        match id {
+            "dev-1" => Ok(((), Key::from_base64(KEY).unwrap())),
+            "off" => Err(RefusalReason::DeviceDisabled),
+            _ => Err(RefusalReason::UnknownDevice),
+        }
+    }
+
+    fn token(device: &str, key: &str, se: u64, skn: Option<&str>) -> String {
+        sas::token(
+            &sas::device_resource(HOST, device),
+            &Key::from_base64(key).unwrap(),
+            se,
+            skn,
+        )
+    }
+
+    #[test]
+    fn authenticate_accepts_sdk_and_c_sdk_tokens() {
+        let user = format!("{HOST}/dev-1/?api-version=2021-04-12");
+        let ours = token("dev-1", KEY, SE, None);
+        let ok = authenticate(&connect("dev-1", &user, &ours), HOST, NOW, lookup).unwrap();
+        assert_eq!((ok.device_id.as_str(), ok.token_expiry), ("dev-1", SE));
+        // The protocol doc's C-SDK form: raw sr, lowercase escapes in sig.
+        let c_sdk = "SharedAccessSignature sr=myhub.azure-devices.net/devices/dev-1&sig=ewy7BYbQtk7z4phPE1StE5B%2bJc%2bvfpBBs5ewLmOkf%2f8%3d&se=1767225600";
+        assert!(authenticate(&connect("dev-1", &user, c_sdk), HOST, NOW, lookup).is_ok());
+    }
+
+    #[test]
+    fn authenticate_refuses_each_identity_problem() {
+        let user = |id: &str| format!("{HOST}/{id}/?api-version=2021-04-12");
+        let good = token("dev-1", KEY, SE, None);
+        let mut v5 = connect("dev-1", &user("dev-1"), &good);
+        v5.protocol = Protocol::V5;
+        let cases: Vec<(Connect, RefusalReason)> = vec![
+            (v5, RefusalReason::ProtocolVersion(5)),
+            (
+                connect("", &user("dev-1"), &good),
+                RefusalReason::EmptyClientId,
+            ),
+            (Connect::new("dev-1"), RefusalReason::MissingUsername),
+            (
+                connect("dev-1", &user("dev-2"), &good),
+                RefusalReason::ClientIdMismatch,
+            ),
+            (
+                connect("Dev-1", &user("dev-1"), &good),
+                RefusalReason::ClientIdMismatch,
+            ),
+            (
+                connect("ghost", &user("ghost"), &token("ghost", KEY, SE, None)),
+                RefusalReason::UnknownDevice,
+            ),
+            (
+                connect("off", &user("off"), &token("off", KEY, SE, None)),
+                RefusalReason::DeviceDisabled,
+            ),
+            (
+                connect("dev-1", &user("dev-1"), ""),
+                RefusalReason::MissingPassword,
+            ),
+            (
+                connect("dev-1", &user("dev-1"), "hunter2"),
+                RefusalReason::Token(TokenError::Prefix),
+            ),
+            (
+                connect("dev-1", &user("dev-1"), &token("dev-1", "AQ==", SE, None)),
+                RefusalReason::Token(TokenError::BadSignature),
+            ),
+            (
+                connect("dev-1", &user("dev-1"), &token("dev-1", KEY, NOW, None)),
+                RefusalReason::Token(TokenError::Expired),
+            ),
+            (
+                connect("dev-1", &user("dev-1"), &token("dev-2", KEY, SE, None)),
+                RefusalReason::Token(TokenError::WrongResource),
+            ),
+            (
+                connect(
+                    "dev-1",
+                    &user("dev-1"),
+                    &sas::token(HOST, &Key::from_base64(KEY).unwrap(), SE, Some("device")),
+                ),
+                RefusalReason::PolicyToken,
+            ),
+        ];
+        for (c, want) in cases {
+            let got = authenticate(&c, HOST, NOW, lookup).err();
+            assert_eq!(got.as_ref(), Some(&want), "client {:?}", c.client_id);
+            let code = return_code(&want);
+            if matches!(want, RefusalReason::ProtocolVersion(_)) {
+                assert_eq!(code, ConnectReturnCode::RefusedProtocolVersion);
+            } else {
+                assert_eq!(code, ConnectReturnCode::NotAuthorized);
+            }
+            assert!(!want.to_string().contains("sig="));
+        }
+    }
+}

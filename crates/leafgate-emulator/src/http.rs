@@ -1,0 +1,487 @@
+//! The service API: `POST /twins/{deviceId}/methods?api-version=...` over HTTP/1.1 on loopback
+//! (`iothub-protocol.md` 4), plain and optionally over TLS with the emulator's certificate (the
+//! Azure service SDKs only build `https://{HostName}` URLs).
+//!
+//! Requests are checked in the hub's order (route, auth, body, then the call itself) and every
+//! failure answers with the hub's error shape: a JSON body whose `Message` is a JSON *string*
+//! holding `errorCode`, `trackingId`, `message`, `info` and `timestampUtc`, plus the
+//! `iothub-errorcode` header naming the code. Bodies are size-limited and header reads time out,
+//! so no client can hold memory or a task forever.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+
+use super::Shared;
+use super::methods::{self, InvokeError, MAX_METHOD_PAYLOAD, MethodCall};
+use super::mqtt::unix_now;
+use leafgate::hub::sas::{self, TokenError, percent_decode};
+
+/// Largest request body read: a 128 KB payload plus the rest of the JSON envelope.
+const MAX_BODY: usize = MAX_METHOD_PAYLOAD + 16 * 1024;
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_HEADER_BUFFER: usize = 64 * 1024;
+/// How long a connection may take to deliver its last responses at shutdown.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
+
+type Body = Full<Bytes>;
+
+/// Serves the API until shutdown, one task per HTTP connection; over TLS when `tls` is given.
+pub(crate) async fn run(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    shared: Arc<Shared>,
+    done: mpsc::Sender<()>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = shared.shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                let shared = Arc::clone(&shared);
+                let done = done.clone();
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    match tls {
+                        None => serve(shared, tcp, peer).await,
+                        Some(acceptor) => {
+                            if let Some(stream) = handshake(&shared, &acceptor, tcp, peer).await {
+                                serve(shared, stream, peer).await;
+                            }
+                        }
+                    }
+                    drop(done);
+                });
+            }
+            Err(e) => {
+                log::warn!("emulator: http accept failed: {e}");
+                tokio::select! {
+                    () = shared.shutdown.cancelled() => break,
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+            }
+        }
+    }
+}
+
+/// The TLS handshake of an HTTPS connection, bounded in time and by shutdown.
+async fn handshake(
+    shared: &Shared,
+    acceptor: &TlsAcceptor,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let handshake = tokio::select! {
+        biased;
+        () = shared.shutdown.cancelled() => return None,
+        handshake = tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(tcp)) => handshake,
+    };
+    match handshake {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(e)) => {
+            log::debug!("emulator: https {peer}: tls handshake failed: {e}");
+            None
+        }
+        Err(_) => {
+            log::debug!("emulator: https {peer}: tls handshake timed out");
+            None
+        }
+    }
+}
+
+async fn serve<S>(shared: Arc<Shared>, io: S, peer: SocketAddr)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let shutdown = shared.shutdown.clone();
+    let service = service_fn(move |request| {
+        let shared = Arc::clone(&shared);
+        async move { Ok::<_, Infallible>(handle(&shared, request).await) }
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEADER_BUFFER);
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        served = connection.as_mut() => {
+            if let Err(e) = served {
+                log::debug!("emulator: http {peer}: {e}");
+            }
+            return;
+        }
+        () = shutdown.cancelled() => {}
+    }
+    // Calls in flight see the shutdown and answer 503; let those answers out before closing, so
+    // every request gets exactly one response.
+    connection.as_mut().graceful_shutdown();
+    match tokio::time::timeout(SHUTDOWN_DRAIN, connection).await {
+        Ok(Err(e)) => log::debug!("emulator: http {peer}: {e}"),
+        Ok(Ok(())) => {}
+        Err(_) => log::debug!("emulator: http {peer}: closed before its response was sent"),
+    }
+}
+
+/// What the request path names.
+#[derive(Debug, PartialEq, Eq)]
+enum Target<'a> {
+    /// `/twins/{id}/methods`, id still percent-encoded.
+    DeviceMethods(&'a str),
+    /// `/twins/{id}/modules/{module}/methods`.
+    ModuleMethods,
+    Unknown,
+}
+
+fn target(path: &str) -> Target<'_> {
+    let Some(rest) = path.strip_prefix("/twins/") else {
+        return Target::Unknown;
+    };
+    let parts: Vec<&str> = rest.split('/').collect();
+    match parts.as_slice() {
+        [id, "methods"] if !id.is_empty() => Target::DeviceMethods(id),
+        [id, "modules", module, "methods"] if !id.is_empty() && !module.is_empty() => {
+            Target::ModuleMethods
+        }
+        _ => Target::Unknown,
+    }
+}
+
+/// The service API's request body. Unknown fields are ignored.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct InvokeBody {
+    method_name: Option<String>,
+    #[serde(default)]
+    payload: Value,
+    response_timeout_in_seconds: Option<i64>,
+    connect_timeout_in_seconds: Option<i64>,
+}
+
+impl InvokeBody {
+    /// Negative timeouts become out of range, so they get the hub's range message.
+    fn into_call(self) -> MethodCall {
+        let seconds = |value: i64| u64::try_from(value).unwrap_or(u64::MAX);
+        MethodCall {
+            method_name: self.method_name.unwrap_or_default(),
+            payload: self.payload,
+            response_timeout_s: self.response_timeout_in_seconds.map_or(30, seconds),
+            connect_timeout_s: self.connect_timeout_in_seconds.map_or(0, seconds),
+        }
+    }
+}
+
+async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
+    let path = request.uri().path().to_owned();
+    let device = match target(&path) {
+        Target::DeviceMethods(device) => device,
+        Target::ModuleMethods => {
+            return plain_error(
+                StatusCode::NOT_FOUND,
+                "module identities are not emulated".to_owned(),
+            );
+        }
+        Target::Unknown => {
+            return plain_error(
+                StatusCode::NOT_FOUND,
+                format!("No HTTP resource was found that matches the request URI '{path}'."),
+            );
+        }
+    };
+    if request.method() != Method::POST {
+        let mut response = plain_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!(
+                "The requested resource does not support http method '{}'.",
+                request.method()
+            ),
+        );
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("POST"));
+        return response;
+    }
+    let has_api_version = request.uri().query().unwrap_or("").split('&').any(|pair| {
+        pair.strip_prefix("api-version=")
+            .is_some_and(|v| !v.is_empty())
+    });
+    if !has_api_version {
+        return hub_error(
+            StatusCode::BAD_REQUEST,
+            400_001,
+            "InvalidProtocolVersion",
+            "The api-version query parameter is required.",
+            json!({}),
+        );
+    }
+    if let Err(why) = authorize(shared, request.headers().get(AUTHORIZATION)) {
+        log::debug!("emulator: service api call refused: {why}");
+        return hub_error(
+            StatusCode::UNAUTHORIZED,
+            401_003,
+            "IoTHubUnauthorized",
+            why,
+            json!({}),
+        );
+    }
+    let Some(device) = percent_decode(device) else {
+        return invoke_error(
+            &InvokeError::InvalidArgument("device id is not valid percent-encoding.".to_owned()),
+            0,
+        );
+    };
+    let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return invoke_error(&InvokeError::PayloadTooLarge(MAX_BODY), 0);
+        }
+        Err(e) => {
+            log::debug!("emulator: could not read service api request body: {e}");
+            return invoke_error(
+                &InvokeError::InvalidArgument("could not read the request body.".to_owned()),
+                0,
+            );
+        }
+    };
+    let call = match serde_json::from_slice::<InvokeBody>(&body) {
+        Ok(parsed) => parsed.into_call(),
+        Err(e) => {
+            return invoke_error(
+                &InvokeError::InvalidArgument(format!("request body is not valid: {e}")),
+                0,
+            );
+        }
+    };
+    let connect_timeout_s = call.connect_timeout_s;
+    match methods::invoke(shared, &device, call).await {
+        Ok(result) => json_response(
+            StatusCode::OK,
+            &json!({"status": result.status, "payload": result.payload}),
+            None,
+        ),
+        Err(e) => invoke_error(&e, connect_timeout_s),
+    }
+}
+
+/// Checks a service token: `skn` names the policy, `sr` covers the hub host, signed with the
+/// policy key, not expired. The error text never includes the token.
+fn authorize(shared: &Shared, header: Option<&HeaderValue>) -> Result<(), &'static str> {
+    let token = header
+        .ok_or("Authorization header missing")?
+        .to_str()
+        .map_err(|_| "Authorization header is not text")?;
+    let parsed = sas::parse(token)
+        .map_err(|_| "Authorization header is not a valid SharedAccessSignature")?;
+    let (policy, key) = &shared.service_policy;
+    let skn = parsed.skn.as_deref().and_then(percent_decode);
+    if skn.as_deref() != Some(policy.as_str()) {
+        return Err("Unknown shared access policy (skn)");
+    }
+    sas::verify(token, key, &shared.host_name, unix_now()).map_err(|e| match e {
+        TokenError::Expired => "The token is expired",
+        TokenError::WrongResource => "The token is scoped to another resource",
+        TokenError::BadSignature => "The token signature does not match",
+        TokenError::Prefix | TokenError::Missing(_) | TokenError::BadExpiry => {
+            "The token is malformed"
+        }
+    })?;
+    Ok(())
+}
+
+fn invoke_error(error: &InvokeError, connect_timeout_s: u64) -> Response<Body> {
+    let status =
+        StatusCode::from_u16(error.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let (message, info) = match error {
+        InvokeError::DeviceNotOnline => (
+            "The operation failed because the requested device isn't online or hasn't registered the direct method callback.".to_owned(),
+            json!({"timeout": hh_mm_ss(connect_timeout_s)}),
+        ),
+        InvokeError::Timeout => (
+            "Timed out waiting for the response from device.".to_owned(),
+            json!({}),
+        ),
+        InvokeError::DeviceNotFound => ("Device not found.".to_owned(), json!({})),
+        InvokeError::InvalidArgument(text) => (text.clone(), json!({})),
+        other => (other.to_string(), json!({})),
+    };
+    hub_error(
+        status,
+        error.error_code(),
+        error.error_name(),
+        &message,
+        info,
+    )
+}
+
+/// The hub's error body: `Message` is a JSON string holding the error object.
+pub(crate) fn hub_error_body(code: u32, message: &str, info: Value) -> Value {
+    let inner = json!({
+        "errorCode": code,
+        "trackingId": tracking_id(),
+        "message": message,
+        "info": info,
+        "timestampUtc": timestamp_utc(SystemTime::now()),
+    });
+    json!({"Message": inner.to_string(), "ExceptionMessage": ""})
+}
+
+fn hub_error(
+    status: StatusCode,
+    code: u32,
+    name: &'static str,
+    message: &str,
+    info: Value,
+) -> Response<Body> {
+    json_response(status, &hub_error_body(code, message, info), Some(name))
+}
+
+/// Errors outside IoT Hub's own codes (unknown routes), in the ASP.NET shape the hub's front end
+/// uses, without `iothub-errorcode`.
+fn plain_error(status: StatusCode, message: String) -> Response<Body> {
+    json_response(
+        status,
+        &json!({"Message": message, "ExceptionMessage": ""}),
+        None,
+    )
+}
+
+fn json_response(
+    status: StatusCode,
+    body: &Value,
+    error_name: Option<&'static str>,
+) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    if let Some(name) = error_name {
+        headers.insert("iothub-errorcode", HeaderValue::from_static(name));
+    }
+    response
+}
+
+fn tracking_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// A .NET `TimeSpan` as the hub prints it in `info.timeout`.
+fn hh_mm_ss(seconds: u64) -> String {
+    format!(
+        "{:02}:{:02}:{:02}",
+        seconds / 3600,
+        seconds / 60 % 60,
+        seconds % 60
+    )
+}
+
+/// `2020-05-15T20:43:10.3899553Z`: UTC, seven fractional digits, as the hub writes
+/// `timestampUtc`.
+fn timestamp_utc(time: SystemTime) -> String {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (year, month, day) = leafgate::systemd::civil_from_days(secs / 86_400);
+    let rem = secs % 86_400;
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:07}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        since.subsec_nanos() / 100
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert_eq!(
+            target("/twins/pump-7/methods"),
+            Target::DeviceMethods("pump-7")
+        );
+        assert_eq!(
+            target("/twins/a%2Fb/methods"),
+            Target::DeviceMethods("a%2Fb")
+        );
+        assert_eq!(target("/twins/d/modules/m/methods"), Target::ModuleMethods);
+        for path in [
+            "/",
+            "/twins//methods",
+            "/twins/d/methods/",
+            "/twins/d",
+            "/devices/d/methods",
+        ] {
+            assert_eq!(target(path), Target::Unknown, "{path}");
+        }
+    }
+
+    #[test]
+    fn error_body_holds_json_in_a_string() {
+        let body = hub_error_body(
+            504_101,
+            "Timed out waiting for the response from device.",
+            json!({}),
+        );
+        let inner: Value = serde_json::from_str(body["Message"].as_str().unwrap()).unwrap();
+        assert_eq!(inner["errorCode"], 504_101);
+        assert_eq!(
+            inner["message"],
+            "Timed out waiting for the response from device."
+        );
+        assert_eq!(inner["trackingId"].as_str().unwrap().len(), 32);
+        assert_eq!(body["ExceptionMessage"], "");
+    }
+
+    #[test]
+    fn timestamps_and_timespans_format_like_dotnet() {
+        let t = UNIX_EPOCH + Duration::new(1_589_575_390, 389_955_300);
+        assert_eq!(timestamp_utc(t), "2020-05-15T20:43:10.3899553Z");
+        assert_eq!(timestamp_utc(UNIX_EPOCH), "1970-01-01T00:00:00.0000000Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(timestamp_utc(leap), "2000-02-29T00:00:00.0000000Z");
+        let new_year = UNIX_EPOCH + Duration::from_secs(1_767_225_600);
+        assert_eq!(timestamp_utc(new_year), "2026-01-01T00:00:00.0000000Z");
+        assert_eq!(hh_mm_ss(0), "00:00:00");
+        assert_eq!(hh_mm_ss(300), "00:05:00");
+        assert_eq!(hh_mm_ss(3725), "01:02:05");
+    }
+
+    #[test]
+    fn body_defaults_and_negative_timeouts() {
+        let call = serde_json::from_str::<InvokeBody>(r#"{"methodName":"m"}"#)
+            .unwrap()
+            .into_call();
+        assert_eq!(call, MethodCall::new("m", Value::Null));
+        let call = serde_json::from_str::<InvokeBody>(
+            r#"{"methodName":"m","payload":[1],"responseTimeoutInSeconds":-1,"connectTimeoutInSeconds":7,"extra":1}"#,
+        )
+        .unwrap()
+        .into_call();
+        assert_eq!(call.response_timeout_s, u64::MAX);
+        assert_eq!(call.connect_timeout_s, 7);
+        assert_eq!(call.payload, json!([1]));
+    }
+}

@@ -1,0 +1,588 @@
+//! A local Azure IoT Hub for the integration tests and the demo: the device-side MQTT endpoint
+//! and the service-side direct-method API, behaving as `iothub-protocol.md` describes the real
+//! hub.
+//!
+//! Start one with [`Emulator::start`] on `127.0.0.1:0`, register devices with
+//! [`Emulator::add_device`], point devices at [`Emulator::mqtt_addr`] trusting
+//! [`Emulator::ca_pem`], and call methods through [`ServiceClient`] (HTTP) or
+//! [`Emulator::invoke`] (in process, same code path). Per-device [`DeviceStats`] live in a
+//! `watch` channel, so tests await a state ([`Emulator::wait_for`]) instead of sleeping.
+//!
+//! # What it emulates
+//! - MQTT 3.1.1 over TLS 1.2/1.3 with a CA generated at start (server certificate for
+//!   `localhost`, `127.0.0.1`, `::1` and the configured host name).
+//! - CONNECT: client id = device id, username `{host}/{id}/?api-version=...` (or the legacy
+//!   `/api-version=` form; unknown query keys ignored; api-version required), password = device
+//!   SAS token verified with [`leafgate::hub::sas::verify`]. Every auth or identity failure gets
+//!   CONNACK 5 and a close; MQTT 5 gets CONNACK 1. Refusal reasons are recorded, never keys or
+//!   signatures.
+//! - One connection per device (a new CONNECT closes the older one), keep-alive enforcement at
+//!   1.5 x keep-alive capped at 1767 s (also when keep-alive is 0), disconnect when the token's
+//!   `se` passes, disconnect when a device is removed or disabled.
+//! - Persistent sessions as far as subscriptions go: a CONNECT with CleanSession 0 resumes the
+//!   subscriptions of the device's last CleanSession-0 connection (CONNACK session present = 1),
+//!   so a method reaches a device that reconnected without subscribing again, as the Python SDK
+//!   expects (it never re-subscribes); CleanSession 1 discards them. Removing a device ends its
+//!   session.
+//! - Records what each client put on the wire ([`DeviceStats::last_connect`],
+//!   [`DeviceStats::subscribe_requests`]) for comparing clients; passwords only as their shape.
+//! - SUBSCRIBE to filters under the hub's device topic trees (methods, twin responses, desired
+//!   properties, the device's own C2D), granted at QoS <= 1; at most five per connection (more
+//!   get the SUBACK failure code; per-method filters count, which is why the docs advise
+//!   `$iothub/methods/POST/#`); UNSUBSCRIBE; PINGREQ; DISCONNECT. QoS 0 and 1 PUBLISH to method
+//!   responses and to the device's own telemetry topic (counted, 256 KB limit, PUBACK for QoS 1).
+//! - Closes the connection, without an error code as the hub does, on QoS 2 PUBLISH, publishes to
+//!   unknown topics or another device's topics, subscriptions to unknown filters, malformed or
+//!   oversized (> 264 KiB) packets, and any packet that makes no sense from a device.
+//! - Direct methods: `$iothub/methods/POST/{name}/?$rid={n}` at QoS 0 with the JSON payload as
+//!   body, only to a device that is online with a subscription matching the request topic
+//!   (normally `$iothub/methods/POST/#`); the first `$iothub/methods/res/{status}/?$rid={n}` from
+//!   that device wins, late, duplicate and foreign answers are counted and ignored. `connectTimeoutInSeconds` waits for the device to come
+//!   online and subscribe; the response timeout starts when the request is sent.
+//! - Service API `POST /twins/{id}/methods?api-version=...` with a policy SAS token: 200
+//!   `{status, payload}`, 404001, 404103, 504101, 400004 (timeouts outside 5–300 s or 0–300 s,
+//!   bad body), 401003, 413001 (payload > 128 KB), 503001 (shutting down), with the
+//!   JSON-in-string error body and the `iothub-errorcode` header.
+//!
+//! # Fault hooks and records, for tests
+//! - [`Emulator::drop_all_connections`] and [`Emulator::drop_connection`] close connections as
+//!   the hub does (TCP close, no MQTT packet).
+//! - [`Emulator::inject_fault`] switches a [`Fault`] on, for every device or some
+//!   ([`Target`]), until cleared or for a given time: refuse at the TCP level (listener closed),
+//!   close TCP at once, stall (never CONNACK), hang up after CONNECT, CONNACK 5, or CONNACK 3 as
+//!   a throttled hub.
+//! - [`Emulator::connect_attempts`] lists every connection attempt with its times (TCP accept,
+//!   CONNECT) and outcome, to compute connect rates and backoff gaps;
+//!   [`Emulator::method_exchanges`] lists every method request with the time it was sent and
+//!   the time and status of every response to its rid. Both can be awaited.
+//!
+//! # Emulator choices where the hub's behaviour is undocumented
+//! - A device response body that is not JSON (or larger than 128 KB) answers the caller HTTP 502,
+//!   errorCode 502001, `iothub-errorcode: BadDeviceResponse` (the Node SDK maps 502 to
+//!   `BadDeviceResponseError`; the code is the emulator's own). An empty body is `payload: null`.
+//! - A missing `api-version` on the service API is 400001 `InvalidProtocolVersion`; a malformed
+//!   body or method name is 400004. Method names may not contain `#`, `+` or control characters,
+//!   and are at most 1 KiB.
+//! - A rid is answered only by the device it was sent to, byte for byte.
+//! - Subscriptions beyond five get the SUBACK failure code (0x80); a filter outside the hub's
+//!   topic trees closes the connection.
+//!
+//! # What it does not emulate
+//! - Device twins: twin subscriptions are granted, but a publish to `$iothub/twin/...` closes the
+//!   connection (recorded as [`DisconnectReason::NotEmulated`]).
+//! - Cloud-to-device messages (nothing is ever delivered on `devicebound`), persistent sessions
+//!   beyond subscriptions (nothing is queued while offline), retained messages, and will
+//!   messages (accepted in CONNECT, never published).
+//! - Telemetry routing, storage or property-bag decoding: messages are only counted and offered
+//!   as [`Event::Telemetry`].
+//! - Module identities, X.509 authentication (no client certificate is requested), shared access
+//!   policies for device connections (`skn` tokens on CONNECT are refused), policy permissions
+//!   (the one service policy may do everything), Azure AD bearer tokens.
+//! - MQTT over WebSockets, AMQP, HTTPS device APIs. The service API is plain HTTP on loopback,
+//!   and optionally also HTTPS ([`EmulatorConfig::https_addr`]) with the same CA as MQTT.
+//! - Throttling and quotas (429001, 403002), connection-rate limits and the 1,000,000-device
+//!   limit are not enforced by themselves; a test can only inject a throttled hub
+//!   ([`Fault::Throttle`]: CONNACK 3).
+//! - IoT Edge gateway semantics, DPS, the registry REST API (devices are added in process), ETags
+//!   and request-id headers, any other service API route.
+
+mod cli;
+mod client;
+mod connect;
+mod error;
+mod faults;
+mod history;
+mod http;
+mod methods;
+mod mqtt;
+mod registry;
+pub mod tls;
+mod wire;
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use leafgate::hub::sas::Key;
+use registry::{Registry, lock};
+
+pub use cli::{DeviceArg, EmulatorArgs, run_cli};
+pub use client::{ClientError, ServiceClient, ServiceResponse};
+pub use error::{Error, WaitTimeout};
+pub use faults::{Fault, FaultId, Target};
+pub use history::{AttemptOutcome, ConnectAttempt, MAX_RECORDS, MethodExchange};
+pub use methods::{
+    InvokeError, MAX_CONNECT_TIMEOUT_S, MAX_METHOD_PAYLOAD, MethodCall, MethodResult,
+    RESPONSE_TIMEOUT_RANGE_S,
+};
+pub use registry::{DeviceStats, DisconnectReason, Event, RefusalReason, Subscription};
+pub use wire::{ConnectRecord, Escapes, TokenShape};
+
+/// How long [`Emulator::shutdown`] waits for connection tasks to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Where and as whom the emulator runs.
+#[derive(Debug, Clone)]
+pub struct EmulatorConfig {
+    /// The IoT hub host name devices use in usernames and SAS scopes, e.g. `localhost`.
+    pub host_name: String,
+    /// MQTT-over-TLS device listener; port 0 picks a free one.
+    pub mqtt_addr: SocketAddr,
+    /// Plain-HTTP service API listener; keep it on loopback.
+    pub http_addr: SocketAddr,
+    /// If set, the same service API over HTTPS with the emulator's certificate, for clients
+    /// that only speak `https://` (the Azure service SDKs); port 0 picks a free one.
+    pub https_addr: Option<SocketAddr>,
+    /// If set, the generated CA certificate (PEM) is written there.
+    pub ca_path: Option<PathBuf>,
+    /// Shared access policy (name, key) the service API accepts tokens from.
+    pub service_policy: (String, Key),
+}
+
+impl Default for EmulatorConfig {
+    /// `localhost`, MQTT and HTTP listeners on `127.0.0.1:0`, no HTTPS listener, policy
+    /// `service` with a random key.
+    fn default() -> Self {
+        let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        EmulatorConfig {
+            host_name: "localhost".to_owned(),
+            mqtt_addr: loopback,
+            http_addr: loopback,
+            https_addr: None,
+            ca_path: None,
+            service_policy: ("service".to_owned(), random_key()),
+        }
+    }
+}
+
+/// The timeout of a wait on one of the emulator's logs, which belong to no single device.
+fn log_timeout(what: &str, timeout: Duration) -> WaitTimeout {
+    WaitTimeout {
+        device: what.to_owned(),
+        timeout,
+        last: DeviceStats::default(),
+    }
+}
+
+/// A random 32-byte key, as the portal generates them.
+#[must_use]
+pub fn random_key() -> Key {
+    let text = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>());
+    #[expect(
+        clippy::expect_used,
+        reason = "32 random bytes always encode to valid, non-empty base64"
+    )]
+    Key::from_base64(&text).expect("base64 of 32 bytes decodes")
+}
+
+/// State shared by the listeners, the connection tasks and the [`Emulator`] handle.
+pub(crate) struct Shared {
+    pub(crate) host_name: String,
+    pub(crate) service_policy: (String, Key),
+    pub(crate) registry: Registry,
+    pub(crate) methods: methods::Methods,
+    /// Faults injected by tests, consulted for every connection attempt.
+    pub(crate) faults: faults::Faults,
+    /// Time-stamped connection attempts and method exchanges.
+    pub(crate) history: history::History,
+    /// Whether the MQTT listener is bound (false while a [`Fault::RefuseTcp`] holds it closed).
+    pub(crate) listening: watch::Sender<bool>,
+    /// Cancelled once, at shutdown; every task watches it.
+    pub(crate) shutdown: CancellationToken,
+    /// Parent of every connection's token; replaced by [`Emulator::drop_all_connections`], so
+    /// cancelling it closes exactly the connections that existed then.
+    generation: Mutex<CancellationToken>,
+}
+
+impl Shared {
+    pub(crate) fn connection_token(&self) -> CancellationToken {
+        lock(&self.generation).child_token()
+    }
+
+    fn drop_all_connections(&self) {
+        let old = std::mem::replace(&mut *lock(&self.generation), self.shutdown.child_token());
+        old.cancel();
+    }
+}
+
+/// A running emulator. Dropping it stops every task; [`Emulator::shutdown`] also waits for them.
+pub struct Emulator {
+    shared: Arc<Shared>,
+    mqtt_addr: SocketAddr,
+    http_addr: SocketAddr,
+    https_addr: Option<SocketAddr>,
+    ca_pem: String,
+    /// Closed when every task holding a sender has ended.
+    tasks_done: mpsc::Receiver<()>,
+}
+
+impl std::fmt::Debug for Emulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Emulator")
+            .field("host_name", &self.shared.host_name)
+            .field("mqtt_addr", &self.mqtt_addr)
+            .field("http_addr", &self.http_addr)
+            .field("https_addr", &self.https_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Emulator {
+    /// Generates certificates, binds both listeners and starts serving.
+    ///
+    /// # Errors
+    /// When the host name cannot go into a certificate, a listener cannot bind, or the CA cannot
+    /// be written to `ca_path`.
+    pub async fn start(config: EmulatorConfig) -> Result<Emulator, Error> {
+        let certs = tls::generate(&config.host_name)?;
+        if let Some(path) = &config.ca_path {
+            tokio::fs::write(path, &certs.ca_pem)
+                .await
+                .map_err(|source| Error::WriteCa {
+                    path: path.clone(),
+                    source,
+                })?;
+        }
+        let bind_mqtt = |source| Error::BindMqtt {
+            addr: config.mqtt_addr,
+            source,
+        };
+        let bind_http = |source| Error::BindHttp {
+            addr: config.http_addr,
+            source,
+        };
+        let mqtt_listener = TcpListener::bind(config.mqtt_addr)
+            .await
+            .map_err(bind_mqtt)?;
+        let mqtt_addr = mqtt_listener.local_addr().map_err(bind_mqtt)?;
+        let http_listener = TcpListener::bind(config.http_addr)
+            .await
+            .map_err(bind_http)?;
+        let http_addr = http_listener.local_addr().map_err(bind_http)?;
+        let https_listener = match config.https_addr {
+            Some(addr) => {
+                let bind_https = |source| Error::BindHttps { addr, source };
+                let listener = TcpListener::bind(addr).await.map_err(bind_https)?;
+                let local = listener.local_addr().map_err(bind_https)?;
+                Some((listener, local))
+            }
+            None => None,
+        };
+        let https_addr = https_listener.as_ref().map(|(_, addr)| *addr);
+
+        let shutdown = CancellationToken::new();
+        let shared = Arc::new(Shared {
+            host_name: config.host_name,
+            service_policy: config.service_policy,
+            registry: Registry::new(),
+            methods: methods::Methods::new(),
+            faults: faults::Faults::new(),
+            history: history::History::new(),
+            listening: watch::Sender::new(true),
+            generation: Mutex::new(shutdown.child_token()),
+            shutdown,
+        });
+        let (done_tx, tasks_done) = mpsc::channel(1);
+        let acceptor = TlsAcceptor::from(certs.server_config);
+        tokio::spawn(mqtt::run(
+            mqtt_listener,
+            mqtt_addr,
+            acceptor.clone(),
+            Arc::clone(&shared),
+            done_tx.clone(),
+        ));
+        if let Some((listener, addr)) = https_listener {
+            tokio::spawn(http::run(
+                listener,
+                Some(acceptor),
+                Arc::clone(&shared),
+                done_tx.clone(),
+            ));
+            log::info!("emulator: service api on https://{addr}");
+        }
+        tokio::spawn(http::run(http_listener, None, Arc::clone(&shared), done_tx));
+        log::info!("emulator: mqtt on {mqtt_addr}, service api on http://{http_addr}");
+        Ok(Emulator {
+            shared,
+            mqtt_addr,
+            http_addr,
+            https_addr,
+            ca_pem: certs.ca_pem,
+            tasks_done,
+        })
+    }
+
+    #[must_use]
+    pub fn mqtt_addr(&self) -> SocketAddr {
+        self.mqtt_addr
+    }
+
+    #[must_use]
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The HTTPS service API listener, when [`EmulatorConfig::https_addr`] asked for one.
+    #[must_use]
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https_addr
+    }
+
+    #[must_use]
+    pub fn host_name(&self) -> &str {
+        &self.shared.host_name
+    }
+
+    /// The CA (PEM) that signed the server certificate; devices must trust it.
+    #[must_use]
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// Registers (or re-keys and re-enables) a device. An open connection stays open.
+    pub fn add_device(&self, id: &str, key: Key) {
+        self.shared.registry.add_device(id, key);
+    }
+
+    /// Unregisters a device and closes its connection; its stats remain. False if it was not
+    /// registered.
+    pub fn remove_device(&self, id: &str) -> bool {
+        self.shared.registry.remove_device(id)
+    }
+
+    /// Enables or disables a device; disabling closes its connection and later CONNECTs get
+    /// CONNACK 5. False if it is not registered.
+    pub fn set_device_enabled(&self, id: &str, enabled: bool) -> bool {
+        self.shared.registry.set_device_enabled(id, enabled)
+    }
+
+    /// `HostName=..;SharedAccessKeyName=..;SharedAccessKey=..` for the service policy.
+    #[must_use]
+    pub fn service_connection_string(&self) -> String {
+        let (policy, key) = &self.shared.service_policy;
+        client::service_connection_string(&self.shared.host_name, policy, key)
+    }
+
+    /// `HostName=..;DeviceId=..;SharedAccessKey=..` for a registered device.
+    #[must_use]
+    pub fn device_connection_string(&self, id: &str) -> Option<String> {
+        let key = self.shared.registry.key_of(id)?;
+        Some(format!(
+            "HostName={};DeviceId={id};SharedAccessKey={}",
+            self.shared.host_name,
+            base64::engine::general_purpose::STANDARD.encode(key.as_bytes())
+        ))
+    }
+
+    /// Calls a direct method in process, through the same code as the HTTP API.
+    ///
+    /// # Errors
+    /// Each error maps to the hub's HTTP status and code ([`InvokeError::http_status`]).
+    pub async fn invoke(
+        &self,
+        device: &str,
+        call: MethodCall,
+    ) -> Result<MethodResult, InvokeError> {
+        methods::invoke(&self.shared, device, call).await
+    }
+
+    /// What was observed for `id` so far (all zero if nothing).
+    #[must_use]
+    pub fn device_stats(&self, id: &str) -> DeviceStats {
+        self.shared.registry.snapshot(id)
+    }
+
+    /// Stats of every device id seen or registered.
+    #[must_use]
+    pub fn stats(&self) -> BTreeMap<String, DeviceStats> {
+        self.shared.registry.all()
+    }
+
+    /// A receiver that sees every change of `id`'s stats (the id need not exist yet).
+    #[must_use]
+    pub fn watch_device(&self, id: &str) -> watch::Receiver<DeviceStats> {
+        self.shared.registry.entry(id).subscribe()
+    }
+
+    /// Everything that happens, as it happens. A receiver that falls more than 1024 events
+    /// behind gets `Lagged`.
+    #[must_use]
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.shared.registry.events()
+    }
+
+    /// Waits until `id`'s stats satisfy `predicate` (checked at once, then on every change).
+    ///
+    /// # Errors
+    /// [`WaitTimeout`] with the last stats seen.
+    pub async fn wait_for(
+        &self,
+        id: &str,
+        timeout: Duration,
+        mut predicate: impl FnMut(&DeviceStats) -> bool,
+    ) -> Result<DeviceStats, WaitTimeout> {
+        let mut changes = self.watch_device(id);
+        let waited = tokio::time::timeout(timeout, async {
+            changes
+                .wait_for(|stats| predicate(stats))
+                .await
+                .map(|stats| stats.clone())
+        })
+        .await;
+        match waited {
+            Ok(Ok(stats)) => Ok(stats),
+            Ok(Err(_)) | Err(_) => Err(WaitTimeout {
+                device: id.to_owned(),
+                timeout,
+                last: changes.borrow().clone(),
+            }),
+        }
+    }
+
+    /// Waits until `id` has a connection attached.
+    ///
+    /// # Errors
+    /// [`WaitTimeout`] with the last stats seen.
+    pub async fn wait_connected(
+        &self,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<DeviceStats, WaitTimeout> {
+        self.wait_for(id, timeout, |stats| stats.online).await
+    }
+
+    /// Waits until `id` is online and subscribed to methods, i.e. a call would be delivered.
+    ///
+    /// # Errors
+    /// [`WaitTimeout`] with the last stats seen.
+    pub async fn wait_method_ready(
+        &self,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<DeviceStats, WaitTimeout> {
+        self.wait_for(id, timeout, |stats| {
+            stats.online && stats.methods_subscribed
+        })
+        .await
+    }
+
+    /// Fault hook: closes every device connection at once (TCP close, no MQTT packet, as the
+    /// hub does), including ones still in their TLS handshake. Devices may reconnect at once.
+    pub fn drop_all_connections(&self) {
+        self.shared.drop_all_connections();
+    }
+
+    /// Fault hook: closes one device's connection (TCP close, no MQTT packet), recorded as
+    /// [`DisconnectReason::Dropped`]. False if it had none.
+    pub fn drop_connection(&self, id: &str) -> bool {
+        self.shared.registry.drop_connection(id)
+    }
+
+    /// Fault hook: from now on, connection attempts meet `fault` (see [`Fault`] for each kind),
+    /// until [`Emulator::clear_fault`] or, with `lasting`, for that long. Connections already
+    /// attached stay up. When several faults apply, the oldest wins. Returns once the fault is
+    /// in force: for [`Fault::RefuseTcp`], once the listener is closed.
+    pub async fn inject_fault(&self, fault: Fault, lasting: Option<Duration>) -> FaultId {
+        log::info!("emulator: injecting fault {fault:?} for {lasting:?}");
+        let refuse_tcp = fault == Fault::RefuseTcp;
+        let id = self.shared.faults.inject(fault, lasting);
+        if refuse_tcp {
+            self.await_listening(false).await;
+        }
+        id
+    }
+
+    /// Ends an injected fault; false if it had already ended. Devices it stalled are closed.
+    /// Returns once the listener is open again if no [`Fault::RefuseTcp`] remains.
+    pub async fn clear_fault(&self, id: FaultId) -> bool {
+        let cleared = self.shared.faults.clear(id);
+        if self.shared.faults.refuse_tcp().is_none() {
+            self.await_listening(true).await;
+        }
+        cleared
+    }
+
+    /// Ends every injected fault; returns once the listener is open.
+    pub async fn clear_faults(&self) {
+        self.shared.faults.clear_all();
+        self.await_listening(true).await;
+    }
+
+    /// Waits (up to 5 s, or until shutdown) for the accept loop to have the listener in `state`.
+    async fn await_listening(&self, state: bool) {
+        let mut listening = self.shared.listening.subscribe();
+        tokio::select! {
+            () = self.shared.shutdown.cancelled() => {}
+            _ = tokio::time::timeout(SHUTDOWN_GRACE, listening.wait_for(|open| *open == state)) => {}
+        }
+    }
+
+    /// The injected faults in force now, oldest first.
+    #[must_use]
+    pub fn active_faults(&self) -> Vec<(FaultId, Fault)> {
+        self.shared.faults.active()
+    }
+
+    /// Every connection attempt so far (the newest [`MAX_RECORDS`]), in the order their outcome
+    /// was decided: accepted, refused, faulted, or closed before a CONNECT.
+    #[must_use]
+    pub fn connect_attempts(&self) -> Vec<ConnectAttempt> {
+        self.shared.history.attempts()
+    }
+
+    /// Waits until the connection attempts satisfy `predicate` (checked at once, then on every
+    /// new or updated attempt); returns them.
+    ///
+    /// # Errors
+    /// [`WaitTimeout`] (its `last` stats are those of no device) when `timeout` passes first.
+    pub async fn wait_connect_attempts(
+        &self,
+        timeout: Duration,
+        predicate: impl FnMut(&[ConnectAttempt]) -> bool,
+    ) -> Result<Vec<ConnectAttempt>, WaitTimeout> {
+        let found = self.shared.history.wait_attempts(timeout, predicate).await;
+        found.ok_or_else(|| log_timeout("(connect attempts)", timeout))
+    }
+
+    /// Every direct-method request sent to a device so far (the newest [`MAX_RECORDS`]), with
+    /// the responses published for it.
+    #[must_use]
+    pub fn method_exchanges(&self) -> Vec<MethodExchange> {
+        self.shared.history.methods()
+    }
+
+    /// Waits until the method exchanges satisfy `predicate` (checked at once, then on every
+    /// request and response); returns them.
+    ///
+    /// # Errors
+    /// [`WaitTimeout`] (its `last` stats are those of no device) when `timeout` passes first.
+    pub async fn wait_method_exchanges(
+        &self,
+        timeout: Duration,
+        predicate: impl FnMut(&[MethodExchange]) -> bool,
+    ) -> Result<Vec<MethodExchange>, WaitTimeout> {
+        let found = self.shared.history.wait_methods(timeout, predicate).await;
+        found.ok_or_else(|| log_timeout("(method exchanges)", timeout))
+    }
+
+    /// Stops accepting, closes every connection, fails calls in flight with 503, and waits (up
+    /// to 5 s) for all tasks to end.
+    pub async fn shutdown(mut self) {
+        self.shared.shutdown.cancel();
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.tasks_done.recv()).await;
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        self.shared.shutdown.cancel();
+    }
+}

@@ -1,0 +1,22 @@
+//! leafgate: makes each Modbus or serial leaf device its own Azure IoT Hub device and serves
+//! IoT Hub direct methods from the hardware.
+//!
+//! # Layout
+//! - [`config`]: file schema, loading (base file + `conf.d` drop-ins), validation.
+//! - [`hub`]: IoT Hub device side: SAS tokens, connection strings, method topics, sessions.
+//! - [`mapping`]: method definitions → bus operations → JSON replies, and the status contract.
+//! - [`bus`]: one actor per physical bus (Modbus TCP, Modbus RTU, raw serial).
+//! - [`gateway`]: the supervisor that builds buses and device sessions, owns shutdown and reload,
+//!   and (`gateway::service`) the daemon loop: signals, systemd notifications, watchdog.
+//! - [`systemd`]: journald-or-stderr logging and service notifications.
+//! - [`logtext`]: untrusted text (method names, rids, topics, replies) bounded for log lines.
+//! - [`backoff`]: jittered exponential backoff shared by sessions and buses.
+
+pub mod backoff;
+pub mod bus;
+pub mod config;
+pub mod gateway;
+pub mod hub;
+pub mod logtext;
+pub mod mapping;
+pub mod systemd;
