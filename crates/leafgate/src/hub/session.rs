@@ -256,7 +256,8 @@ async fn connect_once(
     net.set_tcp_nodelay(true);
     eventloop.set_network_options(net);
 
-    let renew = tokio::time::sleep(renewal_delay(hub.sas_ttl));
+    let renew_at = Instant::now() + renewal_delay(hub.sas_ttl);
+    let renew = tokio::time::sleep_until(renew_at);
     tokio::pin!(renew);
     // Armed at CONNACK: a hub that never answers SUBSCRIBE would leave the device connected
     // but deaf to methods forever.
@@ -304,6 +305,11 @@ async fn connect_once(
                     }
                     if !subscribed {
                         subscribed = true;
+                        // The SUBACK timer stays registered even with its branch off, and would
+                        // wake this task once for nothing (10,000 devices woke together 10 s
+                        // after connecting: leafgate-bench saw it as idle CPU). Move it to the
+                        // renewal, which wakes the task anyway.
+                        suback.as_mut().reset(renew_at);
                         let n = shared.connected.fetch_add(1, Ordering::Relaxed) + 1;
                         log::info!(device_id = &*id; "device {id}: connected to {} and listening for methods ({n} connected)", hub.connect_host);
                     }
