@@ -97,6 +97,7 @@ mod methods;
 mod mqtt;
 mod registry;
 pub mod tls;
+mod topic_filter;
 mod wire;
 
 use std::collections::BTreeMap;

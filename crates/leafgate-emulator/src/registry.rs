@@ -17,7 +17,7 @@ use bytes::Bytes;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::mqtt::filter_matches;
+use super::topic_filter::filter_matches;
 use super::wire::ConnectRecord;
 use leafgate::hub::sas::{Key, TokenError};
 
