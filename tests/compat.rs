@@ -30,7 +30,7 @@ mod service_sdk;
 mod modbus;
 
 /// SAS tokens: leafgate's, the emulator's verifier, and both SDKs' (item 4, with the vector unit
-/// tests in `src/hub/sas.rs`).
+/// tests in `crates/leafgate/src/hub/sas.rs` and `crates/leafgate-emulator/src/sas.rs`).
 mod sas;
 
 /// leafgate's CONNECT and SUBSCRIBE next to the device SDK's, field by field (item 5).

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use bytes::BytesMut;
-use leafgate::hub::sas::{self, Key, TokenError};
+use leafgate::hub::sas::{self, Key};
 use leafgate::hub::topics;
+use leafgate_emulator::sas::TokenError;
 use leafgate_emulator::{
     DeviceStats, DisconnectReason, Emulator, EmulatorConfig, InvokeError, MethodCall,
     RefusalReason, ServiceClient,

@@ -113,10 +113,10 @@ proptest! {
         let other = sas::Key::from_base64(&b64.encode(k2)).unwrap();
         let resource = sas::device_resource("hub", &id);
         let token = sas::token(&resource, &key, se, None);
-        prop_assert!(sas::verify(&token, &key, &resource, se - 1).is_ok());
-        prop_assert_eq!(sas::verify(&token, &other, &resource, se - 1).is_err(), k1 != k2);
-        let _ = sas::verify(&junk, &key, &resource, 0);
-        let _ = sas::parse(&junk);
+        prop_assert!(leafgate_emulator::sas::verify(&token, &key, &resource, se - 1).is_ok());
+        prop_assert_eq!(leafgate_emulator::sas::verify(&token, &other, &resource, se - 1).is_err(), k1 != k2);
+        let _ = leafgate_emulator::sas::verify(&junk, &key, &resource, 0);
+        let _ = leafgate_emulator::sas::parse(&junk);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Method request topics and SAS tokens from the network.
+//! Method request topics from the network, and SAS tokens as the emulator parses them.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -7,7 +7,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = leafgate::hub::topics::parse_request(text);
         let _ = leafgate::hub::topics::parse_response(text);
-        let _ = leafgate::hub::sas::parse(text);
-        let _ = leafgate::hub::sas::percent_decode(text);
+        let _ = leafgate_emulator::sas::parse(text);
+        let _ = leafgate_emulator::sas::percent_decode(text);
     }
 });

@@ -2,7 +2,7 @@
 //! device built with Microsoft's SDK expects from the hub, each as its own test. Methods are
 //! called through the emulator's HTTP service API, as a back-end application would.
 
-use leafgate::hub::sas::TokenError;
+use leafgate_emulator::sas::TokenError;
 use leafgate_emulator::{
     DisconnectReason, Emulator, MethodCall, RefusalReason, ServiceClient, Subscription,
 };

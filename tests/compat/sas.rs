@@ -1,9 +1,11 @@
 //! SAS tokens from both SDKs' own signing code, next to leafgate's (`hub::sas::token`) and
 //! checked by the emulator's verifier. The fixed vectors of `iothub-protocol.md` 2.3 are unit
-//! tests in `src/hub/sas.rs`; here the SDKs pick the expiry (they read the clock), and leafgate
+//! tests in `crates/leafgate/src/hub/sas.rs` (signing) and
+//! `crates/leafgate-emulator/src/sas.rs` (verifying); here the SDKs pick the expiry (they read the clock), and leafgate
 //! must produce the same token for that expiry.
 
-use leafgate::hub::sas::{self, percent_decode};
+use leafgate::hub::sas;
+use leafgate_emulator::sas::{percent_decode, verify};
 use leafgate_emulator::{Escapes, TokenShape};
 use serde_json::json;
 
@@ -32,7 +34,7 @@ async fn device_sdk_tokens_are_byte_for_byte_leafgates() {
             sas::token(&resource, &key(), expiry, None),
             "{device}"
         );
-        sas::verify(token, &key(), &resource, expiry - 1).unwrap();
+        verify(token, &key(), &resource, expiry - 1).unwrap();
     }
 }
 
@@ -74,7 +76,7 @@ async fn service_sdk_tokens_differ_from_leafgates_only_in_an_unescaped_slash() {
         assert_eq!(their_sig, our_sig.replace("%2F", "/"));
         assert_ne!(theirs_shape.sig_escapes, Escapes::Lower);
         slashes += usize::from(their_sig.contains('/'));
-        sas::verify(theirs, &key(), HOST, expiry - 1).unwrap();
+        verify(theirs, &key(), HOST, expiry - 1).unwrap();
     }
     assert!(slashes > 0, "no signature with a '/' in 40 tries");
 }

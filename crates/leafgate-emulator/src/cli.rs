@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use base64::Engine as _;
 
 use super::{Emulator, EmulatorConfig};
-use leafgate::hub::sas::Key;
+use crate::sas::Key;
 
 /// Options of the emulator CLI.
 #[derive(Debug, Clone, clap::Args)]

@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 
 use super::methods::MethodCall;
 use super::mqtt::unix_now;
-use leafgate::hub::sas::{self, Key, KeyError, percent_encode};
+use crate::sas::{self, Key, KeyError, percent_encode};
 
 /// Lifetime of the tokens the client mints (the SDK default).
 const TOKEN_TTL_S: u64 = 3600;

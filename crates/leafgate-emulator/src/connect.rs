@@ -5,7 +5,7 @@ use rumqttc::mqttbytes::Protocol;
 use rumqttc::mqttbytes::v4::{Connect, ConnectReturnCode};
 
 use super::registry::RefusalReason;
-use leafgate::hub::sas::{self, Key};
+use crate::sas::{self, Key};
 
 /// The parts of an IoT Hub username the emulator checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,7 +124,7 @@ pub(crate) fn authenticate<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use leafgate::hub::sas::TokenError;
+    use crate::sas::TokenError;
 
     const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
     const HOST: &str = "myhub.azure-devices.net";

@@ -30,7 +30,7 @@ use tokio_rustls::TlsAcceptor;
 use super::Shared;
 use super::methods::{self, InvokeError, MAX_METHOD_PAYLOAD, MethodCall};
 use super::mqtt::unix_now;
-use leafgate::hub::sas::{self, TokenError, percent_decode};
+use crate::sas::{self, TokenError, percent_decode};
 
 /// Largest request body read: a 128 KB payload plus the rest of the JSON envelope.
 const MAX_BODY: usize = MAX_METHOD_PAYLOAD + 16 * 1024;

@@ -13,7 +13,7 @@
 //!   `localhost`, `127.0.0.1`, `::1` and the configured host name).
 //! - CONNECT: client id = device id, username `{host}/{id}/?api-version=...` (or the legacy
 //!   `/api-version=` form; unknown query keys ignored; api-version required), password = device
-//!   SAS token verified with [`leafgate::hub::sas::verify`]. Every auth or identity failure gets
+//!   SAS token verified with [`sas::verify`]. Every auth or identity failure gets
 //!   CONNACK 5 and a close; MQTT 5 gets CONNACK 1. Refusal reasons are recorded, never keys or
 //!   signatures.
 //! - One connection per device (a new CONNECT closes the older one), keep-alive enforcement at
@@ -96,7 +96,9 @@ mod http;
 mod methods;
 mod mqtt;
 mod registry;
+pub mod sas;
 pub mod tls;
+mod topic_filter;
 mod wire;
 
 use std::collections::BTreeMap;
@@ -111,7 +113,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use leafgate::hub::sas::Key;
+use crate::sas::Key;
 use registry::{Registry, lock};
 
 pub use cli::{DeviceArg, EmulatorArgs, run_cli};

@@ -17,9 +17,9 @@ use bytes::Bytes;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::mqtt::filter_matches;
+use super::topic_filter::filter_matches;
 use super::wire::ConnectRecord;
-use leafgate::hub::sas::{Key, TokenError};
+use crate::sas::{Key, TokenError};
 
 /// How many ids that are not registered get their own stats entry (refused CONNECTs).
 const MAX_UNREGISTERED_ENTRIES: usize = 4096;

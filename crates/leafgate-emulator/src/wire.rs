@@ -8,7 +8,7 @@
 use rumqttc::mqttbytes::Protocol;
 use rumqttc::mqttbytes::v4::Connect;
 
-use leafgate::hub::sas::{self, TokenError};
+use crate::sas::{self, TokenError};
 
 /// The fields of one CONNECT as the emulator received it, password reduced to its shape.
 #[derive(Debug, Clone, PartialEq, Eq)]

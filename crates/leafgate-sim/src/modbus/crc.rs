@@ -1,4 +1,5 @@
-//! CRC-16/MODBUS, the checksum closing every RTU frame.
+//! CRC-16/MODBUS, the checksum closing every RTU frame, and the frame it closes ([`frame`], used
+//! by the RTU slave and by faults that garble replies, so neither imports the other).
 //!
 //! Deliberately not shared with `bus::frame::crc16`: a simulator that reused the gateway's code
 //! would agree with the gateway's bugs.
@@ -19,6 +20,15 @@ pub fn crc16(data: &[u8]) -> u16 {
         }
     }
     crc
+}
+
+/// `unit, pdu, CRC`.
+pub(crate) fn frame(unit: u8, pdu: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(pdu.len() + 3);
+    frame.push(unit);
+    frame.extend_from_slice(pdu);
+    frame.extend(crc16(&frame).to_le_bytes());
+    frame
 }
 
 #[cfg(test)]

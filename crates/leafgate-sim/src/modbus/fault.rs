@@ -102,7 +102,7 @@ impl Garbage {
                 frame
             }
             Garbage::Noise(noise) => noise.clone(),
-            Garbage::Pdu(pdu) if rtu => super::rtu::frame(frame.first().copied().unwrap_or(0), pdu),
+            Garbage::Pdu(pdu) if rtu => super::crc::frame(frame.first().copied().unwrap_or(0), pdu),
             Garbage::Pdu(pdu) => {
                 let mut out = frame.get(..4).unwrap_or_default().to_vec();
                 out.extend(u16::try_from(pdu.len() + 1).unwrap_or(0).to_be_bytes());
@@ -114,7 +114,7 @@ impl Garbage {
                 let pdu = frame
                     .get(1..frame.len().saturating_sub(2))
                     .unwrap_or_default();
-                super::rtu::frame(*unit, pdu)
+                super::crc::frame(*unit, pdu)
             }
             Garbage::Unit(unit) => {
                 if let Some(byte) = frame.get_mut(6) {
@@ -202,11 +202,11 @@ mod tests {
         );
         assert_eq!(
             Garbage::Pdu(vec![3, 2, 0, 7]).apply(rtu.clone(), true),
-            super::super::rtu::frame(1, &[3, 2, 0, 7])
+            super::super::crc::frame(1, &[3, 2, 0, 7])
         );
         assert_eq!(
             Garbage::Unit(9).apply(rtu.clone(), true),
-            super::super::rtu::frame(9, &[3, 2, 0, 0])
+            super::super::crc::frame(9, &[3, 2, 0, 0])
         );
         assert_eq!(Garbage::TransactionId.apply(rtu.clone(), true), rtu);
         let tcp = vec![0, 1, 0, 0, 0, 3, 1, 0x83, 2];

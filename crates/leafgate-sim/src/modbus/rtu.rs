@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::crc::crc16;
+use super::crc::{crc16, frame};
 use super::registers::{Registers, Transport};
 use crate::driver::{self, Next, Outgoing, Protocol};
 
@@ -59,15 +59,6 @@ fn frame_at(buf: &[u8]) -> Option<usize> {
 fn crc_ok(frame: &[u8]) -> bool {
     let (body, crc) = frame.split_at(frame.len() - 2);
     crc16(body).to_le_bytes() == crc
-}
-
-/// `unit, pdu, CRC`.
-pub(crate) fn frame(unit: u8, pdu: &[u8]) -> Vec<u8> {
-    let mut frame = Vec::with_capacity(pdu.len() + 3);
-    frame.push(unit);
-    frame.extend_from_slice(pdu);
-    frame.extend(crc16(&frame).to_le_bytes());
-    frame
 }
 
 /// The RTU slave side of every unit in a [`Registers`].

@@ -240,7 +240,7 @@ pub fn decode_pdu(op: &Op, pdu: &[u8]) -> Result<Output, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::schema::Table;
+    use crate::bus::op::Table;
 
     #[test]
     fn crc_matches_the_spec_example() {

@@ -5,6 +5,8 @@
 //! - [`modbus_rtu`]: Modbus RTU master on a serial line or RTU-over-TCP; [`frame`] its frames
 //!   (and the PDU checks both masters share), [`gap`] the silent interval between them.
 //! - [`serial`]: raw serial exchanges framed by terminator, length or idle gap.
+//! - [`spec`] and [`op`]: the bus vocabulary (kinds, lines, framing, tables, operations), which
+//!   `config` deserialises into; nothing here imports `config`.
 
 pub mod actor;
 pub mod error;
@@ -16,15 +18,14 @@ pub mod modbus_tcp;
 pub mod op;
 pub mod port;
 pub mod serial;
+pub mod spec;
 
 use tokio_util::sync::CancellationToken;
 
 pub use actor::{Handle, Label};
 pub use error::Error;
-pub use op::{Op, Output, WriteData};
-
-use crate::config::schema::TcpFraming;
-use crate::config::{Bus, BusSpec};
+pub use op::{Op, Output, Table, WriteData};
+pub use spec::{Bus, BusKind, BusSpec, Line, Parity, SerialFraming, TcpFraming};
 
 /// Starts the actor for a configured bus.
 pub fn start(bus: &Bus, shutdown: CancellationToken) -> (Handle, tokio::task::JoinHandle<()>) {

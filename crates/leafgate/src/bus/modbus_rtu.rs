@@ -31,9 +31,8 @@ use super::frame;
 use super::gap::GapTimer;
 use super::link::Link;
 use super::port;
+use super::spec::{Line, Parity};
 use super::{Error, Op, Output};
-use crate::config::Line;
-use crate::config::schema::Parity;
 
 /// Anything bytes go through: a serial port, a pty, a TCP socket.
 pub trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}

@@ -1,6 +1,38 @@
 //! What a bus can be asked to do, and what comes back. Built by `mapping`, executed by a bus actor.
 
-use crate::config::schema::Table;
+use serde::Deserialize;
+
+/// The four Modbus data tables (`table = "holding"` in a method step).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Table {
+    Holding,
+    Input,
+    Coil,
+    Discrete,
+}
+
+impl Table {
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Holding => "holding",
+            Table::Input => "input",
+            Table::Coil => "coil",
+            Table::Discrete => "discrete",
+        }
+    }
+
+    #[must_use]
+    pub fn is_bits(self) -> bool {
+        matches!(self, Table::Coil | Table::Discrete)
+    }
+
+    #[must_use]
+    pub fn is_writable(self) -> bool {
+        matches!(self, Table::Holding | Table::Coil)
+    }
+}
 
 /// One transaction on a bus. A method's operations run back to back as one unit of work: no other
 /// job's frames go between them (a write and its read-back see the same device state).

@@ -8,8 +8,7 @@ use tokio::io::AsyncReadExt;
 use tokio_serial::{DataBits, Parity as SParity, SerialPortBuilderExt, SerialStream, StopBits};
 
 use super::Error;
-use crate::config::Line;
-use crate::config::schema::Parity;
+use super::spec::{Line, Parity};
 
 /// Opens a serial device as configured.
 ///

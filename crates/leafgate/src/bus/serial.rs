@@ -10,8 +10,8 @@ use tokio::time::Instant;
 use super::link::Link;
 use super::modbus_rtu::{Endpoint, Stream, discard_pending, guard_time, read_exact};
 use super::port;
+use super::spec::SerialFraming;
 use super::{Error, Op, Output};
-use crate::config::SerialFraming;
 
 /// Replies longer than this without a frame end are noise, not a reply.
 const MAX_REPLY: usize = 4096;

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use crate::bus::spec::{Bus, BusSpec, Line, SerialFraming};
 pub use error::{Error, Problem};
-use schema::{Parity, TcpFraming};
 
 use crate::hub::sas::Key;
 use crate::mapping::Method;
@@ -51,69 +51,6 @@ pub struct Hub {
     pub connect_timeout: Duration,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Bus {
-    pub id: String,
-    pub spec: BusSpec,
-    /// Per-transaction timeout (one request/response exchange).
-    pub timeout: Duration,
-    pub queue_capacity: usize,
-    /// Extra attempts after an unusable (garbled) reply.
-    pub retries: u32,
-    pub reconnect_min: Duration,
-    pub reconnect_max: Duration,
-    /// Consecutive timeouts after which a unit is marked down (0: never).
-    pub down_after: u32,
-    /// How long a unit marked down is answered 503 without being asked.
-    pub down_for: Duration,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum BusSpec {
-    ModbusTcp {
-        address: String,
-        framing: TcpFraming,
-    },
-    ModbusRtu {
-        line: Line,
-        frame_gap: Duration,
-    },
-    Serial {
-        line: Line,
-        framing: SerialFraming,
-    },
-}
-
-impl Bus {
-    /// The serial device this bus owns, if any.
-    #[must_use]
-    pub fn device_path(&self) -> Option<&Path> {
-        match &self.spec {
-            BusSpec::ModbusTcp { .. } => None,
-            BusSpec::ModbusRtu { line, .. } | BusSpec::Serial { line, .. } => Some(&line.path),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Line {
-    pub path: PathBuf,
-    pub baud_rate: u32,
-    pub parity: Parity,
-    pub data_bits: u8,
-    pub stop_bits: u8,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SerialFraming {
-    /// A reply ends with these bytes (stripped from the reply).
-    Terminator(Vec<u8>),
-    /// A reply is exactly this many bytes.
-    Length(usize),
-    /// A reply ends when the line has been quiet this long.
-    IdleGap(Duration),
 }
 
 #[derive(Debug, Clone)]

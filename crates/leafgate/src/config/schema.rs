@@ -8,6 +8,12 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+pub use crate::bus::op::Table;
+pub use crate::bus::spec::{BusKind, Parity, TcpFraming};
+pub use crate::mapping::schema::{
+    Constant, DataType, FieldConfig, MethodConfig, Order, ReplyKind, StepConfig, StepOp,
+};
+
 /// One file: the base file or a `conf.d` drop-in.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -54,50 +60,6 @@ pub struct HubConfig {
 pub struct LogConfig {
     #[serde(default = "defaults::log_level")]
     pub level: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BusKind {
-    ModbusTcp,
-    ModbusRtu,
-    Serial,
-}
-
-impl BusKind {
-    #[must_use]
-    pub fn name(self) -> &'static str {
-        match self {
-            BusKind::ModbusTcp => "modbus_tcp",
-            BusKind::ModbusRtu => "modbus_rtu",
-            BusKind::Serial => "serial",
-        }
-    }
-
-    #[must_use]
-    pub fn is_modbus(self) -> bool {
-        matches!(self, BusKind::ModbusTcp | BusKind::ModbusRtu)
-    }
-}
-
-/// How Modbus frames travel on a TCP connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TcpFraming {
-    /// Modbus TCP: MBAP header, no CRC.
-    #[default]
-    Mbap,
-    /// RTU frames (unit, PDU, CRC) tunnelled over TCP, as serial-to-Ethernet converters do.
-    Rtu,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Parity {
-    #[default]
-    None,
-    Even,
-    Odd,
 }
 
 /// One physical bus. A flat struct rather than an enum per kind so that a key given to the wrong
@@ -174,170 +136,6 @@ pub struct ProfileConfig {
     pub method: Vec<MethodConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MethodConfig {
-    pub name: String,
-    #[serde(default = "defaults::method_timeout_ms")]
-    pub timeout_ms: u64,
-    #[serde(default)]
-    pub step: Vec<StepConfig>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StepOp {
-    Read,
-    Write,
-    Send,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Table {
-    Holding,
-    Input,
-    Coil,
-    Discrete,
-}
-
-impl Table {
-    #[must_use]
-    pub fn name(self) -> &'static str {
-        match self {
-            Table::Holding => "holding",
-            Table::Input => "input",
-            Table::Coil => "coil",
-            Table::Discrete => "discrete",
-        }
-    }
-
-    #[must_use]
-    pub fn is_bits(self) -> bool {
-        matches!(self, Table::Coil | Table::Discrete)
-    }
-
-    #[must_use]
-    pub fn is_writable(self) -> bool {
-        matches!(self, Table::Holding | Table::Coil)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ReplyKind {
-    Text,
-    Hex,
-    None,
-}
-
-/// One step of a method: a Modbus read or write, or a serial exchange.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StepConfig {
-    pub op: StepOp,
-    // modbus
-    pub table: Option<Table>,
-    pub address: Option<u16>,
-    #[serde(default)]
-    pub fields: Vec<FieldConfig>,
-    // serial
-    pub request: Option<String>,
-    pub request_hex: Option<String>,
-    #[serde(default)]
-    pub params: Vec<FieldConfig>,
-    pub expect: Option<String>,
-    pub reply: Option<ReplyKind>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DataType {
-    U16,
-    I16,
-    U32,
-    I32,
-    U64,
-    I64,
-    F32,
-    F64,
-    Bool,
-    Bit,
-    String,
-}
-
-impl DataType {
-    #[must_use]
-    pub fn name(self) -> &'static str {
-        match self {
-            DataType::U16 => "u16",
-            DataType::I16 => "i16",
-            DataType::U32 => "u32",
-            DataType::I32 => "i32",
-            DataType::U64 => "u64",
-            DataType::I64 => "i64",
-            DataType::F32 => "f32",
-            DataType::F64 => "f64",
-            DataType::Bool => "bool",
-            DataType::Bit => "bit",
-            DataType::String => "string",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Order {
-    #[default]
-    Big,
-    Little,
-}
-
-/// A constant in the config: a default or a fixed value.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(untagged)]
-pub enum Constant {
-    Bool(bool),
-    Int(i64),
-    Float(f64),
-    Text(String),
-}
-
-impl Constant {
-    #[must_use]
-    pub fn to_json(&self) -> serde_json::Value {
-        match self {
-            Constant::Bool(b) => serde_json::Value::Bool(*b),
-            Constant::Int(i) => serde_json::Value::from(*i),
-            Constant::Float(f) => serde_json::Number::from_f64(*f)
-                .map_or(serde_json::Value::Null, serde_json::Value::Number),
-            Constant::Text(s) => serde_json::Value::String(s.clone()),
-        }
-    }
-}
-
-/// A typed value in registers, bits, or a serial template/reply.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FieldConfig {
-    pub name: Option<String>,
-    #[serde(rename = "type")]
-    pub data_type: Option<DataType>,
-    /// Absolute register or bit address; default: right after the previous field.
-    pub address: Option<u16>,
-    pub bit: Option<u8>,
-    pub length: Option<u16>,
-    pub word_order: Option<Order>,
-    pub byte_order: Option<Order>,
-    pub scale: Option<f64>,
-    pub offset: Option<f64>,
-    pub decimals: Option<u8>,
-    pub min: Option<f64>,
-    pub max: Option<f64>,
-    pub default: Option<Constant>,
-    pub value: Option<Constant>,
-}
-
 pub(crate) mod defaults {
     pub fn port() -> u16 {
         8883
@@ -365,9 +163,6 @@ pub(crate) mod defaults {
     }
     pub fn log_level() -> String {
         "info".to_owned()
-    }
-    pub fn method_timeout_ms() -> u64 {
-        10_000
     }
     pub const BUS_TIMEOUT_MS: u64 = 1000;
     /// A memory bound, not a latency guess: deadline admission decides which jobs wait (see

@@ -6,13 +6,12 @@ use std::time::Duration;
 use regex::Regex;
 use serde_json::{Map, Value};
 
+use super::schema::{Constant, DataType, FieldConfig, MethodConfig, ReplyKind, StepConfig, StepOp};
 use super::template::Template;
 use super::value::{self, Layout};
 use crate::bus::op::{MAX_READ_BITS, MAX_READ_REGISTERS, MAX_WRITE_BITS, MAX_WRITE_REGISTERS};
+use crate::bus::{BusKind, Table};
 use crate::bus::{Op, Output, WriteData};
-use crate::config::schema::{
-    BusKind, Constant, DataType, FieldConfig, MethodConfig, ReplyKind, StepConfig, StepOp, Table,
-};
 
 /// A config problem found while compiling, with the dotted path of the offending key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1104,12 +1103,28 @@ fn compile_send(step: &StepConfig, path: &str, problems: &mut Vec<Problem>) -> O
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::schema::FileConfig;
     use serde_json::json;
+
+    /// The part of a config file these tests need: the devices' method sections (other keys are
+    /// ignored here; `config` checks them).
+    #[derive(serde::Deserialize)]
+    struct Snippet {
+        device: Vec<SnippetDevice>,
+    }
+
+    #[derive(serde::Deserialize)]
+    struct SnippetDevice {
+        method: Vec<MethodConfig>,
+    }
 
     /// Compiles the first method of a one-device TOML snippet.
     fn method(bus: BusKind, toml: &str) -> Result<Method, Vec<Problem>> {
-        let cfg: FileConfig = crate::config::load::parse(toml).unwrap();
+        // The same TOML reader `config::load` uses (the external `config` crate, not ours).
+        let cfg: Snippet = ::config::Config::builder()
+            .add_source(::config::File::from_str(toml, ::config::FileFormat::Toml))
+            .build()
+            .and_then(::config::Config::try_deserialize)
+            .unwrap();
         Method::compile(&cfg.device[0].method[0], bus, "m")
     }
 

@@ -3,6 +3,7 @@
 
 pub mod method;
 pub mod raw;
+pub mod schema;
 pub mod status;
 pub mod template;
 pub mod value;

@@ -8,8 +8,8 @@ use serde_json::{Map, Value};
 
 use super::method::{RequestError, parse_hex, payload_object, to_hex};
 use crate::bus::op::{MAX_READ_BITS, MAX_READ_REGISTERS, MAX_WRITE_BITS, MAX_WRITE_REGISTERS};
+use crate::bus::{BusKind, Table};
 use crate::bus::{Op, Output, WriteData};
-use crate::config::schema::{BusKind, Table};
 
 pub const MODBUS_READ: &str = "modbus.read";
 pub const MODBUS_WRITE: &str = "modbus.write";

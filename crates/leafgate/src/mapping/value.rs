@@ -7,7 +7,7 @@
 
 use serde_json::{Number, Value};
 
-use crate::config::schema::{DataType, Order};
+use super::schema::{DataType, Order};
 
 /// How one field sits in registers and converts to engineering units.
 #[derive(Debug, Clone, PartialEq)]
