@@ -262,8 +262,10 @@ impl<L: Link> Actor<L> {
                 self.up.send_replace(true);
             }
             result => {
+                // The reason alone: jobs meanwhile are answered `Unavailable(last_error)`, which
+                // adds "bus unavailable" itself.
                 let error = match result {
-                    Ok(Err(e)) => e.to_string(),
+                    Ok(Err(e)) => e.reason(),
                     _ => "open timed out".to_owned(),
                 };
                 let delay = self.backoff.next_delay();
@@ -283,11 +285,12 @@ impl<L: Link> Actor<L> {
     fn mark_down(&mut self, error: &Error) {
         self.link.close();
         self.up.send_replace(false);
-        self.last_error = error.to_string();
+        // The reason alone, as in `try_open`: it is wrapped in `Unavailable` again for each job.
+        self.last_error = error.reason();
         let delay = self.backoff.next_delay();
         self.next_open = Instant::now() + delay;
         let id = &*self.settings.id;
-        log::warn!(bus = id; "bus {id} lost its link: {error}; reconnecting in {} ms", delay.as_millis());
+        log::warn!(bus = id; "bus {id} lost its link: {}; reconnecting in {} ms", self.last_error, delay.as_millis());
     }
 
     async fn run_job(&mut self, job: Job) {

@@ -36,6 +36,19 @@ pub enum Error {
     ShuttingDown,
 }
 
+impl Error {
+    /// What went wrong, without the "bus unavailable" the variant adds: a reason kept to be
+    /// wrapped again later (`Unavailable` for jobs arriving while the link is down) must not
+    /// carry the prefix twice.
+    #[must_use]
+    pub fn reason(&self) -> String {
+        match self {
+            Error::Unavailable(why) => why.clone(),
+            other => other.to_string(),
+        }
+    }
+}
+
 /// The name Modbus gives each exception code, for replies and logs.
 #[must_use]
 pub fn exception_name(code: u8) -> &'static str {
