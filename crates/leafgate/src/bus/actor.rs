@@ -24,8 +24,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::link::Link;
-use super::{Error, Op, Output};
+use super::link::{Link, Wait};
+use super::{Error, Limit, Op, Output, Timeout};
 use crate::backoff::Backoff;
 
 /// The least time an operation may have to wait for its reply; with less left before the
@@ -370,7 +370,10 @@ impl<L: Link> Actor<L> {
         match result {
             // Only a timeout that waited the full bus timeout says the unit is silent; one cut
             // short by the method's deadline (a job that waited long in a busy queue) does not.
-            Err(Error::Timeout(waited)) if *waited < self.settings.timeout => {}
+            Err(Error::Timeout(Timeout {
+                limit: Limit::Deadline { .. },
+                ..
+            })) => {}
             Err(Error::Timeout(_)) => {
                 health.timeouts = health.timeouts.saturating_add(1);
                 let threshold = self.settings.down_after;
@@ -417,8 +420,34 @@ impl<L: Link> Actor<L> {
                     "{} ms left, too little to send and wait for a reply; not sent", left.as_millis());
                 return Err(Error::Expired);
             }
-            let limit = (overhead + self.settings.timeout).min(left);
-            match self.link.execute(op, limit).await {
+            let full = overhead + self.settings.timeout;
+            let unit = match op {
+                Op::Read { unit, .. } | Op::Write { unit, .. } => Some(*unit),
+                Op::Serial { .. } => None,
+            };
+            let wait = if left < full {
+                Wait {
+                    limit: left,
+                    timeout: Timeout {
+                        unit,
+                        limit: Limit::Deadline {
+                            ms: Timeout::ms(left),
+                        },
+                    },
+                }
+            } else {
+                Wait {
+                    limit: full,
+                    timeout: Timeout {
+                        unit,
+                        limit: Limit::Bus {
+                            ms: Timeout::ms(self.settings.timeout),
+                        },
+                    },
+                }
+            };
+            let limit = wait.limit;
+            match self.link.execute(op, wait).await {
                 Ok(out) => return Ok(out),
                 Err(Error::Protocol(msg))
                     if garbled < self.settings.retries && (repeatable || !self.link.sent()) =>

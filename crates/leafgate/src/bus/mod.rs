@@ -20,7 +20,7 @@ pub mod serial;
 use tokio_util::sync::CancellationToken;
 
 pub use actor::{Handle, Label};
-pub use error::Error;
+pub use error::{Error, Limit, Timeout};
 pub use op::{Op, Output, WriteData};
 
 use crate::config::schema::TcpFraming;

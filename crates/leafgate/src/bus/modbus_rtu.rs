@@ -29,7 +29,7 @@ use tokio::time::Instant;
 
 use super::frame;
 use super::gap::GapTimer;
-use super::link::Link;
+use super::link::{Link, Wait};
 use super::port;
 use super::{Error, Op, Output};
 use crate::config::Line;
@@ -260,10 +260,10 @@ impl Link for RtuLink {
         self.stream.is_some() || self.reopen
     }
 
-    async fn execute(&mut self, op: &Op, limit: Duration) -> Result<Output, Error> {
+    async fn execute(&mut self, op: &Op, wait: Wait) -> Result<Output, Error> {
         self.sent = false;
         // One limit for reconnecting and the exchange, so neither can push past the deadline.
-        let until = Instant::now() + limit;
+        let until = Instant::now() + wait.limit;
         if self.reopen {
             tokio::time::timeout_at(until, self.open())
                 .await
@@ -271,7 +271,7 @@ impl Link for RtuLink {
         }
         let result = match tokio::time::timeout_at(until, self.exchange(op)).await {
             Ok(result) => result,
-            Err(_) => Err(Error::Timeout(limit)),
+            Err(_) => Err(wait.expired()),
         };
         match &result {
             Err(Error::Timeout(_) | Error::Protocol(_)) => self.resync().await,

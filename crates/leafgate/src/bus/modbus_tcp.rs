@@ -24,7 +24,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::frame;
-use super::link::Link;
+use super::link::{Link, Wait};
 use super::{Error, Op, Output};
 
 /// MBAP header: transaction id, protocol id, length, unit id.
@@ -228,10 +228,10 @@ impl Link for TcpLink {
         self.stream.is_some() || self.reopen
     }
 
-    async fn execute(&mut self, op: &Op, limit: Duration) -> Result<Output, Error> {
+    async fn execute(&mut self, op: &Op, wait: Wait) -> Result<Output, Error> {
         self.sent = false;
         // One limit for reconnecting and the exchange, so neither can push past the deadline.
-        let until = Instant::now() + limit;
+        let until = Instant::now() + wait.limit;
         if self.reopen || (self.stream.is_some() && !self.idle_and_healthy()) {
             self.close();
             tokio::time::timeout_at(until, self.open())
@@ -242,7 +242,7 @@ impl Link for TcpLink {
         }
         let result = match tokio::time::timeout_at(until, self.exchange(op)).await {
             Ok(result) => result,
-            Err(_) => Err(Error::Timeout(limit)),
+            Err(_) => Err(wait.expired()),
         };
         match &result {
             Ok(_) | Err(Error::Exception { .. }) => {}

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
-use super::link::Link;
+use super::link::{Link, Wait};
 use super::modbus_rtu::{Endpoint, Stream, discard_pending, guard_time, read_exact};
 use super::port;
 use super::{Error, Op, Output};
@@ -143,16 +143,16 @@ impl Link for SerialLink {
         self.stream.is_some()
     }
 
-    async fn execute(&mut self, op: &Op, limit: Duration) -> Result<Output, Error> {
+    async fn execute(&mut self, op: &Op, wait: Wait) -> Result<Output, Error> {
         self.sent = false;
         let Op::Serial { request, reply } = op else {
             return Err(Error::Protocol(
                 "modbus operation on a raw serial line".to_owned(),
             ));
         };
-        let result = match tokio::time::timeout(limit, self.exchange(request, *reply)).await {
+        let result = match tokio::time::timeout(wait.limit, self.exchange(request, *reply)).await {
             Ok(result) => result,
-            Err(_) => Err(Error::Timeout(limit)),
+            Err(_) => Err(wait.expired()),
         };
         match &result {
             Err(Error::Timeout(_) | Error::Protocol(_)) => {

@@ -74,9 +74,23 @@ pub fn respond(failure: &Failure) -> (u16, Value, log::Level) {
                 json!({"error": "device_exception", "code": code, "name": bus::error::exception_name(*code)}),
                 Warn,
             ),
-            bus::Error::Timeout(_) | bus::Error::Expired => (
+            // `timeout` names the limit that ran out and `timeout_ms` is that limit: a silent unit
+            // is told apart from a method whose deadline was too short for the queue ahead.
+            bus::Error::Timeout(bus::Timeout {
+                limit: bus::Limit::Bus { ms },
+                ..
+            }) => (
                 504,
-                json!({"error": "device_timeout", "timeout_ms": timeout_ms, "message": error.to_string()}),
+                json!({"error": "device_timeout", "timeout": "bus", "timeout_ms": ms, "message": error.to_string()}),
+                Warn,
+            ),
+            bus::Error::Timeout(bus::Timeout {
+                limit: bus::Limit::Deadline { .. },
+                ..
+            })
+            | bus::Error::Expired => (
+                504,
+                json!({"error": "device_timeout", "timeout": "method", "timeout_ms": timeout_ms, "message": error.to_string()}),
                 Warn,
             ),
             bus::Error::Protocol(msg) => (
@@ -115,7 +129,14 @@ pub fn respond(failure: &Failure) -> (u16, Value, log::Level) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+
+    /// A timeout of unit 1 on `limit`.
+    fn timeout(limit: bus::Limit) -> bus::Error {
+        bus::Error::Timeout(bus::Timeout {
+            unit: Some(1),
+            limit,
+        })
+    }
 
     fn bus_failure(error: bus::Error) -> Failure {
         Failure::Bus {
@@ -189,7 +210,12 @@ mod tests {
             ),
             (Failure::ShuttingDown, 503, "bus_unavailable"),
             (
-                bus_failure(bus::Error::Timeout(Duration::from_millis(500))),
+                bus_failure(timeout(bus::Limit::Bus { ms: 500 })),
+                504,
+                "device_timeout",
+            ),
+            (
+                bus_failure(timeout(bus::Limit::Deadline { ms: 120 })),
                 504,
                 "device_timeout",
             ),
@@ -240,8 +266,19 @@ mod tests {
                 "unusable device reply: reply \"ERR\" does not match \"^OK$\"",
             ),
             (
-                bus_failure(bus::Error::Timeout(Duration::from_millis(500))),
-                "bus rs485: no answer from the device within 500ms",
+                bus_failure(timeout(bus::Limit::Bus { ms: 500 })),
+                "bus rs485: no answer from unit 1 within the bus timeout of 500 ms",
+            ),
+            (
+                bus_failure(timeout(bus::Limit::Deadline { ms: 120 })),
+                "bus rs485: no answer from unit 1 within the 120 ms left before the method's deadline",
+            ),
+            (
+                bus_failure(bus::Error::Timeout(bus::Timeout {
+                    unit: None,
+                    limit: bus::Limit::Bus { ms: 300 },
+                })),
+                "bus rs485: no answer from the device within the bus timeout of 300 ms",
             ),
             (
                 bus_failure(bus::Error::Exception { code: 2 }),
@@ -282,10 +319,25 @@ mod tests {
             body,
             json!({"error": "device_exception", "code": 2, "name": "illegal data address"})
         );
-        let (_, body, _) = respond(&bus_failure(bus::Error::Timeout(Duration::from_millis(
-            300,
-        ))));
-        assert_eq!(body["timeout_ms"], 2000);
+        // A timeout names the limit that ran out, in ms: the bus's, or the method's deadline
+        // (`timeout_ms` is then the method's timeout; the message says how long was left).
+        let (_, body, _) = respond(&bus_failure(timeout(bus::Limit::Bus { ms: 300 })));
+        assert_eq!(
+            body,
+            json!({"error": "device_timeout", "timeout": "bus", "timeout_ms": 300,
+                "message": "no answer from unit 1 within the bus timeout of 300 ms"})
+        );
+        let (_, body, _) = respond(&bus_failure(timeout(bus::Limit::Deadline { ms: 120 })));
+        assert_eq!(
+            body,
+            json!({"error": "device_timeout", "timeout": "method", "timeout_ms": 2000,
+                "message": "no answer from unit 1 within the 120 ms left before the method's deadline"})
+        );
+        let (_, body, _) = respond(&bus_failure(bus::Error::Expired));
+        assert_eq!(
+            (&body["timeout"], &body["timeout_ms"]),
+            (&json!("method"), &json!(2000))
+        );
         let (_, body, _) = respond(&bus_failure(bus::Error::QueueFull(64)));
         assert_eq!(body["bus"], "rs485");
         let (_, body, _) = respond(&Failure::BadRequest(RequestError::new(
