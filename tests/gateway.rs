@@ -304,13 +304,19 @@ expect = '^(?P<maker>[A-Z]+),(?P<model>[^,]+),'
     // body says so and gives the method's timeout.
     let (status, body) = rig.call("meter-1", "readHasty", json!(null)).await;
     assert_eq!(
-        (status, body["error"].as_str(), body["timeout"].as_str(), body["timeout_ms"].as_u64()),
+        (
+            status,
+            body["error"].as_str(),
+            body["timeout"].as_str(),
+            body["timeout_ms"].as_u64()
+        ),
         (504, Some("device_timeout"), Some("method"), Some(150)),
         "{body}"
     );
     let message = body["message"].as_str().unwrap();
     assert!(
-        message.contains("ms left before the method's deadline") || message.contains("not executed"),
+        message.contains("ms left before the method's deadline")
+            || message.contains("not executed"),
         "{message}"
     );
     // Every request got exactly one response.

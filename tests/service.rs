@@ -901,7 +901,11 @@ async fn a_bus_that_cannot_connect_states_its_cause_once_in_the_reply_and_the_lo
     };
     let config = hub.write_config(&format!(
         "{}{}",
-        bus("gone", dead, "reconnect_min_ms = 5000\nreconnect_max_ms = 5000"),
+        bus(
+            "gone",
+            dead,
+            "reconnect_min_ms = 5000\nreconnect_max_ms = 5000"
+        ),
         device("pump-1", "gone", 0, 2000)
     ));
     let daemon = Daemon::start(&config, &[]);

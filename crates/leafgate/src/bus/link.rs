@@ -16,8 +16,11 @@ pub trait Link: Send + 'static {
     /// there is `Unavailable`), so one bad unit does not send the whole endpoint into backoff.
     fn is_open(&self) -> bool;
     /// Runs one operation within `wait` (see [`Wait`]).
-    fn execute(&mut self, op: &Op, wait: Wait)
-    -> impl Future<Output = Result<Output, Error>> + Send;
+    fn execute(
+        &mut self,
+        op: &Op,
+        wait: Wait,
+    ) -> impl Future<Output = Result<Output, Error>> + Send;
     /// Whether the last [`Link::execute`] put any byte of its request on the wire. A request
     /// that was sent may have been executed, so writes are never sent again after a failure.
     fn sent(&self) -> bool;
