@@ -31,8 +31,14 @@ pub enum Failure {
     },
     #[error("unusable device reply")]
     Reply(#[from] ReplyError),
-    #[error("leafgate is shutting down")]
-    ShuttingDown,
+    /// The device is stopping (shutdown, or a restart with a changed config): a request that
+    /// arrives meanwhile is refused rather than started, since its reply might not get out.
+    #[error("leafgate is stopping this device (shutdown or config reload)")]
+    ShuttingDown { bus: String },
+    /// `limit` requests for the device are already in progress: one device's flood must not hold
+    /// unbounded memory or starve its bus-mates, so the excess never reaches the hardware.
+    #[error("{limit} requests for this device are already in progress; try again later")]
+    TooManyInProgress { bus: String, limit: usize },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -112,9 +118,11 @@ pub fn respond(failure: &Failure) -> (u16, Value, log::Level) {
             json!({"error": "bad_device_reply", "message": e.0}),
             Warn,
         ),
-        Failure::ShuttingDown => (
+        // Expected at every stop and reload, and a flooding caller is told at once: info, so
+        // neither fills the journal's warnings.
+        Failure::ShuttingDown { bus } | Failure::TooManyInProgress { bus, .. } => (
             503,
-            json!({"error": "bus_unavailable", "message": "leafgate is shutting down"}),
+            json!({"error": "bus_unavailable", "bus": bus, "message": failure.to_string()}),
             Info,
         ),
         // Details go to the journal only; the caller learns nothing about internals.
@@ -208,7 +216,21 @@ mod tests {
                 503,
                 "bus_unavailable",
             ),
-            (Failure::ShuttingDown, 503, "bus_unavailable"),
+            (
+                Failure::ShuttingDown {
+                    bus: "rs485".to_owned(),
+                },
+                503,
+                "bus_unavailable",
+            ),
+            (
+                Failure::TooManyInProgress {
+                    bus: "rs485".to_owned(),
+                    limit: 1024,
+                },
+                503,
+                "bus_unavailable",
+            ),
             (
                 bus_failure(timeout(bus::Limit::Bus { ms: 500 })),
                 504,
@@ -296,7 +318,19 @@ mod tests {
                 Failure::Internal("index out of bounds".to_owned()),
                 "internal error: index out of bounds",
             ),
-            (Failure::ShuttingDown, "leafgate is shutting down"),
+            (
+                Failure::ShuttingDown {
+                    bus: "rs485".to_owned(),
+                },
+                "leafgate is stopping this device (shutdown or config reload)",
+            ),
+            (
+                Failure::TooManyInProgress {
+                    bus: "rs485".to_owned(),
+                    limit: 1024,
+                },
+                "1024 requests for this device are already in progress; try again later",
+            ),
         ];
         for (failure, want) in cases {
             let line = log_line(&failure);
@@ -338,6 +372,23 @@ mod tests {
             (&body["timeout"], &body["timeout_ms"]),
             (&json!("method"), &json!(2000))
         );
+        // A refusal made before any work names the bus like every other 503.
+        let (status, body, _) = respond(&Failure::TooManyInProgress {
+            bus: "rs485".to_owned(),
+            limit: 1024,
+        });
+        assert_eq!(
+            (status, body),
+            (
+                503,
+                json!({"error": "bus_unavailable", "bus": "rs485",
+                    "message": "1024 requests for this device are already in progress; try again later"})
+            )
+        );
+        let (_, body, _) = respond(&Failure::ShuttingDown {
+            bus: "rs485".to_owned(),
+        });
+        assert_eq!(body["bus"], "rs485");
         let (_, body, _) = respond(&bus_failure(bus::Error::QueueFull(64)));
         assert_eq!(body["bus"], "rs485");
         let (_, body, _) = respond(&Failure::BadRequest(RequestError::new(
