@@ -262,7 +262,7 @@ impl<L: Link> Actor<L> {
                 self.up.send_replace(true);
             }
             result => {
-                // The reason alone: jobs meanwhile are answered `Unavailable(last_error)`, which
+                // The reason alone: jobs meanwhile are answered `Unavailable` with `last_error`, which
                 // adds "bus unavailable" itself.
                 let error = match result {
                     Ok(Err(e)) => e.reason(),
@@ -312,14 +312,14 @@ impl<L: Link> Actor<L> {
             return;
         }
         if !self.link.is_open() {
-            let _ = reply.send(Err(Error::Unavailable(self.last_error.clone())));
+            let _ = reply.send(Err(Error::unavailable(self.last_error.as_str())));
             return;
         }
         let unit = unit_of(&ops);
         if let Some(until) = self.units.get(&unit).and_then(|h| h.down_until) {
             let left = until.saturating_duration_since(Instant::now());
             if !left.is_zero() {
-                let _ = reply.send(Err(Error::Unavailable(format!(
+                let _ = reply.send(Err(Error::unavailable(format!(
                     "unit {unit} is marked down after {} consecutive timeouts; next try in {} ms",
                     self.settings.down_after,
                     left.as_millis()
@@ -456,12 +456,12 @@ impl<L: Link> Actor<L> {
                     log::debug!(bus = bus, device_id = &*label.device, method = &*label.method, rid = &*label.rid;
                         "unusable reply ({msg}); retry {garbled} of {}", self.settings.retries);
                 }
-                Err(Error::Unavailable(msg))
+                Err(e @ Error::Unavailable { .. })
                     if !reconnected && (repeatable || !self.link.sent()) =>
                 {
                     reconnected = true;
                     log::info!(bus = bus, device_id = &*label.device, method = &*label.method, rid = &*label.rid;
-                        "link failed during a request ({msg}); reconnecting once");
+                        "link failed during a request ({}); reconnecting once", e.reason());
                     self.link.close();
                     let open = tokio::time::timeout(limit, self.link.open()).await;
                     match open {
@@ -471,13 +471,13 @@ impl<L: Link> Actor<L> {
                             return Err(e);
                         }
                         Err(_) => {
-                            let e = Error::Unavailable("reconnect timed out".to_owned());
+                            let e = Error::unavailable("reconnect timed out");
                             self.mark_down(&e);
                             return Err(e);
                         }
                     }
                 }
-                Err(e @ Error::Unavailable(_)) => {
+                Err(e @ Error::Unavailable { .. }) => {
                     self.mark_down(&e);
                     return Err(e);
                 }

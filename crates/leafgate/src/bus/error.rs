@@ -20,9 +20,15 @@ pub enum Error {
     /// reply not matching the request. The message says which, for the 502 and the log.
     #[error("unusable reply from the device: {0}")]
     Protocol(String),
-    /// The transport could not be opened/connected, or broke during the transaction.
-    #[error("bus unavailable: {0}")]
-    Unavailable(String),
+    /// The transport could not be opened/connected, or broke during the transaction. `what`
+    /// says what was being done; the OS error, when there is one, stays the `source` (shown by
+    /// whoever prints the chain, never repeated by `Display`).
+    #[error("bus unavailable: {what}")]
+    Unavailable {
+        what: Box<str>,
+        #[source]
+        source: Option<std::io::Error>,
+    },
     /// The bus queue is full.
     #[error("bus queue is full ({0} jobs waiting)")]
     QueueFull(usize),
@@ -38,13 +44,35 @@ pub enum Error {
 }
 
 impl Error {
-    /// What went wrong, without the "bus unavailable" the variant adds: a reason kept to be
-    /// wrapped again later (`Unavailable` for jobs arriving while the link is down) must not
-    /// carry the prefix twice.
+    /// The transport is unavailable for a reason that has no OS error behind it.
+    #[must_use]
+    pub fn unavailable(what: impl Into<Box<str>>) -> Error {
+        Error::Unavailable {
+            what: what.into(),
+            source: None,
+        }
+    }
+
+    /// The transport failed while doing `what`, with the OS error kept as the source.
+    #[must_use]
+    pub fn transport(what: impl Into<Box<str>>, source: std::io::Error) -> Error {
+        Error::Unavailable {
+            what: what.into(),
+            source: Some(source),
+        }
+    }
+
+    /// What went wrong, with its cause, without the "bus unavailable" the variant adds: a
+    /// reason kept to be wrapped again later (`Unavailable` for jobs arriving while the link is
+    /// down) must not carry the prefix twice.
     #[must_use]
     pub fn reason(&self) -> String {
         match self {
-            Error::Unavailable(why) => why.clone(),
+            Error::Unavailable {
+                what,
+                source: Some(source),
+            } => format!("{what}: {source}"),
+            Error::Unavailable { what, source: None } => what.to_string(),
             other => other.to_string(),
         }
     }

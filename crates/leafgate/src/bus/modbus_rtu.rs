@@ -59,8 +59,8 @@ impl Endpoint {
             } => {
                 let stream = tokio::time::timeout(*connect_timeout, TcpStream::connect(address))
                     .await
-                    .map_err(|_| Error::Unavailable(format!("connect to {address} timed out")))?
-                    .map_err(|e| Error::Unavailable(format!("cannot connect to {address}: {e}")))?;
+                    .map_err(|_| Error::unavailable(format!("connect to {address} timed out")))?
+                    .map_err(|e| Error::transport(format!("cannot connect to {address}"), e))?;
                 let _ = stream.set_nodelay(true);
                 Ok(Box::new(stream))
             }
@@ -139,7 +139,7 @@ impl RtuLink {
         let stream = self
             .stream
             .as_mut()
-            .ok_or_else(|| Error::Unavailable("line not open".to_owned()))?;
+            .ok_or_else(|| Error::unavailable("line not open"))?;
         loop {
             self.gap_timer
                 .wait_until(self.last_activity + self.frame_gap)
@@ -198,7 +198,7 @@ impl RtuLink {
 }
 
 fn write_failed(e: std::io::Error) -> Error {
-    Error::Unavailable(format!("write failed: {e}"))
+    Error::transport("write failed", e)
 }
 
 /// Reads exactly `buf.len()` bytes; the caller bounds the time.
@@ -209,9 +209,9 @@ pub(crate) async fn read_exact<S: Stream + ?Sized>(
     match stream.read_exact(buf).await {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-            Err(Error::Unavailable("line closed".to_owned()))
+            Err(Error::unavailable("line closed"))
         }
-        Err(e) => Err(Error::Unavailable(format!("read failed: {e}"))),
+        Err(e) => Err(Error::transport("read failed", e)),
     }
 }
 
@@ -235,7 +235,7 @@ pub(crate) async fn discard_pending<S: Stream + ?Sized>(stream: &mut S) -> Resul
         .await;
         match polled {
             None => return Ok(discarded),
-            Some(Ok(0)) => return Err(Error::Unavailable("line closed".to_owned())),
+            Some(Ok(0)) => return Err(Error::unavailable("line closed")),
             Some(Ok(n)) => {
                 log::debug!("discarded {n} stray bytes before a request");
                 discarded += n;
@@ -243,7 +243,7 @@ pub(crate) async fn discard_pending<S: Stream + ?Sized>(stream: &mut S) -> Resul
                 // timeout and other tasks run.
                 tokio::task::coop::consume_budget().await;
             }
-            Some(Err(e)) => return Err(Error::Unavailable(format!("read failed: {e}"))),
+            Some(Err(e)) => return Err(Error::transport("read failed", e)),
         }
     }
 }
@@ -267,7 +267,7 @@ impl Link for RtuLink {
         if self.reopen {
             tokio::time::timeout_at(until, self.open())
                 .await
-                .map_err(|_| Error::Unavailable("reconnect timed out".to_owned()))??;
+                .map_err(|_| Error::unavailable("reconnect timed out"))??;
         }
         let result = match tokio::time::timeout_at(until, self.exchange(op)).await {
             Ok(result) => result,
@@ -275,7 +275,7 @@ impl Link for RtuLink {
         };
         match &result {
             Err(Error::Timeout(_) | Error::Protocol(_)) => self.resync().await,
-            Err(Error::Unavailable(_)) => self.stream = None,
+            Err(Error::Unavailable { .. }) => self.stream = None,
             _ => {}
         }
         result
@@ -316,7 +316,7 @@ mod tests {
         drop(theirs);
         assert!(matches!(
             discard_pending(&mut ours).await,
-            Err(Error::Unavailable(_))
+            Err(Error::Unavailable { .. })
         ));
     }
 }

@@ -120,12 +120,12 @@ impl TcpLink {
         let stream = self
             .stream
             .as_mut()
-            .ok_or_else(|| Error::Unavailable(format!("not connected to {address}")))?;
+            .ok_or_else(|| Error::unavailable(format!("not connected to {address}")))?;
         self.sent = true;
         stream
             .write_all(&adu)
             .await
-            .map_err(|e| Error::Unavailable(format!("sending to {address} failed: {e}")))?;
+            .map_err(|e| Error::transport(format!("sending to {address} failed"), e))?;
 
         // The whole reply usually arrives in one segment: read it with one call (a read of the
         // header and another of the body cost a second syscall per transaction).
@@ -185,15 +185,16 @@ async fn read_at_least(
     while have < want {
         match stream.read(&mut buf[have..]).await {
             Ok(0) => {
-                return Err(Error::Unavailable(format!(
+                return Err(Error::unavailable(format!(
                     "{address} closed the connection before its reply was complete"
                 )));
             }
             Ok(n) => have += n,
             Err(e) => {
-                return Err(Error::Unavailable(format!(
-                    "reading from {address} failed: {e}"
-                )));
+                return Err(Error::transport(
+                    format!("reading from {address} failed"),
+                    e,
+                ));
             }
         }
     }
@@ -205,8 +206,8 @@ impl Link for TcpLink {
         self.reopen = false;
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(&self.address))
             .await
-            .map_err(|_| Error::Unavailable(format!("connect to {} timed out", self.address)))?
-            .map_err(|e| Error::Unavailable(format!("cannot connect to {}: {e}", self.address)))?;
+            .map_err(|_| Error::unavailable(format!("connect to {} timed out", self.address)))?
+            .map_err(|e| Error::transport(format!("cannot connect to {}", self.address), e))?;
         let _ = stream.set_nodelay(true);
         // The std handle stays non-blocking (tokio set it so), which is what peek needs.
         let (probe, stream) = stream
@@ -214,10 +215,10 @@ impl Link for TcpLink {
             .and_then(|std| Ok((std.try_clone()?, std)))
             .and_then(|(probe, std)| Ok((probe, TcpStream::from_std(std)?)))
             .map_err(|e| {
-                Error::Unavailable(format!(
-                    "cannot set up the connection to {}: {e}",
-                    self.address
-                ))
+                Error::transport(
+                    format!("cannot set up the connection to {}", self.address),
+                    e,
+                )
             })?;
         self.probe = Some(probe);
         self.stream = Some(stream);
@@ -237,7 +238,7 @@ impl Link for TcpLink {
             tokio::time::timeout_at(until, self.open())
                 .await
                 .map_err(|_| {
-                    Error::Unavailable(format!("reconnect to {} timed out", self.address))
+                    Error::unavailable(format!("reconnect to {} timed out", self.address))
                 })??;
         }
         let result = match tokio::time::timeout_at(until, self.exchange(op)).await {

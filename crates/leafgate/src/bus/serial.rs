@@ -41,13 +41,13 @@ impl SerialLink {
         let stream = self
             .stream
             .as_mut()
-            .ok_or_else(|| Error::Unavailable("line not open".to_owned()))?;
+            .ok_or_else(|| Error::unavailable("line not open"))?;
         discard_pending(stream).await?;
         self.sent = true;
         stream
             .write_all(request)
             .await
-            .map_err(|e| Error::Unavailable(format!("write failed: {e}")))?;
+            .map_err(|e| Error::transport("write failed", e))?;
         if !want_reply {
             // An instrument that answers anyway must not have its answer read as the reply to
             // the next request: wait out the transmission and a short quiet period.
@@ -81,9 +81,9 @@ impl SerialLink {
 
 async fn read_chunk<S: Stream + ?Sized>(stream: &mut S, buf: &mut [u8]) -> Result<usize, Error> {
     match stream.read(buf).await {
-        Ok(0) => Err(Error::Unavailable("line closed".to_owned())),
+        Ok(0) => Err(Error::unavailable("line closed")),
         Ok(n) => Ok(n),
-        Err(e) => Err(Error::Unavailable(format!("read failed: {e}"))),
+        Err(e) => Err(Error::transport("read failed", e)),
     }
 }
 
@@ -165,7 +165,7 @@ impl Link for SerialLink {
                     }
                 }
             }
-            Err(Error::Unavailable(_)) => self.stream = None,
+            Err(Error::Unavailable { .. }) => self.stream = None,
             _ => {}
         }
         result

@@ -104,12 +104,12 @@ pub fn respond(failure: &Failure) -> (u16, Value, log::Level) {
                 json!({"error": "bad_device_reply", "message": msg}),
                 Warn,
             ),
-            bus::Error::Unavailable(_)
+            bus::Error::Unavailable { .. }
             | bus::Error::QueueFull(_)
             | bus::Error::Busy { .. }
             | bus::Error::ShuttingDown => (
                 503,
-                json!({"error": "bus_unavailable", "bus": bus, "message": error.to_string()}),
+                json!({"error": "bus_unavailable", "bus": bus, "message": with_sources(error)}),
                 Warn,
             ),
         },
@@ -132,6 +132,19 @@ pub fn respond(failure: &Failure) -> (u16, Value, log::Level) {
             Error,
         ),
     }
+}
+
+/// `error` followed by each of its sources: the body's message keeps the cause (the OS error
+/// behind an unavailable bus) that `Display` leaves to the chain, each part once.
+fn with_sources(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 #[cfg(test)]
@@ -194,7 +207,7 @@ mod tests {
                 "bad_device_reply",
             ),
             (
-                bus_failure(bus::Error::Unavailable("refused".to_owned())),
+                bus_failure(bus::Error::unavailable("refused")),
                 503,
                 "bus_unavailable",
             ),
@@ -307,8 +320,11 @@ mod tests {
                 "bus rs485: device answered with modbus exception 2 (illegal data address)",
             ),
             (
-                bus_failure(bus::Error::Unavailable("connection refused".to_owned())),
-                "bus rs485: bus unavailable: connection refused",
+                bus_failure(bus::Error::transport(
+                    "cannot connect to 10.0.0.5:502",
+                    std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+                )),
+                "bus rs485: bus unavailable: cannot connect to 10.0.0.5:502: connection refused",
             ),
             (
                 Failure::NotJson("EOF while parsing".to_owned()),
@@ -391,6 +407,15 @@ mod tests {
         assert_eq!(body["bus"], "rs485");
         let (_, body, _) = respond(&bus_failure(bus::Error::QueueFull(64)));
         assert_eq!(body["bus"], "rs485");
+        // The OS error behind an unavailable bus is its source; the body still says it, once.
+        let (_, body, _) = respond(&bus_failure(bus::Error::transport(
+            "cannot connect to 10.0.0.5:502",
+            std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        )));
+        assert_eq!(
+            body["message"],
+            "bus unavailable: cannot connect to 10.0.0.5:502: connection refused"
+        );
         let (_, body, _) = respond(&Failure::BadRequest(RequestError::new(
             Some("speed"),
             "too fast",
