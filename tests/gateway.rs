@@ -163,6 +163,15 @@ table = "input"
 address = 0
 fields = [{{ name = "v", type = "u16" }}]
 
+[[device.method]]
+name = "readHasty"
+timeout_ms = 150
+[[device.method.step]]
+op = "read"
+table = "input"
+address = 0
+fields = [{{ name = "v", type = "u16" }}]
+
 {psu_dev}
 [[device.method]]
 name = "identify"
@@ -275,19 +284,40 @@ expect = '^(?P<maker>[A-Z]+),(?P<model>[^,]+),'
         "503 took {:?}",
         t.elapsed()
     );
-    // 504: a silent unit, answered at the bus timeout, well within the method deadline.
+    // 504: a silent unit, answered at the bus timeout, well within the method deadline. The
+    // body names the timeout that fired (the bus's 200 ms, not the method's 3000 ms).
     rtu_regs.set_fault(1, Fault::Silent);
     let t = Instant::now();
     let (status, body) = rig.call("meter-1", "read", json!(null)).await;
     assert_eq!(
-        (status, body["error"].as_str(), body["timeout_ms"].as_u64()),
-        (504, Some("device_timeout"), Some(3000)),
-        "{body}"
+        body,
+        json!({"error": "device_timeout", "timeout": "bus", "timeout_ms": 200,
+            "message": "no answer from unit 1 within the bus timeout of 200 ms"}),
     );
+    assert_eq!(status, 504);
     assert!(
         t.elapsed() < Duration::from_millis(1500),
         "504 took {:?}",
         t.elapsed()
+    );
+    // 504 again, but the method's 150 ms deadline came before the bus's 200 ms timeout: the
+    // body says so and gives the method's timeout.
+    let (status, body) = rig.call("meter-1", "readHasty", json!(null)).await;
+    assert_eq!(
+        (
+            status,
+            body["error"].as_str(),
+            body["timeout"].as_str(),
+            body["timeout_ms"].as_u64()
+        ),
+        (504, Some("device_timeout"), Some("method"), Some(150)),
+        "{body}"
+    );
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains("ms left before the method's deadline")
+            || message.contains("not executed"),
+        "{message}"
     );
     // Every request got exactly one response.
     for id in ["plc-1", "plc-gone", "meter-1", "psu-1"] {

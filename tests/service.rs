@@ -888,3 +888,46 @@ fn the_unit_allows_the_serial_device_classes_of_common_boards() {
     // Only serial classes, read and write (no mknod: devices come from udev).
     assert_eq!(allowed.len(), classes.len(), "{allowed:?}");
 }
+
+/// A bus that cannot connect says so once: in the 503's message, in the line logging the
+/// request, and in the line saying the bus is down (each once gave the cause wrapped in
+/// `bus unavailable: ` two or three times over).
+#[tokio::test]
+async fn a_bus_that_cannot_connect_states_its_cause_once_in_the_reply_and_the_log() {
+    let hub = Hub::start(&["pump-1"]).await;
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let config = hub.write_config(&format!(
+        "{}{}",
+        bus(
+            "gone",
+            dead,
+            "reconnect_min_ms = 5000\nreconnect_max_ms = 5000"
+        ),
+        device("pump-1", "gone", 0, 2000)
+    ));
+    let daemon = Daemon::start(&config, &[]);
+    hub.emu.wait_method_ready("pump-1", WAIT).await.unwrap();
+    daemon.wait_log("bus gone is down").await;
+    let (status, body) = hub.call("pump-1", "get").await;
+    assert_eq!(
+        (status, body["error"].as_str(), body["bus"].as_str()),
+        (503, Some("bus_unavailable"), Some("gone")),
+        "{body}"
+    );
+    let message = body["message"].as_str().unwrap();
+    assert_eq!(message.matches("bus unavailable").count(), 1, "{message}");
+    assert_eq!(message.matches("cannot connect").count(), 1, "{message}");
+    daemon.wait_log("method get on pump-1: 503").await;
+    let log = daemon.log();
+    for start in ["bus gone is down", "method get on pump-1: 503"] {
+        let line = log
+            .lines()
+            .find(|l| l.contains(start))
+            .unwrap_or_else(|| panic!("no {start:?} in the log:\n{log}"));
+        assert!(line.matches("bus unavailable").count() <= 1, "{line}");
+        assert_eq!(line.matches("cannot connect").count(), 1, "{line}");
+    }
+}

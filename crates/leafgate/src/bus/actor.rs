@@ -24,8 +24,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::link::Link;
-use super::{Error, Op, Output};
+use super::link::{Link, Wait};
+use super::{Error, Limit, Op, Output, Timeout};
 use crate::backoff::Backoff;
 
 /// The least time an operation may have to wait for its reply; with less left before the
@@ -262,8 +262,10 @@ impl<L: Link> Actor<L> {
                 self.up.send_replace(true);
             }
             result => {
+                // The reason alone: jobs meanwhile are answered `Unavailable` with `last_error`, which
+                // adds "bus unavailable" itself.
                 let error = match result {
-                    Ok(Err(e)) => e.to_string(),
+                    Ok(Err(e)) => e.reason(),
                     _ => "open timed out".to_owned(),
                 };
                 let delay = self.backoff.next_delay();
@@ -283,11 +285,12 @@ impl<L: Link> Actor<L> {
     fn mark_down(&mut self, error: &Error) {
         self.link.close();
         self.up.send_replace(false);
-        self.last_error = error.to_string();
+        // The reason alone, as in `try_open`: it is wrapped in `Unavailable` again for each job.
+        self.last_error = error.reason();
         let delay = self.backoff.next_delay();
         self.next_open = Instant::now() + delay;
         let id = &*self.settings.id;
-        log::warn!(bus = id; "bus {id} lost its link: {error}; reconnecting in {} ms", delay.as_millis());
+        log::warn!(bus = id; "bus {id} lost its link: {}; reconnecting in {} ms", self.last_error, delay.as_millis());
     }
 
     async fn run_job(&mut self, job: Job) {
@@ -309,14 +312,14 @@ impl<L: Link> Actor<L> {
             return;
         }
         if !self.link.is_open() {
-            let _ = reply.send(Err(Error::Unavailable(self.last_error.clone())));
+            let _ = reply.send(Err(Error::unavailable(self.last_error.as_str())));
             return;
         }
         let unit = unit_of(&ops);
         if let Some(until) = self.units.get(&unit).and_then(|h| h.down_until) {
             let left = until.saturating_duration_since(Instant::now());
             if !left.is_zero() {
-                let _ = reply.send(Err(Error::Unavailable(format!(
+                let _ = reply.send(Err(Error::unavailable(format!(
                     "unit {unit} is marked down after {} consecutive timeouts; next try in {} ms",
                     self.settings.down_after,
                     left.as_millis()
@@ -367,7 +370,10 @@ impl<L: Link> Actor<L> {
         match result {
             // Only a timeout that waited the full bus timeout says the unit is silent; one cut
             // short by the method's deadline (a job that waited long in a busy queue) does not.
-            Err(Error::Timeout(waited)) if *waited < self.settings.timeout => {}
+            Err(Error::Timeout(Timeout {
+                limit: Limit::Deadline { .. },
+                ..
+            })) => {}
             Err(Error::Timeout(_)) => {
                 health.timeouts = health.timeouts.saturating_add(1);
                 let threshold = self.settings.down_after;
@@ -414,8 +420,34 @@ impl<L: Link> Actor<L> {
                     "{} ms left, too little to send and wait for a reply; not sent", left.as_millis());
                 return Err(Error::Expired);
             }
-            let limit = (overhead + self.settings.timeout).min(left);
-            match self.link.execute(op, limit).await {
+            let full = overhead + self.settings.timeout;
+            let unit = match op {
+                Op::Read { unit, .. } | Op::Write { unit, .. } => Some(*unit),
+                Op::Serial { .. } => None,
+            };
+            let wait = if left < full {
+                Wait {
+                    limit: left,
+                    timeout: Timeout {
+                        unit,
+                        limit: Limit::Deadline {
+                            ms: Timeout::ms(left),
+                        },
+                    },
+                }
+            } else {
+                Wait {
+                    limit: full,
+                    timeout: Timeout {
+                        unit,
+                        limit: Limit::Bus {
+                            ms: Timeout::ms(self.settings.timeout),
+                        },
+                    },
+                }
+            };
+            let limit = wait.limit;
+            match self.link.execute(op, wait).await {
                 Ok(out) => return Ok(out),
                 Err(Error::Protocol(msg))
                     if garbled < self.settings.retries && (repeatable || !self.link.sent()) =>
@@ -424,12 +456,12 @@ impl<L: Link> Actor<L> {
                     log::debug!(bus = bus, device_id = &*label.device, method = &*label.method, rid = &*label.rid;
                         "unusable reply ({msg}); retry {garbled} of {}", self.settings.retries);
                 }
-                Err(Error::Unavailable(msg))
+                Err(e @ Error::Unavailable { .. })
                     if !reconnected && (repeatable || !self.link.sent()) =>
                 {
                     reconnected = true;
                     log::info!(bus = bus, device_id = &*label.device, method = &*label.method, rid = &*label.rid;
-                        "link failed during a request ({msg}); reconnecting once");
+                        "link failed during a request ({}); reconnecting once", e.reason());
                     self.link.close();
                     let open = tokio::time::timeout(limit, self.link.open()).await;
                     match open {
@@ -439,13 +471,13 @@ impl<L: Link> Actor<L> {
                             return Err(e);
                         }
                         Err(_) => {
-                            let e = Error::Unavailable("reconnect timed out".to_owned());
+                            let e = Error::unavailable("reconnect timed out");
                             self.mark_down(&e);
                             return Err(e);
                         }
                     }
                 }
-                Err(e @ Error::Unavailable(_)) => {
+                Err(e @ Error::Unavailable { .. }) => {
                     self.mark_down(&e);
                     return Err(e);
                 }

@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use super::{Error, Op, Output};
+use super::{Error, Op, Output, Timeout};
 
 /// One physical connection (a TCP socket or a serial line). Implementations must leave the link
 /// clean after any failure: after a timeout or an unusable reply they drop or resynchronise the
@@ -15,12 +15,11 @@ pub trait Link: Send + 'static {
     /// unusable reply still counts as open: it connects afresh in its next `execute` (a failure
     /// there is `Unavailable`), so one bad unit does not send the whole endpoint into backoff.
     fn is_open(&self) -> bool;
-    /// Runs one operation. `limit` bounds the whole exchange: the inter-frame gap, sending, and
-    /// waiting for the reply.
+    /// Runs one operation within `wait` (see [`Wait`]).
     fn execute(
         &mut self,
         op: &Op,
-        limit: Duration,
+        wait: Wait,
     ) -> impl Future<Output = Result<Output, Error>> + Send;
     /// Whether the last [`Link::execute`] put any byte of its request on the wire. A request
     /// that was sent may have been executed, so writes are never sent again after a failure.
@@ -29,4 +28,24 @@ pub trait Link: Send + 'static {
     /// time to transmit the request at the line's speed (zero on TCP).
     fn overhead(&self, op: &Op) -> Duration;
     fn close(&mut self);
+}
+
+/// How long one exchange may take, and what to report if that runs out. The actor chooses the
+/// limit (the bus timeout, or less when the method's deadline is nearer), so it also says which
+/// of the two a timeout is: the caller learns which one fired, and only the bus timeout counts
+/// against the unit.
+#[derive(Debug, Clone, Copy)]
+pub struct Wait {
+    /// Bounds the whole exchange: the inter-frame gap, sending, and waiting for the reply.
+    pub limit: Duration,
+    /// Reported as [`Error::Timeout`] when `limit` runs out.
+    pub timeout: Timeout,
+}
+
+impl Wait {
+    /// The error for an exchange that did not complete within `limit`.
+    #[must_use]
+    pub fn expired(&self) -> Error {
+        Error::Timeout(self.timeout)
+    }
 }

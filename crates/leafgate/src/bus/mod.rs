@@ -23,7 +23,7 @@ pub mod spec;
 use tokio_util::sync::CancellationToken;
 
 pub use actor::{Handle, Label};
-pub use error::Error;
+pub use error::{Error, Limit, Timeout};
 pub use op::{Op, Output, Table, WriteData};
 pub use spec::{Bus, BusKind, BusSpec, Line, Parity, SerialFraming, TcpFraming};
 

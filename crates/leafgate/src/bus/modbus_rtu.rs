@@ -29,7 +29,7 @@ use tokio::time::Instant;
 
 use super::frame;
 use super::gap::GapTimer;
-use super::link::Link;
+use super::link::{Link, Wait};
 use super::port;
 use super::spec::{Line, Parity};
 use super::{Error, Op, Output};
@@ -58,8 +58,8 @@ impl Endpoint {
             } => {
                 let stream = tokio::time::timeout(*connect_timeout, TcpStream::connect(address))
                     .await
-                    .map_err(|_| Error::Unavailable(format!("connect to {address} timed out")))?
-                    .map_err(|e| Error::Unavailable(format!("cannot connect to {address}: {e}")))?;
+                    .map_err(|_| Error::unavailable(format!("connect to {address} timed out")))?
+                    .map_err(|e| Error::transport(format!("cannot connect to {address}"), e))?;
                 let _ = stream.set_nodelay(true);
                 Ok(Box::new(stream))
             }
@@ -138,7 +138,7 @@ impl RtuLink {
         let stream = self
             .stream
             .as_mut()
-            .ok_or_else(|| Error::Unavailable("line not open".to_owned()))?;
+            .ok_or_else(|| Error::unavailable("line not open"))?;
         loop {
             self.gap_timer
                 .wait_until(self.last_activity + self.frame_gap)
@@ -197,7 +197,7 @@ impl RtuLink {
 }
 
 fn write_failed(e: std::io::Error) -> Error {
-    Error::Unavailable(format!("write failed: {e}"))
+    Error::transport("write failed", e)
 }
 
 /// Reads exactly `buf.len()` bytes; the caller bounds the time.
@@ -208,9 +208,9 @@ pub(crate) async fn read_exact<S: Stream + ?Sized>(
     match stream.read_exact(buf).await {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-            Err(Error::Unavailable("line closed".to_owned()))
+            Err(Error::unavailable("line closed"))
         }
-        Err(e) => Err(Error::Unavailable(format!("read failed: {e}"))),
+        Err(e) => Err(Error::transport("read failed", e)),
     }
 }
 
@@ -234,7 +234,7 @@ pub(crate) async fn discard_pending<S: Stream + ?Sized>(stream: &mut S) -> Resul
         .await;
         match polled {
             None => return Ok(discarded),
-            Some(Ok(0)) => return Err(Error::Unavailable("line closed".to_owned())),
+            Some(Ok(0)) => return Err(Error::unavailable("line closed")),
             Some(Ok(n)) => {
                 log::debug!("discarded {n} stray bytes before a request");
                 discarded += n;
@@ -242,7 +242,7 @@ pub(crate) async fn discard_pending<S: Stream + ?Sized>(stream: &mut S) -> Resul
                 // timeout and other tasks run.
                 tokio::task::coop::consume_budget().await;
             }
-            Some(Err(e)) => return Err(Error::Unavailable(format!("read failed: {e}"))),
+            Some(Err(e)) => return Err(Error::transport("read failed", e)),
         }
     }
 }
@@ -259,22 +259,22 @@ impl Link for RtuLink {
         self.stream.is_some() || self.reopen
     }
 
-    async fn execute(&mut self, op: &Op, limit: Duration) -> Result<Output, Error> {
+    async fn execute(&mut self, op: &Op, wait: Wait) -> Result<Output, Error> {
         self.sent = false;
         // One limit for reconnecting and the exchange, so neither can push past the deadline.
-        let until = Instant::now() + limit;
+        let until = Instant::now() + wait.limit;
         if self.reopen {
             tokio::time::timeout_at(until, self.open())
                 .await
-                .map_err(|_| Error::Unavailable("reconnect timed out".to_owned()))??;
+                .map_err(|_| Error::unavailable("reconnect timed out"))??;
         }
         let result = match tokio::time::timeout_at(until, self.exchange(op)).await {
             Ok(result) => result,
-            Err(_) => Err(Error::Timeout(limit)),
+            Err(_) => Err(wait.expired()),
         };
         match &result {
             Err(Error::Timeout(_) | Error::Protocol(_)) => self.resync().await,
-            Err(Error::Unavailable(_)) => self.stream = None,
+            Err(Error::Unavailable { .. }) => self.stream = None,
             _ => {}
         }
         result
@@ -315,7 +315,7 @@ mod tests {
         drop(theirs);
         assert!(matches!(
             discard_pending(&mut ours).await,
-            Err(Error::Unavailable(_))
+            Err(Error::Unavailable { .. })
         ));
     }
 }

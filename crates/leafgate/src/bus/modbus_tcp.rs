@@ -24,7 +24,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::frame;
-use super::link::Link;
+use super::link::{Link, Wait};
 use super::{Error, Op, Output};
 
 /// MBAP header: transaction id, protocol id, length, unit id.
@@ -120,12 +120,12 @@ impl TcpLink {
         let stream = self
             .stream
             .as_mut()
-            .ok_or_else(|| Error::Unavailable(format!("not connected to {address}")))?;
+            .ok_or_else(|| Error::unavailable(format!("not connected to {address}")))?;
         self.sent = true;
         stream
             .write_all(&adu)
             .await
-            .map_err(|e| Error::Unavailable(format!("sending to {address} failed: {e}")))?;
+            .map_err(|e| Error::transport(format!("sending to {address} failed"), e))?;
 
         // The whole reply usually arrives in one segment: read it with one call (a read of the
         // header and another of the body cost a second syscall per transaction).
@@ -185,15 +185,16 @@ async fn read_at_least(
     while have < want {
         match stream.read(&mut buf[have..]).await {
             Ok(0) => {
-                return Err(Error::Unavailable(format!(
+                return Err(Error::unavailable(format!(
                     "{address} closed the connection before its reply was complete"
                 )));
             }
             Ok(n) => have += n,
             Err(e) => {
-                return Err(Error::Unavailable(format!(
-                    "reading from {address} failed: {e}"
-                )));
+                return Err(Error::transport(
+                    format!("reading from {address} failed"),
+                    e,
+                ));
             }
         }
     }
@@ -205,8 +206,8 @@ impl Link for TcpLink {
         self.reopen = false;
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(&self.address))
             .await
-            .map_err(|_| Error::Unavailable(format!("connect to {} timed out", self.address)))?
-            .map_err(|e| Error::Unavailable(format!("cannot connect to {}: {e}", self.address)))?;
+            .map_err(|_| Error::unavailable(format!("connect to {} timed out", self.address)))?
+            .map_err(|e| Error::transport(format!("cannot connect to {}", self.address), e))?;
         let _ = stream.set_nodelay(true);
         // The std handle stays non-blocking (tokio set it so), which is what peek needs.
         let (probe, stream) = stream
@@ -214,10 +215,10 @@ impl Link for TcpLink {
             .and_then(|std| Ok((std.try_clone()?, std)))
             .and_then(|(probe, std)| Ok((probe, TcpStream::from_std(std)?)))
             .map_err(|e| {
-                Error::Unavailable(format!(
-                    "cannot set up the connection to {}: {e}",
-                    self.address
-                ))
+                Error::transport(
+                    format!("cannot set up the connection to {}", self.address),
+                    e,
+                )
             })?;
         self.probe = Some(probe);
         self.stream = Some(stream);
@@ -228,21 +229,21 @@ impl Link for TcpLink {
         self.stream.is_some() || self.reopen
     }
 
-    async fn execute(&mut self, op: &Op, limit: Duration) -> Result<Output, Error> {
+    async fn execute(&mut self, op: &Op, wait: Wait) -> Result<Output, Error> {
         self.sent = false;
         // One limit for reconnecting and the exchange, so neither can push past the deadline.
-        let until = Instant::now() + limit;
+        let until = Instant::now() + wait.limit;
         if self.reopen || (self.stream.is_some() && !self.idle_and_healthy()) {
             self.close();
             tokio::time::timeout_at(until, self.open())
                 .await
                 .map_err(|_| {
-                    Error::Unavailable(format!("reconnect to {} timed out", self.address))
+                    Error::unavailable(format!("reconnect to {} timed out", self.address))
                 })??;
         }
         let result = match tokio::time::timeout_at(until, self.exchange(op)).await {
             Ok(result) => result,
-            Err(_) => Err(Error::Timeout(limit)),
+            Err(_) => Err(wait.expired()),
         };
         match &result {
             Ok(_) | Err(Error::Exception { .. }) => {}

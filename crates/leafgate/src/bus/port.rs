@@ -43,7 +43,7 @@ pub fn open(line: &Line) -> Result<SerialStream, Error> {
                 .and_then(|(refusal, device)| refusal_hint(refusal, &device, under_systemd()))
                 .map(|hint| format!("; {hint}"))
                 .unwrap_or_default();
-            Error::Unavailable(format!("cannot open {path}: {e}{hint}"))
+            Error::unavailable(format!("cannot open {path}: {e}{hint}"))
         })?;
     // Bytes that arrived while the port was closed belong to nobody; a USB adapter drops them,
     // a pty or a kernel buffer may not.
@@ -213,9 +213,9 @@ pub async fn drain<R: AsyncReadExt + Unpin>(
         }
         match tokio::time::timeout(wait, port.read(&mut buf)).await {
             Err(_) => return Ok(discarded),
-            Ok(Ok(0)) => return Err(Error::Unavailable("line closed".to_owned())),
+            Ok(Ok(0)) => return Err(Error::unavailable("line closed")),
             Ok(Ok(n)) => discarded += n,
-            Ok(Err(e)) => return Err(Error::Unavailable(format!("read failed: {e}"))),
+            Ok(Err(e)) => return Err(Error::transport("read failed", e)),
         }
     }
 }

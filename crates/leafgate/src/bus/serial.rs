@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
-use super::link::Link;
+use super::link::{Link, Wait};
 use super::modbus_rtu::{Endpoint, Stream, discard_pending, guard_time, read_exact};
 use super::port;
 use super::spec::SerialFraming;
@@ -41,13 +41,13 @@ impl SerialLink {
         let stream = self
             .stream
             .as_mut()
-            .ok_or_else(|| Error::Unavailable("line not open".to_owned()))?;
+            .ok_or_else(|| Error::unavailable("line not open"))?;
         discard_pending(stream).await?;
         self.sent = true;
         stream
             .write_all(request)
             .await
-            .map_err(|e| Error::Unavailable(format!("write failed: {e}")))?;
+            .map_err(|e| Error::transport("write failed", e))?;
         if !want_reply {
             // An instrument that answers anyway must not have its answer read as the reply to
             // the next request: wait out the transmission and a short quiet period.
@@ -81,9 +81,9 @@ impl SerialLink {
 
 async fn read_chunk<S: Stream + ?Sized>(stream: &mut S, buf: &mut [u8]) -> Result<usize, Error> {
     match stream.read(buf).await {
-        Ok(0) => Err(Error::Unavailable("line closed".to_owned())),
+        Ok(0) => Err(Error::unavailable("line closed")),
         Ok(n) => Ok(n),
-        Err(e) => Err(Error::Unavailable(format!("read failed: {e}"))),
+        Err(e) => Err(Error::transport("read failed", e)),
     }
 }
 
@@ -143,16 +143,16 @@ impl Link for SerialLink {
         self.stream.is_some()
     }
 
-    async fn execute(&mut self, op: &Op, limit: Duration) -> Result<Output, Error> {
+    async fn execute(&mut self, op: &Op, wait: Wait) -> Result<Output, Error> {
         self.sent = false;
         let Op::Serial { request, reply } = op else {
             return Err(Error::Protocol(
                 "modbus operation on a raw serial line".to_owned(),
             ));
         };
-        let result = match tokio::time::timeout(limit, self.exchange(request, *reply)).await {
+        let result = match tokio::time::timeout(wait.limit, self.exchange(request, *reply)).await {
             Ok(result) => result,
-            Err(_) => Err(Error::Timeout(limit)),
+            Err(_) => Err(wait.expired()),
         };
         match &result {
             Err(Error::Timeout(_) | Error::Protocol(_)) => {
@@ -165,7 +165,7 @@ impl Link for SerialLink {
                     }
                 }
             }
-            Err(Error::Unavailable(_)) => self.stream = None,
+            Err(Error::Unavailable { .. }) => self.stream = None,
             _ => {}
         }
         result

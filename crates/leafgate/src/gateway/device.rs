@@ -158,7 +158,14 @@ impl Device {
             self.bus.submit(ops, bus_deadline, label),
         )
         .await
-        .map_err(|_| bus_failure(bus::Error::Timeout(timeout)))?
+        .map_err(|_| {
+            bus_failure(bus::Error::Timeout(bus::Timeout {
+                unit: None,
+                limit: bus::Limit::Deadline {
+                    ms: bus::Timeout::ms(timeout),
+                },
+            }))
+        })?
         .map_err(bus_failure)?;
         match plan {
             Plan::Configured(m) => Ok(m.reply(&outputs)?),

@@ -483,28 +483,30 @@ fn on_publish(
             return;
         }
     };
-    let busy;
+    let bus = device.bus.id();
     let refusal = match stopping {
-        Some(reason) => Some(reason),
+        Some(_) => Some(crate::mapping::Failure::ShuttingDown {
+            bus: bus.to_owned(),
+        }),
         None if work.tasks.len() >= MAX_IN_FLIGHT => {
-            busy = format!(
-                "{MAX_IN_FLIGHT} requests for this device are already in progress; try again later"
-            );
-            Some(busy.as_str())
+            Some(crate::mapping::Failure::TooManyInProgress {
+                bus: bus.to_owned(),
+                limit: MAX_IN_FLIGHT,
+            })
         }
         None => None,
     };
-    if let Some(reason) = refusal {
-        // Answered on the spot, without a task: the refusal cannot itself be refused.
-        let bus = device.bus.id();
-        let body = serde_json::json!({"error": "bus_unavailable", "bus": bus, "message": reason});
+    if let Some(failure) = refusal {
+        // Answered on the spot, without a task: the refusal cannot itself be refused. Status,
+        // body and level come from the status map, like every other failure's.
+        let (status, body, level) = crate::mapping::respond(&failure);
         let (shown, shown_rid) = (logtext::clip(&name), logtext::clip(&rid));
-        log::info!(device_id = &**id, method = &*shown, rid = &*shown_rid, bus = bus, status = 503, duration_ms = 0;
-            "method {shown} on {id}: 503 {reason}");
+        log::log!(level, device_id = &**id, method = &*shown, rid = &*shown_rid, bus = bus, status = status, duration_ms = 0;
+            "method {shown} on {id}: {status} {failure}");
         work.outbox.push_back(Box::new(Reply {
-            topic: topics::response(503, &rid),
+            topic: topics::response(status, &rid),
             body: serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec()),
-            status: 503,
+            status,
             deadline: received + Duration::from_secs(5),
             method: shown.into_owned(),
             rid: shown_rid.into_owned(),

@@ -31,8 +31,14 @@ pub enum Failure {
     },
     #[error("unusable device reply")]
     Reply(#[from] ReplyError),
-    #[error("leafgate is shutting down")]
-    ShuttingDown,
+    /// The device is stopping (shutdown, or a restart with a changed config): a request that
+    /// arrives meanwhile is refused rather than started, since its reply might not get out.
+    #[error("leafgate is stopping this device (shutdown or config reload)")]
+    ShuttingDown { bus: String },
+    /// `limit` requests for the device are already in progress: one device's flood must not hold
+    /// unbounded memory or starve its bus-mates, so the excess never reaches the hardware.
+    #[error("{limit} requests for this device are already in progress; try again later")]
+    TooManyInProgress { bus: String, limit: usize },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -74,9 +80,23 @@ pub fn respond(failure: &Failure) -> (u16, Value, log::Level) {
                 json!({"error": "device_exception", "code": code, "name": bus::error::exception_name(*code)}),
                 Warn,
             ),
-            bus::Error::Timeout(_) | bus::Error::Expired => (
+            // `timeout` names the limit that ran out and `timeout_ms` is that limit: a silent unit
+            // is told apart from a method whose deadline was too short for the queue ahead.
+            bus::Error::Timeout(bus::Timeout {
+                limit: bus::Limit::Bus { ms },
+                ..
+            }) => (
                 504,
-                json!({"error": "device_timeout", "timeout_ms": timeout_ms, "message": error.to_string()}),
+                json!({"error": "device_timeout", "timeout": "bus", "timeout_ms": ms, "message": error.to_string()}),
+                Warn,
+            ),
+            bus::Error::Timeout(bus::Timeout {
+                limit: bus::Limit::Deadline { .. },
+                ..
+            })
+            | bus::Error::Expired => (
+                504,
+                json!({"error": "device_timeout", "timeout": "method", "timeout_ms": timeout_ms, "message": error.to_string()}),
                 Warn,
             ),
             bus::Error::Protocol(msg) => (
@@ -84,12 +104,12 @@ pub fn respond(failure: &Failure) -> (u16, Value, log::Level) {
                 json!({"error": "bad_device_reply", "message": msg}),
                 Warn,
             ),
-            bus::Error::Unavailable(_)
+            bus::Error::Unavailable { .. }
             | bus::Error::QueueFull(_)
             | bus::Error::Busy { .. }
             | bus::Error::ShuttingDown => (
                 503,
-                json!({"error": "bus_unavailable", "bus": bus, "message": error.to_string()}),
+                json!({"error": "bus_unavailable", "bus": bus, "message": with_sources(error)}),
                 Warn,
             ),
         },
@@ -98,9 +118,11 @@ pub fn respond(failure: &Failure) -> (u16, Value, log::Level) {
             json!({"error": "bad_device_reply", "message": e.0}),
             Warn,
         ),
-        Failure::ShuttingDown => (
+        // Expected at every stop and reload, and a flooding caller is told at once: info, so
+        // neither fills the journal's warnings.
+        Failure::ShuttingDown { bus } | Failure::TooManyInProgress { bus, .. } => (
             503,
-            json!({"error": "bus_unavailable", "message": "leafgate is shutting down"}),
+            json!({"error": "bus_unavailable", "bus": bus, "message": failure.to_string()}),
             Info,
         ),
         // Details go to the journal only; the caller learns nothing about internals.
@@ -112,10 +134,30 @@ pub fn respond(failure: &Failure) -> (u16, Value, log::Level) {
     }
 }
 
+/// `error` followed by each of its sources: the body's message keeps the cause (the OS error
+/// behind an unavailable bus) that `Display` leaves to the chain, each part once.
+fn with_sources(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+
+    /// A timeout of unit 1 on `limit`.
+    fn timeout(limit: bus::Limit) -> bus::Error {
+        bus::Error::Timeout(bus::Timeout {
+            unit: Some(1),
+            limit,
+        })
+    }
 
     fn bus_failure(error: bus::Error) -> Failure {
         Failure::Bus {
@@ -165,7 +207,7 @@ mod tests {
                 "bad_device_reply",
             ),
             (
-                bus_failure(bus::Error::Unavailable("refused".to_owned())),
+                bus_failure(bus::Error::unavailable("refused")),
                 503,
                 "bus_unavailable",
             ),
@@ -187,9 +229,28 @@ mod tests {
                 503,
                 "bus_unavailable",
             ),
-            (Failure::ShuttingDown, 503, "bus_unavailable"),
             (
-                bus_failure(bus::Error::Timeout(Duration::from_millis(500))),
+                Failure::ShuttingDown {
+                    bus: "rs485".to_owned(),
+                },
+                503,
+                "bus_unavailable",
+            ),
+            (
+                Failure::TooManyInProgress {
+                    bus: "rs485".to_owned(),
+                    limit: 1024,
+                },
+                503,
+                "bus_unavailable",
+            ),
+            (
+                bus_failure(timeout(bus::Limit::Bus { ms: 500 })),
+                504,
+                "device_timeout",
+            ),
+            (
+                bus_failure(timeout(bus::Limit::Deadline { ms: 120 })),
                 504,
                 "device_timeout",
             ),
@@ -240,16 +301,30 @@ mod tests {
                 "unusable device reply: reply \"ERR\" does not match \"^OK$\"",
             ),
             (
-                bus_failure(bus::Error::Timeout(Duration::from_millis(500))),
-                "bus rs485: no answer from the device within 500ms",
+                bus_failure(timeout(bus::Limit::Bus { ms: 500 })),
+                "bus rs485: no answer from unit 1 within the bus timeout of 500 ms",
+            ),
+            (
+                bus_failure(timeout(bus::Limit::Deadline { ms: 120 })),
+                "bus rs485: no answer from unit 1 within the 120 ms left before the method's deadline",
+            ),
+            (
+                bus_failure(bus::Error::Timeout(bus::Timeout {
+                    unit: None,
+                    limit: bus::Limit::Bus { ms: 300 },
+                })),
+                "bus rs485: no answer from the device within the bus timeout of 300 ms",
             ),
             (
                 bus_failure(bus::Error::Exception { code: 2 }),
                 "bus rs485: device answered with modbus exception 2 (illegal data address)",
             ),
             (
-                bus_failure(bus::Error::Unavailable("connection refused".to_owned())),
-                "bus rs485: bus unavailable: connection refused",
+                bus_failure(bus::Error::transport(
+                    "cannot connect to 10.0.0.5:502",
+                    std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+                )),
+                "bus rs485: bus unavailable: cannot connect to 10.0.0.5:502: connection refused",
             ),
             (
                 Failure::NotJson("EOF while parsing".to_owned()),
@@ -259,7 +334,19 @@ mod tests {
                 Failure::Internal("index out of bounds".to_owned()),
                 "internal error: index out of bounds",
             ),
-            (Failure::ShuttingDown, "leafgate is shutting down"),
+            (
+                Failure::ShuttingDown {
+                    bus: "rs485".to_owned(),
+                },
+                "leafgate is stopping this device (shutdown or config reload)",
+            ),
+            (
+                Failure::TooManyInProgress {
+                    bus: "rs485".to_owned(),
+                    limit: 1024,
+                },
+                "1024 requests for this device are already in progress; try again later",
+            ),
         ];
         for (failure, want) in cases {
             let line = log_line(&failure);
@@ -282,12 +369,53 @@ mod tests {
             body,
             json!({"error": "device_exception", "code": 2, "name": "illegal data address"})
         );
-        let (_, body, _) = respond(&bus_failure(bus::Error::Timeout(Duration::from_millis(
-            300,
-        ))));
-        assert_eq!(body["timeout_ms"], 2000);
+        // A timeout names the limit that ran out, in ms: the bus's, or the method's deadline
+        // (`timeout_ms` is then the method's timeout; the message says how long was left).
+        let (_, body, _) = respond(&bus_failure(timeout(bus::Limit::Bus { ms: 300 })));
+        assert_eq!(
+            body,
+            json!({"error": "device_timeout", "timeout": "bus", "timeout_ms": 300,
+                "message": "no answer from unit 1 within the bus timeout of 300 ms"})
+        );
+        let (_, body, _) = respond(&bus_failure(timeout(bus::Limit::Deadline { ms: 120 })));
+        assert_eq!(
+            body,
+            json!({"error": "device_timeout", "timeout": "method", "timeout_ms": 2000,
+                "message": "no answer from unit 1 within the 120 ms left before the method's deadline"})
+        );
+        let (_, body, _) = respond(&bus_failure(bus::Error::Expired));
+        assert_eq!(
+            (&body["timeout"], &body["timeout_ms"]),
+            (&json!("method"), &json!(2000))
+        );
+        // A refusal made before any work names the bus like every other 503.
+        let (status, body, _) = respond(&Failure::TooManyInProgress {
+            bus: "rs485".to_owned(),
+            limit: 1024,
+        });
+        assert_eq!(
+            (status, body),
+            (
+                503,
+                json!({"error": "bus_unavailable", "bus": "rs485",
+                    "message": "1024 requests for this device are already in progress; try again later"})
+            )
+        );
+        let (_, body, _) = respond(&Failure::ShuttingDown {
+            bus: "rs485".to_owned(),
+        });
+        assert_eq!(body["bus"], "rs485");
         let (_, body, _) = respond(&bus_failure(bus::Error::QueueFull(64)));
         assert_eq!(body["bus"], "rs485");
+        // The OS error behind an unavailable bus is its source; the body still says it, once.
+        let (_, body, _) = respond(&bus_failure(bus::Error::transport(
+            "cannot connect to 10.0.0.5:502",
+            std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        )));
+        assert_eq!(
+            body["message"],
+            "bus unavailable: cannot connect to 10.0.0.5:502: connection refused"
+        );
         let (_, body, _) = respond(&Failure::BadRequest(RequestError::new(
             Some("speed"),
             "too fast",
