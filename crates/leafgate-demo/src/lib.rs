@@ -785,13 +785,7 @@ fn invitation(demo: &Demo) -> String {
 
 /// An error and its causes on one line (`what: cause: cause`), for a failed call in the table.
 fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        let _ = write!(text, ": {e}");
-        source = e.source();
-    }
-    text
+    leafgate::chain::chain(error)
 }
 
 #[cfg(test)]

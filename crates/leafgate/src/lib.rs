@@ -9,11 +9,13 @@
 //! - [`gateway`]: the supervisor that builds buses and device sessions, owns shutdown and reload,
 //!   and (`gateway::service`) the daemon loop: signals, systemd notifications, watchdog.
 //! - [`systemd`]: journald-or-stderr logging and service notifications.
+//! - [`chain`]: an error and its causes on one line, for logs and messages.
 //! - [`logtext`]: untrusted text (method names, rids, topics, replies) bounded for log lines.
 //! - [`backoff`]: jittered exponential backoff shared by sessions and buses.
 
 pub mod backoff;
 pub mod bus;
+pub mod chain;
 pub mod config;
 pub mod gateway;
 pub mod hub;

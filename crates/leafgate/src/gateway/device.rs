@@ -9,6 +9,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::bus::{self, Op};
+use crate::chain::chain;
 use crate::config::schema::BusKind;
 use crate::hub::sas::Key;
 use crate::logtext;
@@ -75,12 +76,7 @@ impl Device {
             Err(failure) => {
                 let (status, body, level) = respond(&failure);
                 // The failure's chain (with sources) goes to the journal; the caller sees `body`.
-                let mut why = failure.to_string();
-                let mut source = std::error::Error::source(&failure);
-                while let Some(s) = source {
-                    why.push_str(&format!(": {s}"));
-                    source = s.source();
-                }
+                let why = chain(&failure);
                 let why = logtext::clip_to(&why, 4 * logtext::MAX_CHARS);
                 log::log!(level, device_id = &*self.id, method = name, rid = rid, bus = self.bus.id(), status = status, duration_ms = elapsed.as_millis();
                     "method {name} on {}: {status} in {} ms: {why}", self.id, elapsed.as_millis());

@@ -251,13 +251,7 @@ fn finish_reload(gateway: &mut Gateway, options: &Options, outcome: Outcome) {
             format!("{} config problem(s)", e.problems.len())
         }
         Outcome::Hub(e) => {
-            let mut why = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                why.push_str(&format!(": {s}"));
-                source = s.source();
-            }
-            log::error!("{why}");
+            log::error!("{}", crate::chain::chain(&e));
             "the new [hub] settings cannot be used".to_owned()
         }
         Outcome::TimedOut => {

@@ -137,14 +137,7 @@ pub fn respond(failure: &Failure) -> (u16, Value, log::Level) {
 /// `error` followed by each of its sources: the body's message keeps the cause (the OS error
 /// behind an unavailable bus) that `Display` leaves to the chain, each part once.
 fn with_sources(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
+    crate::chain::chain(error)
 }
 
 #[cfg(test)]
@@ -275,13 +268,7 @@ mod tests {
     /// The failure as the gateway's log line shows it (`gateway/device.rs`): `Display`, then
     /// `: {source}` for each source in the chain.
     fn log_line(failure: &Failure) -> String {
-        let mut why = failure.to_string();
-        let mut source = std::error::Error::source(failure);
-        while let Some(s) = source {
-            why.push_str(&format!(": {s}"));
-            source = s.source();
-        }
-        why
+        crate::chain::chain(failure)
     }
 
     #[test]
