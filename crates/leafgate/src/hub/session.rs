@@ -315,8 +315,7 @@ async fn connect_once(
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let stopping = shared.draining.is_cancelled().then_some(SHUTTING_DOWN);
-                    on_publish(device, work, &p.topic, p.payload, stopping);
+                    on_publish(device, work, &p.topic, p.payload, shared.draining.is_cancelled());
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -375,7 +374,7 @@ async fn drain(
                 work.collect();
             }
             event = eventloop.poll() => match event {
-                Ok(Event::Incoming(Packet::Publish(p))) => on_publish(device, work, &p.topic, p.payload, Some(SHUTTING_DOWN)),
+                Ok(Event::Incoming(Packet::Publish(p))) => on_publish(device, work, &p.topic, p.payload, true),
                 Ok(_) => {}
                 Err(_) => return,
             }
@@ -462,16 +461,14 @@ async fn write_replies(
     written
 }
 
-/// Why a request that arrives while its device is stopping (at shutdown, or to restart it with
-/// a changed config) is answered 503 instead of being run.
-const SHUTTING_DOWN: &str = "leafgate is stopping this device (shutdown or config reload)";
-
 fn on_publish(
     device: &Arc<Device>,
     work: &mut Work,
     topic: &str,
     payload: bytes::Bytes,
-    stopping: Option<&'static str>,
+    // The device is stopping (shutdown, or a restart for a changed config): new requests get
+    // 503 and are not run.
+    stopping: bool,
 ) {
     let received = Instant::now();
     let id = &device.id;
@@ -484,17 +481,17 @@ fn on_publish(
         }
     };
     let bus = device.bus.id();
-    let refusal = match stopping {
-        Some(_) => Some(crate::mapping::Failure::ShuttingDown {
+    let refusal = if stopping {
+        Some(crate::mapping::Failure::ShuttingDown {
             bus: bus.to_owned(),
-        }),
-        None if work.tasks.len() >= MAX_IN_FLIGHT => {
-            Some(crate::mapping::Failure::TooManyInProgress {
-                bus: bus.to_owned(),
-                limit: MAX_IN_FLIGHT,
-            })
-        }
-        None => None,
+        })
+    } else if work.tasks.len() >= MAX_IN_FLIGHT {
+        Some(crate::mapping::Failure::TooManyInProgress {
+            bus: bus.to_owned(),
+            limit: MAX_IN_FLIGHT,
+        })
+    } else {
+        None
     };
     if let Some(failure) = refusal {
         // Answered on the spot, without a task: the refusal cannot itself be refused. Status,
