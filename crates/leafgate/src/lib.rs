@@ -11,6 +11,8 @@
 //! - [`systemd`]: journald-or-stderr logging and service notifications.
 //! - [`chain`]: an error and its causes on one line, for logs and messages.
 //! - [`logtext`]: untrusted text (method names, rids, topics, replies) bounded for log lines.
+//! - [`regular_file`]: bounded, non-blocking reads of the files an operator names (config, keys,
+//!   CA certificates).
 //! - [`backoff`]: jittered exponential backoff shared by sessions and buses.
 
 pub mod backoff;
@@ -21,4 +23,5 @@ pub mod gateway;
 pub mod hub;
 pub mod logtext;
 pub mod mapping;
+pub mod regular_file;
 pub mod systemd;

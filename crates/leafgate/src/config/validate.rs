@@ -979,7 +979,7 @@ fn resolve_key(
     let key_file = d.shared_access_key_file.as_ref()?;
     let kpath = format!("{path}.shared_access_key_file");
     // A key is 44 characters; 4 KiB leaves room for comments and never reads a device forever.
-    match super::load::read_limited(key_file, 4096) {
+    match crate::regular_file::read_limited(key_file, 4096) {
         Ok(text) => match Key::from_base64(text.trim()) {
             Ok(k) => Some(k),
             Err(e) => {

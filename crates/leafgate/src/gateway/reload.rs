@@ -55,7 +55,7 @@ impl HubIdentity {
     #[must_use]
     pub fn of(hub: &config::Hub) -> HubIdentity {
         let ca = hub.ca_file.as_ref().map(|path: &PathBuf| {
-            config::load::read_regular(path, crate::hub::tls::MAX_CA_BYTES)
+            crate::regular_file::read_regular(path, crate::hub::tls::MAX_CA_BYTES)
                 .map_err(|e| e.to_string())
         });
         HubIdentity {

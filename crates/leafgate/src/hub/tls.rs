@@ -55,7 +55,7 @@ pub fn add_ca_file(path: &Path, roots: &mut RootCertStore) -> Result<usize, Erro
         return Err(Error::CaIsDirectory(shown));
     }
     let pem =
-        crate::config::load::read_limited(path, MAX_CA_BYTES).map_err(|source| Error::ReadCa {
+        crate::regular_file::read_limited(path, MAX_CA_BYTES).map_err(|source| Error::ReadCa {
             path: shown.clone(),
             source,
         })?;
