@@ -12,9 +12,9 @@ pub mod validate;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 pub use crate::bus::spec::{Bus, BusSpec, Line, SerialFraming};
+pub use crate::hub::Settings as Hub;
 pub use error::{Error, Problem};
 
 use crate::hub::sas::Key;
@@ -34,23 +34,6 @@ pub struct Config {
     pub files: Vec<PathBuf>,
     /// Things worth fixing that do not stop leafgate (files with keys readable by others).
     pub warnings: Vec<Problem>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Hub {
-    pub hostname: String,
-    /// Where TCP/TLS goes: `gateway_hostname` if set, else `hostname`.
-    pub connect_host: String,
-    pub gateway_hostname: Option<String>,
-    pub port: u16,
-    pub ca_file: Option<PathBuf>,
-    pub keep_alive: Duration,
-    pub sas_ttl: Duration,
-    pub max_connects_per_s: u32,
-    pub max_payload_bytes: usize,
-    pub connect_timeout: Duration,
-    pub reconnect_min: Duration,
-    pub reconnect_max: Duration,
 }
 
 #[derive(Debug, Clone)]

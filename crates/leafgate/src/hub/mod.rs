@@ -1,11 +1,14 @@
 //! Everything IoT Hub: credentials, SAS tokens, topics, and the per-device MQTT session.
 //!
 //! `sas`, `topics` and `connstr` are pure; `session` does the I/O; `limiter` paces connects
-//! across all sessions; `tls` builds the shared TLS settings.
+//! across all sessions; `tls` builds the shared TLS settings; `settings` is `[hub]` validated.
 
 pub mod connstr;
 pub mod limiter;
 pub mod sas;
 pub mod session;
+pub mod settings;
 pub mod tls;
 pub mod topics;
+
+pub use settings::Settings;

@@ -23,10 +23,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::Settings;
 use super::limiter::Pacer;
 use super::{sas, topics};
 use crate::backoff::{self, Backoff};
-use crate::config;
 use crate::gateway::device::Device;
 use crate::logtext;
 
@@ -49,7 +49,7 @@ const CLIENT_REQUESTS: usize = 4;
 
 /// What every session shares.
 pub struct Shared {
-    pub hub: config::Hub,
+    pub hub: Settings,
     pub tls: Arc<rustls::ClientConfig>,
     pub pacer: Pacer,
     /// Sessions currently connected and subscribed (for status lines). Shared with the sessions
@@ -86,7 +86,7 @@ fn renewal_delay(ttl: Duration) -> Duration {
 /// This used to be a fixed 60 s counted from the start of the attempt, so a connect that
 /// stalled until a long `connect_timeout_s` also reset the backoff, and a test could not see a
 /// reset without a minute-long connection.
-fn stable_after(hub: &config::Hub) -> Duration {
+fn stable_after(hub: &Settings) -> Duration {
     hub.reconnect_max.min(Duration::from_secs(60))
 }
 
