@@ -14,9 +14,9 @@ skipped; `super` inside an inline `mod tests { … }` counts from that inline mo
 an ancestor module (a child naming `super::Thing`) is not an edge: the ancestor declares the child,
 so that link exists anyway and would make every re-export look circular.
 
-It also checks the layer rules of the daemon library that hold today (`LAYERS`): the field side
-(`bus`) and the pure mapping import none of the layers above them, and the mapping does not load
-config.
+It also checks the layer rules of the daemon library (`LAYERS`): the field side (`bus`), the
+pure mapping and the hub side import none of the layers above them and not the config loader,
+and services do not import the supervisor.
 
 Usage: scripts/check-import-cycles.py [REPO]   (exit 0: no cycle; 1: cycles, listed on stderr)
 Run by .ci/run beside scripts/check-layers.sh.
@@ -32,6 +32,8 @@ LAYERS = {
     "crates/leafgate/src": {
         "bus": ["config", "mapping", "hub", "services", "gateway"],
         "mapping": ["config", "hub", "services", "gateway"],
+        "hub": ["config", "mapping", "services", "gateway"],
+        "services": ["gateway"],
     },
 }
 
@@ -314,7 +316,11 @@ def main():
         return 1
     print(
         f"check-import-cycles: {len(crates)} crates, no import cycle between their files; "
-        "bus and mapping import no layer above them"
+        + "; ".join(
+            f"{layer} imports none of {', '.join(banned)}"
+            for rules in LAYERS.values()
+            for layer, banned in rules.items()
+        )
     )
     return 0
 

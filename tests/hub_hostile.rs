@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use leafgate::gateway::Gateway;
-use leafgate::hub::session::MAX_IN_FLIGHT;
+use leafgate::services::methods::MAX_IN_FLIGHT;
 use leafgate_sim::modbus::{Fault, Registers, TcpServer};
 use rumqttc::mqttbytes::QoS;
 use rumqttc::mqttbytes::v4::{ConnAck, ConnectReturnCode, Packet, Publish, SubAck};
@@ -281,6 +281,49 @@ async fn a_hub_that_never_answers_subscribe_is_left_and_a_request_meanwhile_is_a
     next.suback(&sub).await;
     next.send(&[request("modbus.read", "after", &read)]).await;
     assert_eq!(next.replies(1).await["after"].0, 200);
+    drop(gateway);
+}
+
+/// The session subscribes to what its services need (for a device with direct methods: the
+/// methods filter, in one SUBSCRIBE) and hands each publish to the service that claims its
+/// topic. A publish on a topic nobody subscribed to, or a method topic without a rid, is
+/// logged and dropped: no reply, no crash, and the connection keeps serving.
+#[tokio::test]
+async fn publishes_no_service_claims_are_dropped_and_the_device_keeps_serving() {
+    let regs = Registers::with_units([1]);
+    regs.set_holding(1, 3, &[9]);
+    let plc = TcpServer::start(regs).await.unwrap();
+    let hub = RawHub::start(&plc, "", "").await;
+    let gateway = hub.gateway();
+    let mut conn = hub.accept().await;
+    let sub = conn.subscribe().await;
+    let filters: Vec<&str> = sub.filters.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(filters, ["$iothub/methods/POST/#"]);
+    conn.suback(&sub).await;
+
+    let stray = |topic: &str, qos| {
+        let mut p = Publish::new(topic, qos, b"{}".to_vec());
+        p.pkid = u16::from(qos == QoS::AtLeastOnce);
+        Packet::Publish(p)
+    };
+    let read = serde_json::json!({"table": "holding", "address": 3, "count": 1});
+    conn.send(&[
+        stray("devices/dev-1/messages/devicebound/%24.to=x", QoS::AtMostOnce),
+        stray("$iothub/twin/res/200/?$rid=1", QoS::AtMostOnce),
+        // QoS 1 on a QoS 0 subscription: acknowledged by rumqttc, handed to no service.
+        stray("devices/dev-1/messages/devicebound/", QoS::AtLeastOnce),
+        stray("$iothub/methods/POST/modbus.read/", QoS::AtMostOnce),
+        stray("$iothub/methods/POST//?$rid=empty-name", QoS::AtMostOnce),
+        request("modbus.read", "after", &read),
+    ])
+    .await;
+    // `replies` panics on any reply that is not a method response and on a second reply, so
+    // one reply to "after" and nothing else means the strays went unanswered.
+    let replies = conn.replies(1).await;
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    assert_eq!(replies["after"], (200, serde_json::json!({"values": [9]})));
+    conn.send(&[request("modbus.read", "still-up", &read)]).await;
+    assert_eq!(conn.replies(1).await["still-up"].0, 200);
     drop(gateway);
 }
 

@@ -3,10 +3,12 @@
 //!
 //! # Layout
 //! - [`config`]: file schema, loading (base file + `conf.d` drop-ins), validation.
-//! - [`hub`]: IoT Hub device side: SAS tokens, connection strings, method topics, sessions.
+//! - [`hub`]: IoT Hub device side: SAS tokens, connection strings, topics, TLS, one MQTT session
+//!   per device and the seam services plug into (`hub::service`).
+//! - [`services`]: what joins hub messages to the hardware; direct methods are the first.
 //! - [`mapping`]: method definitions → bus operations → JSON replies, and the status contract.
 //! - [`bus`]: one actor per physical bus (Modbus TCP, Modbus RTU, raw serial).
-//! - [`gateway`]: the supervisor that builds buses and device sessions, owns shutdown and reload,
+//! - [`gateway`]: the supervisor that builds buses, services and device sessions, owns shutdown and reload,
 //!   and (`gateway::service`) the daemon loop: signals, systemd notifications, watchdog.
 //! - [`systemd`]: journald-or-stderr logging and service notifications.
 //! - [`chain`]: an error and its causes on one line, for logs and messages.
@@ -24,4 +26,5 @@ pub mod hub;
 pub mod logtext;
 pub mod mapping;
 pub mod regular_file;
+pub mod services;
 pub mod systemd;

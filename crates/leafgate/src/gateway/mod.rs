@@ -1,8 +1,7 @@
-//! The supervisor: builds bus actors and device sessions from a config, runs them, applies a
-//! reloaded config by restarting only what changed, and owns shutdown (stop taking requests, let
-//! in-flight ones finish, disconnect).
+//! The supervisor: builds bus actors, each device's services and its session from a config,
+//! runs them, applies a reloaded config by restarting only what changed, and owns shutdown (stop
+//! taking requests, let in-flight ones finish, disconnect).
 //!
-//! - [`device`]: one leaf device at run time, from request to status and reply body.
 //! - [`reload`]: what a new config changes (pure).
 //! - [`service`]: the daemon around it: signals, systemd notifications, watchdog.
 //!
@@ -12,7 +11,6 @@
 //! restarted bus opens its line only after every old device on it finished and the old actor
 //! let go of the line.
 
-pub mod device;
 pub mod reload;
 pub mod service;
 
@@ -28,7 +26,9 @@ use crate::bus;
 use crate::config::schema::BusKind;
 use crate::config::{self, BusSpec, Config};
 use crate::hub::limiter::Pacer;
+use crate::hub::service::Service;
 use crate::hub::{session, tls};
+use crate::services::methods::{self, Methods};
 pub use reload::HubIdentity;
 use reload::Identity;
 pub use reload::Plan;
@@ -188,9 +188,9 @@ impl Gateway {
     ) -> Option<RunningDevice> {
         // Validation guarantees the bus exists.
         let bus = self.buses.get(&config.bus)?;
-        let device = Arc::new(device::Device {
-            id: config.id.as_str().into(),
-            key: config.key.clone(),
+        let id: Arc<str> = config.id.as_str().into();
+        let methods = Methods::new(methods::Device {
+            id: id.clone(),
             unit: config.unit,
             bus_kind: bus.kind,
             bus: bus.handle.clone(),
@@ -198,6 +198,11 @@ impl Gateway {
             raw_methods: config.raw_methods,
             max_payload_bytes: self.shared.hub.max_payload_bytes,
         });
+        let credentials = session::Credentials {
+            device_id: id,
+            key: config.key.clone(),
+        };
+        let services: Vec<Box<dyn Service>> = vec![Box::new(methods)];
         let longest_method = config
             .methods
             .values()
@@ -214,7 +219,7 @@ impl Gateway {
                 previous.cancelled().await;
             }
             if !session_stop.is_cancelled() {
-                session::run(device, shared, session_stop).await;
+                session::run(credentials, services, shared, session_stop).await;
             }
         });
         Some(RunningDevice {

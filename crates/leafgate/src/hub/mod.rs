@@ -5,7 +5,9 @@
 
 pub mod connstr;
 pub mod limiter;
+pub mod outbound;
 pub mod sas;
+pub mod service;
 pub mod session;
 pub mod settings;
 pub mod tls;

@@ -1,13 +1,15 @@
 //! One device's MQTT session with IoT Hub: connect under the device's own identity, subscribe to
-//! method requests after every CONNACK, serve requests, renew the SAS token before it expires,
-//! reconnect with jittered backoff, and stop cleanly.
+//! what the device's services need after every CONNACK, hand each incoming publish to the
+//! service that claims its topic, publish what the services hand back, renew the SAS token
+//! before it expires, reconnect with jittered backoff, and stop cleanly.
 //!
 //! Each (re)connect builds a fresh rumqttc client and event loop, so one task never holds two
 //! connections for its device id (IoT Hub would evict one with the other, forever).
 //!
-//! Method tasks do not publish themselves: they hand their reply to the session, which publishes
-//! it on whatever connection is current, as long as the method's deadline has not passed. A reply
-//! whose connection dropped (or was renewed) while the hardware was busy still reaches the hub.
+//! Service tasks do not publish themselves: they hand their message to the session, which
+//! publishes it on whatever connection is current, as long as its deadline has not passed. A
+//! method reply whose connection dropped (or was renewed) while the hardware was busy still
+//! reaches the hub. The session knows no method semantics: see [`super::service`].
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -16,7 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, Event, MqttOptions, Packet, QoS,
-    SubscribeReasonCode, TlsConfiguration, Transport,
+    SubscribeFilter, SubscribeReasonCode, TlsConfiguration, Transport,
 };
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -25,26 +27,21 @@ use tokio_util::task::TaskTracker;
 
 use super::Settings;
 use super::limiter::Pacer;
-use super::{sas, topics};
+use super::outbound::{Label, Outbound, Work};
+use super::sas::{self, Key};
+use super::service::{Context, Service};
 use crate::backoff::{self, Backoff};
-use crate::gateway::device::Device;
 use crate::logtext;
 
 /// The API version IoT Hub recommends; see iothub-protocol.md 1.2.
 pub const API_VERSION: &str = "2021-04-12";
 
-/// Replies handed over by method tasks and not yet taken by the session, per device. Tasks wait
-/// (within their deadline) beyond it; the session takes them in batches.
-const REPLY_QUEUE: usize = 256;
+/// Messages handed over by service tasks and not yet taken by the session, per device. Tasks
+/// wait beyond it; the session takes them in batches.
+const OUTBOUND_QUEUE: usize = 256;
 
-/// Requests one device may have in progress: running on its bus, or with their reply not yet
-/// written. A request beyond it is answered 503 at once and never reaches the hardware. It
-/// bounds what a hub flooding one device can pin in memory (each request holds its payload);
-/// the bus's own deadline admission usually refuses the excess long before this.
-pub const MAX_IN_FLIGHT: usize = 1024;
-
-/// rumqttc's request channel now carries only SUBSCRIBE and DISCONNECT: replies are written by
-/// the session itself (see [`write_replies`]).
+/// rumqttc's request channel carries only SUBSCRIBE and DISCONNECT: messages are written by the
+/// session itself (see [`write`]).
 const CLIENT_REQUESTS: usize = 4;
 
 /// What every session shares.
@@ -55,8 +52,15 @@ pub struct Shared {
     /// Sessions currently connected and subscribed (for status lines). Shared with the sessions
     /// of earlier configs that are still draining after a reload.
     pub connected: Arc<AtomicUsize>,
-    /// Stop taking new requests (answer 503) but keep sessions up to publish in-flight replies.
+    /// Services stop taking new work (methods answer 503), but sessions stay up to publish
+    /// what is in progress.
     pub draining: CancellationToken,
+}
+
+/// Who a session connects as.
+pub struct Credentials {
+    pub device_id: Arc<str>,
+    pub key: Key,
 }
 
 /// The MQTT username for a device.
@@ -90,51 +94,59 @@ fn stable_after(hub: &Settings) -> Duration {
     hub.reconnect_max.min(Duration::from_secs(60))
 }
 
-/// A method reply on its way to the hub. Boxed in the queue: tokio allocates a bounded
-/// channel's first block of 32 slots up front, and 32 inline replies cost every device 3.5 KiB
-/// of idle memory (heaptrack, issue 6); 32 pointers cost 256 bytes.
-struct Reply {
-    topic: String,
-    body: Vec<u8>,
-    status: u16,
-    deadline: Instant,
-    /// Method name and rid as log lines show them ([`logtext::clip`]).
-    method: String,
-    rid: String,
-}
-
 enum Ended {
     Shutdown,
     Renew,
     Failed { error: String, refused: bool },
 }
 
-/// The session's side of the reply queue and the method tasks it started. Lives as long as the
-/// session, across reconnects: a reply whose connection dropped while the hardware was busy
-/// goes out on the next one, within its deadline.
-struct Work {
-    tx: mpsc::Sender<Box<Reply>>,
-    rx: mpsc::Receiver<Box<Reply>>,
-    /// Replies taken from `rx` (or refusals made on the spot) and not yet written.
-    outbox: VecDeque<Box<Reply>>,
-    tasks: TaskTracker,
+/// A device's session and the services it carries.
+struct Device {
+    id: Arc<str>,
+    key: Key,
+    services: Vec<Box<dyn Service>>,
 }
 
-impl Work {
-    /// Moves every reply the tasks have handed over into the outbox.
-    fn collect(&mut self) {
-        while let Ok(reply) = self.rx.try_recv() {
-            self.outbox.push_back(reply);
-        }
+impl Device {
+    /// Hands one incoming publish to the first service that claims its topic.
+    fn on_publish(&self, work: &mut Work, topic: &str, payload: bytes::Bytes, stopping: bool) {
+        let Some(service) = self.services.iter().find(|s| s.claims(topic)) else {
+            // Nothing to answer: no service knows how to correlate a reply.
+            let id = &*self.id;
+            log::warn!(device_id = id; "device {id}: ignoring publish on {:?}: no service of this device subscribed to it", logtext::clip(topic));
+            return;
+        };
+        let mut ctx = Context {
+            device_id: &self.id,
+            stopping,
+            work,
+        };
+        service.on_publish(topic, payload, &mut ctx);
+    }
+
+    /// "methods", or "methods, twin" once a device carries several services.
+    fn listening_for(&self) -> String {
+        let names: Vec<&str> = self.services.iter().map(|s| s.name()).collect();
+        names.join(", ")
     }
 }
 
-/// Runs a device's session until `shutdown` is cancelled.
-pub async fn run(device: Arc<Device>, shared: Arc<Shared>, shutdown: CancellationToken) {
+/// Runs a device's session with its services until `shutdown` is cancelled.
+pub async fn run(
+    credentials: Credentials,
+    services: Vec<Box<dyn Service>>,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    let device = Device {
+        id: credentials.device_id,
+        key: credentials.key,
+        services,
+    };
     let id = device.id.clone();
     let hub = &shared.hub;
     let mut backoff = Backoff::new(hub.reconnect_min, hub.reconnect_max);
-    let (tx, rx) = mpsc::channel(REPLY_QUEUE);
+    let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
     let mut work = Work {
         tx,
         rx,
@@ -176,23 +188,19 @@ pub async fn run(device: Arc<Device>, shared: Arc<Shared>, shutdown: Cancellatio
             }
         }
     }
-    // Stopped while not connected: methods in flight finish on the hardware (a write is never
-    // cut in half), but their replies have no connection to go to.
+    // Stopped while not connected: work in flight finishes on the hardware (a write is never
+    // cut in half), but its replies have no connection to go to.
     work.tasks.close();
     if !work.tasks.is_empty() {
-        log::warn!(device_id = &*id; "device {id}: stopping while disconnected; waiting for {} method(s) in flight, whose replies cannot be delivered", work.tasks.len());
+        log::warn!(device_id = &*id; "device {id}: stopping while disconnected; waiting for {} request(s) in flight, whose replies cannot be delivered", work.tasks.len());
     }
     work.tasks.wait().await;
     work.collect();
-    for reply in work.outbox.drain(..) {
-        let Reply {
-            status,
-            method,
-            rid,
-            ..
-        } = *reply;
-        log::warn!(device_id = &*id, method = &*method, rid = &*rid, status = status;
-            "method {method} on {id}: reply {status} not delivered: the device stopped while disconnected from the hub");
+    for message in work.outbox.drain(..) {
+        message.label().warn(
+            &id,
+            format_args!("not delivered: the device stopped while disconnected from the hub"),
+        );
     }
 }
 
@@ -214,7 +222,7 @@ fn describe(error: &ConnectionError) -> (String, bool) {
 /// One connection, from the attempt to its end; also returns how long it was up, if it got a
 /// CONNACK.
 async fn connect_once(
-    device: &Arc<Device>,
+    device: &Device,
     shared: &Arc<Shared>,
     shutdown: &CancellationToken,
     work: &mut Work,
@@ -234,7 +242,7 @@ async fn connect_once(
         .set_credentials(username(&hub.hostname, &id), token)
         .set_keep_alive(hub.keep_alive)
         .set_clean_session(false)
-        // Replies go out at QoS 0 and the subscription is QoS 0, so nothing is ever in flight;
+        // Messages go out at QoS 0 and subscriptions are QoS 0, so nothing is ever in flight;
         // rumqttc keeps a slot per allowed in-flight publish in every session (100 by default,
         // 12 KiB per device at 10,000 devices; heaptrack, issue 6).
         .set_inflight(1)
@@ -265,10 +273,15 @@ async fn connect_once(
     tokio::pin!(suback);
     let mut connected_at: Option<Instant> = None;
     let mut subscribed = false;
+    let filters: Vec<String> = device
+        .services
+        .iter()
+        .flat_map(|s| s.filters(&id))
+        .collect();
     let result = loop {
         if connected_at.is_some() && !work.outbox.is_empty() {
             if let Err(error) =
-                write_replies(&id, &mut eventloop, &mut work.outbox, hub.connect_timeout).await
+                write(&id, &mut eventloop, &mut work.outbox, hub.connect_timeout).await
             {
                 break Ended::Failed {
                     error,
@@ -281,27 +294,34 @@ async fn connect_once(
             () = &mut renew => break Ended::Renew,
             () = &mut suback, if connected_at.is_some() && !subscribed => {
                 break Ended::Failed {
-                    error: format!("the hub did not answer SUBSCRIBE to {} within {} s", topics::METHODS_FILTER, hub.connect_timeout.as_secs()),
+                    error: format!("the hub did not answer SUBSCRIBE to {} within {} s", filters.join(", "), hub.connect_timeout.as_secs()),
                     refused: false,
                 };
             }
             // Not before CONNACK: a poll dropped while connecting would connect afresh, past
             // the pacer.
-            Some(reply) = work.rx.recv(), if connected_at.is_some() => {
-                work.outbox.push_back(reply);
+            Some(message) = work.rx.recv(), if connected_at.is_some() => {
+                work.outbox.push_back(message);
                 work.collect();
             }
             event = eventloop.poll() => match event {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     connected_at = Some(Instant::now());
                     suback.as_mut().reset(Instant::now() + hub.connect_timeout);
-                    if let Err(e) = client.try_subscribe(topics::METHODS_FILTER, QoS::AtMostOnce) {
-                        break Ended::Failed { error: format!("cannot subscribe to methods: {e}"), refused: false };
+                    // One SUBSCRIBE for every service's filters, so one SUBACK says the device
+                    // hears everything it should.
+                    let subscribe = filters.iter().map(|f| SubscribeFilter::new(f.clone(), QoS::AtMostOnce));
+                    if let Err(e) = client.try_subscribe_many(subscribe) {
+                        break Ended::Failed { error: format!("cannot subscribe to {}: {e}", filters.join(", ")), refused: false };
                     }
                 }
                 Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                    if ack.return_codes.iter().any(|c| matches!(c, SubscribeReasonCode::Failure)) {
-                        break Ended::Failed { error: format!("hub refused the subscription to {}", topics::METHODS_FILTER), refused: true };
+                    let refused: Vec<&str> = ack.return_codes.iter().zip(&filters)
+                        .filter(|(code, _)| matches!(code, SubscribeReasonCode::Failure))
+                        .map(|(_, filter)| filter.as_str())
+                        .collect();
+                    if !refused.is_empty() {
+                        break Ended::Failed { error: format!("hub refused the subscription to {}", refused.join(", ")), refused: true };
                     }
                     if !subscribed {
                         subscribed = true;
@@ -311,11 +331,11 @@ async fn connect_once(
                         // renewal, which wakes the task anyway.
                         suback.as_mut().reset(renew_at);
                         let n = shared.connected.fetch_add(1, Ordering::Relaxed) + 1;
-                        log::info!(device_id = &*id; "device {id}: connected to {} and listening for methods ({n} connected)", hub.connect_host);
+                        log::info!(device_id = &*id; "device {id}: connected to {} and listening for {} ({n} connected)", hub.connect_host, device.listening_for());
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    on_publish(device, work, &p.topic, p.payload, shared.draining.is_cancelled());
+                    device.on_publish(work, &p.topic, p.payload, shared.draining.is_cancelled());
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -343,10 +363,10 @@ async fn connect_once(
     (result, up_for)
 }
 
-/// On shutdown: answer new requests 503, let methods in flight finish and publish their replies
-/// (each within its own deadline), then disconnect.
+/// On shutdown: services refuse new work (methods answer 503), work in flight finishes and its
+/// replies are published (each within its own deadline), then disconnect.
 async fn drain(
-    device: &Arc<Device>,
+    device: &Device,
     client: &AsyncClient,
     eventloop: &mut rumqttc::EventLoop,
     work: &mut Work,
@@ -355,13 +375,13 @@ async fn drain(
     let id = &*device.id;
     work.tasks.close();
     if !work.tasks.is_empty() {
-        log::info!(device_id = id; "device {id}: waiting for {} method(s) in flight before disconnecting", work.tasks.len());
+        log::info!(device_id = id; "device {id}: waiting for {} request(s) in flight before disconnecting", work.tasks.len());
     }
     let tasks = work.tasks.clone();
     let done = tasks.wait();
     tokio::pin!(done);
     loop {
-        if write_replies(id, eventloop, &mut work.outbox, write_timeout)
+        if write(id, eventloop, &mut work.outbox, write_timeout)
             .await
             .is_err()
         {
@@ -369,19 +389,19 @@ async fn drain(
         }
         tokio::select! {
             () = &mut done => break,
-            Some(reply) = work.rx.recv() => {
-                work.outbox.push_back(reply);
+            Some(message) = work.rx.recv() => {
+                work.outbox.push_back(message);
                 work.collect();
             }
             event = eventloop.poll() => match event {
-                Ok(Event::Incoming(Packet::Publish(p))) => on_publish(device, work, &p.topic, p.payload, true),
+                Ok(Event::Incoming(Packet::Publish(p))) => device.on_publish(work, &p.topic, p.payload, true),
                 Ok(_) => {}
                 Err(_) => return,
             }
         }
     }
     work.collect();
-    if write_replies(id, eventloop, &mut work.outbox, write_timeout)
+    if write(id, eventloop, &mut work.outbox, write_timeout)
         .await
         .is_ok()
     {
@@ -402,9 +422,9 @@ async fn disconnect(client: &AsyncClient, eventloop: &mut rumqttc::EventLoop) {
     .await;
 }
 
-/// Writes every reply in `outbox` to the connection and flushes once.
+/// Writes every message in `outbox` to the connection and flushes once.
 ///
-/// Replies bypass rumqttc's request channel on purpose. Its event loop reads up to ten incoming
+/// Messages bypass rumqttc's request channel on purpose. Its event loop reads up to ten incoming
 /// packets for each outgoing request it takes, and hands buffered incoming packets out before
 /// it takes any: under a burst of requests the channel filled and replies were lost (1,543 of
 /// 3,000 in one outside run). Written here, every reply leaves as soon as it is ready, a burst
@@ -412,37 +432,31 @@ async fn disconnect(client: &AsyncClient, eventloop: &mut rumqttc::EventLoop) {
 /// (TCP backpressure) instead of growing a queue. QoS 0 publishes carry no packet id and need
 /// nothing of rumqttc's session state.
 ///
-/// Replies past their deadline are dropped here (the hub has answered 504 already). With no
-/// connection the outbox is kept for the next one. On a write failure every reply of this batch
-/// is logged as possibly lost, and the error ends the connection.
-async fn write_replies(
+/// Replies past their deadline are dropped here (for a method, the hub has answered 504
+/// already). With no connection the outbox is kept for the next one. On a write failure every
+/// message of this batch is logged as possibly lost, and the error ends the connection.
+async fn write(
     id: &str,
     eventloop: &mut rumqttc::EventLoop,
-    outbox: &mut VecDeque<Box<Reply>>,
+    outbox: &mut VecDeque<Box<Outbound>>,
     timeout: Duration,
 ) -> Result<(), String> {
     let Some(network) = eventloop.network.as_mut() else {
         return Ok(());
     };
     let now = Instant::now();
-    let mut batch: Vec<(String, String, u16)> = Vec::new();
+    let mut batch: Vec<Label> = Vec::new();
     let written = tokio::time::timeout(timeout, async {
-        while let Some(reply) = outbox.pop_front() {
-            let Reply {
-                topic,
-                body,
-                status,
-                deadline,
-                method,
-                rid,
-            } = *reply;
-            if now > deadline {
-                log::warn!(device_id = id, method = &*method, rid = &*rid, status = status;
-                    "method {method} on {id}: reply {status} ready after its deadline; not published");
+        while let Some(message) = outbox.pop_front() {
+            let Outbound::Reply(reply) = *message;
+            if now > reply.deadline {
+                reply
+                    .label
+                    .warn(id, format_args!("ready after its deadline; not published"));
                 continue;
             }
-            batch.push((method, rid, status));
-            let publish = rumqttc::Publish::new(topic, QoS::AtMostOnce, body);
+            batch.push(reply.label);
+            let publish = rumqttc::Publish::new(reply.topic, QoS::AtMostOnce, reply.body);
             network
                 .write(Packet::Publish(publish))
                 .await
@@ -451,85 +465,18 @@ async fn write_replies(
         network.flush().await.map_err(|e| e.to_string())
     })
     .await
-    .unwrap_or_else(|_| Err(format!("writing replies timed out after {} s", timeout.as_secs())));
+    .unwrap_or_else(|_| {
+        Err(format!(
+            "writing replies timed out after {} s",
+            timeout.as_secs()
+        ))
+    });
     if let Err(error) = &written {
-        for (method, rid, status) in &batch {
-            log::warn!(device_id = id, method = &**method, rid = &**rid, status = *status;
-                "method {method} on {id}: reply {status} may not have reached the hub: {error}");
+        for label in &batch {
+            label.warn(id, format_args!("may not have reached the hub: {error}"));
         }
     }
     written
-}
-
-fn on_publish(
-    device: &Arc<Device>,
-    work: &mut Work,
-    topic: &str,
-    payload: bytes::Bytes,
-    // The device is stopping (shutdown, or a restart for a changed config): new requests get
-    // 503 and are not run.
-    stopping: bool,
-) {
-    let received = Instant::now();
-    let id = &device.id;
-    let (name, rid) = match topics::parse_request(topic) {
-        Ok(t) => (t.name.to_owned(), t.rid.to_owned()),
-        Err(e) => {
-            // Nothing to answer: without a rid the hub cannot correlate a reply.
-            log::warn!(device_id = &**id; "device {id}: ignoring publish on {:?}: {e}", logtext::clip(topic));
-            return;
-        }
-    };
-    let bus = device.bus.id();
-    let refusal = if stopping {
-        Some(crate::mapping::Failure::ShuttingDown {
-            bus: bus.to_owned(),
-        })
-    } else if work.tasks.len() >= MAX_IN_FLIGHT {
-        Some(crate::mapping::Failure::TooManyInProgress {
-            bus: bus.to_owned(),
-            limit: MAX_IN_FLIGHT,
-        })
-    } else {
-        None
-    };
-    if let Some(failure) = refusal {
-        // Answered on the spot, without a task: the refusal cannot itself be refused. Status,
-        // body and level come from the status map, like every other failure's.
-        let (status, body, level) = crate::mapping::respond(&failure);
-        let (shown, shown_rid) = (logtext::clip(&name), logtext::clip(&rid));
-        log::log!(level, device_id = &**id, method = &*shown, rid = &*shown_rid, bus = bus, status = status, duration_ms = 0;
-            "method {shown} on {id}: {status} {failure}");
-        work.outbox.push_back(Box::new(Reply {
-            topic: topics::response(status, &rid),
-            body: serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec()),
-            status,
-            deadline: received + Duration::from_secs(5),
-            method: shown.into_owned(),
-            rid: shown_rid.into_owned(),
-        }));
-        return;
-    }
-    let device = device.clone();
-    let tx = work.tx.clone();
-    work.tasks.spawn(async move {
-        let response = device.call(&name, &rid, &payload, received).await;
-        let body = serde_json::to_vec(&response.body).unwrap_or_else(|_| b"{}".to_vec());
-        let reply = Box::new(Reply {
-            topic: topics::response(response.status, &rid),
-            body,
-            status: response.status,
-            deadline: response.deadline,
-            method: logtext::clip_owned(name),
-            rid: logtext::clip_owned(rid),
-        });
-        if let Err(mpsc::error::SendError(reply)) = tx.send(reply).await {
-            let id = &*device.id;
-            let Reply { method, rid, status, .. } = *reply;
-            log::warn!(device_id = id, method = &*method, rid = &*rid, status = status;
-                "method {method} on {id}: reply {status} not delivered: the device's session has ended");
-        }
-    });
 }
 
 #[cfg(test)]

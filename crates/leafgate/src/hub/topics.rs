@@ -25,6 +25,13 @@ pub enum TopicError {
     EmptyName,
 }
 
+/// Whether `topic` is under the method requests' prefix (the methods service's to answer, even
+/// when [`parse_request`] then refuses it).
+#[must_use]
+pub fn is_method_request(topic: &str) -> bool {
+    topic.starts_with(REQUEST_PREFIX)
+}
+
 /// Parses a method request topic.
 ///
 /// The method name is everything between `POST/` and the last `/?`, so names holding `/` (which

@@ -1,5 +1,5 @@
-//! One leaf device at run time: its methods, its bus, and the handling of one method request
-//! from payload to status and reply body.
+//! One leaf device as direct methods see it: its methods, its bus, and the handling of one
+//! method request from payload to status and reply body.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -11,13 +11,11 @@ use tokio::time::Instant;
 use crate::bus::{self, Op};
 use crate::chain::chain;
 use crate::config::schema::BusKind;
-use crate::hub::sas::Key;
 use crate::logtext;
 use crate::mapping::{Failure, Method, raw, respond};
 
 pub struct Device {
     pub id: Arc<str>,
-    pub key: Key,
     pub unit: u8,
     pub bus_kind: BusKind,
     pub bus: bus::Handle,

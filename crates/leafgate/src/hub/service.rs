@@ -1,0 +1,89 @@
+//! The seam between a device's MQTT session and the services that use it.
+//!
+//! The session owns the connection: identity, renewal, paced reconnects, backoff, writing on
+//! whatever connection is current, clean stop. It knows no method, twin or telemetry
+//! semantics. A service (direct methods today; telemetry, twin and C2D next) tells it which
+//! topics to subscribe, is handed every incoming publish on a topic it claims, and hands back
+//! typed [`Outbound`] messages. Services live above the hub side (`crate::services`) and join
+//! these messages to the hardware; nothing here imports them.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::outbound::Work;
+pub use super::outbound::{Label, Outbound, Reply};
+
+/// What one device's session asks of each service it carries.
+///
+/// Calls come from the session's own task, between network reads: they must return at once.
+/// Anything slow (a bus transaction) goes to [`Context::spawn`], whose result the session
+/// publishes when it is ready.
+pub trait Service: Send + Sync + 'static {
+    /// What the service serves, for log lines ("listening for methods").
+    fn name(&self) -> &'static str;
+
+    /// The topic filters to subscribe (QoS 0) after every CONNACK, for the device `device_id`.
+    fn filters(&self, device_id: &str) -> Vec<String>;
+
+    /// Whether an incoming publish on `topic` is this service's. The session offers each
+    /// publish to its services in order and gives it to the first that claims it.
+    fn claims(&self, topic: &str) -> bool;
+
+    /// One incoming publish on a claimed topic.
+    fn on_publish(&self, topic: &str, payload: Bytes, ctx: &mut Context<'_>);
+}
+
+/// What a service may do with the session while it handles a publish.
+pub struct Context<'a> {
+    pub(super) device_id: &'a Arc<str>,
+    pub(super) stopping: bool,
+    pub(super) work: &'a mut Work,
+}
+
+impl Context<'_> {
+    /// The device whose session this is.
+    #[must_use]
+    pub fn device_id(&self) -> &Arc<str> {
+        self.device_id
+    }
+
+    /// The device is stopping (shutdown, or a restart for a changed config): its services
+    /// should refuse new work; what is in progress still gets published.
+    #[must_use]
+    pub fn stopping(&self) -> bool {
+        self.stopping
+    }
+
+    /// Tasks this device's services started with [`Context::spawn`] that have not ended.
+    #[must_use]
+    pub fn in_progress(&self) -> usize {
+        self.work.tasks.len()
+    }
+
+    /// Queues `message` for the next write, without a task (an answer made on the spot).
+    pub fn send(&mut self, message: Outbound) {
+        self.work.outbox.push_back(Box::new(message));
+    }
+
+    /// Runs `task`; what it returns is published on whatever connection is current when it
+    /// ends. The session waits for its tasks before it disconnects at a stop, so their answers
+    /// still go out.
+    pub fn spawn<F>(&mut self, task: F)
+    where
+        F: Future<Output = Outbound> + Send + 'static,
+    {
+        let tx = self.work.tx.clone();
+        let device_id = self.device_id.clone();
+        self.work.tasks.spawn(async move {
+            let message = Box::new(task.await);
+            if let Err(tokio::sync::mpsc::error::SendError(message)) = tx.send(message).await {
+                message.label().warn(
+                    &device_id,
+                    format_args!("not delivered: the device's session has ended"),
+                );
+            }
+        });
+    }
+}
