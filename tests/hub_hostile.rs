@@ -308,7 +308,10 @@ async fn publishes_no_service_claims_are_dropped_and_the_device_keeps_serving() 
     };
     let read = serde_json::json!({"table": "holding", "address": 3, "count": 1});
     conn.send(&[
-        stray("devices/dev-1/messages/devicebound/%24.to=x", QoS::AtMostOnce),
+        stray(
+            "devices/dev-1/messages/devicebound/%24.to=x",
+            QoS::AtMostOnce,
+        ),
         stray("$iothub/twin/res/200/?$rid=1", QoS::AtMostOnce),
         // QoS 1 on a QoS 0 subscription: acknowledged by rumqttc, handed to no service.
         stray("devices/dev-1/messages/devicebound/", QoS::AtLeastOnce),
@@ -322,7 +325,8 @@ async fn publishes_no_service_claims_are_dropped_and_the_device_keeps_serving() 
     let replies = conn.replies(1).await;
     assert_eq!(replies.len(), 1, "{replies:?}");
     assert_eq!(replies["after"], (200, serde_json::json!({"values": [9]})));
-    conn.send(&[request("modbus.read", "still-up", &read)]).await;
+    conn.send(&[request("modbus.read", "still-up", &read)])
+        .await;
     assert_eq!(conn.replies(1).await["still-up"].0, 200);
     drop(gateway);
 }

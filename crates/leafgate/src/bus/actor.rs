@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::link::{Link, Wait};
+use super::spec::Bus;
 use super::{Error, Limit, Op, Output, Timeout};
 use crate::backoff::Backoff;
 
@@ -45,19 +46,6 @@ pub struct Job {
     pub deadline: Instant,
     pub label: Label,
     pub reply: oneshot::Sender<Result<Vec<Output>, Error>>,
-}
-
-/// The actor's settings, from the bus config.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub id: Arc<str>,
-    pub timeout: Duration,
-    pub queue_capacity: usize,
-    pub retries: u32,
-    pub reconnect_min: Duration,
-    pub reconnect_max: Duration,
-    pub down_after: u32,
-    pub down_for: Duration,
 }
 
 /// A cheap, cloneable way to submit jobs to a bus.
@@ -146,11 +134,11 @@ impl Handle {
 /// Starts the actor for `link`. It runs until `shutdown` is cancelled (finishing the job in
 /// hand) or every handle is dropped; then it answers what is still queued with `ShuttingDown`.
 pub fn spawn<L: Link>(
-    settings: Settings,
+    bus: &Bus,
     link: L,
     shutdown: CancellationToken,
 ) -> (Handle, tokio::task::JoinHandle<()>) {
-    spawn_after(settings, link, shutdown, std::future::ready(()))
+    spawn_after(bus, link, shutdown, std::future::ready(()))
 }
 
 /// Like [`spawn`], but the actor touches its transport only once `gate` completes: a bus
@@ -158,24 +146,26 @@ pub fn spawn<L: Link>(
 /// submitted meanwhile wait in the queue (their deadlines still apply); if `shutdown` comes
 /// first, the actor never starts and they are answered `ShuttingDown`.
 pub fn spawn_after<L: Link>(
-    settings: Settings,
+    bus: &Bus,
     link: L,
     shutdown: CancellationToken,
     gate: impl Future<Output = ()> + Send + 'static,
 ) -> (Handle, tokio::task::JoinHandle<()>) {
-    let (tx, rx) = mpsc::channel(settings.queue_capacity.max(1));
+    let id: Arc<str> = bus.id.as_str().into();
+    let (tx, rx) = mpsc::channel(bus.queue_capacity.max(1));
     let (up_tx, up) = watch::channel(false);
     let job_us = Arc::new(AtomicU64::new(0));
     let handle = Handle {
-        id: settings.id.clone(),
+        id: id.clone(),
         tx,
-        capacity: settings.queue_capacity,
+        capacity: bus.queue_capacity,
         up,
         job_us: Arc::clone(&job_us),
     };
     let actor = Actor {
-        backoff: Backoff::new(settings.reconnect_min, settings.reconnect_max),
-        settings,
+        backoff: Backoff::new(bus.reconnect_min, bus.reconnect_max),
+        id,
+        settings: bus.clone(),
         link,
         next_open: Instant::now(),
         last_error: String::from("not connected yet"),
@@ -195,7 +185,10 @@ pub fn spawn_after<L: Link>(
 }
 
 struct Actor<L> {
-    settings: Settings,
+    id: Arc<str>,
+    /// The bus as configured: timeouts, retries, reconnect and circuit-breaker settings (its
+    /// `spec` went into `link`).
+    settings: Bus,
     link: L,
     backoff: Backoff,
     next_open: Instant,
@@ -245,11 +238,11 @@ impl<L: Link> Actor<L> {
         }
         self.link.close();
         self.up.send_replace(false);
-        log::debug!(bus = &*self.settings.id; "bus {} stopped", self.settings.id);
+        log::debug!(bus = &*self.id; "bus {} stopped", self.id);
     }
 
     async fn try_open(&mut self) {
-        let id = &*self.settings.id;
+        let id = &*self.id;
         match tokio::time::timeout(
             self.settings.timeout.max(Duration::from_secs(1)),
             self.link.open(),
@@ -289,7 +282,7 @@ impl<L: Link> Actor<L> {
         self.last_error = error.reason();
         let delay = self.backoff.next_delay();
         self.next_open = Instant::now() + delay;
-        let id = &*self.settings.id;
+        let id = &*self.id;
         log::warn!(bus = id; "bus {id} lost its link: {}; reconnecting in {} ms", self.last_error, delay.as_millis());
     }
 
@@ -300,7 +293,7 @@ impl<L: Link> Actor<L> {
             label,
             reply,
         } = job;
-        let bus = &*self.settings.id;
+        let bus = &*self.id;
         if reply.is_closed() {
             log::debug!(bus = bus, device_id = &*label.device, method = &*label.method, rid = &*label.rid; "caller gone before the job started; skipped");
             return;
@@ -365,7 +358,7 @@ impl<L: Link> Actor<L> {
     /// so a dead unit stops costing its line-mates a timeout per request. Any answer from the
     /// unit (data, an exception, even a garbled frame) proves it is there.
     fn record_health(&mut self, unit: u8, result: &Result<(), Error>, label: &Label) {
-        let bus = &*self.settings.id;
+        let bus = &*self.id;
         let health = self.units.entry(unit).or_default();
         match result {
             // Only a timeout that waited the full bus timeout says the unit is silent; one cut
@@ -408,7 +401,7 @@ impl<L: Link> Actor<L> {
         deadline: Instant,
         label: &Label,
     ) -> Result<Output, Error> {
-        let bus = &*self.settings.id;
+        let bus = &*self.id;
         let repeatable = matches!(op, Op::Read { .. });
         let mut garbled = 0;
         let mut reconnected = false;

@@ -39,23 +39,13 @@ pub fn start_after(
     shutdown: CancellationToken,
     gate: impl Future<Output = ()> + Send + 'static,
 ) -> (Handle, tokio::task::JoinHandle<()>) {
-    let settings = actor::Settings {
-        id: bus.id.as_str().into(),
-        timeout: bus.timeout,
-        queue_capacity: bus.queue_capacity,
-        retries: bus.retries,
-        reconnect_min: bus.reconnect_min,
-        reconnect_max: bus.reconnect_max,
-        down_after: bus.down_after,
-        down_for: bus.down_for,
-    };
     let connect_timeout = bus.timeout.max(std::time::Duration::from_secs(1));
     match &bus.spec {
         BusSpec::ModbusTcp {
             address,
             framing: TcpFraming::Mbap,
         } => actor::spawn_after(
-            settings,
+            bus,
             modbus_tcp::TcpLink::new(address.clone(), connect_timeout),
             shutdown,
             gate,
@@ -69,7 +59,7 @@ pub fn start_after(
                 connect_timeout,
             };
             actor::spawn_after(
-                settings,
+                bus,
                 modbus_rtu::RtuLink::new(endpoint, std::time::Duration::ZERO, bus.timeout),
                 shutdown,
                 gate,
@@ -78,7 +68,7 @@ pub fn start_after(
         BusSpec::ModbusRtu { line, frame_gap } => {
             let endpoint = modbus_rtu::Endpoint::Serial(line.clone());
             actor::spawn_after(
-                settings,
+                bus,
                 modbus_rtu::RtuLink::new(endpoint, *frame_gap, bus.timeout),
                 shutdown,
                 gate,
@@ -87,7 +77,7 @@ pub fn start_after(
         BusSpec::Serial { line, framing } => {
             let endpoint = modbus_rtu::Endpoint::Serial(line.clone());
             actor::spawn_after(
-                settings,
+                bus,
                 serial::SerialLink::new(endpoint, framing.clone(), bus.timeout),
                 shutdown,
                 gate,
