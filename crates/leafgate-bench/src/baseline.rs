@@ -488,14 +488,6 @@ fn cpu_seconds(pids: &[u32]) -> Result<f64> {
     pids.iter().map(|&pid| procfs::cpu_seconds(pid)).sum()
 }
 
-/// `Name:  value ...` from a `/proc` key-value file (the first number after the name).
-fn field(text: &str, name: &str) -> Option<u64> {
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|value| value.parse().ok())
-}
-
 fn footprint(pids: &[u32]) -> Result<Footprint> {
     let mut total = Footprint {
         processes: pids.len(),
@@ -508,9 +500,9 @@ fn footprint(pids: &[u32]) -> Result<Footprint> {
         };
         let status = read("status")?;
         let rollup = read("smaps_rollup")?;
-        total.rss_kib += field(&status, "VmRSS").unwrap_or(0);
-        total.threads += field(&status, "Threads").unwrap_or(0);
-        total.pss_kib += field(&rollup, "Pss").unwrap_or(0);
+        total.rss_kib += procfs::field(&status, "VmRSS").unwrap_or(0);
+        total.threads += procfs::field(&status, "Threads").unwrap_or(0);
+        total.pss_kib += procfs::field(&rollup, "Pss").unwrap_or(0);
     }
     Ok(total)
 }
@@ -893,17 +885,6 @@ pub fn render(r: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn proc_fields_parse() {
-        let status = "Name:\tpython\nVmRSS:\t   41234 kB\nThreads:\t9\n";
-        assert_eq!(field(status, "VmRSS"), Some(41234));
-        assert_eq!(field(status, "Threads"), Some(9));
-        assert_eq!(field(status, "Vm"), None);
-        let rollup =
-            "55d0-7ffd ---p 00000000 00:00 0 [rollup]\nRss: 100 kB\nPss: 42 kB\nPss_Anon: 7 kB\n";
-        assert_eq!(field(rollup, "Pss"), Some(42));
-    }
 
     #[test]
     fn this_process_has_a_footprint() {
