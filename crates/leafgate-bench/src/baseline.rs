@@ -20,7 +20,7 @@ use leafgate_emulator::{Emulator, EmulatorConfig};
 use leafgate_sim::modbus::{Registers, TcpServer};
 use serde::Serialize;
 
-use crate::child::{self, Leafgate};
+use crate::child;
 use crate::load::{self, Run};
 use crate::scale::{self, Side};
 use crate::stats::ms;
@@ -185,7 +185,7 @@ pub async fn run(args: Args) -> Result<Report> {
     }
     let binary = match &args.leafgate {
         Some(path) => path.clone(),
-        None => child::default_binary()?,
+        None => leafgate_testkit::binary("leafgate"),
     };
     if !binary.exists() {
         bail!("no leafgate binary at {}", binary.display());
@@ -253,7 +253,7 @@ pub async fn run(args: Args) -> Result<Report> {
     // slows the other's.
     let before = Snapshot::take();
     let gate_started = Instant::now();
-    let mut gate = Leafgate::spawn(
+    let mut gate = child::spawn_leafgate(
         &binary,
         &config_path,
         &args.leafgate_log_level,
@@ -655,7 +655,7 @@ impl Fleet {
                 bail!(
                     "a Python device process exited early ({status}); end of {}:\n{}",
                     log.display(),
-                    child::tail(log, 20)
+                    leafgate_testkit::daemon::tail(log, 20)
                 );
             }
         }
