@@ -18,8 +18,12 @@ use leafgate_emulator::{
     InvokeError, MethodCall, RefusalReason, Target,
 };
 use leafgate_sim::modbus::{Fault as UnitFault, Registers, TcpServer};
+use leafgate_testkit::daemon::Log;
+use leafgate_testkit::procfs;
 use serde_json::json;
 use tokio::time::Instant;
+
+use crate::logscan::{Scanned, run_command};
 
 const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 const WAIT: Duration = Duration::from_secs(10);
@@ -935,57 +939,6 @@ async fn many_devices_renew_before_expiry_spread_in_time_and_a_call_in_the_gap_g
     assert!(renewals_seen >= 2 * 19, "{reasons:?}");
 }
 
-/// `leafgate run` as a child process, so its memory can be measured apart from the test's.
-struct Daemon {
-    child: std::process::Child,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn start(config: &Path, log: &Path) -> Daemon {
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_leafgate"))
-            // Debug, so the secret scan on drop sees everything but the per-packet trace.
-            .args(["run", "--log-level", "debug", "-c"])
-            .arg(config)
-            .env_remove("JOURNAL_STREAM")
-            .env_remove("NOTIFY_SOCKET")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(log).unwrap())
-            .spawn()
-            .unwrap();
-        Daemon {
-            child,
-            log: log.to_owned(),
-        }
-    }
-
-    /// Resident set size in KiB, from /proc.
-    fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or_else(|| panic!("no VmRSS in {status}"))
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if let Some((what, _)) = crate::logscan::find_secret(&self.log())
-            && !std::thread::panicking()
-        {
-            panic!("{what} in leafgate's log {}", self.log.display());
-        }
-    }
-}
-
 /// Latency percentile `p` (0..=100) of `values`, sorted in place.
 fn percentile(values: &mut [Duration], p: usize) -> Duration {
     if values.is_empty() {
@@ -1054,7 +1007,11 @@ async fn flood(buses: &[FloodBus], length: Duration) -> Flood {
     }
     let path = dir.path().join("leafgate.toml");
     std::fs::write(&path, config).unwrap();
-    let daemon = Daemon::start(&path, &dir.path().join("leafgate.log"));
+    // A child process, so that its memory is measured apart from the test's.
+    let daemon = Scanned::spawn(
+        run_command(&path),
+        Log::File(dir.path().join("leafgate.log")),
+    );
     for bus in buses {
         emu.wait_method_ready(bus.id, Duration::from_secs(30))
             .await
@@ -1063,7 +1020,7 @@ async fn flood(buses: &[FloodBus], length: Duration) -> Flood {
         let call = MethodCall::new("get", json!(null)).response_timeout(5);
         assert_eq!(emu.invoke(bus.id, call).await.map(|r| r.status), Ok(200));
     }
-    let rss_before = daemon.rss_kib();
+    let rss_before = procfs::rss_kib(daemon.pid()).unwrap();
 
     let emu = Arc::new(emu);
     let started = Instant::now();
@@ -1089,14 +1046,14 @@ async fn flood(buses: &[FloodBus], length: Duration) -> Flood {
         }
         if sampled.elapsed() >= Duration::from_secs(1) {
             sampled = Instant::now();
-            rss_during.push(daemon.rss_kib());
+            rss_during.push(procfs::rss_kib(daemon.pid()).unwrap());
         }
     }
     let ended = Instant::now();
     let results = calls.join_all().await;
     // Idle again: give the allocator a moment, then measure.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss_after = daemon.rss_kib();
+    let rss_after = procfs::rss_kib(daemon.pid()).unwrap();
 
     let exchanges = emu.method_exchanges();
     let mut statuses = BTreeMap::new();

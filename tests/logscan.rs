@@ -9,12 +9,16 @@
 //! log is never a flaky detail, and an abort cannot be swallowed by a task or a retry.
 //!
 //! The real binary's logs are scanned by the tests that run it (cli, service, faults), with
-//! [`find_secret`] too.
+//! [`find_secret`] too: [`Scanned`] runs it and scans its whole log when it is dropped.
 
 use std::io::Write as _;
+use std::path::Path;
+use std::process::{Command, ExitStatus};
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
+use leafgate_testkit::daemon::{self, Daemon, Log};
 use regex::Regex;
 
 /// Log lines scanned so far in this process.
@@ -76,6 +80,62 @@ pub fn find_secret(text: &str) -> Option<(&'static str, std::ops::Range<usize>)>
 
 fn mixed_case(s: &str) -> bool {
     s.bytes().any(|b| b.is_ascii_uppercase()) && s.bytes().any(|b| b.is_ascii_lowercase())
+}
+
+/// `leafgate run -c CONFIG` of the binary under test, outside systemd (the test kit's
+/// [`daemon::command`]). Debug, so the secret scan sees everything but the per-packet trace,
+/// more than the shipped level shows.
+pub fn run_command(config: &Path) -> Command {
+    daemon::command(Path::new(env!("CARGO_BIN_EXE_leafgate")), config, "debug")
+}
+
+/// `leafgate run` as a child process (the test kit's [`Daemon`]), killed when dropped; its whole
+/// log is then scanned for secrets, and one fails the test (unless it is failing already).
+pub struct Scanned(Daemon);
+
+impl Scanned {
+    /// Starts `command` (from [`run_command`]), its log going to `log`.
+    pub fn spawn(command: Command, log: Log) -> Scanned {
+        Scanned(Daemon::spawn(command, log).unwrap_or_else(|e| panic!("{e:#}")))
+    }
+
+    /// Waits for the process to exit by itself (20 s at most); returns its status and whole log.
+    pub async fn wait(mut self) -> (ExitStatus, String) {
+        let status = self
+            .0
+            .wait(Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        (status, self.0.log())
+    }
+}
+
+impl std::ops::Deref for Scanned {
+    type Target = Daemon;
+    fn deref(&self) -> &Daemon {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Scanned {
+    fn deref_mut(&mut self) -> &mut Daemon {
+        &mut self.0
+    }
+}
+
+impl Drop for Scanned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let log = self.0.log();
+        if let Some((what, _)) = find_secret(&log)
+            && !std::thread::panicking()
+        {
+            match self.0.log_path() {
+                Some(path) => panic!("{what} in leafgate's log {}", path.display()),
+                None => panic!("{what} in leafgate's log:\n{log}"),
+            }
+        }
+    }
 }
 
 /// Log lines scanned so far in this process.

@@ -5,16 +5,18 @@
 //! package by packaging/check-deb.sh.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::Duration;
 
 use leafgate::hub::sas::Key;
 use leafgate_emulator::{Emulator, EmulatorConfig, ServiceClient};
 use leafgate_sim::modbus::{Fault, Registers, TcpServer};
+use leafgate_testkit::daemon::Log;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+
+use crate::logscan::{Scanned, run_command};
 
 const BIN: &str = env!("CARGO_BIN_EXE_leafgate");
 const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
@@ -100,112 +102,20 @@ fields = [{{ name = "v" }}]
     )
 }
 
-/// `leafgate run` as systemd would start it, with its stderr collected.
-struct Daemon {
-    child: Option<Child>,
-    log: Arc<Mutex<String>>,
-    reader: Option<std::thread::JoinHandle<()>>,
+/// `leafgate run` with `env` added (to play systemd) and its log captured.
+fn start(config: &Path, env: &[(&str, &str)]) -> Scanned {
+    start_as(config, env, None)
 }
 
-impl Daemon {
-    fn start(config: &Path, env: &[(&str, &str)]) -> Daemon {
-        Daemon::start_as(config, env, None)
+/// As [`start`], as user and group `uid` (the test must be root to switch).
+fn start_as(config: &Path, env: &[(&str, &str)], uid: Option<u32>) -> Scanned {
+    use std::os::unix::process::CommandExt as _;
+    let mut command = run_command(config);
+    command.envs(env.iter().copied());
+    if let Some(uid) = uid {
+        command.uid(uid).gid(uid);
     }
-
-    /// As [`Daemon::start`], as user and group `uid` (the test must be root to switch).
-    fn start_as(config: &Path, env: &[(&str, &str)], uid: Option<u32>) -> Daemon {
-        use std::os::unix::process::CommandExt as _;
-        let mut command = Command::new(BIN);
-        if let Some(uid) = uid {
-            command.uid(uid).gid(uid);
-        }
-        let mut child = command
-            // Debug, so the secret scan on drop sees more than the shipped level shows.
-            .args(["run", "--log-level", "debug", "-c"])
-            .arg(config)
-            // Not under systemd unless the test says so (`env` comes after).
-            .env_remove("INVOCATION_ID")
-            .env_remove("NOTIFY_SOCKET")
-            .envs(env.iter().copied())
-            .env_remove("JOURNAL_STREAM")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let mut stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        let reader = std::thread::spawn(move || {
-            use std::io::Read as _;
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stderr.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        Daemon {
-            child: Some(child),
-            log,
-            reader: Some(reader),
-        }
-    }
-
-    fn signal(&self, signal: libc::c_int) {
-        let pid = i32::try_from(self.child.as_ref().unwrap().id()).unwrap();
-        // SAFETY: sending a signal to our own child process.
-        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    /// Waits until the log contains `text`.
-    async fn wait_log(&self, text: &str) {
-        let until = Instant::now() + WAIT;
-        while !self.log().contains(text) {
-            assert!(
-                Instant::now() < until,
-                "no {text:?} in the log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Waits for the process to exit; returns its status and whole log.
-    async fn wait(mut self) -> (ExitStatus, String) {
-        let reader = self.reader.take().unwrap();
-        let mut child = self.child.take().unwrap();
-        let status = tokio::task::spawn_blocking(move || {
-            let status = child.wait().unwrap();
-            reader.join().unwrap();
-            status
-        });
-        let status = tokio::time::timeout(Duration::from_secs(20), status)
-            .await
-            .expect("leafgate did not exit")
-            .unwrap();
-        let log = self.log.lock().unwrap().clone();
-        (status, log)
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.kill();
-        }
-        if let Some((what, _)) = crate::logscan::find_secret(&self.log())
-            && !std::thread::panicking()
-        {
-            panic!("{what} in leafgate's log:\n{}", self.log());
-        }
-    }
+    Scanned::spawn(command, Log::Capture)
 }
 
 /// The test's end of `NOTIFY_SOCKET`: every datagram, as text.
@@ -271,7 +181,7 @@ async fn systemd_sees_ready_status_watchdog_reloading_and_stopping() {
     ));
     let mut notify = NotifySocket::bind(hub.dir.path());
     // WatchdogSec=0.4s: pings every 200 ms.
-    let daemon = Daemon::start(
+    let daemon = start(
         &config,
         &[
             ("NOTIFY_SOCKET", notify.path.to_str().unwrap()),
@@ -314,7 +224,7 @@ async fn systemd_sees_ready_status_watchdog_reloading_and_stopping() {
     );
 
     // SIGHUP: RELOADING=1 with MONOTONIC_USEC, then READY=1 again.
-    daemon.signal(libc::SIGHUP);
+    daemon.signal(libc::SIGHUP).unwrap();
     let reloading = notify
         .next("RELOADING=1", |m| m.contains("RELOADING=1"))
         .await;
@@ -332,7 +242,7 @@ async fn systemd_sees_ready_status_watchdog_reloading_and_stopping() {
     );
 
     // SIGTERM: STOPPING=1, exit 0.
-    daemon.signal(libc::SIGTERM);
+    daemon.signal(libc::SIGTERM).unwrap();
     let stopping = notify
         .next("STOPPING=1", |m| m.contains("STOPPING=1"))
         .await;
@@ -364,7 +274,7 @@ async fn sighup_restarts_only_what_changed_and_unchanged_devices_keep_their_conn
         device("gone", "plc", 0, 3000),
     );
     let config = hub.write_config(&v1);
-    let daemon = Daemon::start(&config, &[]);
+    let daemon = start(&config, &[]);
     for id in ["keep", "change", "on-changed-bus", "gone"] {
         hub.emu.wait_method_ready(id, WAIT).await.unwrap();
     }
@@ -393,7 +303,7 @@ async fn sighup_restarts_only_what_changed_and_unchanged_devices_keep_their_conn
         device("fresh", "plc", 0, 3000),
     );
     hub.write_config(&v2);
-    daemon.signal(libc::SIGHUP);
+    daemon.signal(libc::SIGHUP).unwrap();
 
     // The method in flight still gets its (old-config) answer, from the draining session.
     let (http, body) = in_flight.await.unwrap().unwrap();
@@ -411,7 +321,7 @@ async fn sighup_restarts_only_what_changed_and_unchanged_devices_keep_their_conn
     }
     hub.emu.wait_method_ready("fresh", WAIT).await.unwrap();
     hub.emu.wait_for("gone", WAIT, |s| !s.online).await.unwrap();
-    daemon.wait_log("reloaded").await;
+    daemon.wait_line("reloaded", WAIT).await.unwrap();
     let log = daemon.log();
     assert!(
         log.contains("devices: 1 kept, 2 restarted, 1 started, 1 stopped; buses: 1 kept, 1 restarted, 0 started, 0 stopped"),
@@ -440,8 +350,8 @@ async fn sighup_restarts_only_what_changed_and_unchanged_devices_keep_their_conn
         .iter()
         .map(|id| hub.connects(id))
         .collect();
-    daemon.signal(libc::SIGHUP);
-    daemon.wait_log("reload refused").await;
+    daemon.signal(libc::SIGHUP).unwrap();
+    daemon.wait_line("reload refused", WAIT).await.unwrap();
     let log = daemon.log();
     assert!(log.contains("unknown field `adress`"), "{log}");
     assert!(
@@ -457,7 +367,7 @@ async fn sighup_restarts_only_what_changed_and_unchanged_devices_keep_their_conn
         assert_eq!(hub.connects(id), connects[i], "{id} reconnected");
     }
 
-    daemon.signal(libc::SIGTERM);
+    daemon.signal(libc::SIGTERM).unwrap();
     let (status, log) = daemon.wait().await;
     assert!(status.success(), "exit {status:?}: {log}");
     for id in ["keep", "change", "on-changed-bus", "fresh", "gone"] {
@@ -480,7 +390,7 @@ async fn a_method_in_flight_at_sigterm_gets_its_answer_and_new_requests_get_503(
         bus("plc", plc.addr(), "timeout_ms = 3000"),
         device("pump-1", "plc", 0, 5000)
     ));
-    let daemon = Daemon::start(&config, &[]);
+    let daemon = start(&config, &[]);
     hub.emu.wait_method_ready("pump-1", WAIT).await.unwrap();
     regs.set_fault_times(1, Fault::Delay(Duration::from_millis(1500)), 1);
     let slow = {
@@ -490,8 +400,11 @@ async fn a_method_in_flight_at_sigterm_gets_its_answer_and_new_requests_get_503(
     };
     regs.wait_requests(1).await;
     let t = Instant::now();
-    daemon.signal(libc::SIGTERM);
-    daemon.wait_log("stopping: new requests get 503").await;
+    daemon.signal(libc::SIGTERM).unwrap();
+    daemon
+        .wait_line("stopping: new requests get 503", WAIT)
+        .await
+        .unwrap();
     // While draining: a new request is refused at once, without touching the hardware.
     let (status, body) = hub.call("pump-1", "get").await;
     assert_eq!(
@@ -658,7 +571,7 @@ async fn a_reload_reading_a_fifo_is_refused_and_the_main_loop_keeps_serving_sign
     )));
     let mut notify = NotifySocket::bind(hub.dir.path());
     // WatchdogSec=0.4s: pings every 200 ms.
-    let daemon = Daemon::start(
+    let daemon = start(
         &config,
         &[
             ("NOTIFY_SOCKET", notify.path.to_str().unwrap()),
@@ -671,7 +584,7 @@ async fn a_reload_reading_a_fifo_is_refused_and_the_main_loop_keeps_serving_sign
 
     // The key file becomes a FIFO: the reload is refused with the problem naming it.
     replace_by_fifo(&key_file);
-    daemon.signal(libc::SIGHUP);
+    daemon.signal(libc::SIGHUP).unwrap();
     let ready = notify
         .next("READY=1 after the refused reload", |m| {
             m.contains("READY=1")
@@ -683,15 +596,16 @@ async fn a_reload_reading_a_fifo_is_refused_and_the_main_loop_keeps_serving_sign
     );
     // READY=1 and the log lines travel separately: wait for the lines.
     daemon
-        .wait_log(&format!(
+        .wait_line(&format!(
             "{}: device[0].shared_access_key_file: cannot read {}: is a FIFO (named pipe), not a regular file",
             config.display(),
             key_file.display()
-        ))
-        .await;
+        ), WAIT)
+        .await.unwrap();
     daemon
-        .wait_log("still running on the previous config")
-        .await;
+        .wait_line("still running on the previous config", WAIT)
+        .await
+        .unwrap();
     // The main loop is alive: the watchdog keeps coming, and the device still answers on its
     // old session.
     for _ in 0..2 {
@@ -703,7 +617,7 @@ async fn a_reload_reading_a_fifo_is_refused_and_the_main_loop_keeps_serving_sign
     // still heard.
     replace_by_fifo(&config);
     for _ in 0..2 {
-        daemon.signal(libc::SIGHUP);
+        daemon.signal(libc::SIGHUP).unwrap();
         let ready = notify
             .next("READY=1 after the refused reload", |m| {
                 m.contains("READY=1")
@@ -715,16 +629,20 @@ async fn a_reload_reading_a_fifo_is_refused_and_the_main_loop_keeps_serving_sign
         );
     }
     daemon
-        .wait_log(&format!(
-            "{}: cannot read: is a FIFO (named pipe), not a regular file",
-            config.display()
-        ))
-        .await;
+        .wait_line(
+            &format!(
+                "{}: cannot read: is a FIFO (named pipe), not a regular file",
+                config.display()
+            ),
+            WAIT,
+        )
+        .await
+        .unwrap();
     notify.next("WATCHDOG=1", |m| m == "WATCHDOG=1\n").await;
     assert_eq!(hub.connects("pump-1"), connects, "the device reconnected");
 
     // SIGTERM still stops it cleanly.
-    daemon.signal(libc::SIGTERM);
+    daemon.signal(libc::SIGTERM).unwrap();
     notify
         .next("STOPPING=1", |m| m.contains("STOPPING=1"))
         .await;
@@ -753,7 +671,7 @@ async fn a_refused_serial_device_is_logged_with_the_drop_in_that_lets_the_servic
     // EPERM, as from `DevicePolicy=closed`.
     match Immutable::set(&node) {
         Ok(_immutable) => {
-            let daemon = Daemon::start(&config, &systemd);
+            let daemon = start(&config, &systemd);
             let line = down_line(&daemon).await;
             assert!(line.contains("Operation not permitted"), "{line}");
             assert!(
@@ -761,7 +679,7 @@ async fn a_refused_serial_device_is_logged_with_the_drop_in_that_lets_the_servic
                 "{line}"
             );
             // Outside systemd there is no device policy to blame.
-            let daemon = Daemon::start(&config, &[]);
+            let daemon = start(&config, &[]);
             let line = down_line(&daemon).await;
             assert!(line.contains("Operation not permitted"), "{line}");
             assert!(!line.contains("DeviceAllow"), "{line}");
@@ -786,7 +704,7 @@ async fn a_refused_serial_device_is_logged_with_the_drop_in_that_lets_the_servic
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
         }
     }
-    let daemon = Daemon::start_as(&config, &systemd, uid);
+    let daemon = start_as(&config, &systemd, uid);
     let line = down_line(&daemon).await;
     assert!(line.contains("Permission denied"), "{line}");
     assert!(
@@ -796,19 +714,12 @@ async fn a_refused_serial_device_is_logged_with_the_drop_in_that_lets_the_servic
     assert!(line.contains("GROUP=\"dialout\", MODE=\"0660\""), "{line}");
 }
 
-/// The whole first "bus rs485 is down" line of the daemon's log, once it has been written.
-async fn down_line(daemon: &Daemon) -> String {
-    let until = Instant::now() + WAIT;
-    loop {
-        let log = daemon.log();
-        if let Some(start) = log.find("bus rs485 is down")
-            && let Some(len) = log[start..].find('\n')
-        {
-            return log[start..start + len].to_owned();
-        }
-        assert!(Instant::now() < until, "no bus rs485 is down line:\n{log}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// The first "bus rs485 is down" line of the daemon's log from those words on, once it has been
+/// written whole.
+async fn down_line(daemon: &Scanned) -> String {
+    let what = "bus rs485 is down";
+    let line = daemon.wait_line(what, WAIT).await.unwrap();
+    line[line.find(what).unwrap()..].to_owned()
 }
 
 /// The immutable attribute (`chattr +i`), removed again on drop so the temp dir can go.
@@ -908,9 +819,9 @@ async fn a_bus_that_cannot_connect_states_its_cause_once_in_the_reply_and_the_lo
         ),
         device("pump-1", "gone", 0, 2000)
     ));
-    let daemon = Daemon::start(&config, &[]);
+    let daemon = start(&config, &[]);
     hub.emu.wait_method_ready("pump-1", WAIT).await.unwrap();
-    daemon.wait_log("bus gone is down").await;
+    daemon.wait_line("bus gone is down", WAIT).await.unwrap();
     let (status, body) = hub.call("pump-1", "get").await;
     assert_eq!(
         (status, body["error"].as_str(), body["bus"].as_str()),
@@ -920,7 +831,10 @@ async fn a_bus_that_cannot_connect_states_its_cause_once_in_the_reply_and_the_lo
     let message = body["message"].as_str().unwrap();
     assert_eq!(message.matches("bus unavailable").count(), 1, "{message}");
     assert_eq!(message.matches("cannot connect").count(), 1, "{message}");
-    daemon.wait_log("method get on pump-1: 503").await;
+    daemon
+        .wait_line("method get on pump-1: 503", WAIT)
+        .await
+        .unwrap();
     let log = daemon.log();
     for start in ["bus gone is down", "method get on pump-1: 503"] {
         let line = log

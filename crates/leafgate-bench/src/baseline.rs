@@ -20,7 +20,7 @@ use leafgate_emulator::{Emulator, EmulatorConfig};
 use leafgate_sim::modbus::{Registers, TcpServer};
 use serde::Serialize;
 
-use crate::child::{self, Leafgate};
+use crate::child;
 use crate::load::{self, Run};
 use crate::scale::{self, Side};
 use crate::stats::ms;
@@ -185,7 +185,7 @@ pub async fn run(args: Args) -> Result<Report> {
     }
     let binary = match &args.leafgate {
         Some(path) => path.clone(),
-        None => child::default_binary()?,
+        None => leafgate_testkit::binary("leafgate"),
     };
     if !binary.exists() {
         bail!("no leafgate binary at {}", binary.display());
@@ -253,7 +253,7 @@ pub async fn run(args: Args) -> Result<Report> {
     // slows the other's.
     let before = Snapshot::take();
     let gate_started = Instant::now();
-    let mut gate = Leafgate::spawn(
+    let mut gate = child::spawn_leafgate(
         &binary,
         &config_path,
         &args.leafgate_log_level,
@@ -488,14 +488,6 @@ fn cpu_seconds(pids: &[u32]) -> Result<f64> {
     pids.iter().map(|&pid| procfs::cpu_seconds(pid)).sum()
 }
 
-/// `Name:  value ...` from a `/proc` key-value file (the first number after the name).
-fn field(text: &str, name: &str) -> Option<u64> {
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|value| value.parse().ok())
-}
-
 fn footprint(pids: &[u32]) -> Result<Footprint> {
     let mut total = Footprint {
         processes: pids.len(),
@@ -508,9 +500,9 @@ fn footprint(pids: &[u32]) -> Result<Footprint> {
         };
         let status = read("status")?;
         let rollup = read("smaps_rollup")?;
-        total.rss_kib += field(&status, "VmRSS").unwrap_or(0);
-        total.threads += field(&status, "Threads").unwrap_or(0);
-        total.pss_kib += field(&rollup, "Pss").unwrap_or(0);
+        total.rss_kib += procfs::field(&status, "VmRSS").unwrap_or(0);
+        total.threads += procfs::field(&status, "Threads").unwrap_or(0);
+        total.pss_kib += procfs::field(&rollup, "Pss").unwrap_or(0);
     }
     Ok(total)
 }
@@ -663,7 +655,7 @@ impl Fleet {
                 bail!(
                     "a Python device process exited early ({status}); end of {}:\n{}",
                     log.display(),
-                    child::tail(log, 20)
+                    leafgate_testkit::daemon::tail(log, 20)
                 );
             }
         }
@@ -893,17 +885,6 @@ pub fn render(r: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn proc_fields_parse() {
-        let status = "Name:\tpython\nVmRSS:\t   41234 kB\nThreads:\t9\n";
-        assert_eq!(field(status, "VmRSS"), Some(41234));
-        assert_eq!(field(status, "Threads"), Some(9));
-        assert_eq!(field(status, "Vm"), None);
-        let rollup =
-            "55d0-7ffd ---p 00000000 00:00 0 [rollup]\nRss: 100 kB\nPss: 42 kB\nPss_Anon: 7 kB\n";
-        assert_eq!(field(rollup, "Pss"), Some(42));
-    }
 
     #[test]
     fn this_process_has_a_footprint() {

@@ -1,14 +1,15 @@
-//! leafgate as a separate process (the real `leafgate run -c FILE`), so its CPU and memory are
-//! its own; the file-descriptor limit both processes need; and waiting for its devices.
+//! leafgate as a separate process (the real `leafgate run -c FILE`, through the test kit's
+//! [`Daemon`]), so its CPU and memory are its own; the file-descriptor limit both processes
+//! need; and waiting for its devices.
 
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use leafgate_emulator::Emulator;
+use leafgate_testkit::daemon::{self, Daemon, Log};
 use tokio::task::JoinSet;
 
 /// Raises this process's `RLIMIT_NOFILE` to at least `want` (the soft limit up to the hard
@@ -64,99 +65,13 @@ pub fn die_with_parent(command: &mut Command, signal: libc::c_int) {
     }
 }
 
-/// The `leafgate` binary next to this one (both are built by the same `cargo build`).
-pub fn default_binary() -> Result<PathBuf> {
-    let me = std::env::current_exe().context("cannot find the harness's own path")?;
-    Ok(me.with_file_name("leafgate"))
-}
-
-/// A running `leafgate run`, stopped with SIGTERM (then SIGKILL) on [`Leafgate::stop`] or drop.
-pub struct Leafgate {
-    child: Child,
-    pub started: Instant,
-    pub log: PathBuf,
-}
-
-impl Leafgate {
-    pub fn spawn(binary: &Path, config: &Path, log_level: &str, log: &Path) -> Result<Leafgate> {
-        let stderr =
-            File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
-        let started = Instant::now();
-        let mut command = Command::new(binary);
-        // SIGTERM: leafgate drains and disconnects its devices as at any stop.
-        die_with_parent(&mut command, libc::SIGTERM);
-        let child = command
-            .arg("run")
-            .arg("-c")
-            .arg(config)
-            .arg("--log-level")
-            .arg(log_level)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            // Under systemd's journal the logger would switch to it; the harness wants a file.
-            .env_remove("JOURNAL_STREAM")
-            .env_remove("NOTIFY_SOCKET")
-            .spawn()
-            .with_context(|| format!("cannot start {}", binary.display()))?;
-        Ok(Leafgate {
-            child,
-            started,
-            log: log.to_path_buf(),
-        })
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Fails if the process has exited (with the end of its log).
-    pub fn check_alive(&mut self) -> Result<()> {
-        if let Some(status) = self.child.try_wait()? {
-            bail!(
-                "leafgate exited early ({status}); end of its log:\n{}",
-                tail(&self.log, 20)
-            );
-        }
-        Ok(())
-    }
-
-    /// SIGTERM, wait up to `grace`, then SIGKILL. Returns the exit code if it exited by itself.
-    pub fn stop(mut self, grace: Duration) -> Result<Option<i32>> {
-        self.terminate(grace)
-    }
-
-    fn terminate(&mut self, grace: Duration) -> Result<Option<i32>> {
-        if let Some(status) = self.child.try_wait()? {
-            return Ok(status.code());
-        }
-        let pid = libc::pid_t::try_from(self.child.id()).context("pid out of range")?;
-        // SAFETY: kill with a pid we spawned and have not reaped yet.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let until = Instant::now() + grace;
-        while Instant::now() < until {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status.code());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.child.kill()?;
-        self.child.wait()?;
-        Ok(None)
-    }
-}
-
-impl Drop for Leafgate {
-    fn drop(&mut self) {
-        let _ = self.terminate(Duration::from_secs(5));
-    }
-}
-
-/// The last `lines` lines of a log file.
-pub fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
+/// `leafgate run -c CONFIG --log-level LOG_LEVEL`, its log in the file `log`; stopped with
+/// SIGTERM (then SIGKILL) on [`Daemon::stop`] or drop, and by the kernel if the harness dies.
+pub fn spawn_leafgate(binary: &Path, config: &Path, log_level: &str, log: &Path) -> Result<Daemon> {
+    let mut command = daemon::command(binary, config, log_level);
+    // SIGTERM: leafgate drains and disconnects its devices as at any stop.
+    die_with_parent(&mut command, libc::SIGTERM);
+    Daemon::spawn(command, Log::File(log.to_path_buf()))
 }
 
 /// Waits until every device in `ids` is online and subscribed to methods (the emulator's own

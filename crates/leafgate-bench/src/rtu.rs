@@ -37,7 +37,7 @@ use serde_json::json;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::oneshot;
 
-use crate::child::{self, Leafgate};
+use crate::child;
 use crate::scale::{PROFILE, hub_section, key_text, work_dir, write_private};
 use crate::stats::{Summary, ms};
 use leafgate_testkit::procfs::{Machine, Snapshot};
@@ -271,7 +271,7 @@ pub async fn run(args: Args) -> Result<Report> {
     child::raise_nofile(4096)?;
     let binary = match &args.leafgate {
         Some(path) => path.clone(),
-        None => child::default_binary()?,
+        None => leafgate_testkit::binary("leafgate"),
     };
     let dir = work_dir("rtu")?;
     let emu = Arc::new(Emulator::start(EmulatorConfig::default()).await?);
@@ -323,7 +323,7 @@ pub async fn run(args: Args) -> Result<Report> {
         })
     };
 
-    let mut gate = Leafgate::spawn(
+    let mut gate = child::spawn_leafgate(
         &binary,
         &config_path,
         &args.leafgate_log_level,

@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde_json::json;
 use tokio::task::JoinSet;
 
-use crate::child::{self, Leafgate};
+use crate::child;
 use crate::floor::Floor;
 use crate::load::{self, Run};
 use crate::stats::{Summary, ms};
@@ -251,7 +251,7 @@ pub async fn run(args: Args) -> Result<Report> {
     }
     let binary = match &args.leafgate {
         Some(path) => path.clone(),
-        None => child::default_binary()?,
+        None => leafgate_testkit::binary("leafgate"),
     };
     let binary_bytes = std::fs::metadata(&binary)
         .with_context(|| format!("no leafgate binary at {}", binary.display()))?
@@ -317,12 +317,9 @@ pub async fn run(args: Args) -> Result<Report> {
         });
     }
     let before = Snapshot::take();
-    let mut gate = Leafgate::spawn(
-        &binary,
-        &config_path,
-        &args.leafgate_log_level,
-        &dir.join("leafgate.log"),
-    )?;
+    let log_path = dir.join("leafgate.log");
+    let mut gate =
+        child::spawn_leafgate(&binary, &config_path, &args.leafgate_log_level, &log_path)?;
     let pid = gate.pid();
     let mut ready = Vec::with_capacity(n);
     let mut failures = 0usize;
@@ -342,7 +339,7 @@ pub async fn run(args: Args) -> Result<Report> {
     if failures > 0 {
         bail!(
             "{failures} of {n} devices did not connect within {connect_wait:?}; leafgate log: {}",
-            gate.log.display()
+            log_path.display()
         );
     }
     let connect_cpu = procfs::cpu_seconds(pid)?;
@@ -357,8 +354,8 @@ pub async fn run(args: Args) -> Result<Report> {
     };
     let connect = Connect {
         configured_rate: args.connect_rate,
-        time_to_all_s: last.duration_since(gate.started).as_secs_f64(),
-        first_s: first.duration_since(gate.started).as_secs_f64(),
+        time_to_all_s: last.duration_since(gate.started()).as_secs_f64(),
+        first_s: first.duration_since(gate.started()).as_secs_f64(),
         achieved_rate: achieved,
         achieved_pct_of_configured: achieved / f64::from(args.connect_rate) * 100.0,
         leafgate_cpu_s: connect_cpu,

@@ -24,7 +24,7 @@ use serde::Serialize;
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use crate::child::{self, Leafgate};
+use crate::child;
 use crate::scale::{PROFILE, hub_section, key_text, register_values, work_dir, write_private};
 use leafgate_testkit::procfs::{self, Memory};
 
@@ -130,7 +130,7 @@ pub async fn run(args: Args) -> Result<Report> {
     child::raise_nofile((n + 1024) as u64)?;
     let binary = match &args.leafgate {
         Some(path) => path.clone(),
-        None => child::default_binary()?,
+        None => leafgate_testkit::binary("leafgate"),
     };
     let dir = work_dir("soak")?;
     let emu = Arc::new(Emulator::start(EmulatorConfig::default()).await?);
@@ -205,7 +205,8 @@ pub async fn run(args: Args) -> Result<Report> {
         Duration::from_secs_f64(n as f64 / f64::from(args.connect_rate.max(1)) * 3.0)
             + Duration::from_secs(60);
     let log_path = dir.join("leafgate.log");
-    let mut gate = Leafgate::spawn(&binary, &config_path, &args.leafgate_log_level, &log_path)?;
+    let mut gate =
+        child::spawn_leafgate(&binary, &config_path, &args.leafgate_log_level, &log_path)?;
     let pid = gate.pid();
     child::wait_ready(&emu, &ids, connect_wait, || gate.check_alive())
         .await

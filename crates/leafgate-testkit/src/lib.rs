@@ -1,8 +1,10 @@
 //! What leafgate's integration tests and its benchmark harness share: finding the binaries cargo
-//! built, and reading a process's RSS and CPU time from `/proc`.
+//! built, running `leafgate run` as a child process ([`daemon`]), and reading a process's RSS
+//! and CPU time from `/proc` ([`procfs`]).
 //!
 //! Test support only: never a dependency of the daemon.
 
+pub mod daemon;
 pub mod procfs;
 
 use std::path::PathBuf;

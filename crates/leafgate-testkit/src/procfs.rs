@@ -43,20 +43,34 @@ pub struct Memory {
     pub peak_kib: u64,
 }
 
+/// A process's [`Memory`]; a figure `/proc` does not give (as for a zombie) is 0.
 pub fn memory(pid: u32) -> Result<Memory> {
-    let path = format!("/proc/{pid}/status");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|line| line.strip_prefix(name))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|kib| kib.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
+    let text = status(pid)?;
     Ok(Memory {
-        rss_kib: field("VmRSS:"),
-        peak_kib: field("VmHWM:"),
+        rss_kib: field(&text, "VmRSS").unwrap_or(0),
+        peak_kib: field(&text, "VmHWM").unwrap_or(0),
     })
+}
+
+/// Resident memory in KiB (`VmRSS`); fails when there is none, as for a process that has
+/// exited and not been reaped yet.
+pub fn rss_kib(pid: u32) -> Result<u64> {
+    let text = status(pid)?;
+    field(&text, "VmRSS").with_context(|| format!("no VmRSS in /proc/{pid}/status:\n{text}"))
+}
+
+fn status(pid: u32) -> Result<String> {
+    let path = format!("/proc/{pid}/status");
+    std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))
+}
+
+/// `Name:  value ...` from a `/proc` key-value file (`status`, `smaps_rollup`): the first number
+/// after the name, in the file's unit (kB for sizes).
+pub fn field(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|value| value.parse().ok())
 }
 
 /// 1-minute load average.
@@ -198,9 +212,21 @@ mod tests {
     }
 
     #[test]
+    fn proc_fields_parse() {
+        let status = "Name:\tpython\nVmRSS:\t   41234 kB\nThreads:\t9\n";
+        assert_eq!(field(status, "VmRSS"), Some(41234));
+        assert_eq!(field(status, "Threads"), Some(9));
+        assert_eq!(field(status, "Vm"), None);
+        let rollup =
+            "55d0-7ffd ---p 00000000 00:00 0 [rollup]\nRss: 100 kB\nPss: 42 kB\nPss_Anon: 7 kB\n";
+        assert_eq!(field(rollup, "Pss"), Some(42));
+    }
+
+    #[test]
     fn this_process_is_visible() {
         let me = std::process::id();
         assert!(cpu_seconds(me).is_ok());
         assert!(memory(me).is_ok_and(|m| m.rss_kib > 0));
+        assert!(rss_kib(me).is_ok_and(|kib| kib > 0));
     }
 }
