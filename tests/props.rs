@@ -9,6 +9,7 @@ use leafgate::bus::frame;
 use leafgate::bus::{Op, Output, WriteData};
 use leafgate::config::schema::{BusKind, DataType, Order, Table};
 use leafgate::hub::{connstr::ConnectionString, sas, topics};
+use leafgate::mapping::plan;
 use leafgate::mapping::value::{self, Layout};
 
 /// Arbitrary JSON up to a few levels deep, including numbers at the edges of every type.
@@ -223,4 +224,138 @@ fn sample_method() -> leafgate::mapping::Method {
 #[test]
 fn sample_method_accepts_a_good_payload() {
     assert!(sample_method().prepare(1, &json!({"a": 1.5})).is_ok());
+}
+
+fn table() -> impl Strategy<Value = Table> {
+    prop_oneof![
+        Just(Table::Holding),
+        Just(Table::Input),
+        Just(Table::Coil),
+        Just(Table::Discrete),
+    ]
+}
+
+/// A field somewhere in the address space, never wider than one request and never past 65535;
+/// addresses cluster low half the time so merging actually happens.
+fn span() -> impl Strategy<Value = plan::Span> {
+    (table(), prop_oneof![0u16..300, any::<u16>()], 1u16..=125).prop_map(
+        |(table, address, count)| {
+            let count = count.min(plan::max_count(table));
+            let address = address.min(u16::try_from(65536 - u32::from(count)).unwrap());
+            plan::Span {
+                table,
+                address,
+                count,
+            }
+        },
+    )
+}
+
+fn end(address: u16, count: u16) -> u32 {
+    u32::from(address) + u32::from(count)
+}
+
+/// What every read must be: within the protocol's limit, holding only fields of its own table
+/// that it covers, no wider than its fields need, and reading across no stretch of more than
+/// `max_gap` unused addresses.
+fn check_read(read: &plan::Read, spans: &[plan::Span], max_gap: u16) -> Result<(), TestCaseError> {
+    prop_assert!(!read.fields.is_empty());
+    prop_assert!(
+        read.count >= 1 && read.count <= plan::max_count(read.table),
+        "{read:?}"
+    );
+    let mut fields: Vec<plan::Span> = read.fields.iter().map(|&i| spans[i]).collect();
+    for s in &fields {
+        prop_assert_eq!(s.table, read.table);
+        prop_assert!(
+            s.address >= read.address && end(s.address, s.count) <= end(read.address, read.count)
+        );
+    }
+    fields.sort_by_key(|s| s.address);
+    prop_assert_eq!(
+        fields[0].address,
+        read.address,
+        "read starts before its first field"
+    );
+    let mut covered = end(fields[0].address, fields[0].count);
+    for s in &fields[1..] {
+        let gap = u32::from(s.address).saturating_sub(covered);
+        prop_assert!(
+            gap <= u32::from(max_gap),
+            "a gap of {gap} > {max_gap} in {read:?}"
+        );
+        covered = covered.max(end(s.address, s.count));
+    }
+    prop_assert_eq!(
+        covered,
+        end(read.address, read.count),
+        "read ends past its last field"
+    );
+    Ok(())
+}
+
+/// A whole plan: every read valid, and every field in exactly one read.
+fn check_plan(
+    reads: &[plan::Read],
+    spans: &[plan::Span],
+    max_gap: u16,
+) -> Result<(), TestCaseError> {
+    let mut seen = vec![0u32; spans.len()];
+    for read in reads {
+        check_read(read, spans, max_gap)?;
+        for &i in &read.fields {
+            seen[i] += 1;
+        }
+    }
+    prop_assert!(
+        seen.iter().all(|&n| n == 1),
+        "fields not in exactly one read: {seen:?}"
+    );
+    Ok(())
+}
+
+proptest! {
+    #[test]
+    fn every_plan_covers_each_field_once_within_the_protocols_limits(
+        spans in prop::collection::vec(span(), 0..60),
+        max_gap in prop_oneof![Just(0u16), 0u16..20, any::<u16>()],
+    ) {
+        let reads = plan::plan(&spans, max_gap);
+        check_plan(&reads, &spans, max_gap)?;
+        // Splitting a refused read gives smaller reads over the same fields, each as valid.
+        for read in &reads {
+            match plan::split(read, &spans) {
+                None => prop_assert_eq!(read.fields.len(), 1),
+                Some(parts) => {
+                    prop_assert!(parts.len() >= 2);
+                    let mut before = read.fields.clone();
+                    let mut after: Vec<usize> = parts.iter().flat_map(|p| p.fields.clone()).collect();
+                    before.sort_unstable();
+                    after.sort_unstable();
+                    prop_assert_eq!(before, after);
+                    for p in &parts {
+                        prop_assert!(p.count <= read.count);
+                        // Parts bridge no gap at all.
+                        check_read(p, &spans, 0)?;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Fields of one table that fit in one request are one read when gaps may be bridged.
+    #[test]
+    fn fields_that_fit_one_request_are_one_read(
+        table in table(),
+        base in 0u16..60000,
+        offsets in prop::collection::vec((0u16..100, 1u16..=25), 1..30),
+    ) {
+        let spans: Vec<plan::Span> = offsets
+            .iter()
+            .map(|&(off, count)| plan::Span { table, address: base + off, count })
+            .collect();
+        let reads = plan::plan(&spans, u16::MAX);
+        prop_assert_eq!(reads.len(), 1, "{:?}", reads);
+        check_plan(&reads, &spans, u16::MAX)?;
+    }
 }

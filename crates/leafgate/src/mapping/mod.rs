@@ -2,6 +2,7 @@
 //! I/O: everything here is unit tested without buses or a hub.
 
 pub mod method;
+pub mod plan;
 pub mod raw;
 pub mod schema;
 pub mod status;
