@@ -88,6 +88,7 @@
 
 mod cli;
 mod client;
+mod clock;
 mod connect;
 mod error;
 mod faults;
