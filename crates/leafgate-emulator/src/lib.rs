@@ -94,6 +94,7 @@ mod error;
 mod faults;
 mod history;
 mod http;
+mod lock;
 mod methods;
 mod mqtt;
 mod registry;
@@ -115,7 +116,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::sas::Key;
-use registry::{Registry, lock};
+use lock::lock;
+use registry::Registry;
 
 pub use cli::{DeviceArg, EmulatorArgs, run_cli};
 pub use client::{ClientError, ServiceClient, ServiceResponse};
