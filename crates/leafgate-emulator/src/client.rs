@@ -18,8 +18,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 
+use super::clock::unix_now;
 use super::methods::MethodCall;
-use super::mqtt::unix_now;
 use crate::sas::{self, Key, KeyError, percent_encode};
 
 /// Lifetime of the tokens the client mints (the SDK default).

@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::registry::lock;
+use super::lock::lock;
 
 /// What the hub does to a connection attempt while the fault is active.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,7 +13,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::faults::Fault;
-use super::registry::{RefusalReason, lock};
+use super::lock::lock;
+use super::registry::RefusalReason;
 
 /// Most records kept per log; when full, the older half is dropped.
 pub const MAX_RECORDS: usize = 65_536;

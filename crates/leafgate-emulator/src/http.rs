@@ -28,8 +28,8 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 
 use super::Shared;
+use super::clock::unix_now;
 use super::methods::{self, InvokeError, MAX_METHOD_PAYLOAD, MethodCall};
-use super::mqtt::unix_now;
 use crate::sas::{self, TokenError, percent_decode};
 
 /// Largest request body read: a 128 KB payload plus the rest of the JSON envelope.

@@ -88,11 +88,13 @@
 
 mod cli;
 mod client;
+mod clock;
 mod connect;
 mod error;
 mod faults;
 mod history;
 mod http;
+mod lock;
 mod methods;
 mod mqtt;
 mod registry;
@@ -114,7 +116,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::sas::Key;
-use registry::{Registry, lock};
+use lock::lock;
+use registry::Registry;
 
 pub use cli::{DeviceArg, EmulatorArgs, run_cli};
 pub use client::{ClientError, ServiceClient, ServiceResponse};

@@ -16,7 +16,8 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::Shared;
-use super::registry::{Connection, DeviceEntry, Outbound, Route, lock};
+use super::lock::lock;
+use super::registry::{Connection, DeviceEntry, Outbound, Route};
 use leafgate::hub::topics;
 
 /// Largest request payload and response body the hub carries: 128 KB (the 8 KB limit of 2017 is

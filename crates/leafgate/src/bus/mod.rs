@@ -5,6 +5,9 @@
 //! - [`modbus_rtu`]: Modbus RTU master on a serial line or RTU-over-TCP; [`frame`] its frames
 //!   (and the PDU checks both masters share), [`gap`] the silent interval between them.
 //! - [`serial`]: raw serial exchanges framed by terminator, length or idle gap.
+//! - [`line_io`]: what both serial-line links share: the [`line_io::Endpoint`] their bytes go
+//!   through (serial port or TCP), reads, and discarding stale input; [`port`] opens and drains
+//!   serial ports.
 //! - [`spec`] and [`op`]: the bus vocabulary (kinds, lines, framing, tables, operations), which
 //!   `config` deserialises into; nothing here imports `config`.
 
@@ -12,6 +15,7 @@ pub mod actor;
 pub mod error;
 pub mod frame;
 pub mod gap;
+pub mod line_io;
 pub mod link;
 pub mod modbus_rtu;
 pub mod modbus_tcp;
@@ -54,7 +58,7 @@ pub fn start_after(
             address,
             framing: TcpFraming::Rtu,
         } => {
-            let endpoint = modbus_rtu::Endpoint::Tcp {
+            let endpoint = line_io::Endpoint::Tcp {
                 address: address.clone(),
                 connect_timeout,
             };
@@ -66,7 +70,7 @@ pub fn start_after(
             )
         }
         BusSpec::ModbusRtu { line, frame_gap } => {
-            let endpoint = modbus_rtu::Endpoint::Serial(line.clone());
+            let endpoint = line_io::Endpoint::Serial(line.clone());
             actor::spawn_after(
                 bus,
                 modbus_rtu::RtuLink::new(endpoint, *frame_gap, bus.timeout),
@@ -75,7 +79,7 @@ pub fn start_after(
             )
         }
         BusSpec::Serial { line, framing } => {
-            let endpoint = modbus_rtu::Endpoint::Serial(line.clone());
+            let endpoint = line_io::Endpoint::Serial(line.clone());
             actor::spawn_after(
                 bus,
                 serial::SerialLink::new(endpoint, framing.clone(), bus.timeout),

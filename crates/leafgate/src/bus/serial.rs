@@ -7,8 +7,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
+use super::line_io::{Endpoint, Stream, discard_pending, guard_time, read_exact};
 use super::link::{Link, Wait};
-use super::modbus_rtu::{Endpoint, Stream, discard_pending, guard_time, read_exact};
 use super::port;
 use super::spec::SerialFraming;
 use super::{Error, Op, Output};

@@ -8,221 +8,36 @@
 //! Locking: std mutexes, held for a few field updates and never across an `.await`. The order is
 //! always registry map, then entry state, then the entry's `watch` channel, so thousands of
 //! connection tasks neither deadlock nor queue behind each other for long.
+//!
+//! The registry's state and every operation on it stay in this file, because the locking order
+//! spans all of them; the data it reports (reasons, stats, events) and the handle it keeps on a
+//! connection have their own files.
+
+mod connection;
+mod reason;
+mod stats;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use tokio::sync::{broadcast, mpsc, watch};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::{broadcast, watch};
 
 use super::topic_filter::filter_matches;
 use super::wire::ConnectRecord;
-use crate::sas::{Key, TokenError};
+use crate::lock::lock;
+use crate::sas::Key;
+
+pub(crate) use self::connection::{Connection, Outbound};
+pub use self::reason::{DisconnectReason, RefusalReason};
+pub use self::stats::{DeviceStats, Event, Subscription};
 
 /// How many ids that are not registered get their own stats entry (refused CONNECTs).
 const MAX_UNREGISTERED_ENTRIES: usize = 4096;
 
 /// Capacity of the event broadcast; a receiver that falls further behind sees `Lagged`.
 const EVENT_CAPACITY: usize = 1024;
-
-/// Locks a mutex, recovering the data if a previous holder panicked: every critical section in
-/// the emulator leaves the data consistent between statements, so poisoning carries no meaning.
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Why a CONNECT was refused. The hub answers CONNACK 5 for all of these except
-/// [`RefusalReason::ProtocolVersion`] (CONNACK 1) and [`RefusalReason::Throttled`] (CONNACK 3); the reason itself only exists here, for tests.
-/// Never carries the key or the token.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RefusalReason {
-    #[error("protocol level {0} is not MQTT 3.1.1 (4)")]
-    ProtocolVersion(u8),
-    #[error("client id is empty")]
-    EmptyClientId,
-    #[error("CONNECT carries no username")]
-    MissingUsername,
-    #[error("username is not {{host}}/{{deviceId}}/?api-version=...")]
-    BadUsername,
-    #[error("username names another hub host")]
-    WrongHost,
-    #[error("username has no api-version")]
-    MissingApiVersion,
-    #[error("module identities are not emulated")]
-    ModuleIdentity,
-    #[error("username device id differs from the client id")]
-    ClientIdMismatch,
-    #[error("device is not registered")]
-    UnknownDevice,
-    #[error("device is disabled")]
-    DeviceDisabled,
-    #[error("CONNECT carries no password (X.509 authentication is not emulated)")]
-    MissingPassword,
-    #[error("shared access policy tokens (skn) are not accepted for device connections")]
-    PolicyToken,
-    #[error("sas token rejected: {0}")]
-    Token(TokenError),
-    /// A [`Fault::Refuse`](super::Fault::Refuse) injected by a test (CONNACK 5).
-    #[error("refused by an injected fault")]
-    Injected,
-    /// A [`Fault::Throttle`](super::Fault::Throttle) injected by a test: CONNACK 3 (server
-    /// unavailable), as a throttled hub answers.
-    #[error("hub is throttling connections (injected fault)")]
-    Throttled,
-}
-
-/// Why a device connection ended.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DisconnectReason {
-    #[error("client sent DISCONNECT")]
-    ClientDisconnect,
-    #[error("connection lost: {0}")]
-    ConnectionLost(String),
-    #[error("no packet within 1.5 x keep-alive")]
-    KeepAliveTimeout,
-    #[error("sas token expired")]
-    TokenExpired,
-    #[error("a newer connection for the same device id took over")]
-    TakenOver,
-    #[error("device was removed from the registry")]
-    DeviceRemoved,
-    #[error("device was disabled")]
-    DeviceDisabled,
-    #[error("dropped by drop_all_connections")]
-    Dropped,
-    #[error("protocol violation: {0}")]
-    ProtocolViolation(String),
-    #[error("{0} is not emulated")]
-    NotEmulated(String),
-    #[error("emulator shut down")]
-    Shutdown,
-}
-
-/// A topic filter a connection subscribed to, with the QoS granted.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Subscription {
-    pub filter: String,
-    pub qos: u8,
-}
-
-/// What the emulator observed for one device id. Counters cover the emulator's lifetime;
-/// `online`, `connection`, `subscriptions` and `methods_subscribed` describe the current
-/// connection.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DeviceStats {
-    pub registered: bool,
-    pub enabled: bool,
-    pub online: bool,
-    /// Id of the attached connection (increasing over the emulator's life).
-    pub connection: Option<u64>,
-    pub connects_accepted: u64,
-    pub connects_refused: u64,
-    pub last_refusal: Option<RefusalReason>,
-    pub disconnects: u64,
-    pub last_disconnect: Option<DisconnectReason>,
-    pub subscriptions: Vec<Subscription>,
-    /// Subscribed to `$iothub/methods/POST/#`, so every method request can be routed here.
-    /// (Requests are routed by filter match, so a per-method filter also receives its method.)
-    pub methods_subscribed: bool,
-    /// Method requests handed to the device's connection.
-    pub method_requests: u64,
-    /// Every method response the device published, including ignored ones.
-    pub method_responses: u64,
-    /// Responses that matched no live request: late, duplicate, or unknown `$rid`.
-    pub method_responses_ignored: u64,
-    pub telemetry_messages: u64,
-    pub telemetry_bytes: u64,
-    /// The last CONNECT that named this client id, accepted or refused, password reduced to
-    /// its shape.
-    pub last_connect: Option<ConnectRecord>,
-    /// Every SUBSCRIBE of the current connection, in order, each as its filters with the QoS the
-    /// client *requested* (what was granted is in `subscriptions`).
-    pub subscribe_requests: Vec<Vec<Subscription>>,
-    /// QoS of the last method response the device published.
-    pub last_method_response_qos: Option<u8>,
-}
-
-/// One thing that happened, for [`crate::Emulator::events`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
-    Connected {
-        device: String,
-        connection: u64,
-    },
-    Refused {
-        client_id: String,
-        reason: RefusalReason,
-    },
-    Disconnected {
-        device: String,
-        connection: u64,
-        reason: DisconnectReason,
-    },
-    Subscribed {
-        device: String,
-        subscriptions: Vec<Subscription>,
-    },
-    MethodRequest {
-        device: String,
-        method: String,
-        rid: u64,
-    },
-    MethodResponse {
-        device: String,
-        rid: String,
-        status: u16,
-        accepted: bool,
-    },
-    Telemetry {
-        device: String,
-        topic: String,
-        payload: Bytes,
-    },
-}
-
-/// A message for a connection task to publish to its device.
-#[derive(Debug)]
-pub(crate) struct Outbound {
-    pub(crate) topic: String,
-    pub(crate) payload: Bytes,
-}
-
-/// The handle the registry keeps for an attached connection: how to send to it and how to close
-/// it with a reason.
-#[derive(Debug)]
-pub(crate) struct Connection {
-    pub(crate) id: u64,
-    pub(crate) outbound: mpsc::Sender<Outbound>,
-    kill: CancellationToken,
-    kill_reason: Mutex<Option<DisconnectReason>>,
-}
-
-impl Connection {
-    pub(crate) fn new(id: u64, outbound: mpsc::Sender<Outbound>, kill: CancellationToken) -> Self {
-        Connection {
-            id,
-            outbound,
-            kill,
-            kill_reason: Mutex::new(None),
-        }
-    }
-
-    /// Asks the connection task to close; the first reason given wins.
-    pub(crate) fn kick(&self, reason: DisconnectReason) {
-        lock(&self.kill_reason).get_or_insert(reason);
-        self.kill.cancel();
-    }
-
-    pub(crate) fn kill_token(&self) -> &CancellationToken {
-        &self.kill
-    }
-
-    pub(crate) fn kill_reason(&self) -> Option<DisconnectReason> {
-        lock(&self.kill_reason).clone()
-    }
-}
 
 #[derive(Clone)]
 struct Identity {
@@ -698,6 +513,8 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::sync::mpsc;
+    use tokio_util::sync::CancellationToken;
 
     fn key() -> Key {
         Key::from_base64("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=").unwrap()

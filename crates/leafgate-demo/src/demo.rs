@@ -1,0 +1,256 @@
+//! The running demo owns the order things start and stop in: the site and the hub before the
+//! config that names their addresses, the gateway last in and first out so no method in flight is
+//! cut off. The calls a back-end application would make go through it for the same reason.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use leafgate::config::{self, Config};
+use leafgate::gateway::Gateway;
+use leafgate_emulator::{Emulator, EmulatorConfig, ServiceClient};
+use leafgate_sim::Site;
+
+use crate::script::{Call, check, script};
+use crate::seed::seed;
+use crate::summary::{RoundTrip, Summary};
+use crate::temp_dir::TempDir;
+use crate::template::{CONFIG_TEMPLATE, Placeholders, render};
+use crate::{Error, Options};
+
+/// How long each device may take to come online in the emulator.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// `responseTimeoutInSeconds` of every call (each method's own deadline is 2 s).
+const RESPONSE_TIMEOUT_S: u64 = 10;
+/// How long in-flight methods may take to finish when the demo stops.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// A running demo: simulated site, emulated hub, and the gateway between them. End it with
+/// [`Demo::shutdown`]: dropping it stops the emulator and the site, but the gateway's tasks run
+/// on until the runtime ends (a `Gateway` stops only through its `shutdown`).
+pub struct Demo {
+    gateway: Option<Gateway>,
+    client: ServiceClient,
+    emulator: Emulator,
+    site: Site,
+    config: Config,
+    dir: TempDir,
+}
+
+impl std::fmt::Debug for Demo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Demo")
+            .field("emulator", &self.emulator)
+            .field("site", &self.site)
+            .field("dir", &self.dir.0)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Demo {
+    /// Starts the site, the emulator and the gateway, and waits until every device is online
+    /// and subscribed to methods.
+    ///
+    /// # Errors
+    /// When a pty cannot be opened, a port cannot be bound, the rendered config does not load,
+    /// or a device does not come online within 10 s.
+    pub async fn start(options: &Options) -> Result<Demo, Error> {
+        let dir = TempDir::create().map_err(Error::TempDir)?;
+        let site = Site::start().await.map_err(Error::Site)?;
+        seed(&site);
+        let ca_file = dir.0.join("ca.pem");
+        let emulator = Emulator::start(EmulatorConfig {
+            mqtt_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, options.hub_port)),
+            http_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, options.http_port)),
+            ca_path: Some(ca_file.clone()),
+            ..EmulatorConfig::default()
+        })
+        .await
+        .map_err(Error::Emulator)?;
+        let text = render(
+            CONFIG_TEMPLATE,
+            &Placeholders {
+                hub_port: emulator.mqtt_addr().port(),
+                ca_file: &ca_file,
+                plc_address: site.modbus_tcp.addr(),
+                rtu_path: site.rtu_line.path(),
+                psu_path: site.psu_line.path(),
+            },
+        );
+        let path = dir.0.join("leafgate.toml");
+        std::fs::write(&path, text).map_err(|source| Error::WriteConfig {
+            path: path.clone(),
+            source,
+        })?;
+        let config = config::load(&path).map_err(|source| Error::Config {
+            path: path.clone(),
+            source,
+        })?;
+        for device in &config.devices {
+            emulator.add_device(&device.id, device.key.clone());
+        }
+        let client =
+            ServiceClient::new(emulator.http_addr(), &emulator.service_connection_string())
+                .map_err(Error::Client)?;
+        let gateway = Gateway::start(&config).map_err(Error::Gateway)?;
+        for device in &config.devices {
+            if let Err(e) = emulator.wait_method_ready(&device.id, READY_TIMEOUT).await {
+                gateway.shutdown(DRAIN).await;
+                return Err(Error::NotReady(Box::new(e)));
+            }
+        }
+        Ok(Demo {
+            gateway: Some(gateway),
+            client,
+            emulator,
+            site,
+            config,
+            dir,
+        })
+    }
+
+    /// The emulated hub's MQTT-over-TLS listener.
+    #[must_use]
+    pub fn hub_addr(&self) -> SocketAddr {
+        self.emulator.mqtt_addr()
+    }
+
+    /// The emulated hub's service API (plain HTTP).
+    #[must_use]
+    pub fn service_addr(&self) -> SocketAddr {
+        self.emulator.http_addr()
+    }
+
+    /// The rendered config the gateway runs with (removed when the demo ends).
+    #[must_use]
+    pub fn config_path(&self) -> &Path {
+        self.config
+            .files
+            .first()
+            .map_or(&self.dir.0, PathBuf::as_path)
+    }
+
+    /// The config the gateway runs with, for the text that says what runs where.
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The simulated hardware, to look at or steer while the demo runs.
+    #[must_use]
+    pub fn site(&self) -> &Site {
+        &self.site
+    }
+
+    /// A service SAS token for the emulated hub, valid for an hour.
+    #[must_use]
+    pub fn token(&self) -> String {
+        self.client.token()
+    }
+
+    /// Calls the scripted methods one after another and checks every answer.
+    pub async fn round_trips(&self) -> Summary {
+        let mut round_trips = Vec::new();
+        for call in script() {
+            round_trips.push(self.round_trip(&call).await);
+        }
+        Summary { round_trips }
+    }
+
+    async fn round_trip(&self, call: &Call) -> RoundTrip {
+        let started = Instant::now();
+        let result = self
+            .client
+            .invoke(
+                call.device,
+                call.method,
+                call.payload.clone(),
+                RESPONSE_TIMEOUT_S,
+            )
+            .await;
+        let latency = started.elapsed();
+        let (status, response, problem) = match result {
+            Ok((200, body)) => {
+                let status = body["status"].as_u64().and_then(|s| u16::try_from(s).ok());
+                let payload = body["payload"].clone();
+                match status {
+                    Some(status) => {
+                        let problem = check(call, status, &payload);
+                        (Some(status), payload, problem)
+                    }
+                    None => (None, body, Some("no status in the answer".to_owned())),
+                }
+            }
+            Ok((http, body)) => {
+                let problem = format!("service API answered HTTP {http}");
+                (None, body, Some(problem))
+            }
+            Err(e) => {
+                let text = error_chain(&e);
+                (None, Value::String(text.clone()), Some(text))
+            }
+        };
+        RoundTrip {
+            device: call.device.to_owned(),
+            method: call.method.to_owned(),
+            request: call.payload.clone(),
+            status,
+            response,
+            latency,
+            note: call.note.map(str::to_owned),
+            problem,
+        }
+    }
+
+    /// Ready-to-paste `curl` lines calling the demo's methods through the service API.
+    #[must_use]
+    pub fn curl_lines(&self) -> Vec<String> {
+        let token = self.token();
+        [
+            ("plc-1", "getStatus", json!({})),
+            ("plc-1", "setSpeed", json!({"speed": 900})),
+            ("meter-1", "getReadings", json!({})),
+            ("meter-2", "getReadings", json!({})),
+            ("psu-1", "setVoltage", json!({"volts": 12.0})),
+            ("psu-1", "measure", json!({})),
+        ]
+        .into_iter()
+        .map(|(device, method, payload)| {
+            let body = json!({
+                "methodName": method,
+                "payload": payload,
+                "responseTimeoutInSeconds": RESPONSE_TIMEOUT_S,
+            });
+            format!(
+                "curl -s -X POST 'http://{}/twins/{device}/methods?api-version=2021-04-12' \
+                 -H 'Authorization: {token}' -H 'Content-Type: application/json' -d '{body}'",
+                self.service_addr()
+            )
+        })
+        .collect()
+    }
+
+    /// Stops the gateway (methods in flight finish), then the emulator and the simulated site,
+    /// and removes the rendered config.
+    pub async fn shutdown(mut self) {
+        if let Some(gateway) = self.gateway.take() {
+            gateway.shutdown(DRAIN).await;
+        }
+        let Demo {
+            emulator,
+            site,
+            dir,
+            ..
+        } = self;
+        emulator.shutdown().await;
+        drop(site);
+        drop(dir);
+    }
+}
+
+/// An error and its causes on one line (`what: cause: cause`), for a failed call in the table.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    leafgate::chain::chain(error)
+}

@@ -1,0 +1,19 @@
+//! The device endpoint: MQTT 3.1.1 over TLS, one task per connection (`iothub-protocol.md` 1, 3
+//! and checklist 10).
+//!
+//! A connection task owns its socket: it reads and decodes with rumqttc's codec, answers
+//! CONNECT/SUBSCRIBE/PINGREQ/PUBLISH, and writes method requests that [`crate::methods`] queues
+//! for it. The registry only holds a handle to queue messages and to close the connection with a
+//! reason. Any input the hub would not accept closes that one connection; nothing a client sends
+//! can panic the emulator or grow a buffer past [`MAX_INCOMING_PACKET`](link::MAX_INCOMING_PACKET).
+//!
+//! One file per job: accepting connections (`listener`), a connection from TLS handshake to
+//! CONNACK and close (`connection`), the packets of an accepted session (`session`), and reading
+//! and writing packets on the TLS stream (`link`).
+
+mod connection;
+mod link;
+mod listener;
+mod session;
+
+pub(crate) use listener::run;

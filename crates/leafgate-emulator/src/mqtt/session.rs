@@ -1,0 +1,278 @@
+//! An accepted device session, from CONNACK until something ends it: the packets a device may
+//! send (method responses, telemetry, SUBSCRIBE, PINGREQ), the hub's limits on them, keep-alive
+//! and token expiry. Anything else closes the connection, as the hub does.
+
+use std::time::Duration;
+
+use rumqttc::mqttbytes::QoS;
+use rumqttc::mqttbytes::v4::{
+    Packet, PubAck, Publish, SubAck, Subscribe, SubscribeReasonCode, UnsubAck, Unsubscribe,
+};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::link::{Link, LinkError, packet_name};
+use crate::Shared;
+use crate::clock::expiry_instant;
+use crate::registry::{Connection, DeviceEntry, DisconnectReason, Outbound, Subscription};
+use crate::topic_filter::known_filter;
+use leafgate::hub::topics;
+
+/// Telemetry limit (`iothub-protocol.md` 6.1).
+const MAX_TELEMETRY: usize = 256 * 1024;
+/// Subscriptions allowed per connection.
+pub(crate) const MAX_SUBSCRIPTIONS: usize = 5;
+/// Azure's load-balancer idle timeout, which caps 1.5 x keep-alive.
+const KEEP_ALIVE_CAP: Duration = Duration::from_secs(1767);
+
+/// How long a connection may stay silent: 1.5 x keep-alive, capped at 1767 s. A keep-alive of 0
+/// (MQTT's "off") still gets the cap, as the hub's load balancer would apply it.
+pub(crate) fn idle_timeout(keep_alive_s: u16) -> Duration {
+    if keep_alive_s == 0 {
+        return KEEP_ALIVE_CAP;
+    }
+    (Duration::from_secs(u64::from(keep_alive_s)) * 3 / 2).min(KEEP_ALIVE_CAP)
+}
+
+/// State of an accepted connection.
+pub(super) struct Session<'a> {
+    pub(super) shared: &'a Shared,
+    pub(super) entry: &'a DeviceEntry,
+    pub(super) conn: &'a Connection,
+    pub(super) device_id: &'a str,
+    pub(super) subscriptions: Vec<Subscription>,
+    /// CleanSession 0: subscriptions outlive the connection.
+    pub(super) persistent: bool,
+}
+
+impl Session<'_> {
+    /// Serves the connection until something ends it; returns why.
+    pub(super) async fn run(
+        &mut self,
+        link: &mut Link,
+        mut outbound: mpsc::Receiver<Outbound>,
+        idle: Duration,
+        token_expiry: u64,
+    ) -> DisconnectReason {
+        let idle_timer = tokio::time::sleep(idle);
+        let expiry_timer = tokio::time::sleep_until(expiry_instant(token_expiry));
+        tokio::pin!(idle_timer, expiry_timer);
+        loop {
+            // Handle every whole packet already buffered before waiting again.
+            loop {
+                match link.decode() {
+                    Ok(Some(packet)) => {
+                        idle_timer.as_mut().reset(Instant::now() + idle);
+                        if let Err(reason) = self.handle(link, packet).await {
+                            return reason;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => return e.into_reason(),
+                }
+            }
+            tokio::select! {
+                biased;
+                () = self.conn.kill_token().cancelled() => return self.kill_reason(),
+                () = &mut expiry_timer => return DisconnectReason::TokenExpired,
+                () = &mut idle_timer => return DisconnectReason::KeepAliveTimeout,
+                message = outbound.recv() => {
+                    // This task's own `Connection` holds a sender, so `None` cannot happen;
+                    // treat it as a shutdown if it ever does.
+                    let Some(message) = message else { return DisconnectReason::Shutdown };
+                    let publish = Publish::from_bytes(message.topic, QoS::AtMostOnce, message.payload);
+                    if let Err(e) = link.send(Packet::Publish(publish)).await {
+                        return e.into_reason();
+                    }
+                }
+                filled = link.fill() => {
+                    if let Err(e) = filled {
+                        return e.into_reason();
+                    }
+                }
+            }
+        }
+    }
+
+    fn kill_reason(&self) -> DisconnectReason {
+        self.conn.kill_reason().unwrap_or_else(|| {
+            if self.shared.shutdown.is_cancelled() {
+                DisconnectReason::Shutdown
+            } else {
+                DisconnectReason::Dropped
+            }
+        })
+    }
+
+    async fn handle(&mut self, link: &mut Link, packet: Packet) -> Result<(), DisconnectReason> {
+        let reply = match packet {
+            Packet::Publish(publish) => self.publish(publish)?,
+            Packet::Subscribe(subscribe) => Some(self.subscribe(subscribe)?),
+            Packet::Unsubscribe(unsubscribe) => Some(self.unsubscribe(unsubscribe)),
+            Packet::PingReq => Some(Packet::PingResp),
+            Packet::Disconnect => return Err(DisconnectReason::ClientDisconnect),
+            // The emulator publishes at QoS 0 only, so there is nothing to acknowledge; a stray
+            // PUBACK is harmless.
+            Packet::PubAck(_) => None,
+            other => {
+                return Err(DisconnectReason::ProtocolViolation(format!(
+                    "unexpected {}",
+                    packet_name(&other)
+                )));
+            }
+        };
+        match reply {
+            Some(reply) => link.send(reply).await.map_err(LinkError::into_reason),
+            None => Ok(()),
+        }
+    }
+
+    /// Accepts method responses and telemetry; closes on QoS 2 and on topics the hub rejects.
+    fn publish(&mut self, publish: Publish) -> Result<Option<Packet>, DisconnectReason> {
+        if publish.qos == QoS::ExactlyOnce {
+            return Err(DisconnectReason::ProtocolViolation(
+                "QoS 2 publish".to_owned(),
+            ));
+        }
+        let topic = publish.topic.as_str();
+        if topic.starts_with("$iothub/methods/res/") {
+            let (status, rid) = topics::parse_response(topic).ok_or_else(|| {
+                DisconnectReason::ProtocolViolation(format!(
+                    "malformed method response topic {topic:?}"
+                ))
+            })?;
+            // Recorded before the waiting call wakes: a test that has its answer also finds the
+            // response in the history and the device's stats.
+            self.shared
+                .history
+                .method_response(self.device_id, rid, status);
+            let answer = self.shared.methods.take(self.device_id, rid);
+            if answer.is_none() {
+                log::debug!(
+                    "emulator: device {} answered rid {rid} that has no live request; ignored",
+                    self.device_id
+                );
+            }
+            self.shared.registry.record_method_response(
+                self.entry,
+                rid,
+                status,
+                publish.qos as u8,
+                answer.is_some(),
+            );
+            if let Some(answer) = answer {
+                // The caller may have given up at this very moment; its timeout answers it.
+                let _ = answer.send(status, publish.payload.clone());
+            }
+        } else if topic.starts_with("$iothub/twin/") {
+            return Err(DisconnectReason::NotEmulated("device twin".to_owned()));
+        } else if let Some(rest) = topic.strip_prefix("devices/") {
+            let own = rest
+                .strip_prefix(self.device_id)
+                .and_then(|rest| rest.strip_prefix("/messages/events/"));
+            if own.is_none() {
+                return Err(DisconnectReason::ProtocolViolation(format!(
+                    "publish to {topic:?}, not this device's telemetry topic"
+                )));
+            }
+            if publish.payload.len() > MAX_TELEMETRY {
+                return Err(DisconnectReason::ProtocolViolation(
+                    "telemetry message larger than 256 KB".to_owned(),
+                ));
+            }
+            self.shared
+                .registry
+                .record_telemetry(self.entry, topic, &publish.payload);
+        } else {
+            return Err(DisconnectReason::ProtocolViolation(format!(
+                "publish to unknown topic {topic:?}"
+            )));
+        }
+        Ok((publish.qos == QoS::AtLeastOnce).then(|| Packet::PubAck(PubAck::new(publish.pkid))))
+    }
+
+    /// Grants known filters at QoS <= 1, up to five per connection; the sixth and later get the
+    /// failure code. Unknown filters close the connection, as the hub does.
+    fn subscribe(&mut self, subscribe: Subscribe) -> Result<Packet, DisconnectReason> {
+        let requested = subscribe
+            .filters
+            .iter()
+            .map(|filter| Subscription {
+                filter: filter.path.clone(),
+                qos: filter.qos as u8,
+            })
+            .collect();
+        self.shared
+            .registry
+            .record_subscribe(self.entry, self.conn.id, requested);
+        let mut codes = Vec::with_capacity(subscribe.filters.len());
+        for filter in subscribe.filters {
+            if !known_filter(&filter.path, self.device_id) {
+                return Err(DisconnectReason::ProtocolViolation(format!(
+                    "subscribe to unsupported topic filter {:?}",
+                    filter.path
+                )));
+            }
+            let qos = if filter.qos == QoS::AtMostOnce {
+                QoS::AtMostOnce
+            } else {
+                QoS::AtLeastOnce
+            };
+            let full = self.subscriptions.len() >= MAX_SUBSCRIPTIONS;
+            let existing = self
+                .subscriptions
+                .iter_mut()
+                .find(|s| s.filter == filter.path);
+            match existing {
+                Some(subscription) => subscription.qos = qos as u8,
+                None if full => {
+                    codes.push(SubscribeReasonCode::Failure);
+                    continue;
+                }
+                None => self.subscriptions.push(Subscription {
+                    filter: filter.path,
+                    qos: qos as u8,
+                }),
+            }
+            codes.push(SubscribeReasonCode::Success(qos));
+        }
+        self.publish_subscriptions();
+        Ok(Packet::SubAck(SubAck::new(subscribe.pkid, codes)))
+    }
+
+    fn unsubscribe(&mut self, unsubscribe: Unsubscribe) -> Packet {
+        self.subscriptions
+            .retain(|s| !unsubscribe.topics.contains(&s.filter));
+        self.publish_subscriptions();
+        Packet::UnsubAck(UnsubAck::new(unsubscribe.pkid))
+    }
+
+    pub(super) fn publish_subscriptions(&self) {
+        let methods = self
+            .subscriptions
+            .iter()
+            .any(|s| s.filter == topics::METHODS_FILTER);
+        self.shared.registry.set_subscriptions(
+            self.entry,
+            self.conn.id,
+            &self.subscriptions,
+            methods,
+            self.persistent,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_timeout_is_one_and_a_half_keep_alives_capped() {
+        assert_eq!(idle_timeout(60), Duration::from_secs(90));
+        assert_eq!(idle_timeout(1), Duration::from_millis(1500));
+        assert_eq!(idle_timeout(1177), Duration::from_millis(1_765_500));
+        assert_eq!(idle_timeout(1178), KEEP_ALIVE_CAP);
+        assert_eq!(idle_timeout(u16::MAX), KEEP_ALIVE_CAP);
+        assert_eq!(idle_timeout(0), KEEP_ALIVE_CAP);
+    }
+}

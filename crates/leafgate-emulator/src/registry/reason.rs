@@ -1,0 +1,71 @@
+//! Why a CONNECT was refused and why a connection ended. Tests assert on these, so the CONNECT
+//! checks, the connection tasks, the registry and the history all report in this one vocabulary.
+
+use crate::sas::TokenError;
+
+/// Why a CONNECT was refused. The hub answers CONNACK 5 for all of these except
+/// [`RefusalReason::ProtocolVersion`] (CONNACK 1) and [`RefusalReason::Throttled`] (CONNACK 3); the reason itself only exists here, for tests.
+/// Never carries the key or the token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RefusalReason {
+    #[error("protocol level {0} is not MQTT 3.1.1 (4)")]
+    ProtocolVersion(u8),
+    #[error("client id is empty")]
+    EmptyClientId,
+    #[error("CONNECT carries no username")]
+    MissingUsername,
+    #[error("username is not {{host}}/{{deviceId}}/?api-version=...")]
+    BadUsername,
+    #[error("username names another hub host")]
+    WrongHost,
+    #[error("username has no api-version")]
+    MissingApiVersion,
+    #[error("module identities are not emulated")]
+    ModuleIdentity,
+    #[error("username device id differs from the client id")]
+    ClientIdMismatch,
+    #[error("device is not registered")]
+    UnknownDevice,
+    #[error("device is disabled")]
+    DeviceDisabled,
+    #[error("CONNECT carries no password (X.509 authentication is not emulated)")]
+    MissingPassword,
+    #[error("shared access policy tokens (skn) are not accepted for device connections")]
+    PolicyToken,
+    #[error("sas token rejected: {0}")]
+    Token(TokenError),
+    /// A [`Fault::Refuse`](crate::Fault::Refuse) injected by a test (CONNACK 5).
+    #[error("refused by an injected fault")]
+    Injected,
+    /// A [`Fault::Throttle`](crate::Fault::Throttle) injected by a test: CONNACK 3 (server
+    /// unavailable), as a throttled hub answers.
+    #[error("hub is throttling connections (injected fault)")]
+    Throttled,
+}
+
+/// Why a device connection ended.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DisconnectReason {
+    #[error("client sent DISCONNECT")]
+    ClientDisconnect,
+    #[error("connection lost: {0}")]
+    ConnectionLost(String),
+    #[error("no packet within 1.5 x keep-alive")]
+    KeepAliveTimeout,
+    #[error("sas token expired")]
+    TokenExpired,
+    #[error("a newer connection for the same device id took over")]
+    TakenOver,
+    #[error("device was removed from the registry")]
+    DeviceRemoved,
+    #[error("device was disabled")]
+    DeviceDisabled,
+    #[error("dropped by drop_all_connections")]
+    Dropped,
+    #[error("protocol violation: {0}")]
+    ProtocolViolation(String),
+    #[error("{0} is not emulated")]
+    NotEmulated(String),
+    #[error("emulator shut down")]
+    Shutdown,
+}

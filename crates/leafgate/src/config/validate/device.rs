@@ -1,0 +1,136 @@
+//! The `[[device]]` sections: the unit id the bus's addressing allows, and the methods, the
+//! profile's and the device's own, compiled for the bus the device is on. A method that cannot
+//! run on that bus is a problem named at the device.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::Problems;
+use super::bus::Units;
+use super::device_key::resolve_key;
+use super::profile::Profiles;
+use crate::config::Device;
+use crate::config::schema::{BusKind, DeviceConfig};
+use crate::mapping::Method;
+
+/// The bus a device is on, as far as resolving the device needs it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct BusRef {
+    pub(super) kind: BusKind,
+    pub(super) units: Units,
+}
+
+pub(super) fn resolve_device(
+    file: &Path,
+    path: &str,
+    d: &DeviceConfig,
+    on: BusRef,
+    hub: Option<(&str, Option<&str>)>,
+    profiles: &mut Profiles<'_>,
+    p: &mut Problems,
+) -> Option<Device> {
+    let start = p.0.len();
+    let kind = on.kind;
+    let key = resolve_key(file, path, d, hub, p);
+    let unit = match (on.units, d.unit) {
+        (Units::None, Some(_)) => {
+            p.add(
+                file,
+                format!("{path}.unit"),
+                "does not apply to devices on a serial bus",
+            );
+            0
+        }
+        (Units::None, None) => 0,
+        (Units::Rtu, Some(u)) if (1..=247).contains(&u) => u,
+        (Units::Rtu, Some(u)) => {
+            // 0 is broadcast: every slave executes a write and none answers. 248..=255 are
+            // reserved on a serial line.
+            let tcp = if kind == BusKind::ModbusTcp {
+                "; framing = \"rtu\" follows serial-line addressing"
+            } else {
+                ""
+            };
+            p.add(
+                file,
+                format!("{path}.unit"),
+                format!("{u} is outside 1..=247 (0 is broadcast, which never answers{tcp})"),
+            );
+            0
+        }
+        (Units::Mbap, Some(u)) => u,
+        (_, None) => {
+            p.add(file, format!("{path}.unit"), "missing (the Modbus unit id)");
+            0
+        }
+    };
+    let mut methods: BTreeMap<String, Arc<Method>> = BTreeMap::new();
+    if let Some(profile_id) = &d.profile {
+        // Profile methods are compiled for this device's bus kind: the same profile on a serial
+        // bus is a problem worth naming at the device.
+        match profiles.methods(profile_id, kind) {
+            Some((pfile, compiled)) => {
+                for compiled in compiled {
+                    match compiled {
+                        Ok(method) => {
+                            methods.insert(method.name.clone(), Arc::clone(method));
+                        }
+                        Err(problems) => {
+                            for pr in problems {
+                                p.add(
+                                    pfile,
+                                    pr.path.clone(),
+                                    format!("{} (used by device {:?})", pr.message, d.id),
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+            None => p.add(
+                file,
+                format!("{path}.profile"),
+                format!("profile {profile_id:?} is not defined"),
+            ),
+        }
+    }
+    let mut own = std::collections::BTreeSet::new();
+    for (i, m) in d.method.iter().enumerate() {
+        let mpath = format!("{path}.method[{i}]");
+        if !own.insert(m.name.clone()) {
+            p.add(
+                file,
+                format!("{mpath}.name"),
+                format!("method {:?} is defined twice", m.name),
+            );
+            continue;
+        }
+        match Method::compile(m, kind, &mpath) {
+            // A device's own method overrides the profile's method of the same name.
+            Ok(method) => {
+                methods.insert(method.name.clone(), Arc::new(method));
+            }
+            Err(problems) => {
+                for pr in problems {
+                    p.add(file, pr.path, pr.message);
+                }
+            }
+        }
+    }
+    if d.method.is_empty() && d.profile.is_none() && !d.raw_methods {
+        p.add(file, path, format!("device {:?} has no methods (add [[device.method]], a profile, or raw_methods = true)", d.id));
+    }
+    if p.0.len() != start {
+        return None;
+    }
+    Some(Device {
+        id: d.id.clone(),
+        key: key?,
+        bus: d.bus.clone(),
+        unit,
+        raw_methods: d.raw_methods,
+        methods,
+        fingerprint: format!("{d:?}"),
+    })
+}

@@ -1,0 +1,310 @@
+//! The `[hub]` section: host names, timings and the CA file. Host names get the most care here
+//! because a scheme, port or path in them fails only at connect time, as a TLS or "not
+//! authorized" error far from the key that caused it.
+
+use std::net::Ipv6Addr;
+use std::path::Path;
+use std::time::Duration;
+
+use super::Problems;
+use crate::config::Hub;
+use crate::config::schema::HubConfig;
+
+pub(super) fn resolve_hub(file: &Path, h: &HubConfig, p: &mut Problems) -> Option<Hub> {
+    let start = p.0.len();
+    let hostname = check_host("hostname", &h.hostname)
+        .map_err(|msg| p.add(file, "hub.hostname", msg))
+        .ok();
+    let gateway = match &h.gateway_hostname {
+        Some(g) => check_host("gateway_hostname", g)
+            .map(Some)
+            .map_err(|msg| p.add(file, "hub.gateway_hostname", msg))
+            .ok(),
+        None => Some(None),
+    };
+    if h.port == 0 {
+        p.add(file, "hub.port", "must not be 0");
+    }
+    if !(5..=1177).contains(&h.keep_alive_s) {
+        p.add(file, "hub.keep_alive_s", format!("{} is outside 5..=1177 (IoT Hub closes idle links after 1.5 × keep-alive, at most 29.45 min)", h.keep_alive_s));
+    }
+    if !(10..=31_536_000).contains(&h.sas_ttl_s) {
+        p.add(
+            file,
+            "hub.sas_ttl_s",
+            format!("{} is outside 10..=31536000", h.sas_ttl_s),
+        );
+    }
+    if !(1..=10_000).contains(&h.max_connects_per_s) {
+        p.add(
+            file,
+            "hub.max_connects_per_s",
+            format!("{} is outside 1..=10000", h.max_connects_per_s),
+        );
+    }
+    if !(1024..=128 * 1024).contains(&h.max_payload_bytes) {
+        p.add(
+            file,
+            "hub.max_payload_bytes",
+            format!(
+                "{} is outside 1024..=131072 (IoT Hub's own limit is 128 KiB)",
+                h.max_payload_bytes
+            ),
+        );
+    }
+    if !(1..=300).contains(&h.connect_timeout_s) {
+        p.add(
+            file,
+            "hub.connect_timeout_s",
+            format!("{} is outside 1..=300", h.connect_timeout_s),
+        );
+    }
+    if h.reconnect_min_ms == 0 || h.reconnect_min_ms > h.reconnect_max_ms {
+        p.add(
+            file,
+            "hub.reconnect_min_ms",
+            format!(
+                "must be above 0 and at most reconnect_max_ms ({})",
+                h.reconnect_max_ms
+            ),
+        );
+    }
+    if let Some(ca) = &h.ca_file {
+        if let Err(msg) = check_ca_file(ca) {
+            p.add(file, "hub.ca_file", msg);
+        }
+    }
+    let (Some(hostname), Some(gateway_hostname)) = (hostname, gateway) else {
+        return None;
+    };
+    (p.0.len() == start).then(|| Hub {
+        connect_host: gateway_hostname.clone().unwrap_or_else(|| hostname.clone()),
+        hostname,
+        gateway_hostname,
+        port: h.port,
+        ca_file: h.ca_file.clone(),
+        keep_alive: Duration::from_secs(h.keep_alive_s),
+        sas_ttl: Duration::from_secs(h.sas_ttl_s),
+        max_connects_per_s: h.max_connects_per_s,
+        max_payload_bytes: h.max_payload_bytes,
+        connect_timeout: Duration::from_secs(h.connect_timeout_s),
+        reconnect_min: Duration::from_millis(h.reconnect_min_ms),
+        reconnect_max: Duration::from_millis(h.reconnect_max_ms),
+    })
+}
+
+/// `hostname` and `gateway_hostname` are bare host names: they become the TLS server name and
+/// the TCP peer, and `hostname` also goes into MQTT usernames and SAS scopes, where a scheme, a
+/// port or a path would fail only at connect time (or as "not authorized"). Surrounding
+/// whitespace is trimmed; the trimmed name is returned. A bare IPv6 address is a host name too.
+pub(super) fn check_host(key: &str, raw: &str) -> Result<String, String> {
+    let name = raw.trim();
+    if name.is_empty() {
+        return Err(if key == "hostname" {
+            "must not be empty (your IoT hub's host name, e.g. myhub.azure-devices.net)".to_owned()
+        } else {
+            "must not be empty; remove the key to connect to hostname".to_owned()
+        });
+    }
+    if name.contains(char::is_whitespace) {
+        return Err(format!(
+            "{name:?} contains whitespace; write the host name only, e.g. myhub.azure-devices.net"
+        ));
+    }
+    let after_scheme = name.split_once("://").map_or(name, |(_, rest)| rest);
+    let authority = after_scheme
+        .split(['/', '?', '#'])
+        .next()
+        .unwrap_or(after_scheme);
+    let (bare, port) = split_authority(authority);
+    let what = if after_scheme.len() != name.len() {
+        "a scheme"
+    } else if authority.len() != after_scheme.len() {
+        "a path"
+    } else if port {
+        "a port"
+    } else if bare != authority {
+        "more than a host name"
+    } else {
+        ""
+    };
+    if !what.is_empty() {
+        let fix = if bare.is_empty() {
+            "e.g. myhub.azure-devices.net".to_owned()
+        } else {
+            format!("{key} = {bare:?}")
+        };
+        let port = if port {
+            ", and the port as hub.port"
+        } else {
+            ""
+        };
+        return Err(format!(
+            "{name:?} has {what}; write the host name only: {fix}{port}"
+        ));
+    }
+    if rustls::pki_types::ServerName::try_from(name).is_err() {
+        return Err(format!(
+            "{name:?} is not a valid host name (letters, digits, '-' and '.', e.g. myhub.azure-devices.net)"
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+/// The host in `host`, `host:port`, `user@host:port` or `[v6]:port`, and whether a port was
+/// given.
+fn split_authority(authority: &str) -> (&str, bool) {
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if let Some(inner) = host.strip_prefix('[') {
+        return match inner.split_once(']') {
+            Some((v6, rest)) => (v6, rest.starts_with(':')),
+            None => (inner, false),
+        };
+    }
+    if host.parse::<Ipv6Addr>().is_ok() {
+        return (host, false);
+    }
+    match host.split_once(':') {
+        Some((h, _)) => (h, true),
+        None => (host, false),
+    }
+}
+
+/// Reads and parses `ca_file` exactly as the daemon will at start. Found here, a bad file is a
+/// config problem: `check` reports it and the daemon exits 78, which systemd does not restart,
+/// instead of failing at start with 1 in a restart loop.
+fn check_ca_file(ca: &Path) -> Result<(), String> {
+    crate::hub::tls::add_ca_file(ca, &mut rustls::RootCertStore::empty())
+        .map(|_| ())
+        .map_err(|e| match std::error::Error::source(&e) {
+            Some(source) => format!("{e}: {source}"),
+            None => e.to_string(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use super::super::testing::{HUB, problems};
+    use super::*;
+    use crate::config::load::parse;
+    use crate::config::schema::FileConfig;
+    use crate::config::validate::validate;
+
+    fn hub_with(extra: &str) -> String {
+        format!("{HUB}{extra}\n")
+    }
+
+    #[test]
+    fn ca_file_must_hold_a_pem_certificate_rustls_accepts() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let ca = rcgen::generate_simple_self_signed(vec!["edge.local".to_owned()]).unwrap();
+        let good = write("ca.pem", &ca.cert.pem());
+        let with_key = write(
+            "bundle.pem",
+            &format!("{}{}", ca.signing_key.serialize_pem(), ca.cert.pem()),
+        );
+        let key_only = write("key.pem", &ca.signing_key.serialize_pem());
+        let der = write("ca.der", "0\u{82}\u{3}\u{1}0\u{82}");
+        let not_der = write(
+            "garbage.pem",
+            "-----BEGIN CERTIFICATE-----\nAAECAwQFBgcI\n-----END CERTIFICATE-----\n",
+        );
+        let bad_base64 = write(
+            "bad.pem",
+            "-----BEGIN CERTIFICATE-----\nAA!!ECAw\n-----END CERTIFICATE-----\n",
+        );
+        let missing = dir.path().join("missing.pem");
+        let shown = |p: &Path| p.display().to_string();
+
+        for ok in [&good, &with_key] {
+            let toml = hub_with(&format!("ca_file = {:?}", shown(ok)));
+            assert_eq!(problems(&toml), Vec::<String>::new(), "{}", ok.display());
+        }
+        let cases: [(&Path, &str); 6] = [
+            (dir.path(), "is a directory; give the PEM file"),
+            (&bad_base64, "holds no readable PEM certificate"),
+            (&key_only, "holds no PEM certificate"),
+            (&der, "holds no PEM certificate"),
+            (&not_der, "certificate 1 is not a usable X.509 certificate"),
+            (&missing, "cannot read"),
+        ];
+        for (path, want) in cases {
+            let toml = hub_with(&format!("ca_file = {:?}", shown(path)));
+            let got = problems(&toml);
+            assert_eq!(got.len(), 1, "{got:?}");
+            assert!(got[0].starts_with("hub.ca_file: "), "{got:?}");
+            assert!(got[0].contains(want), "{}: {got:?}", path.display());
+        }
+    }
+
+    #[test]
+    fn host_names_are_trimmed_and_must_be_bare() {
+        let ok = [
+            ("myhub.azure-devices.net", "myhub.azure-devices.net"),
+            ("  myhub.azure-devices.net\t", "myhub.azure-devices.net"),
+            ("edge_gw.local", "edge_gw.local"),
+            ("192.168.1.10", "192.168.1.10"),
+            ("fd00::1", "fd00::1"),
+        ];
+        for (raw, want) in ok {
+            assert_eq!(check_host("hostname", raw).as_deref(), Ok(want), "{raw:?}");
+        }
+        let bad = [
+            ("", "must not be empty"),
+            ("   ", "must not be empty"),
+            ("my hub.azure-devices.net", "contains whitespace"),
+            (
+                "mqtts://myhub.azure-devices.net",
+                r#"has a scheme; write the host name only: hostname = "myhub.azure-devices.net""#,
+            ),
+            (
+                "mqtts://myhub.azure-devices.net:8883/",
+                r#"has a scheme; write the host name only: hostname = "myhub.azure-devices.net", and the port as hub.port"#,
+            ),
+            (
+                "myhub.azure-devices.net:8883",
+                r#"has a port; write the host name only: hostname = "myhub.azure-devices.net", and the port as hub.port"#,
+            ),
+            (
+                "[fd00::1]:8883",
+                r#"has a port; write the host name only: hostname = "fd00::1", and the port as hub.port"#,
+            ),
+            (
+                "myhub.azure-devices.net/devices",
+                r#"has a path; write the host name only: hostname = "myhub.azure-devices.net""#,
+            ),
+            (
+                "https://",
+                "has a scheme; write the host name only: e.g. myhub",
+            ),
+            ("user@myhub.azure-devices.net", "has more than a host name"),
+            ("myhub..azure-devices.net", "is not a valid host name"),
+            ("-hub.example", "is not a valid host name"),
+        ];
+        for (raw, want) in bad {
+            let got = check_host("hostname", raw).unwrap_err();
+            assert!(got.contains(want), "{raw:?}: {got}");
+        }
+        let got = check_host("gateway_hostname", "").unwrap_err();
+        assert!(got.contains("remove the key"), "{got}");
+        let got = check_host("gateway_hostname", "edge.local:443").unwrap_err();
+        assert!(got.contains(r#"gateway_hostname = "edge.local""#), "{got}");
+    }
+
+    #[test]
+    fn trimmed_host_names_are_what_the_hub_connects_to() {
+        let toml = "[hub]\nhostname = \" myhub.azure-devices.net \"\ngateway_hostname = \" edge.local\\n\"\n";
+        let cfg: FileConfig = parse(toml).unwrap();
+        let cfg = validate(vec![(PathBuf::from("leafgate.toml"), cfg)]).unwrap();
+        assert_eq!(cfg.hub.hostname, "myhub.azure-devices.net");
+        assert_eq!(cfg.hub.gateway_hostname.as_deref(), Some("edge.local"));
+        assert_eq!(cfg.hub.connect_host, "edge.local");
+    }
+}

@@ -1,0 +1,186 @@
+//! Whole-config checks (references between sections, ids defined twice, values in range) and
+//! the resolved runtime form. Collects every problem rather than stopping at the first.
+//!
+//! This file holds the entry point and the order of the checks; what each section must satisfy
+//! lives in a file named after the section, so a rule is found where its key is.
+
+mod bus;
+mod device;
+mod device_key;
+mod hub;
+mod permissions;
+mod profile;
+mod sections;
+#[cfg(test)]
+mod testing;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use self::bus::{Units, resolve_bus};
+use self::device::{BusRef, resolve_device};
+use self::hub::{check_host, resolve_hub};
+use self::permissions::key_file_warnings;
+use self::profile::Profiles;
+use self::sections::{indexed, single};
+use crate::config::Config;
+use crate::config::error::Problem;
+use crate::config::schema::{BusConfig, DeviceConfig, FileConfig, ProfileConfig};
+
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn add(&mut self, file: &Path, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem {
+            file: file.to_path_buf(),
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+}
+
+/// Checks the merged files and resolves them into a [`Config`].
+///
+/// # Errors
+/// Every problem found.
+pub fn validate(files: Vec<(PathBuf, FileConfig)>) -> Result<Config, Vec<Problem>> {
+    let mut p = Problems(Vec::new());
+    let base = files.first().map(|(f, _)| f.clone()).unwrap_or_default();
+
+    let hub = single(&files, "hub", |f| f.hub.as_ref(), &mut p);
+    let log = single(&files, "log", |f| f.log.as_ref(), &mut p);
+    let hub_raw = hub;
+    let hub = match hub {
+        Some((file, h)) => resolve_hub(file, h, &mut p),
+        None => {
+            p.add(
+                &base,
+                "hub",
+                "missing [hub] section (hostname of your IoT hub)",
+            );
+            None
+        }
+    };
+    let log_level = match log {
+        Some((file, l)) => match l.level.parse::<log::LevelFilter>() {
+            Ok(level) => level,
+            Err(_) => {
+                p.add(
+                    file,
+                    "log.level",
+                    format!(
+                        "{:?} is not one of off, error, warn, info, debug, trace",
+                        l.level
+                    ),
+                );
+                log::LevelFilter::Info
+            }
+        },
+        None => log::LevelFilter::Info,
+    };
+
+    let buses_in = indexed(&files, |f| &f.bus, |b: &BusConfig| &b.id, "bus", &mut p);
+    let profiles_in = indexed(
+        &files,
+        |f| &f.profile,
+        |pr: &ProfileConfig| &pr.id,
+        "profile",
+        &mut p,
+    );
+    let devices_in = indexed(
+        &files,
+        |f| &f.device,
+        |d: &DeviceConfig| &d.id,
+        "device",
+        &mut p,
+    );
+
+    let mut buses = Vec::new();
+    let mut bus_kinds = BTreeMap::new();
+    let mut paths_seen: BTreeMap<PathBuf, String> = BTreeMap::new();
+    for (file, path, b) in &buses_in {
+        bus_kinds.insert(b.id.clone(), (b.kind, Units::of(b)));
+        if let Some(bus) = resolve_bus(file, path, b, &mut p) {
+            if let Some(dev) = bus.device_path() {
+                if let Some(other) = paths_seen.insert(dev.to_path_buf(), b.id.clone()) {
+                    p.add(
+                        file,
+                        format!("{path}.path"),
+                        format!(
+                            "{} is also used by bus {other:?}; one bus owns a line",
+                            dev.display()
+                        ),
+                    );
+                }
+            }
+            buses.push(bus);
+        }
+    }
+
+    let profiles: BTreeMap<&str, (&PathBuf, &String, &ProfileConfig)> = profiles_in
+        .iter()
+        .map(|(f, path, pr)| (pr.id.as_str(), (*f, path, *pr)))
+        .collect();
+
+    // Connection strings are compared with the [hub] names even when other [hub] keys are bad,
+    // but not with names that are themselves reported as bad.
+    let hub_names = hub_raw.and_then(|(_, h)| {
+        let host = check_host("hostname", &h.hostname).ok()?;
+        let gateway = match &h.gateway_hostname {
+            Some(g) => Some(check_host("gateway_hostname", g).ok()?),
+            None => None,
+        };
+        Some((host, gateway))
+    });
+    let mut devices = Vec::new();
+    let mut units_seen: BTreeMap<(String, u8), String> = BTreeMap::new();
+    let mut profiles = Profiles {
+        defs: profiles,
+        compiled: Vec::new(),
+    };
+    for (file, path, d) in &devices_in {
+        let Some((kind, units)) = bus_kinds.get(&d.bus).copied() else {
+            let known = bus_kinds.keys().cloned().collect::<Vec<_>>().join(", ");
+            p.add(
+                file,
+                format!("{path}.bus"),
+                format!("bus {:?} is not defined (defined: {known})", d.bus),
+            );
+            continue;
+        };
+        // On an RTU line every slave sees every frame, so two devices with one unit id would
+        // both answer (or one device would get both identities' writes).
+        if let (Some(unit), Units::Rtu) = (d.unit, units) {
+            if let Some(other) = units_seen.insert((d.bus.clone(), unit), d.id.clone()) {
+                p.add(
+                    file,
+                    format!("{path}.unit"),
+                    format!("unit {unit} on bus {:?} is also device {other:?}", d.bus),
+                );
+            }
+        }
+        let hub_names = hub_names
+            .as_ref()
+            .map(|(host, gateway)| (host.as_str(), gateway.as_deref()));
+        let on = BusRef { kind, units };
+        if let Some(device) = resolve_device(file, path, d, on, hub_names, &mut profiles, &mut p) {
+            devices.push(device);
+        }
+    }
+
+    if !p.0.is_empty() {
+        return Err(p.0);
+    }
+    let Some(hub) = hub else {
+        return Err(p.0);
+    };
+    let warnings = key_file_warnings(&files);
+    Ok(Config {
+        hub,
+        log_level,
+        buses,
+        devices,
+        files: files.into_iter().map(|(f, _)| f).collect(),
+        warnings,
+    })
+}

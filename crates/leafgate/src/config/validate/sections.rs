@@ -1,0 +1,87 @@
+//! The rules that span files: `[hub]` and `[log]` appear in one file only, and every `[[bus]]`,
+//! `[[device]]` and `[[profile]]` id is valid and defined once across the base file and its
+//! drop-ins. Checked before any section's own keys, so later checks can look items up by id.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use super::Problems;
+use crate::config::schema::FileConfig;
+
+/// A section that may appear in one file only.
+pub(super) fn single<'a, T>(
+    files: &'a [(PathBuf, FileConfig)],
+    name: &str,
+    get: impl Fn(&'a FileConfig) -> Option<&'a T>,
+    p: &mut Problems,
+) -> Option<(&'a PathBuf, &'a T)> {
+    let mut found: Option<(&PathBuf, &T)> = None;
+    for (file, f) in files {
+        if let Some(section) = get(f) {
+            match found {
+                Some((first, _)) => p.add(
+                    file,
+                    name,
+                    format!("[{name}] is already defined in {}", first.display()),
+                ),
+                None => found = Some((file, section)),
+            }
+        }
+    }
+    found
+}
+
+pub(super) type Indexed<'a, T> = Vec<(&'a PathBuf, String, &'a T)>;
+
+/// Flattens `[[name]]` items across files, with their paths, refusing ids defined twice.
+pub(super) fn indexed<'a, T>(
+    files: &'a [(PathBuf, FileConfig)],
+    items: impl Fn(&'a FileConfig) -> &'a Vec<T>,
+    id: impl Fn(&T) -> &String,
+    name: &str,
+    p: &mut Problems,
+) -> Indexed<'a, T> {
+    let mut seen: BTreeMap<&str, (&PathBuf, String)> = BTreeMap::new();
+    let mut out = Vec::new();
+    for (file, f) in files {
+        for (i, item) in items(f).iter().enumerate() {
+            let path = format!("{name}[{i}]");
+            let item_id = id(item);
+            if let Err(msg) = check_id(item_id) {
+                p.add(file, format!("{path}.id"), msg);
+                continue;
+            }
+            if let Some((first_file, first_path)) = seen.get(item_id.as_str()) {
+                p.add(
+                    file,
+                    format!("{path}.id"),
+                    format!(
+                        "{name} {item_id:?} is already defined at {}: {first_path}",
+                        first_file.display()
+                    ),
+                );
+                continue;
+            }
+            seen.insert(item_id, (file, path.clone()));
+            out.push((file, path, item));
+        }
+    }
+    out
+}
+
+/// IoT Hub device ids: up to 128 of `a-z A-Z 0-9 - . % _ * ? ! ( ) , : = @ $ '`. We use the same
+/// rule for bus and profile ids.
+fn check_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 128 {
+        return Err("must be 1 to 128 characters".to_owned());
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "-.%_*?!(),:=@$'".contains(*c)))
+    {
+        return Err(format!(
+            "{id:?} contains {c:?}; IoT Hub ids allow letters, digits and -.%_*?!(),:=@$'"
+        ));
+    }
+    Ok(())
+}
