@@ -116,3 +116,22 @@ pub enum SerialFraming {
     /// A reply ends when the line has been quiet this long.
     IdleGap(Duration),
 }
+
+impl Line {
+    /// The Modbus RTU silent interval: 3.5 character times, fixed at 1.75 ms above 19200 baud
+    /// (Modbus over serial line v1.02, 2.5.1.1).
+    #[must_use]
+    pub fn silent_interval(&self) -> Duration {
+        if self.baud_rate > 19_200 {
+            return Duration::from_micros(1750);
+        }
+        let bits_per_char = 1
+            + u64::from(self.data_bits)
+            + u64::from(self.stop_bits)
+            + u64::from(self.parity != Parity::None);
+        // Rounded up: a gap a fraction of a microsecond short of 3.5 characters is out of spec.
+        Duration::from_micros(
+            (bits_per_char * 3_500_000).div_ceil(u64::from(self.baud_rate.max(1))),
+        )
+    }
+}

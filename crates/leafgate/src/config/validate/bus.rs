@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::Problems;
-use crate::config::schema::{BusConfig, BusKind, Parity, TcpFraming};
+use crate::config::schema::{BusConfig, BusKind, TcpFraming};
 use crate::config::{Bus, BusSpec, Line, SerialFraming};
 
 /// Upper bound for `frame_gap_us`. The gap is slept before every frame, so a huge value stalls
@@ -291,31 +291,13 @@ impl Units {
     }
 }
 
-impl Line {
-    /// The Modbus RTU silent interval: 3.5 character times, fixed at 1.75 ms above 19200 baud
-    /// (Modbus over serial line v1.02, 2.5.1.1).
-    #[must_use]
-    pub fn silent_interval(&self) -> Duration {
-        if self.baud_rate > 19_200 {
-            return Duration::from_micros(1750);
-        }
-        let bits_per_char = 1
-            + u64::from(self.data_bits)
-            + u64::from(self.stop_bits)
-            + u64::from(self.parity != Parity::None);
-        // Rounded up: a gap a fraction of a microsecond short of 3.5 characters is out of spec.
-        Duration::from_micros(
-            (bits_per_char * 3_500_000).div_ceil(u64::from(self.baud_rate.max(1))),
-        )
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
 
     use super::super::testing::{HUB, problems};
     use super::*;
+    use crate::bus::spec::Parity;
 
     fn rtu_bus(extra: &str) -> String {
         format!(
