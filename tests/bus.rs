@@ -1171,3 +1171,176 @@ async fn a_burst_of_quick_jobs_with_long_deadlines_is_served_whole_by_the_defaul
         failed.first()
     );
 }
+
+// Polls: the low-priority lane telemetry reads go through.
+
+async fn poll(
+    handle: &bus::Handle,
+    ops: Vec<Op>,
+    within: Duration,
+) -> Result<Vec<Result<Output, Error>>, Error> {
+    handle
+        .poll(ops, Instant::now() + within, Label::default())
+        .await
+}
+
+/// A line kept busy with polls (every slot of the lane full, ten reads a poll) still serves a
+/// method next: after at most the one poll read on the wire when it arrived. Checked on the
+/// device's own request log, by order, not by time (a pty does not pace bytes at the baud rate;
+/// 9600 baud only lengthens the silent interval between frames).
+#[tokio::test]
+async fn a_method_on_a_fully_polled_line_waits_behind_at_most_one_poll_read() {
+    let regs = Registers::with_units([1]);
+    regs.set_holding(1, 500, &[77]);
+    let line = SerialLine::modbus_rtu(regs.clone()).unwrap();
+    let mut cfg = rtu(line.path(), 500);
+    if let BusSpec::ModbusRtu { line, .. } = &mut cfg.spec {
+        line.baud_rate = 9600;
+    }
+    let (h, _task) = bus::start(&cfg, CancellationToken::new());
+    up(&h).await;
+    let stop = CancellationToken::new();
+    let mut pollers = Vec::new();
+    for _ in 0..cfg.queue_capacity {
+        let (h, stop) = (h.clone(), stop.clone());
+        pollers.push(tokio::spawn(async move {
+            let ops: Vec<Op> = (0..10).map(|a| read(1, Table::Holding, a, 4)).collect();
+            while !stop.is_cancelled() {
+                let got = poll(&h, ops.clone(), Duration::from_secs(30)).await;
+                assert!(got.is_ok_and(|reads| reads.iter().all(Result::is_ok)));
+            }
+        }));
+    }
+    for round in 0..5 {
+        // Polls are flowing and queued behind one another.
+        let seen = regs.request_count();
+        regs.wait_requests(seen + 15).await;
+        let before = regs.request_count();
+        let out = run(
+            &h,
+            vec![read(1, Table::Holding, 500, 1)],
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out, vec![Output::Registers(vec![77])]);
+        let log = regs.requests();
+        let method = log
+            .iter()
+            .rev()
+            .find(|r| r.address == 500)
+            .expect("the method's read is in the log");
+        // Requests 0..before were complete when the method was submitted; request `before`
+        // may have been on the wire.
+        assert!(
+            method.seq <= before + 1,
+            "round {round}: the method was request {} but only {before} had been received when it was submitted",
+            method.seq
+        );
+    }
+    stop.cancel();
+    for p in pollers {
+        p.await.unwrap();
+    }
+}
+
+/// Each read of a poll is answered on its own: one the unit refuses does not void the others.
+/// A poll of a unit marked down is refused without touching the line.
+#[tokio::test]
+async fn poll_reads_are_answered_one_by_one_and_a_unit_marked_down_costs_no_line_time() {
+    use leafgate_sim::modbus::Table as SimTable;
+    let regs = Registers::with_units([1, 2]);
+    regs.set_holding(1, 0, &[1, 2]);
+    regs.set_holding(1, 20, &[3]);
+    regs.set_mapped(1, SimTable::HoldingRegisters, &[0..=1, 20..=20]);
+    regs.set_fault(2, Fault::Silent);
+    let line = SerialLine::modbus_rtu(regs.clone()).unwrap();
+    let mut cfg = rtu(line.path(), 100);
+    cfg.down_after = 1;
+    let (h, _task) = bus::start(&cfg, CancellationToken::new());
+    up(&h).await;
+
+    let reads = poll(
+        &h,
+        vec![
+            read(1, Table::Holding, 0, 2),
+            read(1, Table::Holding, 0, 21),
+            read(1, Table::Holding, 20, 1),
+        ],
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reads.len(), 3);
+    assert_eq!(reads[0].as_ref().ok(), Some(&Output::Registers(vec![1, 2])));
+    assert!(
+        matches!(reads[1], Err(Error::Exception { code: 2 })),
+        "{:?}",
+        reads[1]
+    );
+    assert_eq!(reads[2].as_ref().ok(), Some(&Output::Registers(vec![3])));
+
+    // Unit 2 times out on the first read of its poll and is marked down: the poll's other
+    // reads are not sent.
+    let sent = regs.request_count();
+    let reads = poll(
+        &h,
+        vec![read(2, Table::Holding, 0, 1), read(2, Table::Holding, 1, 1)],
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(reads[0], Err(Error::Timeout(_))), "{:?}", reads[0]);
+    assert!(
+        matches!(&reads[1], Err(Error::Unavailable { what, .. }) if what.contains("marked down")),
+        "{:?}",
+        reads[1]
+    );
+    assert_eq!(regs.request_count(), sent + 1);
+    // The next poll of it is refused whole, at no line time.
+    let refused = poll(
+        &h,
+        vec![read(2, Table::Holding, 0, 1)],
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(
+        matches!(&refused, Err(Error::Unavailable { what, .. }) if what.contains("marked down")),
+        "{refused:?}"
+    );
+    assert_eq!(regs.request_count(), sent + 1);
+}
+
+/// A poll whose deadline passes while it waits is skipped, never run late; a method queued at
+/// the same time is served.
+#[tokio::test]
+async fn a_poll_that_cannot_start_before_its_deadline_is_skipped() {
+    let regs = Registers::with_units([1]);
+    regs.set_fault(1, Fault::Silent);
+    let line = SerialLine::modbus_rtu(regs.clone()).unwrap();
+    let (h, _task) = bus::start(&rtu(line.path(), 300), CancellationToken::new());
+    up(&h).await;
+    // A method that holds the line for the full bus timeout (the unit is silent)...
+    let hold = {
+        let h = h.clone();
+        tokio::spawn(async move {
+            run(
+                &h,
+                vec![read(1, Table::Holding, 0, 1)],
+                Duration::from_secs(5),
+            )
+            .await
+        })
+    };
+    regs.wait_requests(1).await;
+    // ...while a poll due within 100 ms waits behind it.
+    let skipped = poll(
+        &h,
+        vec![read(1, Table::Holding, 1, 1)],
+        Duration::from_millis(100),
+    )
+    .await;
+    assert!(matches!(skipped, Err(Error::Expired)), "{skipped:?}");
+    assert!(matches!(hold.await.unwrap(), Err(Error::Timeout(_))));
+    assert_eq!(regs.request_count(), 1, "the skipped poll reached the line");
+}

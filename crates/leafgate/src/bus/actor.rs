@@ -14,7 +14,13 @@
 //!   of quick jobs is served whole whenever their deadlines allow;
 //! - the link reconnects in the background with backoff; jobs that arrive while it is down fail
 //!   fast (503) rather than waiting for a connect;
-//! - shutdown is honoured only between jobs.
+//! - shutdown is honoured only between jobs;
+//! - polls (telemetry reads) wait in a lane of their own, behind every method job: the actor
+//!   takes a poll only when no method job waits, and between the reads of a poll it runs any
+//!   method job that arrived meanwhile first. So a method waits behind at most the one poll
+//!   read already on the wire, never behind queued polls. A poll that cannot start before its
+//!   deadline (the next one is due) is skipped, never run late; polls of a unit marked down
+//!   cost no line time.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,11 +54,25 @@ pub struct Job {
     pub reply: oneshot::Sender<Result<Vec<Output>, Error>>,
 }
 
+/// A poll: independent reads, each answered on its own (one refused read does not void the
+/// others), in the low-priority lane.
+pub struct Poll {
+    pub ops: Vec<Op>,
+    /// When the poll is pointless (its next one is due): reads that cannot finish by then are
+    /// not sent.
+    pub deadline: Instant,
+    pub label: Label,
+    pub reply: oneshot::Sender<Result<Vec<Result<Output, Error>>, Error>>,
+}
+
 /// A cheap, cloneable way to submit jobs to a bus.
 #[derive(Debug, Clone)]
 pub struct Handle {
     id: Arc<str>,
     tx: mpsc::Sender<Job>,
+    /// The poll lane. Boxed: tokio allocates a channel's first block of 32 slots up front, and
+    /// a bus without telemetry should not pay for 32 inline polls.
+    polls: mpsc::Sender<Box<Poll>>,
     capacity: usize,
     up: watch::Receiver<bool>,
     /// Moving average of how long a successful job held the bus, in µs (0: none yet).
@@ -107,6 +127,33 @@ impl Handle {
         rx.await.unwrap_or(Err(Error::ShuttingDown))
     }
 
+    /// Queues a poll in the low-priority lane and waits for its reads' results, one per op in
+    /// order. Reads that could not be sent before `deadline` come back `Expired`.
+    ///
+    /// # Errors
+    /// The whole poll is refused, costing no line time, when: the lane is full (`QueueFull`),
+    /// the actor stopped (`ShuttingDown`), it could not start before `deadline` (`Expired`:
+    /// skipped), the link is down or the unit is marked down (`Unavailable`).
+    pub async fn poll(
+        &self,
+        ops: Vec<Op>,
+        deadline: Instant,
+        label: Label,
+    ) -> Result<Vec<Result<Output, Error>>, Error> {
+        let (reply, rx) = oneshot::channel();
+        let poll = Box::new(Poll {
+            ops,
+            deadline,
+            label,
+            reply,
+        });
+        self.polls.try_send(poll).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => Error::QueueFull(self.capacity),
+            mpsc::error::TrySendError::Closed(_) => Error::ShuttingDown,
+        })?;
+        rx.await.unwrap_or(Err(Error::ShuttingDown))
+    }
+
     /// Refuses a job that cannot finish in time behind the jobs already queued: each of them,
     /// the one in progress and this one are assumed to take the recent average. Only when jobs
     /// are queued: a job that finds the queue empty always runs, so a bus whose recent jobs were
@@ -153,11 +200,13 @@ pub fn spawn_after<L: Link>(
 ) -> (Handle, tokio::task::JoinHandle<()>) {
     let id: Arc<str> = bus.id.as_str().into();
     let (tx, rx) = mpsc::channel(bus.queue_capacity.max(1));
+    let (polls_tx, polls) = mpsc::channel(bus.queue_capacity.max(1));
     let (up_tx, up) = watch::channel(false);
     let job_us = Arc::new(AtomicU64::new(0));
     let handle = Handle {
         id: id.clone(),
         tx,
+        polls: polls_tx,
         capacity: bus.queue_capacity,
         up,
         job_us: Arc::clone(&job_us),
@@ -179,7 +228,7 @@ pub fn spawn_after<L: Link>(
             () = shutdown.cancelled() => return,
             () = gate => {}
         }
-        actor.run(rx, shutdown).await;
+        actor.run(rx, polls, shutdown).await;
     });
     (handle, task)
 }
@@ -215,7 +264,12 @@ fn unit_of(ops: &[Op]) -> u8 {
 }
 
 impl<L: Link> Actor<L> {
-    async fn run(mut self, mut rx: mpsc::Receiver<Job>, shutdown: CancellationToken) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Job>,
+        mut polls: mpsc::Receiver<Box<Poll>>,
+        shutdown: CancellationToken,
+    ) {
         loop {
             if !self.link.is_open() && Instant::now() >= self.next_open {
                 self.try_open().await;
@@ -223,10 +277,15 @@ impl<L: Link> Actor<L> {
             let reopen_at = self.next_open;
             let closed = !self.link.is_open();
             tokio::select! {
+                // In this order: a method job always before a poll.
                 biased;
                 () = shutdown.cancelled() => break,
                 job = rx.recv() => match job {
                     Some(job) => self.run_job(job).await,
+                    None => break,
+                },
+                poll = polls.recv() => match poll {
+                    Some(poll) => self.run_poll(*poll, &mut rx, &shutdown).await,
                     None => break,
                 },
                 () = tokio::time::sleep_until(reopen_at), if closed => {}
@@ -235,6 +294,10 @@ impl<L: Link> Actor<L> {
         rx.close();
         while let Ok(job) = rx.try_recv() {
             let _ = job.reply.send(Err(Error::ShuttingDown));
+        }
+        polls.close();
+        while let Ok(poll) = polls.try_recv() {
+            let _ = poll.reply.send(Err(Error::ShuttingDown));
         }
         self.link.close();
         self.up.send_replace(false);
@@ -304,22 +367,10 @@ impl<L: Link> Actor<L> {
             let _ = reply.send(Err(Error::Expired));
             return;
         }
-        if !self.link.is_open() {
-            let _ = reply.send(Err(Error::unavailable(self.last_error.as_str())));
-            return;
-        }
         let unit = unit_of(&ops);
-        if let Some(until) = self.units.get(&unit).and_then(|h| h.down_until) {
-            let left = until.saturating_duration_since(Instant::now());
-            if !left.is_zero() {
-                let _ = reply.send(Err(Error::unavailable(format!(
-                    "unit {unit} is marked down after {} consecutive timeouts; next try in {} ms",
-                    self.settings.down_after,
-                    left.as_millis()
-                ))));
-                return;
-            }
-            // Cool-down over: this job is the probe that brings the unit back, or not.
+        if let Some(refused) = self.refusal(unit) {
+            let _ = reply.send(Err(refused));
+            return;
         }
         let started = Instant::now();
         let mut outputs = Vec::with_capacity(ops.len());
@@ -333,11 +384,76 @@ impl<L: Link> Actor<L> {
                 }
             }
         }
-        self.record_health(unit, &result, &label);
+        self.record_health(unit, result.as_ref().err(), &label);
         if result.is_ok() {
             self.record_duration(started.elapsed());
         }
         let _ = reply.send(result.map(|()| outputs));
+    }
+
+    /// Why nothing may be sent to `unit` right now, if anything: the link is down, or the unit
+    /// is marked down by the circuit breaker. A unit whose cool-down is over is let through:
+    /// this job is the probe that brings it back, or not.
+    fn refusal(&self, unit: u8) -> Option<Error> {
+        if !self.link.is_open() {
+            return Some(Error::unavailable(self.last_error.as_str()));
+        }
+        let until = self.units.get(&unit).and_then(|h| h.down_until)?;
+        let left = until.saturating_duration_since(Instant::now());
+        (!left.is_zero()).then(|| {
+            Error::unavailable(format!(
+                "unit {unit} is marked down after {} consecutive timeouts; next try in {} ms",
+                self.settings.down_after,
+                left.as_millis()
+            ))
+        })
+    }
+
+    /// One poll: its reads one at a time, each preceded by every method job that is waiting.
+    /// Reads only, so stopping between them is always safe: at shutdown, or when the unit
+    /// stops answering (marked down) or the link drops, the rest are answered without being
+    /// sent. A poll's duration is not folded into the method jobs' average.
+    async fn run_poll(
+        &mut self,
+        poll: Poll,
+        methods: &mut mpsc::Receiver<Job>,
+        shutdown: &CancellationToken,
+    ) {
+        let Poll {
+            ops,
+            deadline,
+            label,
+            reply,
+        } = poll;
+        if reply.is_closed() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            let _ = reply.send(Err(Error::Expired));
+            return;
+        }
+        let unit = unit_of(&ops);
+        if let Some(refused) = self.refusal(unit) {
+            let _ = reply.send(Err(refused));
+            return;
+        }
+        let mut results = Vec::with_capacity(ops.len());
+        for op in &ops {
+            while let Ok(job) = methods.try_recv() {
+                self.run_job(job).await;
+            }
+            let result = if shutdown.is_cancelled() {
+                Err(Error::ShuttingDown)
+            } else if let Some(refused) = self.refusal(unit) {
+                Err(refused)
+            } else {
+                let result = self.execute(op, deadline, &label).await;
+                self.record_health(unit, result.as_ref().err(), &label);
+                result
+            };
+            results.push(result);
+        }
+        let _ = reply.send(Ok(results));
     }
 
     /// Folds a successful job's duration into the average (weight 1/8: a few jobs follow a
@@ -357,17 +473,17 @@ impl<L: Link> Actor<L> {
     /// The circuit breaker: `down_after` consecutive timeouts mark a unit down for `down_for`,
     /// so a dead unit stops costing its line-mates a timeout per request. Any answer from the
     /// unit (data, an exception, even a garbled frame) proves it is there.
-    fn record_health(&mut self, unit: u8, result: &Result<(), Error>, label: &Label) {
+    fn record_health(&mut self, unit: u8, error: Option<&Error>, label: &Label) {
         let bus = &*self.id;
         let health = self.units.entry(unit).or_default();
-        match result {
+        match error {
             // Only a timeout that waited the full bus timeout says the unit is silent; one cut
             // short by the method's deadline (a job that waited long in a busy queue) does not.
-            Err(Error::Timeout(Timeout {
+            Some(Error::Timeout(Timeout {
                 limit: Limit::Deadline { .. },
                 ..
             })) => {}
-            Err(Error::Timeout(_)) => {
+            Some(Error::Timeout(_)) => {
                 health.timeouts = health.timeouts.saturating_add(1);
                 let threshold = self.settings.down_after;
                 if threshold > 0 && health.timeouts >= threshold {
@@ -377,13 +493,13 @@ impl<L: Link> Actor<L> {
                         health.timeouts, self.settings.down_for.as_millis());
                 }
             }
-            Ok(()) | Err(Error::Exception { .. } | Error::Protocol(_)) => {
+            None | Some(Error::Exception { .. } | Error::Protocol(_)) => {
                 if health.down_until.take().is_some() {
                     log::info!(bus = bus, unit = unit, device_id = &*label.device; "unit {unit} on bus {bus} answers again");
                 }
                 health.timeouts = 0;
             }
-            Err(_) => {}
+            Some(_) => {}
         }
     }
 
