@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use leafgate::bus::frame;
 use leafgate::bus::{Op, Output, WriteData};
 use leafgate::config::schema::{BusKind, DataType, Order, Table};
-use leafgate::hub::{connstr::ConnectionString, sas, topics};
+use leafgate::hub::{connstr::ConnectionString, d2c, sas, topics};
 use leafgate::mapping::plan;
 use leafgate::mapping::value::{self, Layout};
 
@@ -357,5 +357,22 @@ proptest! {
         let reads = plan::plan(&spans, u16::MAX);
         prop_assert_eq!(reads.len(), 1, "{:?}", reads);
         check_plan(&reads, &spans, u16::MAX)?;
+    }
+}
+
+proptest! {
+    /// Any device id, keys and values survive the D2C property bag: encoded, the topic holds no
+    /// byte that would end a key or value early, and decodes to what went in.
+    #[test]
+    fn d2c_property_bags_round_trip(
+        device in "[A-Za-z0-9._:-]{1,40}",
+        props in prop::collection::vec((".{1,12}", ".{0,20}"), 0..6),
+    ) {
+        let t = d2c::topic(&device, props.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let bag = t.split_once("/messages/events/").unwrap().1;
+        prop_assert!(bag.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~%&=".contains(&b)), "{}", t);
+        let (got_device, got) = d2c::parse(&t).unwrap();
+        prop_assert_eq!(got_device, device);
+        prop_assert_eq!(got, props);
     }
 }

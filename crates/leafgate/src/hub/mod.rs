@@ -4,6 +4,7 @@
 //! across all sessions; `tls` builds the shared TLS settings; `settings` is `[hub]` validated.
 
 pub mod connstr;
+pub mod d2c;
 pub mod limiter;
 pub mod outbound;
 pub mod sas;
