@@ -415,3 +415,157 @@ async fn requests_past_the_in_flight_cap_are_refused_unexecuted_and_the_rest_are
     assert_eq!(served, MAX_IN_FLIGHT - 1);
     drop(gateway);
 }
+
+/// A service that only publishes what the test hands its session's outlet.
+struct Publisher {
+    window: u16,
+}
+
+impl leafgate::hub::service::Service for Publisher {
+    fn name(&self) -> &'static str {
+        "test messages"
+    }
+    fn filters(&self, _device_id: &str) -> Vec<String> {
+        Vec::new()
+    }
+    fn claims(&self, _topic: &str) -> bool {
+        false
+    }
+    fn on_publish(
+        &self,
+        _topic: &str,
+        _payload: bytes::Bytes,
+        _ctx: &mut leafgate::hub::service::Context<'_>,
+    ) {
+    }
+    fn window(&self) -> u16 {
+        self.window
+    }
+}
+
+fn message(
+    n: u32,
+) -> (
+    leafgate::hub::service::Outbound,
+    tokio::sync::oneshot::Receiver<leafgate::hub::service::Delivery>,
+) {
+    let (delivery, rx) = tokio::sync::oneshot::channel();
+    let message = leafgate::hub::service::Message {
+        topic: format!("devices/dev-1/messages/events/%24.mid={n}"),
+        body: bytes::Bytes::from(format!("{{\"n\":{n}}}")),
+        delivery,
+    };
+    (leafgate::hub::service::Outbound::Message(message), rx)
+}
+
+/// QoS 1 messages go out at most `window` at a time, each counted delivered only on its
+/// PUBACK; a QoS 0 reply is never held behind them; when the connection drops, those without a
+/// PUBACK are reported unconfirmed, and one sent again goes out on the next connection.
+#[tokio::test]
+async fn qos1_messages_respect_the_window_and_only_a_puback_confirms_them() {
+    use leafgate::hub::service::{Delivery, Label, Outbound, Reply};
+    use leafgate::hub::session::{Credentials, Session, Shared};
+
+    let regs = Registers::with_units([1]);
+    let plc = TcpServer::start(regs).await.unwrap();
+    let hub = RawHub::start(&plc, "", "").await;
+    let cfg = leafgate::config::load(&hub.config).unwrap_or_else(|e| panic!("{e}"));
+    let shared = Arc::new(Shared {
+        tls: leafgate::hub::tls::client_config(cfg.hub.ca_file.as_deref()).unwrap(),
+        pacer: leafgate::hub::limiter::Pacer::new(cfg.hub.max_connects_per_s),
+        hub: cfg.hub.clone(),
+        connected: Arc::default(),
+        draining: tokio_util::sync::CancellationToken::new(),
+    });
+    let session = Session::new();
+    let outlet = session.outlet();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let credentials = Credentials {
+        device_id: "dev-1".into(),
+        key: cfg.devices[0].key.clone(),
+    };
+    let task = tokio::spawn(session.run(
+        credentials,
+        vec![Box::new(Publisher { window: 2 })],
+        shared,
+        stop.clone(),
+    ));
+
+    let mut conn = hub.accept().await;
+    let mut deliveries = Vec::new();
+    for n in 1..=3 {
+        let (m, rx) = message(n);
+        assert!(outlet.send(m).await.is_ok());
+        deliveries.push(rx);
+    }
+    let reply = Outbound::Reply(Reply {
+        topic: "$iothub/methods/res/200/?$rid=marker".to_owned(),
+        body: b"{}".to_vec(),
+        deadline: Instant::now() + WAIT,
+        label: Label {
+            kind: "method",
+            name: "marker".to_owned(),
+            rid: "marker".to_owned(),
+            status: 200,
+        },
+    });
+    assert!(outlet.send(reply).await.is_ok());
+
+    // Until the reply, exactly two messages: the third waits for a free slot.
+    let mut sent = Vec::new();
+    loop {
+        match conn.next().await {
+            Packet::Publish(p) if p.qos == QoS::AtLeastOnce => sent.push(p),
+            Packet::Publish(p) if p.topic.ends_with("rid=marker") => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let topics: Vec<&str> = sent.iter().map(|p| p.topic.as_str()).collect();
+    assert_eq!(
+        topics,
+        [
+            "devices/dev-1/messages/events/%24.mid=1",
+            "devices/dev-1/messages/events/%24.mid=2"
+        ]
+    );
+    assert_ne!(sent[0].pkid, sent[1].pkid);
+    assert!(deliveries.iter_mut().all(|rx| rx.try_recv().is_err()));
+
+    // A PUBACK for the first confirms it and frees the slot the third takes.
+    conn.send(&[Packet::PubAck(rumqttc::mqttbytes::v4::PubAck::new(
+        sent[0].pkid,
+    ))])
+    .await;
+    let mut deliveries = deliveries.into_iter();
+    assert_eq!(deliveries.next().unwrap().await, Ok(Delivery::Acked));
+    match conn.next().await {
+        Packet::Publish(p) => {
+            assert_eq!(p.topic, "devices/dev-1/messages/events/%24.mid=3");
+            assert_eq!(&p.payload[..], b"{\"n\":3}");
+        }
+        other => panic!("expected the third message, got {other:?}"),
+    }
+
+    // The hub drops the connection: the two without a PUBACK are unconfirmed, not lost quietly.
+    drop(conn);
+    for rx in deliveries {
+        assert_eq!(rx.await, Ok(Delivery::Unconfirmed));
+    }
+    // Sent again, the second goes out on the next connection, whole.
+    let mut conn = hub.accept().await;
+    let (m, rx) = message(2);
+    assert!(outlet.send(m).await.is_ok());
+    let again = match conn.next().await {
+        Packet::Publish(p) => p,
+        other => panic!("expected the resent message, got {other:?}"),
+    };
+    assert_eq!(again.topic, "devices/dev-1/messages/events/%24.mid=2");
+    assert_eq!(again.payload, sent[1].payload);
+    conn.send(&[Packet::PubAck(rumqttc::mqttbytes::v4::PubAck::new(
+        again.pkid,
+    ))])
+    .await;
+    assert_eq!(rx.await, Ok(Delivery::Acked));
+    stop.cancel();
+    task.await.unwrap();
+}

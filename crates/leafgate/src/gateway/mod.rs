@@ -219,7 +219,9 @@ impl Gateway {
                 previous.cancelled().await;
             }
             if !session_stop.is_cancelled() {
-                session::run(credentials, services, shared, session_stop).await;
+                session::Session::new()
+                    .run(credentials, services, shared, session_stop)
+                    .await;
             }
         });
         Some(RunningDevice {

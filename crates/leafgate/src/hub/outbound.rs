@@ -5,18 +5,18 @@
 
 use std::collections::VecDeque;
 
-use tokio::sync::mpsc;
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 /// A message a service hands to its session for publishing.
 ///
 /// The session writes these itself, in batches, on whatever connection is current (see
-/// `session::write`). QoS 1 messages whose PUBACK the sender awaits (telemetry) are to be a
-/// variant of their own: they need a packet id from rumqttc's session state, which QoS 0 does
-/// not.
+/// `session::write`).
 pub enum Outbound {
     Reply(Reply),
+    Message(Message),
 }
 
 /// A QoS 0 publish that is pointless after its deadline: a method reply (the hub has answered
@@ -26,6 +26,29 @@ pub struct Reply {
     pub body: Vec<u8>,
     pub deadline: Instant,
     pub label: Label,
+}
+
+/// A QoS 1 publish whose PUBACK its sender awaits: a telemetry message. It goes out on the
+/// current connection once fewer than the device's window of messages await their PUBACK; the
+/// session reports what became of it on `delivery`. A message the session drops unsent (the
+/// device stopped) closes `delivery` without a word: for the sender, that too means "not
+/// confirmed, send it again later".
+pub struct Message {
+    pub topic: String,
+    /// Shared with the sender, who keeps it until the PUBACK (at least once).
+    pub body: Bytes,
+    pub delivery: oneshot::Sender<Delivery>,
+}
+
+/// What became of a [`Message`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// The hub acknowledged it (PUBACK): it is the hub's now.
+    Acked,
+    /// The connection it went out on ended before its PUBACK: the hub may or may not have it.
+    /// The sender sends it again (with the same message id, so the back end can drop the
+    /// duplicate).
+    Unconfirmed,
 }
 
 /// What a log line about an outbound message names. Name and rid come from the network and
@@ -53,10 +76,34 @@ impl Label {
 }
 
 impl Outbound {
-    pub fn label(&self) -> &Label {
+    /// What to name in a log line about this message, if the session logs it at all (a
+    /// [`Message`]'s fate goes back to its sender instead).
+    #[must_use]
+    pub fn label(&self) -> Option<&Label> {
         match self {
-            Outbound::Reply(reply) => &reply.label,
+            Outbound::Reply(reply) => Some(&reply.label),
+            Outbound::Message(_) => None,
         }
+    }
+}
+
+/// A service's lasting way to hand messages to its device's session (a telemetry sender's,
+/// as opposed to a method task's one-off [`super::service::Context::spawn`]).
+#[derive(Clone)]
+pub struct Outlet {
+    pub(super) tx: mpsc::Sender<Box<Outbound>>,
+}
+
+impl Outlet {
+    /// Queues `message`; waits while the device's queue is full.
+    ///
+    /// # Errors
+    /// The message back when the session has ended.
+    pub async fn send(&self, message: Outbound) -> Result<(), Outbound> {
+        self.tx
+            .send(Box::new(message))
+            .await
+            .map_err(|mpsc::error::SendError(message)| *message)
     }
 }
 
@@ -72,10 +119,18 @@ pub struct Work {
     pub(super) rx: mpsc::Receiver<Box<Outbound>>,
     /// Messages taken from `rx` (or answers made on the spot) and not yet written.
     pub(super) outbox: VecDeque<Box<Outbound>>,
+    /// QoS 1 messages that found the window full, in order; they go before any newer one.
+    pub(super) parked: VecDeque<Box<Outbound>>,
     pub(super) tasks: TaskTracker,
 }
 
 impl Work {
+    /// Whether a write would send anything: the outbox holds something, or parked messages may
+    /// go because the window has room again.
+    pub(super) fn has_writable(&self, window_has_room: bool) -> bool {
+        !self.outbox.is_empty() || (!self.parked.is_empty() && window_has_room)
+    }
+
     /// Moves every message the tasks have handed over into the outbox.
     pub(super) fn collect(&mut self) {
         while let Ok(message) = self.rx.try_recv() {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::outbound::Work;
-pub use super::outbound::{Label, Outbound, Reply};
+pub use super::outbound::{Delivery, Label, Message, Outbound, Outlet, Reply};
 
 /// What one device's session asks of each service it carries.
 ///
@@ -33,6 +33,13 @@ pub trait Service: Send + Sync + 'static {
 
     /// One incoming publish on a claimed topic.
     fn on_publish(&self, topic: &str, payload: Bytes, ctx: &mut Context<'_>);
+
+    /// How many QoS 1 messages this service may have awaiting their PUBACK at once; the session
+    /// allows the largest any of its services asks for. Services that publish no QoS 1
+    /// messages ask for none, and their devices pay no memory for in-flight slots.
+    fn window(&self) -> u16 {
+        0
+    }
 }
 
 /// What a service may do with the session while it handles a publish.
@@ -78,8 +85,10 @@ impl Context<'_> {
         let device_id = self.device_id.clone();
         self.work.tasks.spawn(async move {
             let message = Box::new(task.await);
-            if let Err(tokio::sync::mpsc::error::SendError(message)) = tx.send(message).await {
-                message.label().warn(
+            if let Err(tokio::sync::mpsc::error::SendError(message)) = tx.send(message).await
+                && let Some(label) = message.label()
+            {
+                label.warn(
                     &device_id,
                     format_args!("not delivered: the device's session has ended"),
                 );

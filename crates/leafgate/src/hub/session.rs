@@ -20,14 +20,14 @@ use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, Event, MqttOptions, Packet, QoS,
     SubscribeFilter, SubscribeReasonCode, TlsConfiguration, Transport,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::Settings;
 use super::limiter::Pacer;
-use super::outbound::{Label, Outbound, Work};
+use super::outbound::{Delivery, Label, Outbound, Outlet, Work};
 use super::sas::{self, Key};
 use super::service::{Context, Service};
 use crate::backoff::{self, Backoff};
@@ -105,6 +105,8 @@ struct Device {
     id: Arc<str>,
     key: Key,
     services: Vec<Box<dyn Service>>,
+    /// QoS 1 messages that may await their PUBACK at once: the largest any service asks for.
+    window: u16,
 }
 
 impl Device {
@@ -131,28 +133,64 @@ impl Device {
     }
 }
 
-/// Runs a device's session with its services until `shutdown` is cancelled.
-pub async fn run(
-    credentials: Credentials,
-    services: Vec<Box<dyn Service>>,
-    shared: Arc<Shared>,
-    shutdown: CancellationToken,
-) {
-    let device = Device {
-        id: credentials.device_id,
-        key: credentials.key,
-        services,
-    };
+/// A device's session before it runs: its outbound queue exists already, so the services that
+/// send on their own (telemetry) can be given an [`Outlet`] before they are handed over.
+pub struct Session {
+    work: Work,
+}
+
+impl Default for Session {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Session {
+    #[must_use]
+    pub fn new() -> Self {
+        let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+        Self {
+            work: Work {
+                tx,
+                rx,
+                outbox: VecDeque::new(),
+                parked: VecDeque::new(),
+                tasks: TaskTracker::new(),
+            },
+        }
+    }
+
+    /// A lasting way for a service to hand this session messages.
+    #[must_use]
+    pub fn outlet(&self) -> Outlet {
+        Outlet {
+            tx: self.work.tx.clone(),
+        }
+    }
+
+    /// Runs the device's session with its services until `shutdown` is cancelled.
+    pub async fn run(
+        self,
+        credentials: Credentials,
+        services: Vec<Box<dyn Service>>,
+        shared: Arc<Shared>,
+        shutdown: CancellationToken,
+    ) {
+        let window = services.iter().map(|s| s.window()).max().unwrap_or(0);
+        let device = Device {
+            id: credentials.device_id,
+            key: credentials.key,
+            services,
+            window,
+        };
+        run(device, self.work, shared, shutdown).await;
+    }
+}
+
+async fn run(device: Device, mut work: Work, shared: Arc<Shared>, shutdown: CancellationToken) {
     let id = device.id.clone();
     let hub = &shared.hub;
     let mut backoff = Backoff::new(hub.reconnect_min, hub.reconnect_max);
-    let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
-    let mut work = Work {
-        tx,
-        rx,
-        outbox: VecDeque::new(),
-        tasks: TaskTracker::new(),
-    };
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
@@ -196,12 +234,65 @@ pub async fn run(
     }
     work.tasks.wait().await;
     work.collect();
-    for message in work.outbox.drain(..) {
-        message.label().warn(
-            &id,
-            format_args!("not delivered: the device stopped while disconnected from the hub"),
-        );
+    // Messages go back unsent: their senders see `delivery` closed and keep them.
+    for message in work.parked.drain(..).chain(work.outbox.drain(..)) {
+        if let Some(label) = message.label() {
+            label.warn(
+                &id,
+                format_args!("not delivered: the device stopped while disconnected from the hub"),
+            );
+        }
     }
+}
+
+/// The QoS 1 messages of one connection that await their PUBACK, by packet id. Packet ids are
+/// chosen here, from 1 to the window, so rumqttc (whose in-flight limit is the window) never
+/// finds one taken, however the hub orders its PUBACKs.
+struct Acks {
+    window: u16,
+    waiting: Vec<(u16, oneshot::Sender<Delivery>)>,
+}
+
+impl Acks {
+    fn new(window: u16) -> Self {
+        Self {
+            window,
+            waiting: Vec::new(),
+        }
+    }
+
+    /// A free packet id, if the window has room.
+    fn free(&self) -> Option<u16> {
+        (1..=self.window).find(|p| self.waiting.iter().all(|(q, _)| q != p))
+    }
+
+    fn has_room(&self) -> bool {
+        self.waiting.len() < usize::from(self.window)
+    }
+
+    /// The hub acknowledged `pkid`.
+    fn acked(&mut self, pkid: u16) {
+        if let Some(i) = self.waiting.iter().position(|(p, _)| *p == pkid) {
+            let (_, delivery) = self.waiting.swap_remove(i);
+            let _ = delivery.send(Delivery::Acked);
+        }
+    }
+}
+
+impl Drop for Acks {
+    /// The connection ended: whatever still awaits its PUBACK may or may not have arrived.
+    fn drop(&mut self) {
+        for (_, delivery) in self.waiting.drain(..) {
+            let _ = delivery.send(Delivery::Unconfirmed);
+        }
+    }
+}
+
+/// A device is connected and hears all it subscribed to: count it and say so.
+fn announce(shared: &Shared, device: &Device) {
+    let id = &*device.id;
+    let n = shared.connected.fetch_add(1, Ordering::Relaxed) + 1;
+    log::info!(device_id = id; "device {id}: connected to {} and listening for {} ({n} connected)", shared.hub.connect_host, device.listening_for());
 }
 
 fn describe(error: &ConnectionError) -> (String, bool) {
@@ -242,10 +333,11 @@ async fn connect_once(
         .set_credentials(username(&hub.hostname, &id), token)
         .set_keep_alive(hub.keep_alive)
         .set_clean_session(false)
-        // Messages go out at QoS 0 and subscriptions are QoS 0, so nothing is ever in flight;
-        // rumqttc keeps a slot per allowed in-flight publish in every session (100 by default,
-        // 12 KiB per device at 10,000 devices; heaptrack, issue 6).
-        .set_inflight(1)
+        // Replies go out at QoS 0 and subscriptions are QoS 0: only QoS 1 messages (telemetry)
+        // are ever in flight, at most the window its service asks for. rumqttc keeps a slot per
+        // allowed in-flight publish in every session (100 by default, 12 KiB per device at
+        // 10,000 devices; heaptrack, issue 6).
+        .set_inflight(device.window.max(1))
         // The hub's own message limit is 256 KiB; larger payloads are refused with 413 by us
         // rather than killing the connection inside rumqttc.
         .set_max_packet_size(max_packet, max_packet)
@@ -278,10 +370,11 @@ async fn connect_once(
         .iter()
         .flat_map(|s| s.filters(&id))
         .collect();
+    let mut acks = Acks::new(device.window);
     let result = loop {
-        if connected_at.is_some() && !work.outbox.is_empty() {
+        if connected_at.is_some() && work.has_writable(acks.has_room()) {
             if let Err(error) =
-                write(&id, &mut eventloop, &mut work.outbox, hub.connect_timeout).await
+                write(&id, &mut eventloop, work, &mut acks, hub.connect_timeout).await
             {
                 break Ended::Failed {
                     error,
@@ -307,6 +400,13 @@ async fn connect_once(
             event = eventloop.poll() => match event {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     connected_at = Some(Instant::now());
+                    if filters.is_empty() {
+                        // Services that only publish: nothing to subscribe, nothing to await.
+                        subscribed = true;
+                        suback.as_mut().reset(renew_at);
+                        announce(shared, device);
+                        continue;
+                    }
                     suback.as_mut().reset(Instant::now() + hub.connect_timeout);
                     // One SUBSCRIBE for every service's filters, so one SUBACK says the device
                     // hears everything it should.
@@ -330,13 +430,13 @@ async fn connect_once(
                         // after connecting: leafgate-bench saw it as idle CPU). Move it to the
                         // renewal, which wakes the task anyway.
                         suback.as_mut().reset(renew_at);
-                        let n = shared.connected.fetch_add(1, Ordering::Relaxed) + 1;
-                        log::info!(device_id = &*id; "device {id}: connected to {} and listening for {} ({n} connected)", hub.connect_host, device.listening_for());
+                        announce(shared, device);
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     device.on_publish(work, &p.topic, p.payload, shared.draining.is_cancelled());
                 }
+                Ok(Event::Incoming(Packet::PubAck(ack))) => acks.acked(ack.pkid),
                 Ok(_) => {}
                 Err(e) => {
                     let (error, refused) = describe(&e);
@@ -354,7 +454,15 @@ async fn connect_once(
     if up_for.is_some() {
         match result {
             Ended::Shutdown => {
-                drain(device, &client, &mut eventloop, work, hub.connect_timeout).await
+                drain(
+                    device,
+                    &client,
+                    &mut eventloop,
+                    work,
+                    &mut acks,
+                    hub.connect_timeout,
+                )
+                .await
             }
             Ended::Renew => disconnect(&client, &mut eventloop).await,
             Ended::Failed { .. } => {}
@@ -370,6 +478,7 @@ async fn drain(
     client: &AsyncClient,
     eventloop: &mut rumqttc::EventLoop,
     work: &mut Work,
+    acks: &mut Acks,
     write_timeout: Duration,
 ) {
     let id = &*device.id;
@@ -381,7 +490,7 @@ async fn drain(
     let done = tasks.wait();
     tokio::pin!(done);
     loop {
-        if write(id, eventloop, &mut work.outbox, write_timeout)
+        if write(id, eventloop, work, acks, write_timeout)
             .await
             .is_err()
         {
@@ -395,13 +504,14 @@ async fn drain(
             }
             event = eventloop.poll() => match event {
                 Ok(Event::Incoming(Packet::Publish(p))) => device.on_publish(work, &p.topic, p.payload, true),
+                Ok(Event::Incoming(Packet::PubAck(ack))) => acks.acked(ack.pkid),
                 Ok(_) => {}
                 Err(_) => return,
             }
         }
     }
     work.collect();
-    if write(id, eventloop, &mut work.outbox, write_timeout)
+    if write(id, eventloop, work, acks, write_timeout)
         .await
         .is_ok()
     {
@@ -438,29 +548,60 @@ async fn disconnect(client: &AsyncClient, eventloop: &mut rumqttc::EventLoop) {
 async fn write(
     id: &str,
     eventloop: &mut rumqttc::EventLoop,
-    outbox: &mut VecDeque<Box<Outbound>>,
+    work: &mut Work,
+    acks: &mut Acks,
     timeout: Duration,
 ) -> Result<(), String> {
     let Some(network) = eventloop.network.as_mut() else {
         return Ok(());
     };
+    let state = &mut eventloop.state;
+    // Parked messages are older than anything in the outbox: they go first.
+    if acks.has_room() {
+        while let Some(message) = work.parked.pop_back() {
+            work.outbox.push_front(message);
+        }
+    }
     let now = Instant::now();
     let mut batch: Vec<Label> = Vec::new();
+    let (outbox, parked) = (&mut work.outbox, &mut work.parked);
     let written = tokio::time::timeout(timeout, async {
         while let Some(message) = outbox.pop_front() {
-            let Outbound::Reply(reply) = *message;
-            if now > reply.deadline {
-                reply
-                    .label
-                    .warn(id, format_args!("ready after its deadline; not published"));
-                continue;
-            }
-            batch.push(reply.label);
-            let publish = rumqttc::Publish::new(reply.topic, QoS::AtMostOnce, reply.body);
-            network
-                .write(Packet::Publish(publish))
-                .await
-                .map_err(|e| e.to_string())?;
+            let packet = match *message {
+                Outbound::Reply(reply) => {
+                    if now > reply.deadline {
+                        reply
+                            .label
+                            .warn(id, format_args!("ready after its deadline; not published"));
+                        continue;
+                    }
+                    batch.push(reply.label);
+                    Packet::Publish(rumqttc::Publish::new(
+                        reply.topic,
+                        QoS::AtMostOnce,
+                        reply.body,
+                    ))
+                }
+                Outbound::Message(message) => {
+                    let Some(pkid) = acks.free() else {
+                        parked.push_back(Box::new(Outbound::Message(message)));
+                        continue;
+                    };
+                    let mut publish =
+                        rumqttc::Publish::from_bytes(message.topic, QoS::AtLeastOnce, message.body);
+                    publish.pkid = pkid;
+                    // Through rumqttc's session state, so the PUBACK it reads is one it expects.
+                    match state.handle_outgoing_packet(rumqttc::Request::Publish(publish)) {
+                        Ok(Some(packet)) => {
+                            acks.waiting.push((pkid, message.delivery));
+                            packet
+                        }
+                        Ok(None) => return Err(format!("packet id {pkid} is still in use")),
+                        Err(e) => return Err(e.to_string()),
+                    }
+                }
+            };
+            network.write(packet).await.map_err(|e| e.to_string())?;
         }
         network.flush().await.map_err(|e| e.to_string())
     })
