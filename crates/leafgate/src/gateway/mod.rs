@@ -373,6 +373,13 @@ impl Gateway {
             + DISCONNECT_TIME
     }
 
+    /// From now on every device answers new requests 503 (it keeps publishing the replies of
+    /// those in flight). Synchronous, so the "stopping" log line that follows it is true when
+    /// it is written; [`Gateway::shutdown`] does the rest.
+    pub fn stop_taking_requests(&self) {
+        self.draining.cancel();
+    }
+
     /// Stops: new requests get 503 at once, in-flight ones finish (each within its own
     /// deadline, all within `drain`), sessions disconnect, then buses stop.
     pub async fn shutdown(self, drain: Duration) {

@@ -141,6 +141,7 @@ pub async fn run(config: Config, options: &Options) -> Result<(), Error> {
         );
     }
     let drain = gateway.drain_deadline();
+    gateway.stop_taking_requests();
     systemd::notify_stopping(&format!(
         "stopping: finishing methods in flight (at most {} s)",
         drain.as_secs()
