@@ -44,22 +44,23 @@ impl Methods {
     }
 }
 
-/// The reply to one request, as the session publishes it.
+/// The reply to one request, as the session publishes it. Takes the method name and rid by
+/// value: the log label keeps them (clipped in place when long), so a reply copies neither.
 fn reply(
     status: u16,
     body: &serde_json::Value,
-    rid: &str,
+    rid: String,
     deadline: Instant,
     name: String,
 ) -> Outbound {
     Outbound::Reply(Reply {
-        topic: topics::response(status, rid),
+        topic: topics::response(status, &rid),
         body: serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec()),
         deadline,
         label: Label {
             kind: "method",
-            name,
-            rid: logtext::clip(rid).into_owned(),
+            name: logtext::clip_owned(name),
+            rid: logtext::clip_owned(rid),
             status,
         },
     })
@@ -109,24 +110,16 @@ impl Service for Methods {
             let shown = logtext::clip(&name);
             log::log!(level, device_id = &**id, method = &*shown, rid = &*logtext::clip(&rid), bus = bus, status = status, duration_ms = 0;
                 "method {shown} on {id}: {status} {failure}");
-            let shown = shown.into_owned();
-            ctx.send(reply(
-                status,
-                &body,
-                &rid,
-                received + REFUSAL_DEADLINE,
-                shown,
-            ));
+            ctx.send(reply(status, &body, rid, received + REFUSAL_DEADLINE, name));
             return;
         }
         let device = self.device.clone();
         ctx.spawn(async move {
             let response = device.call(&name, &rid, &payload, received).await;
-            let name = logtext::clip_owned(name);
             reply(
                 response.status,
                 &response.body,
-                &rid,
+                rid,
                 response.deadline,
                 name,
             )
