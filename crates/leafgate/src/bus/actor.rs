@@ -58,8 +58,8 @@ pub struct Job {
 /// others), in the low-priority lane.
 pub struct Poll {
     pub ops: Vec<Op>,
-    /// When the poll is pointless (its next one is due): reads that cannot finish by then are
-    /// not sent.
+    /// When the poll is pointless (its next one is due): reads not started by then are not
+    /// sent. A read that started gets the whole bus timeout.
     pub deadline: Instant,
     pub label: Label,
     pub reply: oneshot::Sender<Result<Vec<Result<Output, Error>>, Error>>,
@@ -444,10 +444,16 @@ impl<L: Link> Actor<L> {
             }
             let result = if shutdown.is_cancelled() {
                 Err(Error::ShuttingDown)
+            } else if Instant::now() >= deadline {
+                Err(Error::Expired)
             } else if let Some(refused) = self.refusal(unit) {
                 Err(refused)
             } else {
-                let result = self.execute(op, deadline, &label).await;
+                // The deadline says when a read may still start; once sent, it gets the whole
+                // bus timeout (the next poll is skipped if it runs late), not the sliver left
+                // of a short interval.
+                let whole = Instant::now() + self.link.overhead(op) + self.settings.timeout;
+                let result = self.execute(op, whole.max(deadline), &label).await;
                 self.record_health(unit, result.as_ref().err(), &label);
                 result
             };
