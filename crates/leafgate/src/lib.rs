@@ -11,6 +11,7 @@
 //! - [`gateway`]: the supervisor that builds buses, services and device sessions, owns shutdown and reload,
 //!   and (`gateway::service`) the daemon loop: signals, systemd notifications, watchdog.
 //! - [`systemd`]: journald-or-stderr logging and service notifications.
+//! - [`utc`]: UTC timestamps for log lines and telemetry.
 //! - [`chain`]: an error and its causes on one line, for logs and messages.
 //! - [`logtext`]: untrusted text (method names, rids, topics, replies) bounded for log lines.
 //! - [`regular_file`]: bounded, non-blocking reads of the files an operator names (config, keys,
@@ -28,3 +29,4 @@ pub mod mapping;
 pub mod regular_file;
 pub mod services;
 pub mod systemd;
+pub mod utc;

@@ -3,7 +3,7 @@
 //! `STOPPING=1`, `WATCHDOG=1`). What triggers them lives in `gateway::service`.
 
 use std::io::Write as _;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use log::kv::{Key, Value, VisitSource};
 
@@ -62,38 +62,12 @@ impl<'kvs> VisitSource<'kvs> for Fields {
     }
 }
 
-/// `YYYY-MM-DDTHH:MM:SS.mmmZ` without a date crate.
 fn utc_now() -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = now.as_secs();
-    let (year, month, day) = civil_from_days(secs / 86_400);
-    let rem = secs % 86_400;
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        now.subsec_millis()
-    )
+    utc(SystemTime::now())
 }
 
-/// Days since 1970-01-01 to a Gregorian (year, month, day): Howard Hinnant's
-/// `civil_from_days`, for non-negative days. Shared with the emulator's timestamps.
-#[must_use]
-pub fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    (year, month, day)
-}
+pub use crate::utc::civil_from_days;
+use crate::utc::utc;
 
 // Notifications are best effort: outside systemd (no NOTIFY_SOCKET) they do nothing, and a
 // notification that cannot be sent must never stop the gateway.
