@@ -1,6 +1,7 @@
 //! Method definitions → bus operations → JSON replies, and the status contract. Pure logic, no
 //! I/O: everything here is unit tested without buses or a hub.
 
+pub mod group;
 pub mod method;
 pub mod plan;
 pub mod raw;

@@ -1,7 +1,9 @@
-//! The method sections of the config file (`[[device.method]]`, `[[profile.method]]`), as
-//! written: what [`super::Method::compile`] turns into bus operations. They live with the mapping
-//! that gives them meaning; `config` deserialises into them and never the reverse. Closed: every
-//! struct denies unknown keys. Every key is documented in `config/leafgate.toml` and the README.
+//! The method and telemetry sections of the config file (`[[device.method]]`,
+//! `[[profile.method]]`, `[[device.telemetry]]`, `[[profile.telemetry]]`), as written: what
+//! [`super::Method::compile`] and [`super::group::Group::compile`] turn into bus operations.
+//! They live with the mapping that gives them meaning; `config` deserialises into them and never
+//! the reverse. Closed: every struct denies unknown keys. Every key is documented in
+//! `config/leafgate.toml` and the README.
 
 use serde::Deserialize;
 
@@ -143,4 +145,23 @@ pub struct FieldConfig {
     pub max: Option<f64>,
     pub default: Option<Constant>,
     pub value: Option<Constant>,
+    /// Telemetry with `on_change` only: how far a number may move before the reading is sent.
+    pub deadband: Option<f64>,
+}
+
+/// A telemetry group (`[[device.telemetry]]`, `[[profile.telemetry]]`) as written: read steps
+/// polled every `interval_ms`, sent as one device-to-cloud message per reading. Compiled by
+/// [`super::group::Group::compile`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupConfig {
+    pub name: String,
+    pub interval_ms: u64,
+    #[serde(default)]
+    pub on_change: bool,
+    pub max_silence_ms: Option<u64>,
+    #[serde(default)]
+    pub properties: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub step: Vec<StepConfig>,
 }

@@ -134,6 +134,24 @@ fn compile_step(
     problems: &mut Vec<Problem>,
 ) -> Option<Step> {
     let start = problems.len();
+    for (j, field) in step.fields.iter().chain(&step.params).enumerate() {
+        if field.deadband.is_some() {
+            let list = if j < step.fields.len() {
+                "fields"
+            } else {
+                "params"
+            };
+            let k = if j < step.fields.len() {
+                j
+            } else {
+                j - step.fields.len()
+            };
+            problems.push(Problem::new(
+                format!("{path}.{list}[{k}].deadband"),
+                "applies only to telemetry fields (with on_change = true)",
+            ));
+        }
+    }
     let mut misplaced = |key: &str, present: bool, why: &str| {
         if present {
             problems.push(Problem::new(

@@ -40,6 +40,14 @@ pub struct Method {
     inputs: BTreeSet<String>,
 }
 
+impl Method {
+    /// Whether the method reads anything from its payload (telemetry groups must not).
+    #[must_use]
+    pub fn takes_input(&self) -> bool {
+        !self.inputs.is_empty()
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Step {
     Read {
