@@ -19,6 +19,7 @@ pub use error::{Error, Problem};
 
 use crate::hub::sas::Key;
 use crate::mapping::Method;
+use crate::mapping::group::Group;
 
 /// The default config path used by the packaged service.
 pub const DEFAULT_PATH: &str = "/etc/leafgate/leafgate.toml";
@@ -27,6 +28,7 @@ pub const DEFAULT_PATH: &str = "/etc/leafgate/leafgate.toml";
 #[derive(Debug, Clone)]
 pub struct Config {
     pub hub: Hub,
+    pub telemetry: Telemetry,
     pub log_level: log::LevelFilter,
     pub buses: Vec<Bus>,
     pub devices: Vec<Device>,
@@ -34,6 +36,17 @@ pub struct Config {
     pub files: Vec<PathBuf>,
     /// Things worth fixing that do not stop leafgate (files with keys readable by others).
     pub warnings: Vec<Problem>,
+}
+
+/// `[telemetry]`, validated (defaults when the section is absent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Telemetry {
+    /// Device-to-cloud messages per second, for the whole gateway.
+    pub max_messages_per_s: u32,
+    /// Messages one device may have awaiting their PUBACK.
+    pub window: u16,
+    /// Readings one device keeps while they cannot be sent; the oldest goes first.
+    pub backlog: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -45,6 +58,9 @@ pub struct Device {
     pub unit: u8,
     pub raw_methods: bool,
     pub methods: BTreeMap<String, Arc<Method>>,
+    /// Telemetry groups: the profile's, then the device's own (which replace the profile's of
+    /// the same name).
+    pub telemetry: Vec<Arc<Group>>,
     /// Changes whenever the device's section changes; used by reload to restart only what changed.
     pub fingerprint: String,
 }

@@ -11,7 +11,8 @@ use serde::Deserialize;
 pub use crate::bus::op::Table;
 pub use crate::bus::spec::{BusKind, Parity, TcpFraming};
 pub use crate::mapping::schema::{
-    Constant, DataType, FieldConfig, MethodConfig, Order, ReplyKind, StepConfig, StepOp,
+    Constant, DataType, FieldConfig, GroupConfig, MethodConfig, Order, ReplyKind, StepConfig,
+    StepOp,
 };
 
 /// One file: the base file or a `conf.d` drop-in.
@@ -20,6 +21,7 @@ pub use crate::mapping::schema::{
 pub struct FileConfig {
     pub hub: Option<HubConfig>,
     pub log: Option<LogConfig>,
+    pub telemetry: Option<TelemetryConfig>,
     #[serde(default)]
     pub bus: Vec<BusConfig>,
     #[serde(default)]
@@ -53,6 +55,28 @@ pub struct HubConfig {
     pub reconnect_min_ms: u64,
     #[serde(default = "defaults::reconnect_max_ms")]
     pub reconnect_max_ms: u64,
+}
+
+/// `[telemetry]`: how readings travel, for every device that has telemetry groups.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    #[serde(default = "defaults::max_messages_per_s")]
+    pub max_messages_per_s: u32,
+    #[serde(default = "defaults::window")]
+    pub window: u16,
+    #[serde(default = "defaults::backlog")]
+    pub backlog: usize,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            max_messages_per_s: defaults::max_messages_per_s(),
+            window: defaults::window(),
+            backlog: defaults::backlog(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -108,6 +132,8 @@ pub struct DeviceConfig {
     pub raw_methods: bool,
     #[serde(default)]
     pub method: Vec<MethodConfig>,
+    #[serde(default)]
+    pub telemetry: Vec<GroupConfig>,
 }
 
 /// Text holding a key: `Debug` never shows it, so a debug log of the config leaks nothing.
@@ -134,9 +160,21 @@ pub struct ProfileConfig {
     pub id: String,
     #[serde(default)]
     pub method: Vec<MethodConfig>,
+    #[serde(default)]
+    pub telemetry: Vec<GroupConfig>,
 }
 
 pub(crate) mod defaults {
+    /// IoT Hub's D2C throttle on the smallest tiers is 100 messages/s per hub (quotas page).
+    pub fn max_messages_per_s() -> u32 {
+        100
+    }
+    pub fn window() -> u16 {
+        4
+    }
+    pub fn backlog() -> usize {
+        1000
+    }
     pub fn port() -> u16 {
         8883
     }

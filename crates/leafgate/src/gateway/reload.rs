@@ -33,6 +33,7 @@ impl Identity {
             device.bus.as_bytes(),
             device.fingerprint.as_bytes(),
             format!("{:?}", device.methods).as_bytes(),
+            format!("{:?}", device.telemetry).as_bytes(),
             device.key.as_bytes(),
         ] {
             h.update((part.len() as u64).to_le_bytes());

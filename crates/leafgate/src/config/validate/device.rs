@@ -13,6 +13,7 @@ use super::profile::Profiles;
 use crate::config::Device;
 use crate::config::schema::{BusKind, DeviceConfig};
 use crate::mapping::Method;
+use crate::mapping::group::Group;
 
 /// The bus a device is on, as far as resolving the device needs it.
 #[derive(Debug, Clone, Copy)]
@@ -118,8 +119,9 @@ pub(super) fn resolve_device(
             }
         }
     }
-    if d.method.is_empty() && d.profile.is_none() && !d.raw_methods {
-        p.add(file, path, format!("device {:?} has no methods (add [[device.method]], a profile, or raw_methods = true)", d.id));
+    let telemetry = resolve_groups(file, path, d, kind, profiles, p);
+    if d.method.is_empty() && d.profile.is_none() && !d.raw_methods && d.telemetry.is_empty() {
+        p.add(file, path, format!("device {:?} has no methods and no telemetry (add [[device.method]], [[device.telemetry]], a profile, or raw_methods = true)", d.id));
     }
     if p.0.len() != start {
         return None;
@@ -131,6 +133,64 @@ pub(super) fn resolve_device(
         unit,
         raw_methods: d.raw_methods,
         methods,
+        telemetry,
         fingerprint: format!("{d:?}"),
     })
+}
+
+/// The profile's telemetry groups, then the device's own; a device's group replaces the
+/// profile's group of the same name, as its methods do.
+fn resolve_groups(
+    file: &Path,
+    path: &str,
+    d: &DeviceConfig,
+    kind: BusKind,
+    profiles: &mut Profiles<'_>,
+    p: &mut Problems,
+) -> Vec<Arc<Group>> {
+    let mut groups: Vec<Arc<Group>> = Vec::new();
+    if let Some((pfile, compiled)) = d
+        .profile
+        .as_deref()
+        .and_then(|id| profiles.groups(id, kind))
+    {
+        for compiled in compiled {
+            match compiled {
+                Ok(group) => groups.push(Arc::clone(group)),
+                Err(problems) => {
+                    for pr in problems {
+                        p.add(
+                            pfile,
+                            pr.path.clone(),
+                            format!("{} (used by device {:?})", pr.message, d.id),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    let mut own = std::collections::BTreeSet::new();
+    for (i, g) in d.telemetry.iter().enumerate() {
+        let gpath = format!("{path}.telemetry[{i}]");
+        if !own.insert(g.name.clone()) {
+            p.add(
+                file,
+                format!("{gpath}.name"),
+                format!("telemetry group {:?} is defined twice", g.name),
+            );
+            continue;
+        }
+        match Group::compile(g, kind, &gpath) {
+            Ok(group) => {
+                groups.retain(|old| old.name != group.name);
+                groups.push(Arc::new(group));
+            }
+            Err(problems) => {
+                for pr in problems {
+                    p.add(file, pr.path, pr.message);
+                }
+            }
+        }
+    }
+    groups
 }

@@ -24,8 +24,9 @@ use self::permissions::key_file_warnings;
 use self::profile::Profiles;
 use self::sections::{indexed, single};
 use crate::config::Config;
+use crate::config::Telemetry;
 use crate::config::error::Problem;
-use crate::config::schema::{BusConfig, DeviceConfig, FileConfig, ProfileConfig};
+use crate::config::schema::{BusConfig, DeviceConfig, FileConfig, ProfileConfig, TelemetryConfig};
 
 struct Problems(Vec<Problem>);
 
@@ -49,6 +50,10 @@ pub fn validate(files: Vec<(PathBuf, FileConfig)>) -> Result<Config, Vec<Problem
 
     let hub = single(&files, "hub", |f| f.hub.as_ref(), &mut p);
     let log = single(&files, "log", |f| f.log.as_ref(), &mut p);
+    let telemetry = match single(&files, "telemetry", |f| f.telemetry.as_ref(), &mut p) {
+        Some((file, t)) => resolve_telemetry(file, t, &mut p),
+        None => resolve_telemetry(&base, &TelemetryConfig::default(), &mut p),
+    };
     let hub_raw = hub;
     let hub = match hub {
         Some((file, h)) => resolve_hub(file, h, &mut p),
@@ -137,6 +142,7 @@ pub fn validate(files: Vec<(PathBuf, FileConfig)>) -> Result<Config, Vec<Problem
     let mut profiles = Profiles {
         defs: profiles,
         compiled: Vec::new(),
+        groups: Vec::new(),
     };
     for (file, path, d) in &devices_in {
         let Some((kind, units)) = bus_kinds.get(&d.bus).copied() else {
@@ -177,10 +183,99 @@ pub fn validate(files: Vec<(PathBuf, FileConfig)>) -> Result<Config, Vec<Problem
     let warnings = key_file_warnings(&files);
     Ok(Config {
         hub,
+        telemetry,
         log_level,
         buses,
         devices,
         files: files.into_iter().map(|(f, _)| f).collect(),
         warnings,
     })
+}
+
+/// `[telemetry]`: each number within what the hub and a small box can take.
+fn resolve_telemetry(file: &Path, t: &TelemetryConfig, p: &mut Problems) -> Telemetry {
+    let mut range = |key: &str, value: u64, min: u64, max: u64| {
+        if !(min..=max).contains(&value) {
+            p.add(
+                file,
+                format!("telemetry.{key}"),
+                format!("{value} is outside {min}..={max}"),
+            );
+        }
+    };
+    range(
+        "max_messages_per_s",
+        u64::from(t.max_messages_per_s),
+        1,
+        100_000,
+    );
+    range("window", u64::from(t.window), 1, 64);
+    range("backlog", t.backlog as u64, 1, 1_000_000);
+    Telemetry {
+        max_messages_per_s: t.max_messages_per_s.max(1),
+        window: t.window.clamp(1, 64),
+        backlog: t.backlog.max(1),
+    }
+}
+
+#[cfg(test)]
+mod telemetry_tests {
+    use super::testing::{HUB, problems};
+
+    const BUS: &str = "[[bus]]\nid = \"plc\"\nkind = \"modbus_tcp\"\naddress = \"10.0.0.1:502\"\n";
+
+    fn meter(groups: &str) -> String {
+        format!(
+            "{HUB}{BUS}[[device]]\nid = \"m\"\nshared_access_key = \"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\"\nbus = \"plc\"\nunit = 1\n{groups}"
+        )
+    }
+
+    const GROUP: &str = "[[device.telemetry]]\nname = \"power\"\ninterval_ms = 1000\n[[device.telemetry.step]]\nop = \"read\"\ntable = \"input\"\naddress = 0\nfields = [{ name = \"v\" }]\n";
+
+    #[test]
+    fn a_device_with_telemetry_only_is_valid_and_a_group_defined_twice_is_not() {
+        assert_eq!(problems(&meter(GROUP)), Vec::<String>::new());
+        let got = problems(&meter(&format!("{GROUP}{GROUP}")));
+        assert_eq!(
+            got,
+            ["device[0].telemetry[1].name: telemetry group \"power\" is defined twice"]
+        );
+        let got = problems(&meter(""));
+        assert!(
+            got[0].contains("has no methods and no telemetry"),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn telemetry_settings_out_of_range_are_named() {
+        let text = meter(GROUP).replacen(
+            "[[bus]]",
+            "[telemetry]\nmax_messages_per_s = 0\nwindow = 65\nbacklog = 0\n[[bus]]",
+            1,
+        );
+        assert_eq!(
+            problems(&text),
+            [
+                "telemetry.max_messages_per_s: 0 is outside 1..=100000",
+                "telemetry.window: 65 is outside 1..=64",
+                "telemetry.backlog: 0 is outside 1..=1000000",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_profile_group_that_cannot_run_on_the_bus_is_named_at_the_profile() {
+        let text = format!(
+            "{}[[profile]]\nid = \"p\"\n[[profile.telemetry]]\nname = \"g\"\ninterval_ms = 1000\n[[profile.telemetry.step]]\nop = \"send\"\nrequest = \"X\"\n",
+            meter("profile = \"p\"\n")
+        );
+        let got = problems(&text);
+        assert!(
+            got.iter().any(|p| p
+                .starts_with("profile[0].telemetry[0].step[0].op: send steps need a serial bus")
+                && p.contains("(used by device \"m\")")),
+            "{got:?}"
+        );
+    }
 }
