@@ -41,6 +41,17 @@ impl RawHub {
     /// Starts the listener and writes a config for one Modbus TCP device, `dev-1`, with the
     /// raw methods on, behind `plc`. `hub_extra` adds `[hub]` keys, `bus_extra` keys of the bus.
     async fn start(plc: &TcpServer, hub_extra: &str, bus_extra: &str) -> RawHub {
+        Self::start_with(plc, hub_extra, bus_extra, "").await
+    }
+
+    /// As [`RawHub::start`], with `device_extra` appended to the device's section (telemetry
+    /// groups). A `[telemetry]` section can end `hub_extra`.
+    async fn start_with(
+        plc: &TcpServer,
+        hub_extra: &str,
+        bus_extra: &str,
+        device_extra: &str,
+    ) -> RawHub {
         let certs = leafgate_emulator::tls::generate("localhost").unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let dir = tempfile::tempdir().unwrap();
@@ -71,6 +82,7 @@ shared_access_key = "{KEY}"
 bus = "plc"
 unit = 1
 raw_methods = true
+{device_extra}
 "#,
                 port = listener.local_addr().unwrap().port(),
                 ca = ca.display(),
@@ -568,4 +580,84 @@ async fn qos1_messages_respect_the_window_and_only_a_puback_confirms_them() {
     assert_eq!(rx.await, Ok(Delivery::Acked));
     stop.cancel();
     task.await.unwrap();
+}
+
+/// The hub takes two telemetry messages and never acknowledges them, then drops the
+/// connection. On the next connection the same two go out first, in order, with the same
+/// message ids and bodies; only after their PUBACKs do new readings follow. Nothing is lost and
+/// a duplicate is recognisable by its id.
+#[tokio::test]
+async fn unacknowledged_telemetry_is_sent_again_in_order_with_the_same_message_ids() {
+    let regs = Registers::with_units([1]);
+    regs.set_input(1, 0, &[5]);
+    let plc = TcpServer::start(regs.clone()).await.unwrap();
+    let group = r#"
+[[device.telemetry]]
+name = "g"
+interval_ms = 100
+[[device.telemetry.step]]
+op = "read"
+table = "input"
+address = 0
+fields = [{ name = "v" }]
+"#;
+    let hub = RawHub::start_with(&plc, "[telemetry]\nwindow = 2", "", group).await;
+    let gateway = hub.gateway();
+    let mut conn = hub.accept().await;
+    // Telemetry may go out before the SUBSCRIBE (it needs none): answer it whenever it comes.
+    let mut first = Vec::new();
+    while first.len() < 2 {
+        match conn.next().await {
+            Packet::Publish(p) => {
+                assert_eq!(p.qos, QoS::AtLeastOnce);
+                first.push(p);
+            }
+            Packet::Subscribe(sub) => conn.suback(&sub).await,
+            _ => {}
+        }
+    }
+    // Readings keep being taken meanwhile: two more polls reach the unit.
+    let polled = regs.request_count();
+    regs.wait_requests(polled + 2).await;
+    drop(conn);
+
+    let mut conn = hub.accept().await;
+    let mut again = Vec::new();
+    while again.len() < 4 {
+        match conn.next().await {
+            Packet::Publish(p) => {
+                conn.send(&[Packet::PubAck(rumqttc::mqttbytes::v4::PubAck::new(p.pkid))])
+                    .await;
+                again.push(p);
+            }
+            Packet::Subscribe(sub) => conn.suback(&sub).await,
+            _ => {}
+        }
+    }
+    let mid = |p: &Publish| {
+        leafgate::hub::d2c::parse(&p.topic)
+            .unwrap()
+            .1
+            .into_iter()
+            .find(|(k, _)| k == "$.mid")
+            .map(|(_, v)| v)
+            .unwrap()
+    };
+    let seq = |p: &Publish| -> u64 { mid(p).rsplit_once('-').unwrap().1.parse().unwrap() };
+    for (old, new) in first.iter().zip(&again) {
+        assert_eq!(
+            mid(old),
+            mid(new),
+            "resent in another order or with another id"
+        );
+        assert_eq!(old.payload, new.payload);
+    }
+    let seqs: Vec<u64> = again.iter().map(seq).collect();
+    let start = seqs[0];
+    assert_eq!(
+        seqs,
+        (start..start + 4).collect::<Vec<_>>(),
+        "readings missing"
+    );
+    drop(gateway);
 }

@@ -25,6 +25,9 @@ mod gateway;
 /// renewal across many devices, and method floods against the real binary's memory.
 mod faults;
 
+/// Telemetry end to end: polled readings as device-to-cloud messages, through hub outages.
+mod telemetry;
+
 /// leafgate against a raw, hostile MQTT peer: request bursts in one write, no SUBACK, huge
 /// method names.
 mod hub_hostile;

@@ -29,6 +29,7 @@ use crate::hub::limiter::Pacer;
 use crate::hub::service::Service;
 use crate::hub::{session, tls};
 use crate::services::methods::{self, Methods};
+use crate::services::telemetry;
 pub use reload::HubIdentity;
 use reload::Identity;
 pub use reload::Plan;
@@ -81,6 +82,9 @@ impl Prepared {
 /// A running gateway.
 pub struct Gateway {
     shared: Arc<session::Shared>,
+    /// What every device's telemetry shares, with the `[telemetry]` it was built from. A
+    /// changed `[telemetry]` applies to devices started after the reload.
+    telemetry: (config::Telemetry, Arc<telemetry::Shared>),
     hub: HubIdentity,
     connected: Arc<AtomicUsize>,
     /// Parent of every generation's `Shared::draining`.
@@ -97,6 +101,35 @@ fn kind_of(spec: &BusSpec) -> BusKind {
         BusSpec::ModbusRtu { .. } => BusKind::ModbusRtu,
         BusSpec::Serial { .. } => BusKind::Serial,
     }
+}
+
+fn new_telemetry(config: &config::Telemetry) -> (config::Telemetry, Arc<telemetry::Shared>) {
+    // Message ids are `{run}-{n}`: the run part is this process's start in ms (base 36), so a
+    // restarted gateway never reuses an id the back end may have seen.
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let shared = telemetry::Shared {
+        pacer: Pacer::new(config.max_messages_per_s),
+        window: config.window,
+        backlog: config.backlog,
+        run_id: base36(started).into(),
+    };
+    (config.clone(), Arc::new(shared))
+}
+
+fn base36(mut n: u128) -> String {
+    let digits = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = Vec::new();
+    loop {
+        out.push(digits[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8(out).unwrap_or_default()
 }
 
 fn new_shared(
@@ -125,6 +158,7 @@ impl Gateway {
         let draining = CancellationToken::new();
         let mut gateway = Gateway {
             shared: new_shared(&config.hub, tls, &connected, &draining),
+            telemetry: new_telemetry(&config.telemetry),
             hub: HubIdentity::of(&config.hub),
             connected,
             draining,
@@ -198,11 +232,18 @@ impl Gateway {
             raw_methods: config.raw_methods,
             max_payload_bytes: self.shared.hub.max_payload_bytes,
         });
+        let leaf = (!config.telemetry.is_empty()).then(|| telemetry::Leaf {
+            device_id: id.clone(),
+            unit: config.unit,
+            bus: bus.handle.clone(),
+            groups: config.telemetry.clone(),
+        });
         let credentials = session::Credentials {
             device_id: id,
             key: config.key.clone(),
         };
-        let services: Vec<Box<dyn Service>> = vec![Box::new(methods)];
+        let tasks = self.sessions.clone();
+        let telemetry = self.telemetry.1.clone();
         let longest_method = config
             .methods
             .values()
@@ -219,7 +260,14 @@ impl Gateway {
                 previous.cancelled().await;
             }
             if !session_stop.is_cancelled() {
-                session::Session::new()
+                let session = session::Session::new();
+                let mut services: Vec<Box<dyn Service>> = vec![Box::new(methods)];
+                if let Some(leaf) = leaf {
+                    let outlet = session.outlet();
+                    let service = telemetry::start(leaf, outlet, &telemetry, &tasks, &session_stop);
+                    services.push(Box::new(service));
+                }
+                session
                     .run(credentials, services, shared, session_stop)
                     .await;
             }
@@ -320,6 +368,9 @@ impl Gateway {
         if let Some(tls) = tls {
             self.shared = new_shared(&config.hub, tls, &self.connected, &self.draining);
             self.hub = hub;
+        }
+        if config.telemetry != self.telemetry.0 {
+            self.telemetry = new_telemetry(&config.telemetry);
         }
         // 4. Devices that restart (after their old session is gone) or are new.
         for d in &config.devices {

@@ -3,8 +3,10 @@
 //! Each service implements [`crate::hub::service::Service`] for one device: it names the topics
 //! its device's session must subscribe, takes the publishes on them, runs what they ask on the
 //! device's bus through `mapping`, and hands typed messages back to the session. Direct methods
-//! are the first; telemetry, twin and cloud-to-device messages are to be modules beside it, each
-//! with its own config section. A service imports `hub`, `bus` and `mapping`, never the
-//! supervisor (`gateway`), which builds the services of each device and starts its session.
+//! (`methods`) and telemetry (`telemetry`) are the first; twin and cloud-to-device messages are
+//! to be modules beside them, each with its own config section. A service imports `hub`, `bus`
+//! and `mapping`, never the supervisor (`gateway`), which builds the services of each device and
+//! starts its session.
 
 pub mod methods;
+pub mod telemetry;

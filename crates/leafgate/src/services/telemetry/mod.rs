@@ -1,0 +1,103 @@
+//! Telemetry: each configured group of a device is polled on its interval through the bus's
+//! poll lane (behind every method), and each reading goes to IoT Hub as a device-to-cloud
+//! message at QoS 1, in order, at least once.
+//!
+//! - [`poller`]: one task per group: interval, spread start, skip instead of queueing,
+//!   report-on-change, the message's topic and body.
+//! - [`backlog`]: the device's readings not yet acknowledged by the hub.
+//! - [`sender`]: one task per device: paced by the gateway-wide rate, a window of messages
+//!   awaiting PUBACK, resend from the oldest unconfirmed after a lost connection.
+//!
+//! To the session this service only publishes: it subscribes to nothing and claims no topic.
+
+pub mod backlog;
+pub mod poller;
+pub mod sender;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::bus;
+use crate::hub::limiter::Pacer;
+use crate::hub::service::{Context, Outlet, Service};
+use crate::mapping::group::Group;
+
+/// What every device's telemetry shares.
+#[derive(Debug)]
+pub struct Shared {
+    /// Gateway-wide device-to-cloud rate (`max_messages_per_s`).
+    pub pacer: Pacer,
+    pub window: u16,
+    pub backlog: usize,
+    /// Part of every message id, so ids of this run never repeat an earlier run's.
+    pub run_id: Arc<str>,
+}
+
+/// One device's telemetry, for its session.
+pub struct Telemetry {
+    window: u16,
+}
+
+impl Service for Telemetry {
+    fn name(&self) -> &'static str {
+        "telemetry"
+    }
+
+    fn filters(&self, _device_id: &str) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn claims(&self, _topic: &str) -> bool {
+        false
+    }
+
+    fn on_publish(&self, _topic: &str, _payload: Bytes, _ctx: &mut Context<'_>) {}
+
+    fn window(&self) -> u16 {
+        self.window
+    }
+}
+
+/// What the pollers of one device need.
+pub struct Leaf {
+    pub device_id: Arc<str>,
+    pub unit: u8,
+    pub bus: bus::Handle,
+    pub groups: Vec<Arc<Group>>,
+}
+
+/// Starts `leaf`'s pollers and sender on `tasks`, all ending at `stop`, and returns the service
+/// to hand its session (whose `outlet` the sender sends on).
+pub fn start(
+    leaf: Leaf,
+    outlet: Outlet,
+    shared: &Arc<Shared>,
+    tasks: &TaskTracker,
+    stop: &CancellationToken,
+) -> Telemetry {
+    let backlog = Arc::new(backlog::Backlog::new(shared.backlog));
+    for group in leaf.groups {
+        let poller = poller::Poller {
+            device_id: leaf.device_id.clone(),
+            unit: leaf.unit,
+            group,
+            bus: leaf.bus.clone(),
+            backlog: backlog.clone(),
+            run_id: shared.run_id.clone(),
+        };
+        tasks.spawn(poller.run(stop.clone()));
+    }
+    let sender = sender::Sender {
+        device_id: leaf.device_id,
+        backlog,
+        outlet,
+        shared: shared.clone(),
+    };
+    tasks.spawn(sender.run(stop.clone()));
+    Telemetry {
+        window: shared.window,
+    }
+}

@@ -1,0 +1,260 @@
+//! Polls one telemetry group of one device on its interval and turns each reading into a
+//! device-to-cloud message in the device's backlog.
+//!
+//! Polls go through the bus's poll lane, behind every method. The first poll of a group waits
+//! a spread offset within its interval (derived from the device and group names), so fifty
+//! meters on one line do not all fire in the same instant after a start. A poll that cannot
+//! run within its interval is skipped, not queued: the next tick comes on time, and skips are
+//! counted and logged at a bounded rate.
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use serde_json::{Map, Value};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use super::backlog::Backlog;
+use crate::bus::{self, Error, Output};
+use crate::chain::chain;
+use crate::hub::d2c;
+use crate::logtext;
+use crate::mapping::group::{Group, TIMESTAMP_KEY};
+
+/// At most one "poll failed/skipped" line per group this often; the others are counted.
+const LOG_EVERY: Duration = Duration::from_secs(60);
+
+pub struct Poller {
+    pub device_id: Arc<str>,
+    pub unit: u8,
+    pub group: Arc<Group>,
+    pub bus: bus::Handle,
+    pub backlog: Arc<Backlog>,
+    /// Distinguishes this run's message ids from an earlier run's.
+    pub run_id: Arc<str>,
+}
+
+/// Where in its interval a group's polls fall: spread by device and group, stable across
+/// restarts.
+fn offset(device: &str, group: &str, interval: Duration) -> Duration {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (device, group).hash(&mut h);
+    let ms = u64::try_from(interval.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    Duration::from_millis(h.finish() % ms)
+}
+
+/// The message for one reading: `{"ts": "...", field: value, ...}` and its topic, with the
+/// system properties IoT Hub routes JSON bodies by and the group's application properties.
+#[must_use]
+pub fn encode(
+    device_id: &str,
+    group: &Group,
+    message_id: &str,
+    taken: SystemTime,
+    values: &Map<String, Value>,
+) -> (String, Bytes) {
+    let ts = crate::utc::utc(taken);
+    let mut body = Map::with_capacity(values.len() + 1);
+    body.insert(TIMESTAMP_KEY.to_owned(), Value::String(ts.clone()));
+    for (k, v) in values {
+        body.insert(k.clone(), v.clone());
+    }
+    let system = [
+        (d2c::MESSAGE_ID, message_id),
+        (d2c::CONTENT_TYPE, "application/json"),
+        (d2c::CONTENT_ENCODING, "utf-8"),
+        (d2c::CREATION_TIME, ts.as_str()),
+    ];
+    let app = group
+        .properties
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()));
+    let topic = d2c::topic(device_id, system.into_iter().chain(app));
+    let body = serde_json::to_vec(&Value::Object(body)).unwrap_or_else(|_| b"{}".to_vec());
+    (topic, Bytes::from(body))
+}
+
+impl Poller {
+    pub async fn run(self, stop: CancellationToken) {
+        let id = &*self.device_id;
+        let group = &*self.group;
+        let name = &*group.name;
+        let start = Instant::now() + offset(id, name, group.interval);
+        let mut ticks = tokio::time::interval_at(start, group.interval);
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        let label = bus::Label {
+            device: self.device_id.clone(),
+            method: format!("telemetry {name}").into(),
+            rid: "".into(),
+        };
+        let ops = match group.reads.prepare(self.unit, &Value::Null) {
+            Ok(ops) => ops,
+            Err(e) => {
+                // Validation compiles every group against an empty payload; this cannot fail.
+                log::error!(device_id = id; "device {id}: telemetry group {name} cannot be polled: {e}");
+                return;
+            }
+        };
+        let mut last_sent: Option<(Map<String, Value>, Instant)> = None;
+        let mut failures = Failures::default();
+        loop {
+            let tick = tokio::select! {
+                () = stop.cancelled() => return,
+                t = ticks.tick() => t,
+            };
+            let deadline = tick + group.interval;
+            let taken = SystemTime::now();
+            let result = self.bus.poll(ops.clone(), deadline, label.clone()).await;
+            let values = match read(group, result) {
+                Ok(values) => values,
+                Err(why) => {
+                    failures.note(id, name, &why);
+                    continue;
+                }
+            };
+            failures.recovered(id, name);
+            let due = match (&group.on_change, &last_sent) {
+                (Some(on_change), Some((last, at))) => {
+                    group.changed(last, &values) || at.elapsed() >= on_change.max_silence
+                }
+                _ => true,
+            };
+            if !due {
+                continue;
+            }
+            let dropped = self.backlog.push(|seq| {
+                let mid = format!("{}-{seq}", self.run_id);
+                encode(id, group, &mid, taken, &values)
+            });
+            if dropped > 0 {
+                log::warn!(device_id = id; "device {id}: telemetry backlog full; dropped the oldest reading");
+            }
+            last_sent = Some((values, Instant::now()));
+        }
+    }
+}
+
+/// The reading, or why there is none.
+fn read(
+    group: &Group,
+    result: Result<Vec<Result<Output, Error>>, Error>,
+) -> Result<Map<String, Value>, String> {
+    let outputs = match result {
+        Ok(outputs) => outputs,
+        Err(Error::Expired) => {
+            return Err("skipped: the bus could not poll it within its interval".to_owned());
+        }
+        Err(e) => return Err(chain(&e)),
+    };
+    let outputs: Vec<Output> = outputs
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .map_err(|e| chain(&e))?;
+    match group.reads.reply(&outputs) {
+        Ok(Value::Object(values)) => Ok(values),
+        Ok(other) => Ok(Map::from_iter([("value".to_owned(), other)])),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Failed and skipped polls of one group: the first is logged, then one line a minute with the
+/// count, and one when polls succeed again.
+#[derive(Default)]
+struct Failures {
+    since_log: u64,
+    last_log: Option<Instant>,
+    failing: bool,
+}
+
+impl Failures {
+    fn note(&mut self, id: &str, group: &str, why: &str) {
+        self.failing = true;
+        self.since_log += 1;
+        if self.last_log.is_none_or(|at| at.elapsed() >= LOG_EVERY) {
+            let why = logtext::clip_to(why, 4 * logtext::MAX_CHARS);
+            log::warn!(device_id = id, group = group; "device {id}: telemetry group {group}: {} poll(s) without a reading: {why}", self.since_log);
+            self.since_log = 0;
+            self.last_log = Some(Instant::now());
+        }
+    }
+
+    fn recovered(&mut self, id: &str, group: &str) {
+        if std::mem::take(&mut self.failing) {
+            log::info!(device_id = id, group = group; "device {id}: telemetry group {group} reads again");
+            self.since_log = 0;
+            self.last_log = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group() -> Group {
+        let cfg: crate::mapping::schema::GroupConfig = ::config::Config::builder()
+            .add_source(::config::File::from_str(
+                r#"
+                name = "power"
+                interval_ms = 1000
+                properties = { source = "meter" }
+                [[step]]
+                op = "read"
+                table = "input"
+                address = 0
+                fields = [{ name = "voltage", type = "f32" }]
+                "#,
+                ::config::FileFormat::Toml,
+            ))
+            .build()
+            .and_then(::config::Config::try_deserialize)
+            .unwrap();
+        Group::compile(&cfg, crate::bus::BusKind::ModbusTcp, "g").unwrap()
+    }
+
+    #[test]
+    fn a_reading_becomes_a_topic_with_its_properties_and_a_body_with_its_timestamp() {
+        let values = serde_json::json!({"voltage": 230.5});
+        let Value::Object(values) = values else {
+            unreachable!()
+        };
+        let taken = std::time::UNIX_EPOCH + Duration::from_millis(1_765_000_000_123);
+        let (topic, body) = encode("meter-1", &group(), "abc-7", taken, &values);
+        let (device, props) = d2c::parse(&topic).unwrap();
+        assert_eq!(device, "meter-1");
+        let ts = "2025-12-06T05:46:40.123Z";
+        assert_eq!(
+            props,
+            [
+                ("$.mid", "abc-7"),
+                ("$.ct", "application/json"),
+                ("$.ce", "utf-8"),
+                ("$.ctime", ts),
+                ("group", "power"),
+                ("source", "meter"),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        );
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body, serde_json::json!({"ts": ts, "voltage": 230.5}));
+    }
+
+    #[test]
+    fn start_offsets_fall_inside_the_interval_and_are_spread() {
+        let interval = Duration::from_millis(10_000);
+        let offsets: std::collections::BTreeSet<Duration> = (0..50)
+            .map(|i| offset(&format!("meter-{i}"), "power", interval))
+            .collect();
+        assert!(offsets.iter().all(|o| *o < interval));
+        assert!(offsets.len() > 45, "offsets collide: {offsets:?}");
+        assert_eq!(
+            offset("meter-1", "power", interval),
+            offset("meter-1", "power", interval),
+            "stable across calls"
+        );
+    }
+}
