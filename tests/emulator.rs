@@ -28,6 +28,10 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+/// Device-to-cloud telemetry: what the emulator records and how tests read it back, against raw
+/// MQTT clients.
+mod telemetry;
+
 /// Generous bound for things that take milliseconds; only reached when a test fails.
 const WAIT: Duration = Duration::from_secs(10);
 

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use rumqttc::mqttbytes::QoS;
 use rumqttc::mqttbytes::v4::{
     Packet, PubAck, Publish, SubAck, Subscribe, SubscribeReasonCode, UnsubAck, Unsubscribe,
@@ -15,7 +16,9 @@ use super::link::{Link, LinkError, packet_name};
 use crate::Shared;
 use crate::clock::expiry_instant;
 use crate::registry::{Connection, DeviceEntry, DisconnectReason, Outbound, Subscription};
+use crate::telemetry::Received;
 use crate::topic_filter::known_filter;
+use leafgate::hub::d2c::{self, TopicError};
 use leafgate::hub::topics;
 
 /// Telemetry limit (`iothub-protocol.md` 6.1).
@@ -166,28 +169,51 @@ impl Session<'_> {
             }
         } else if topic.starts_with("$iothub/twin/") {
             return Err(DisconnectReason::NotEmulated("device twin".to_owned()));
-        } else if let Some(rest) = topic.strip_prefix("devices/") {
-            let own = rest
-                .strip_prefix(self.device_id)
-                .and_then(|rest| rest.strip_prefix("/messages/events/"));
-            if own.is_none() {
-                return Err(DisconnectReason::ProtocolViolation(format!(
-                    "publish to {topic:?}, not this device's telemetry topic"
-                )));
-            }
-            if publish.payload.len() > MAX_TELEMETRY {
-                return Err(DisconnectReason::ProtocolViolation(
-                    "telemetry message larger than 256 KB".to_owned(),
-                ));
-            }
-            self.shared
-                .registry
-                .record_telemetry(self.entry, topic, &publish.payload);
+        } else if topic.starts_with("devices/") {
+            return self.telemetry(&publish);
         } else {
             return Err(DisconnectReason::ProtocolViolation(format!(
                 "publish to unknown topic {topic:?}"
             )));
         }
+        Ok((publish.qos == QoS::AtLeastOnce).then(|| Packet::PubAck(PubAck::new(publish.pkid))))
+    }
+
+    /// Records a device-to-cloud message, then acknowledges it (QoS 1). Recorded before the PUBACK is written: a device that has its PUBACK
+    /// finds its message in [`crate::Emulator::telemetry`]. Closes on another device's topic,
+    /// a property bag that does not decode (the hub refuses what it cannot parse), and messages
+    /// over 256 KB.
+    fn telemetry(&self, publish: &Publish) -> Result<Option<Packet>, DisconnectReason> {
+        let topic = publish.topic.as_str();
+        let bag = match d2c::parse(topic) {
+            Ok((device, bag)) if device == self.device_id => bag,
+            Ok(_) | Err(TopicError::NotD2c) => {
+                return Err(DisconnectReason::ProtocolViolation(format!(
+                    "publish to {topic:?}, not this device's telemetry topic"
+                )));
+            }
+            Err(TopicError::BadEncoding) => {
+                return Err(DisconnectReason::ProtocolViolation(format!(
+                    "telemetry property bag of {topic:?} is not percent-encoded UTF-8"
+                )));
+            }
+        };
+        if publish.payload.len() > MAX_TELEMETRY {
+            return Err(DisconnectReason::ProtocolViolation(
+                "telemetry message larger than 256 KB".to_owned(),
+            ));
+        }
+        let received = Received {
+            connection: self.conn.id,
+            qos: publish.qos as u8,
+            bag,
+            // A copy: the payload shares the read buffer's allocation, which a kept slice
+            // would pin for as long as the message stays in the log.
+            body: Bytes::copy_from_slice(&publish.payload),
+        };
+        self.shared
+            .registry
+            .record_telemetry(self.entry, topic, received);
         Ok((publish.qos == QoS::AtLeastOnce).then(|| Packet::PubAck(PubAck::new(publish.pkid))))
     }
 
