@@ -1,5 +1,5 @@
-//! Device-to-cloud telemetry in the emulator: what it records per device and how tests read it
-//! back. Devices are raw MQTT
+//! Device-to-cloud telemetry in the emulator: what it records per device, and how tests and the
+//! demo read it back (in process and over HTTP). Devices are raw MQTT
 //! clients (rumqttc's packet codec over TLS), so every PUBLISH, PUBACK and close is the test's
 //! to send and see.
 
@@ -8,13 +8,16 @@ use std::time::Duration;
 use bytes::BytesMut;
 use leafgate::hub::d2c;
 use leafgate::hub::sas::Key;
-use leafgate_emulator::{D2cMessage, DisconnectReason, Emulator, EmulatorConfig};
+use leafgate_emulator::{
+    D2cMessage, DisconnectReason, Emulator, EmulatorConfig, MAX_MESSAGES_PER_READ,
+};
 use rumqttc::mqttbytes::QoS;
 use rumqttc::mqttbytes::v4::{ConnectReturnCode, PubAck, Publish};
+use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::{Packet, WAIT, key, raw_tls, send_connect, start, wait, write_packet};
+use super::{Packet, WAIT, key, raw_tls, send_connect, service, start, wait, write_packet};
 
 /// A device speaking raw MQTT: it reads with one buffer for the whole connection, so packets
 /// that arrive in one TLS record are all seen.
@@ -258,6 +261,12 @@ async fn only_the_newest_messages_are_kept_and_the_dropped_are_counted() {
         .await;
     let kept = emu.wait_telemetry("small", 6, WAIT).await.unwrap();
     assert!(!kept.last().unwrap().duplicate);
+    let (_, body) = read_messages(&emu, "small", 0).await;
+    assert_eq!(
+        (body["dropped"].as_u64(), body["next"].as_u64()),
+        (Some(3), Some(6))
+    );
+    assert_eq!(body["messages"][0]["seq"], 3);
 }
 
 #[tokio::test]
@@ -326,4 +335,145 @@ async fn wait_telemetry_wakes_on_the_nth_message_and_times_out_with_the_count() 
         .unwrap_err();
     assert_eq!(timeout.last.telemetry_messages, 2);
     assert!(emu.telemetry("never-seen").is_empty());
+}
+
+/// `GET /emulator/devices/{id}/messages?since=N` through the service client: (status, body).
+async fn read_messages(emu: &Emulator, device: &str, since: u64) -> (u16, Value) {
+    let response = service(emu).messages(device, since).await.unwrap();
+    (response.status, response.body)
+}
+
+#[tokio::test]
+async fn the_read_endpoint_returns_messages_as_json_in_pages() {
+    let emu = start().await;
+    emu.add_device("http-1", key(1));
+    let mut device = RawDevice::connect(&emu, "http-1", &key(1)).await;
+    let topic = d2c::topic(
+        "http-1",
+        [
+            (d2c::MESSAGE_ID, "m-1"),
+            (d2c::CONTENT_TYPE, "application/json"),
+            ("site", "hall A"),
+        ],
+    );
+    let pkid = device
+        .publish(&topic, QoS::AtLeastOnce, br#"{"temp":21}"#)
+        .await;
+    assert_eq!(device.read().await, puback(pkid));
+    device
+        .publish(
+            "devices/http-1/messages/events/",
+            QoS::AtMostOnce,
+            &[0xff, 0x00],
+        )
+        .await;
+    emu.wait_telemetry("http-1", 2, WAIT).await.unwrap();
+
+    let (status, body) = read_messages(&emu, "http-1", 0).await;
+    assert_eq!(status, 200, "{body}");
+    let connection = emu.device_stats("http-1").connection.unwrap();
+    let first = &body["messages"][0];
+    assert!(
+        first["receivedUtc"].as_str().unwrap().ends_with('Z'),
+        "{first}"
+    );
+    let mut first = first.clone();
+    first.as_object_mut().unwrap().remove("receivedUtc");
+    assert_eq!(
+        first,
+        json!({
+            "seq": 0,
+            "qos": 1,
+            "connection": connection,
+            "duplicate": false,
+            "systemProperties": {"$.mid": "m-1", "$.ct": "application/json"},
+            "properties": {"site": "hall A"},
+            "body": "{\"temp\":21}",
+            "bodyEncoding": "utf-8",
+        })
+    );
+    assert_eq!(
+        (
+            &body["messages"][1]["body"],
+            &body["messages"][1]["bodyEncoding"]
+        ),
+        (&json!("/wA="), &json!("base64"))
+    );
+    assert_eq!(
+        (
+            &body["device"],
+            &body["next"],
+            &body["more"],
+            &body["dropped"]
+        ),
+        (&json!("http-1"), &json!(2), &json!(false), &json!(0))
+    );
+    // From `next` on, nothing yet.
+    let (_, body) = read_messages(&emu, "http-1", 2).await;
+    assert_eq!(body["messages"], json!([]));
+    assert_eq!(body["next"], 2);
+
+    // More than a page: MAX_MESSAGES_PER_READ, then the rest from `next`.
+    let total = MAX_MESSAGES_PER_READ as u64 + 3;
+    for _ in 2..total {
+        device
+            .publish("devices/http-1/messages/events/", QoS::AtMostOnce, b"x")
+            .await;
+    }
+    emu.wait_telemetry("http-1", total, WAIT).await.unwrap();
+    let (_, page) = read_messages(&emu, "http-1", 1).await;
+    assert_eq!(
+        page["messages"].as_array().unwrap().len(),
+        MAX_MESSAGES_PER_READ
+    );
+    assert_eq!(page["messages"][0]["seq"], 1);
+    let next = page["next"].as_u64().unwrap();
+    assert_eq!(
+        (next, &page["more"]),
+        (MAX_MESSAGES_PER_READ as u64 + 1, &json!(true))
+    );
+    let (_, rest) = read_messages(&emu, "http-1", next).await;
+    assert_eq!(rest["messages"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        (&rest["next"], &rest["more"]),
+        (&json!(total), &json!(false))
+    );
+}
+
+#[tokio::test]
+async fn the_read_endpoint_checks_auth_method_device_and_since() {
+    let emu = start().await;
+    emu.add_device("d", key(1));
+    let client = service(&emu);
+    let path = "/emulator/devices/d/messages";
+    let (status, body) = read_messages(&emu, "d", 0).await;
+    assert_eq!(status, 200, "a registered device without messages: {body}");
+    assert_eq!(body["messages"], json!([]));
+
+    let missing = client.get_raw(path, None).await.unwrap();
+    assert_eq!((missing.status, missing.error_code()), (401, Some(401_003)));
+    let device_token = super::token(&emu, "d", &key(1), super::now() + 60);
+    let scoped = client.get_raw(path, Some(&device_token)).await.unwrap();
+    assert_eq!(scoped.status, 401);
+
+    let auth = client.token();
+    let unknown = client
+        .get_raw("/emulator/devices/ghost/messages", Some(&auth))
+        .await
+        .unwrap();
+    assert_eq!((unknown.status, unknown.error_code()), (404, Some(404_001)));
+    assert_eq!(unknown.error_name.as_deref(), Some("DeviceNotFound"));
+    for bad in ["?since=-1", "?since=x", "?since="] {
+        let response = client
+            .get_raw(&format!("{path}{bad}"), Some(&auth))
+            .await
+            .unwrap();
+        assert_eq!(
+            (response.status, response.error_code()),
+            (400, Some(400_004)),
+            "{bad}"
+        );
+    }
+    let posted = client.post_raw(path, Some(&auth), "{}").await.unwrap();
+    assert_eq!(posted.status, 405);
 }

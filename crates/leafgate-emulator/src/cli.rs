@@ -109,6 +109,10 @@ pub async fn run_cli(args: EmulatorArgs) -> anyhow::Result<()> {
         );
     }
     println!("  service:     {}", emulator.service_connection_string());
+    println!(
+        "  telemetry:   GET http://{}/emulator/devices/{{id}}/messages?since=0 (service token)",
+        emulator.http_addr()
+    );
     println!("press Ctrl-C to stop");
     tokio::signal::ctrl_c()
         .await

@@ -8,7 +8,7 @@
 //! [`Emulator::invoke`] (in process, same code path). Per-device [`DeviceStats`] live in a
 //! `watch` channel, so tests await a state ([`Emulator::wait_for`]) instead of sleeping. What
 //! devices send as telemetry is read back with [`Emulator::telemetry`] and
-//! [`Emulator::wait_telemetry`].
+//! [`Emulator::wait_telemetry`], or over HTTP from `GET /emulator/devices/{id}/messages`.
 //!
 //! # What it emulates
 //! - MQTT 3.1.1 over TLS 1.2/1.3 with a CA generated at start (server certificate for
@@ -61,7 +61,10 @@
 //!   ([`Target`]), until cleared or for a given time: refuse at the TCP level (listener closed),
 //!   close TCP at once, stall (never CONNACK), hang up after CONNECT, CONNACK 5, or CONNACK 3 as
 //!   a throttled hub.
-//! - [`Emulator::telemetry`] and [`Emulator::wait_telemetry`] return what each device sent.
+//! - [`Emulator::telemetry`] and [`Emulator::wait_telemetry`] return what each device sent;
+//!   `GET /emulator/devices/{id}/messages?since=N` (service token; not a route of the real hub,
+//!   whose back end reads telemetry from Event Hubs) returns the same as JSON, in pages of at
+//!   most [`MAX_MESSAGES_PER_READ`].
 //! - [`Emulator::connect_attempts`] lists every connection attempt with its times (TCP accept,
 //!   CONNECT) and outcome, to compute connect rates and backoff gaps;
 //!   [`Emulator::method_exchanges`] lists every method request with the time it was sent and
@@ -78,8 +81,8 @@
 //! - Subscriptions beyond five get the SUBACK failure code (0x80); a filter outside the hub's
 //!   topic trees closes the connection.
 //! - A telemetry bag that repeats a key keeps every pair, in order
-//!   ([`D2cMessage::properties`]); [`D2cMessage::property`] and [`D2cMessage::system`] take the
-//!   last. A key without `=` reads as an empty value.
+//!   ([`D2cMessage::properties`]); [`D2cMessage::property`], [`D2cMessage::system`] and the read
+//!   endpoint take the last. A key without `=` reads as an empty value.
 //!
 //! # What it does not emulate
 //! - Device twins: twin subscriptions are granted, but a publish to `$iothub/twin/...` closes the
@@ -141,6 +144,7 @@ pub use client::{ClientError, ServiceClient, ServiceResponse};
 pub use error::{Error, WaitTimeout};
 pub use faults::{Fault, FaultId, Target};
 pub use history::{AttemptOutcome, ConnectAttempt, MAX_RECORDS, MethodExchange};
+pub use http::MAX_MESSAGES_PER_READ;
 pub use methods::{
     InvokeError, MAX_CONNECT_TIMEOUT_S, MAX_METHOD_PAYLOAD, MethodCall, MethodResult,
     RESPONSE_TIMEOUT_RANGE_S,
