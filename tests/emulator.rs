@@ -28,8 +28,8 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-/// Device-to-cloud telemetry: what the emulator records, and how tests and the demo read it
-/// back (in process and over HTTP), against raw MQTT clients.
+/// Device-to-cloud telemetry: what the emulator records, the read API and endpoint, and the
+/// telemetry faults, against raw MQTT clients.
 mod telemetry;
 
 /// Generous bound for things that take milliseconds; only reached when a test fails.

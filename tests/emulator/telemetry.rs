@@ -1,5 +1,5 @@
-//! Device-to-cloud telemetry in the emulator: what it records per device, and how tests and the
-//! demo read it back (in process and over HTTP). Devices are raw MQTT
+//! Device-to-cloud telemetry in the emulator: what it records per device, how tests and the demo
+//! read it back (in process and over HTTP), and the telemetry faults. Devices are raw MQTT
 //! clients (rumqttc's packet codec over TLS), so every PUBLISH, PUBACK and close is the test's
 //! to send and see.
 
@@ -9,7 +9,7 @@ use bytes::BytesMut;
 use leafgate::hub::d2c;
 use leafgate::hub::sas::Key;
 use leafgate_emulator::{
-    D2cMessage, DisconnectReason, Emulator, EmulatorConfig, MAX_MESSAGES_PER_READ,
+    D2cMessage, DisconnectReason, Emulator, EmulatorConfig, Fault, MAX_MESSAGES_PER_READ, Target,
 };
 use rumqttc::mqttbytes::QoS;
 use rumqttc::mqttbytes::v4::{ConnectReturnCode, PubAck, Publish};
@@ -476,4 +476,149 @@ async fn the_read_endpoint_checks_auth_method_device_and_since() {
     }
     let posted = client.post_raw(path, Some(&auth), "{}").await.unwrap();
     assert_eq!(posted.status, 405);
+}
+
+#[tokio::test]
+async fn withheld_pubacks_are_sent_in_order_when_the_fault_is_cleared() {
+    let emu = start().await;
+    emu.add_device("slow", key(1));
+    emu.add_device("fast", key(2));
+    let mut device = RawDevice::connect(&emu, "slow", &key(1)).await;
+    let mut other = RawDevice::connect(&emu, "fast", &key(2)).await;
+    let fault = emu
+        .inject_fault(Fault::WithholdPubacks(Target::devices(["slow"])), None)
+        .await;
+    let first = device
+        .publish(&topic_with_mid("slow", "1"), QoS::AtLeastOnce, b"1")
+        .await;
+    let second = device
+        .publish(&topic_with_mid("slow", "2"), QoS::AtLeastOnce, b"2")
+        .await;
+    // QoS 0 has no PUBACK to withhold; it is recorded all the same.
+    device
+        .publish(&topic_with_mid("slow", "3"), QoS::AtMostOnce, b"3")
+        .await;
+    device.assert_nothing_before_pingresp().await;
+    let kept = emu.telemetry("slow");
+    assert_eq!(kept.len(), 3, "recorded although not acknowledged");
+    // Another device is not affected.
+    let pkid = other
+        .publish(&topic_with_mid("fast", "1"), QoS::AtLeastOnce, b"1")
+        .await;
+    assert_eq!(other.read().await, puback(pkid));
+
+    assert!(emu.clear_fault(fault).await);
+    assert_eq!(device.read().await, puback(first));
+    assert_eq!(device.read().await, puback(second));
+    let third = device
+        .publish(&topic_with_mid("slow", "4"), QoS::AtLeastOnce, b"4")
+        .await;
+    assert_eq!(device.read().await, puback(third));
+    assert_eq!(emu.device_stats("slow").disconnects, 0);
+}
+
+#[tokio::test]
+async fn withheld_pubacks_go_out_when_a_lasting_fault_expires() {
+    let emu = start().await;
+    emu.add_device("slow", key(1));
+    let mut device = RawDevice::connect(&emu, "slow", &key(1)).await;
+    // The expiry itself is the behaviour under test: the PUBACK must come without a clear.
+    emu.inject_fault(
+        Fault::WithholdPubacks(Target::All),
+        Some(Duration::from_millis(300)),
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let pkid = device
+        .publish(&topic_with_mid("slow", "1"), QoS::AtLeastOnce, b"1")
+        .await;
+    assert_eq!(device.read().await, puback(pkid));
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(emu.active_faults().is_empty());
+}
+
+#[tokio::test]
+async fn drop_before_puback_records_the_message_and_closes_n_times() {
+    let emu = start().await;
+    emu.add_device("flaky", key(1));
+    emu.inject_fault(
+        Fault::DropBeforePuback {
+            target: Target::devices(["flaky"]),
+            times: 2,
+        },
+        None,
+    )
+    .await;
+    // QoS 0 is not struck: there is no PUBACK to drop before.
+    let mut device = RawDevice::connect(&emu, "flaky", &key(1)).await;
+    device
+        .publish(&topic_with_mid("flaky", "q0"), QoS::AtMostOnce, b"0")
+        .await;
+    device.assert_nothing_before_pingresp().await;
+    // The device resends the same message after each drop, as an SDK does.
+    for attempt in 1..=2u64 {
+        if attempt > 1 {
+            device = RawDevice::connect(&emu, "flaky", &key(1)).await;
+        }
+        device
+            .publish(&topic_with_mid("flaky", "m"), QoS::AtLeastOnce, b"{}")
+            .await;
+        device.assert_closed().await;
+        let stats = wait(&emu, "flaky", |s| s.disconnects == attempt).await;
+        assert_eq!(
+            stats.last_disconnect,
+            Some(DisconnectReason::DroppedBeforePuback)
+        );
+    }
+    assert!(emu.active_faults().is_empty(), "used up after two strikes");
+    let mut device = RawDevice::connect(&emu, "flaky", &key(1)).await;
+    let pkid = device
+        .publish(&topic_with_mid("flaky", "m"), QoS::AtLeastOnce, b"{}")
+        .await;
+    assert_eq!(device.read().await, puback(pkid));
+    let kept = emu.telemetry("flaky");
+    let seen: Vec<(&str, bool)> = kept
+        .iter()
+        .map(|m| (m.message_id().unwrap(), m.duplicate))
+        .collect();
+    assert_eq!(
+        seen,
+        [("q0", false), ("m", false), ("m", true), ("m", true)]
+    );
+    let connections: std::collections::BTreeSet<u64> =
+        kept[1..].iter().map(|m| m.connection).collect();
+    assert_eq!(connections.len(), 3, "one message per connection");
+}
+
+#[tokio::test]
+async fn quota_exceeded_closes_on_telemetry_without_recording_it() {
+    let emu = start().await;
+    emu.add_device("over", key(1));
+    let quota = emu
+        .inject_fault(Fault::QuotaExceeded(Target::devices(["over"])), None)
+        .await;
+    for (n, qos) in [QoS::AtLeastOnce, QoS::AtMostOnce].into_iter().enumerate() {
+        // Connecting still works; the first telemetry publish ends it.
+        let mut device = RawDevice::connect(&emu, "over", &key(1)).await;
+        device
+            .publish(&topic_with_mid("over", "m"), qos, b"{}")
+            .await;
+        device.assert_closed().await;
+        let stats = wait(&emu, "over", |s| s.disconnects == n as u64 + 1).await;
+        assert_eq!(stats.last_disconnect, Some(DisconnectReason::QuotaExceeded));
+    }
+    assert!(emu.telemetry("over").is_empty());
+    assert_eq!(emu.device_stats("over").telemetry_messages, 0);
+
+    assert!(emu.clear_fault(quota).await);
+    let mut device = RawDevice::connect(&emu, "over", &key(1)).await;
+    let pkid = device
+        .publish(&topic_with_mid("over", "m"), QoS::AtLeastOnce, b"{}")
+        .await;
+    assert_eq!(device.read().await, puback(pkid));
+    assert_eq!(emu.telemetry("over").len(), 1);
 }

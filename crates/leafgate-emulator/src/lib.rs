@@ -60,7 +60,9 @@
 //! - [`Emulator::inject_fault`] switches a [`Fault`] on, for every device or some
 //!   ([`Target`]), until cleared or for a given time: refuse at the TCP level (listener closed),
 //!   close TCP at once, stall (never CONNACK), hang up after CONNECT, CONNACK 5, or CONNACK 3 as
-//!   a throttled hub.
+//!   a throttled hub; and for telemetry: withhold PUBACKs (sent when the fault ends), close the
+//!   connection after recording a message but before its PUBACK (N times), or close it without
+//!   recording, as a hub whose message quota is used up.
 //! - [`Emulator::telemetry`] and [`Emulator::wait_telemetry`] return what each device sent;
 //!   `GET /emulator/devices/{id}/messages?since=N` (service token; not a route of the real hub,
 //!   whose back end reads telemetry from Event Hubs) returns the same as JSON, in pages of at
@@ -101,7 +103,8 @@
 //!   and optionally also HTTPS ([`EmulatorConfig::https_addr`]) with the same CA as MQTT.
 //! - Throttling and quotas (429001, 403002), connection-rate limits and the 1,000,000-device
 //!   limit are not enforced by themselves; a test can only inject a throttled hub
-//!   ([`Fault::Throttle`]: CONNACK 3).
+//!   ([`Fault::Throttle`]: CONNACK 3, [`Fault::WithholdPubacks`]) or a used-up message quota
+//!   ([`Fault::QuotaExceeded`]).
 //! - IoT Edge gateway semantics, DPS, the registry REST API (devices are added in process), ETags
 //!   and request-id headers, any other service API route.
 
@@ -547,10 +550,12 @@ impl Emulator {
         self.shared.registry.drop_connection(id)
     }
 
-    /// Fault hook: from now on, connection attempts meet `fault` (see [`Fault`] for each kind),
-    /// until [`Emulator::clear_fault`] or, with `lasting`, for that long. Connections already
-    /// attached stay up. When several faults apply, the oldest wins. Returns once the fault is
-    /// in force: for [`Fault::RefuseTcp`], once the listener is closed.
+    /// Fault hook: from now on, connection attempts (or, for the telemetry faults, telemetry
+    /// publishes) meet `fault` (see [`Fault`] for each kind), until [`Emulator::clear_fault`],
+    /// with `lasting` for that long, or for [`Fault::DropBeforePuback`] until used up.
+    /// Connections already attached stay up until a telemetry fault strikes them. When several
+    /// faults apply, the oldest wins. Returns once the fault is in force: for
+    /// [`Fault::RefuseTcp`], once the listener is closed.
     pub async fn inject_fault(&self, fault: Fault, lasting: Option<Duration>) -> FaultId {
         log::info!("emulator: injecting fault {fault:?} for {lasting:?}");
         let refuse_tcp = fault == Fault::RefuseTcp;
@@ -561,7 +566,8 @@ impl Emulator {
         id
     }
 
-    /// Ends an injected fault; false if it had already ended. Devices it stalled are closed.
+    /// Ends an injected fault; false if it had already ended. Devices it stalled are closed;
+    /// PUBACKs it withheld are sent.
     /// Returns once the listener is open again if no [`Fault::RefuseTcp`] remains.
     pub async fn clear_fault(&self, id: FaultId) -> bool {
         let cleared = self.shared.faults.clear(id);

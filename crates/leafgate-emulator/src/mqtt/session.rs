@@ -1,6 +1,7 @@
 //! An accepted device session, from CONNACK until something ends it: the packets a device may
 //! send (method responses, telemetry, SUBSCRIBE, PINGREQ), the hub's limits on them, keep-alive
-//! and token expiry. Anything else closes the connection, as the hub does.
+//! and token expiry, and the telemetry faults a test injected. Anything else closes the
+//! connection, as the hub does.
 
 use std::time::Duration;
 
@@ -14,7 +15,8 @@ use tokio::time::Instant;
 
 use super::link::{Link, LinkError, packet_name};
 use crate::Shared;
-use crate::clock::expiry_instant;
+use crate::clock::{expiry_instant, sleep_until_some};
+use crate::faults::{FaultId, Strike};
 use crate::registry::{Connection, DeviceEntry, DisconnectReason, Outbound, Subscription};
 use crate::telemetry::Received;
 use crate::topic_filter::known_filter;
@@ -46,6 +48,10 @@ pub(super) struct Session<'a> {
     pub(super) subscriptions: Vec<Subscription>,
     /// CleanSession 0: subscriptions outlive the connection.
     pub(super) persistent: bool,
+    /// Packet ids of telemetry whose PUBACK a [`Strike::Withhold`] keeps back, oldest first.
+    pub(super) withheld: Vec<u16>,
+    /// The rule withholding them and when it ends by itself.
+    pub(super) withholding: Option<(FaultId, Option<Instant>)>,
 }
 
 impl Session<'_> {
@@ -60,6 +66,7 @@ impl Session<'_> {
         let idle_timer = tokio::time::sleep(idle);
         let expiry_timer = tokio::time::sleep_until(expiry_instant(token_expiry));
         tokio::pin!(idle_timer, expiry_timer);
+        let mut faults = self.shared.faults.subscribe();
         loop {
             // Handle every whole packet already buffered before waiting again.
             loop {
@@ -74,11 +81,28 @@ impl Session<'_> {
                     Err(e) => return e.into_reason(),
                 }
             }
+            let holding = self.withholding.is_some();
+            let hold_until = self.withholding.and_then(|(_, until)| until);
             tokio::select! {
                 biased;
                 () = self.conn.kill_token().cancelled() => return self.kill_reason(),
                 () = &mut expiry_timer => return DisconnectReason::TokenExpired,
                 () = &mut idle_timer => return DisconnectReason::KeepAliveTimeout,
+                // A withholding rule ends by expiring, or by a change of the rules (cleared).
+                () = sleep_until_some(hold_until), if holding => {
+                    if let Err(reason) = self.release_withheld(link).await {
+                        return reason;
+                    }
+                }
+                changed = faults.changed(), if holding => {
+                    // The sender lives in `Shared`, which outlives every session.
+                    if changed.is_err() {
+                        return DisconnectReason::Shutdown;
+                    }
+                    if let Err(reason) = self.release_withheld(link).await {
+                        return reason;
+                    }
+                }
                 message = outbound.recv() => {
                     // This task's own `Connection` holds a sender, so `None` cannot happen;
                     // treat it as a shutdown if it ever does.
@@ -109,7 +133,14 @@ impl Session<'_> {
 
     async fn handle(&mut self, link: &mut Link, packet: Packet) -> Result<(), DisconnectReason> {
         let reply = match packet {
-            Packet::Publish(publish) => self.publish(publish)?,
+            Packet::Publish(publish) => {
+                let reply = self.publish(publish)?;
+                if matches!(reply, Some(Packet::PubAck(_))) {
+                    // PUBACKs go out in the order their publishes came.
+                    self.release_withheld(link).await?;
+                }
+                reply
+            }
             Packet::Subscribe(subscribe) => Some(self.subscribe(subscribe)?),
             Packet::Unsubscribe(unsubscribe) => Some(self.unsubscribe(unsubscribe)),
             Packet::PingReq => Some(Packet::PingResp),
@@ -179,11 +210,12 @@ impl Session<'_> {
         Ok((publish.qos == QoS::AtLeastOnce).then(|| Packet::PubAck(PubAck::new(publish.pkid))))
     }
 
-    /// Records a device-to-cloud message, then acknowledges it (QoS 1). Recorded before the PUBACK is written: a device that has its PUBACK
+    /// Records a device-to-cloud message, then acknowledges it (QoS 1) unless an injected fault
+    /// says otherwise. Recorded before the PUBACK is written: a device that has its PUBACK
     /// finds its message in [`crate::Emulator::telemetry`]. Closes on another device's topic,
     /// a property bag that does not decode (the hub refuses what it cannot parse), and messages
     /// over 256 KB.
-    fn telemetry(&self, publish: &Publish) -> Result<Option<Packet>, DisconnectReason> {
+    fn telemetry(&mut self, publish: &Publish) -> Result<Option<Packet>, DisconnectReason> {
         let topic = publish.topic.as_str();
         let bag = match d2c::parse(topic) {
             Ok((device, bag)) if device == self.device_id => bag,
@@ -203,6 +235,11 @@ impl Session<'_> {
                 "telemetry message larger than 256 KB".to_owned(),
             ));
         }
+        let qos1 = publish.qos == QoS::AtLeastOnce;
+        let strike = self.shared.faults.on_telemetry(self.device_id, qos1);
+        if strike == Some(Strike::Quota) {
+            return Err(DisconnectReason::QuotaExceeded);
+        }
         let received = Received {
             connection: self.conn.id,
             qos: publish.qos as u8,
@@ -214,7 +251,35 @@ impl Session<'_> {
         self.shared
             .registry
             .record_telemetry(self.entry, topic, received);
-        Ok((publish.qos == QoS::AtLeastOnce).then(|| Packet::PubAck(PubAck::new(publish.pkid))))
+        match strike {
+            Some(Strike::Drop) => Err(DisconnectReason::DroppedBeforePuback),
+            Some(Strike::Withhold { id, until }) => {
+                self.withheld.push(publish.pkid);
+                self.withholding = Some((id, until));
+                Ok(None)
+            }
+            Some(Strike::Quota) | None => {
+                Ok(qos1.then(|| Packet::PubAck(PubAck::new(publish.pkid))))
+            }
+        }
+    }
+
+    /// Sends the PUBACKs a withholding rule kept back, in order, once that rule has ended
+    /// (cleared or expired).
+    async fn release_withheld(&mut self, link: &mut Link) -> Result<(), DisconnectReason> {
+        let Some((id, _)) = self.withholding else {
+            return Ok(());
+        };
+        if self.shared.faults.is_active(id) {
+            return Ok(());
+        }
+        self.withholding = None;
+        for pkid in std::mem::take(&mut self.withheld) {
+            link.send(Packet::PubAck(PubAck::new(pkid)))
+                .await
+                .map_err(LinkError::into_reason)?;
+        }
+        Ok(())
     }
 
     /// Grants known filters at QoS <= 1, up to five per connection; the sixth and later get the
