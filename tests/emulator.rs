@@ -94,12 +94,14 @@ fn options_with_token(emu: &Emulator, id: &str, password: String) -> MqttOptions
     options
 }
 
-fn options(emu: &Emulator, id: &str, key: &Key) -> MqttOptions {
+pub(crate) fn options(emu: &Emulator, id: &str, key: &Key) -> MqttOptions {
     options_with_token(emu, id, token(emu, id, key, now() + 3600))
 }
 
 /// Polls until the first CONNACK or error.
-async fn connect_once(options: MqttOptions) -> Result<(AsyncClient, EventLoop), ConnectionError> {
+pub(crate) async fn connect_once(
+    options: MqttOptions,
+) -> Result<(AsyncClient, EventLoop), ConnectionError> {
     let (client, mut eventloop) = AsyncClient::new(options, 16);
     let first = tokio::time::timeout(WAIT, async {
         loop {
