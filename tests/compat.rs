@@ -36,6 +36,9 @@ mod sas;
 /// leafgate's CONNECT and SUBSCRIBE next to the device SDK's, field by field (item 5).
 mod wire;
 
+/// Telemetry: the device SDK's `send_message` and leafgate's D2C topic, recorded alike.
+mod telemetry;
+
 use leafgate::hub::sas::Key;
 use leafgate_emulator::{Emulator, EmulatorConfig};
 

@@ -28,6 +28,10 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+/// Device-to-cloud telemetry: what the emulator records, the read API and endpoint, and the
+/// telemetry faults, against raw MQTT clients.
+mod telemetry;
+
 /// Generous bound for things that take milliseconds; only reached when a test fails.
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -90,12 +94,14 @@ fn options_with_token(emu: &Emulator, id: &str, password: String) -> MqttOptions
     options
 }
 
-fn options(emu: &Emulator, id: &str, key: &Key) -> MqttOptions {
+pub(crate) fn options(emu: &Emulator, id: &str, key: &Key) -> MqttOptions {
     options_with_token(emu, id, token(emu, id, key, now() + 3600))
 }
 
 /// Polls until the first CONNACK or error.
-async fn connect_once(options: MqttOptions) -> Result<(AsyncClient, EventLoop), ConnectionError> {
+pub(crate) async fn connect_once(
+    options: MqttOptions,
+) -> Result<(AsyncClient, EventLoop), ConnectionError> {
     let (client, mut eventloop) = AsyncClient::new(options, 16);
     let first = tokio::time::timeout(WAIT, async {
         loop {

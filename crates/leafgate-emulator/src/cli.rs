@@ -38,6 +38,9 @@ pub struct EmulatorArgs {
     /// Service policy name (the token's skn).
     #[arg(long, default_value = "service")]
     pub service_policy: String,
+    /// Device-to-cloud messages kept per device for the read endpoint; older ones are dropped.
+    #[arg(long, value_name = "N", default_value_t = super::DEFAULT_TELEMETRY_PER_DEVICE)]
+    pub telemetry_per_device: usize,
 }
 
 /// One `--device ID=KEY`.
@@ -79,6 +82,7 @@ pub async fn run_cli(args: EmulatorArgs) -> anyhow::Result<()> {
         https_addr: args.https_addr,
         ca_path: args.ca_out.clone(),
         service_policy: (args.service_policy.clone(), service_key),
+        telemetry_per_device: args.telemetry_per_device,
     };
     let emulator = Emulator::start(config)
         .await
@@ -105,6 +109,10 @@ pub async fn run_cli(args: EmulatorArgs) -> anyhow::Result<()> {
         );
     }
     println!("  service:     {}", emulator.service_connection_string());
+    println!(
+        "  telemetry:   GET http://{}/emulator/devices/{{id}}/messages?since=0 (service token)",
+        emulator.http_addr()
+    );
     println!("press Ctrl-C to stop");
     tokio::signal::ctrl_c()
         .await
@@ -140,6 +148,10 @@ mod tests {
         assert_eq!(ids, ["pump-1", "pump-2"]);
         assert_eq!(cli.args.devices[0].key.as_bytes(), [0, 1, 2, 3]);
         assert_eq!(cli.args.host_name, "localhost");
+        assert_eq!(
+            cli.args.telemetry_per_device,
+            crate::DEFAULT_TELEMETRY_PER_DEVICE
+        );
         for bad in ["pump", "=AQ==", "pump=!!"] {
             assert!(
                 Cli::try_parse_from(["emu", "--device", bad]).is_err(),

@@ -1,5 +1,6 @@
 //! A minimal service-side client for the emulator's API: what a back-end application does to
-//! call a direct method, used by the integration tests and the demo.
+//! call a direct method, used by the integration tests and the demo; and a reader for the
+//! emulator's own telemetry endpoint.
 //!
 //! It speaks plain HTTP to the emulator's loopback listener but otherwise behaves like the SDKs:
 //! a fresh policy-signed SAS token per request, the id percent-encoded in the path, api-version
@@ -169,8 +170,50 @@ impl ServiceClient {
             percent_encode(device)
         );
         let token = self.token();
-        self.send(&path, Some(&token), Bytes::from(body.to_string()), wait)
+        self.send(
+            Method::POST,
+            &path,
+            Some(&token),
+            Bytes::from(body.to_string()),
+            wait,
+        )
+        .await
+    }
+
+    /// Reads `device`'s device-to-cloud messages numbered `since` or later from the emulator's
+    /// own `GET /emulator/devices/{id}/messages` (no IoT hub has it); the body is the JSON page
+    /// that endpoint documents.
+    ///
+    /// # Errors
+    /// As [`ServiceClient::invoke`].
+    pub async fn messages(&self, device: &str, since: u64) -> Result<ServiceResponse, ClientError> {
+        let path = format!(
+            "/emulator/devices/{}/messages?since={since}",
+            percent_encode(device)
+        );
+        let token = self.token();
+        self.send(Method::GET, &path, Some(&token), Bytes::new(), CLIENT_SLACK)
             .await
+    }
+
+    /// GETs an arbitrary path with an optional `Authorization` value: for tests of how the read
+    /// endpoint treats malformed requests.
+    ///
+    /// # Errors
+    /// As [`ServiceClient::invoke`].
+    pub async fn get_raw(
+        &self,
+        path_and_query: &str,
+        authorization: Option<&str>,
+    ) -> Result<ServiceResponse, ClientError> {
+        self.send(
+            Method::GET,
+            path_and_query,
+            authorization,
+            Bytes::new(),
+            CLIENT_SLACK,
+        )
+        .await
     }
 
     /// Posts an arbitrary body to an arbitrary path with an optional `Authorization` value: for
@@ -184,8 +227,14 @@ impl ServiceClient {
         authorization: Option<&str>,
         body: impl Into<Bytes>,
     ) -> Result<ServiceResponse, ClientError> {
-        self.send(path_and_query, authorization, body.into(), CLIENT_SLACK)
-            .await
+        self.send(
+            Method::POST,
+            path_and_query,
+            authorization,
+            body.into(),
+            CLIENT_SLACK,
+        )
+        .await
     }
 
     /// A service token for this client's policy, valid for an hour.
@@ -201,13 +250,14 @@ impl ServiceClient {
 
     async fn send(
         &self,
+        method: Method,
         path_and_query: &str,
         authorization: Option<&str>,
         body: Bytes,
         wait: Duration,
     ) -> Result<ServiceResponse, ClientError> {
         let mut builder = Request::builder()
-            .method(Method::POST)
+            .method(method)
             .uri(format!("http://{}{path_and_query}", self.base))
             .header(CONTENT_TYPE, "application/json; charset=utf-8");
         if let Some(value) = authorization {

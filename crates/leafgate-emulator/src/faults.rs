@@ -1,13 +1,14 @@
 //! Hub faults a test switches on and off while devices run: the ways a real IoT Hub (or the
-//! network in front of it) fails a device that tries to connect.
+//! network in front of it) fails a device that tries to connect, or that sends telemetry.
 //!
 //! A fault is a rule: what happens ([`Fault`]), to whom ([`Target`]), and until when (cleared by
-//! hand, or after a duration). The MQTT listener consults the rules for every new TCP connection
-//! and every CONNECT; connections already attached are not touched (use
-//! [`Emulator::drop_all_connections`](super::Emulator::drop_all_connections) or
-//! [`Emulator::drop_connection`](super::Emulator::drop_connection) for that). Rules live in a
-//! `watch` channel so a stalled connection or a closed listener learns at once that its fault
-//! ended.
+//! hand, after a duration, or for [`Fault::DropBeforePuback`] after so many strikes). The MQTT
+//! listener consults the rules for every new TCP connection and every CONNECT, and a connection
+//! task for every telemetry publish; otherwise connections already attached are not touched
+//! (use [`Emulator::drop_all_connections`](super::Emulator::drop_all_connections) or
+//! [`Emulator::drop_connection`](super::Emulator::drop_connection) for that). Every change bumps
+//! a `watch` counter, so a stalled connection, a closed listener or a connection holding back
+//! PUBACKs learns at once that its fault ended.
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
@@ -18,7 +19,8 @@ use tokio::time::Instant;
 
 use super::lock::lock;
 
-/// What the hub does to a connection attempt while the fault is active.
+/// What the hub does to a connection attempt, or to a telemetry publish, while the fault is
+/// active.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {
     /// Refuse at the TCP level: the listening socket is closed, so the kernel answers every SYN
@@ -37,6 +39,30 @@ pub enum Fault {
     Refuse(Target),
     /// CONNACK 3 (server unavailable), as a throttled or overloaded hub.
     Throttle(Target),
+    /// Record QoS 1 telemetry but send no PUBACK for it, as a hub shaping traffic does. The
+    /// PUBACKs held back go out, in order, when the fault ends, if the connection is still up;
+    /// a device that reconnects first never gets them. QoS 0 telemetry and method responses
+    /// are not affected.
+    WithholdPubacks(Target),
+    /// Record a QoS 1 telemetry message, then close the connection before its PUBACK, `times`
+    /// times (each strike uses one; the rule ends after the last). The device cannot tell
+    /// whether the hub got the message: a resend is a duplicate.
+    DropBeforePuback { target: Target, times: u32 },
+    /// Close the connection on any telemetry publish without recording it, as the hub does when
+    /// the daily message quota is used up (403002; MQTT has no way to say so). Connecting still
+    /// works.
+    QuotaExceeded(Target),
+}
+
+/// What a telemetry fault does to one publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Strike {
+    /// Keep its PUBACK until rule `id` ends, at `until` at the latest.
+    Withhold { id: FaultId, until: Option<Instant> },
+    /// Close the connection after recording it.
+    Drop,
+    /// Close the connection without recording it.
+    Quota,
 }
 
 impl Fault {
@@ -44,15 +70,24 @@ impl Fault {
     /// strike before a CONNECT).
     fn applies_to_connect(&self, client_id: &str) -> bool {
         match self {
-            Fault::RefuseTcp | Fault::CloseTcp => false,
+            Fault::RefuseTcp
+            | Fault::CloseTcp
+            | Fault::WithholdPubacks(_)
+            | Fault::DropBeforePuback { .. }
+            | Fault::QuotaExceeded(_) => false,
             Fault::Stall(t) | Fault::Hangup(t) | Fault::Refuse(t) | Fault::Throttle(t) => {
                 t.matches(client_id)
             }
         }
     }
+
+    /// A fault that ends by being used up: no strikes left.
+    fn exhausted(&self) -> bool {
+        matches!(self, Fault::DropBeforePuback { times: 0, .. })
+    }
 }
 
-/// Which devices an MQTT-level fault strikes, by the client id of their CONNECT.
+/// Which devices an MQTT-level fault strikes, by the client id of their CONNECT (the device id).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     All,
@@ -90,7 +125,28 @@ struct Rule {
 
 impl Rule {
     fn active(&self, now: Instant) -> bool {
-        self.until.is_none_or(|until| now < until)
+        self.until.is_none_or(|until| now < until) && !self.fault.exhausted()
+    }
+
+    /// Whether this rule strikes a telemetry publish from `device` at QoS 1 (`qos1`) or 0, and
+    /// how.
+    fn telemetry_strike(&self, device: &str, qos1: bool) -> Option<Strike> {
+        match &self.fault {
+            Fault::WithholdPubacks(t) => (qos1 && t.matches(device)).then_some(Strike::Withhold {
+                id: self.id,
+                until: self.until,
+            }),
+            Fault::DropBeforePuback { target, .. } => {
+                (qos1 && target.matches(device)).then_some(Strike::Drop)
+            }
+            Fault::QuotaExceeded(t) => t.matches(device).then_some(Strike::Quota),
+            Fault::RefuseTcp
+            | Fault::CloseTcp
+            | Fault::Stall(_)
+            | Fault::Hangup(_)
+            | Fault::Refuse(_)
+            | Fault::Throttle(_) => None,
+        }
     }
 }
 
@@ -207,6 +263,42 @@ impl Faults {
     pub(crate) fn still(&self, active: &Active, client_id: &str) -> bool {
         self.on_connect(client_id).is_some_and(|now| now == *active)
     }
+
+    /// The fault that strikes a telemetry publish from `device` (QoS 1 when `qos1`), if any:
+    /// the oldest that applies. A [`Fault::DropBeforePuback`] strike uses up one of its times.
+    pub(crate) fn on_telemetry(&self, device: &str, qos1: bool) -> Option<Strike> {
+        let (strike, used_up) = {
+            let now = Instant::now();
+            let mut rules = lock(&self.rules);
+            let (rule, strike) = rules.iter_mut().find_map(|rule| {
+                if !rule.active(now) {
+                    return None;
+                }
+                let strike = rule.telemetry_strike(device, qos1)?;
+                Some((rule, strike))
+            })?;
+            if let Fault::DropBeforePuback { times, .. } = &mut rule.fault {
+                *times = times.saturating_sub(1);
+            }
+            let used_up = rule.fault.exhausted();
+            if used_up {
+                rules.retain(|rule| rule.active(now));
+            }
+            (strike, used_up)
+        };
+        if used_up {
+            self.bump();
+        }
+        Some(strike)
+    }
+
+    /// Whether rule `id` is still in force: not cleared, expired or used up.
+    pub(crate) fn is_active(&self, id: FaultId) -> bool {
+        let now = Instant::now();
+        lock(&self.rules)
+            .iter()
+            .any(|rule| rule.id == id && rule.active(now))
+    }
 }
 
 #[cfg(test)]
@@ -246,5 +338,60 @@ mod tests {
         faults.clear_all();
         assert!(changes.has_changed().unwrap());
         assert!(faults.active().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn telemetry_faults_strike_by_qos_and_drops_are_used_up() {
+        let faults = Faults::new();
+        let withhold = faults.inject(
+            Fault::WithholdPubacks(Target::devices(["a"])),
+            Some(Duration::from_secs(1)),
+        );
+        faults.inject(
+            Fault::DropBeforePuback {
+                target: Target::devices(["a", "b"]),
+                times: 2,
+            },
+            None,
+        );
+        faults.inject(Fault::QuotaExceeded(Target::devices(["c"])), None);
+        assert!(
+            faults.on_connect("a").is_none(),
+            "telemetry faults leave CONNECT alone"
+        );
+        let until = Instant::now() + Duration::from_secs(1);
+        assert_eq!(
+            faults.on_telemetry("a", true),
+            Some(Strike::Withhold {
+                id: withhold,
+                until: Some(until)
+            })
+        );
+        // QoS 0 has no PUBACK to withhold or to drop before; the quota takes every QoS.
+        assert_eq!(faults.on_telemetry("a", false), None);
+        assert_eq!(faults.on_telemetry("c", false), Some(Strike::Quota));
+        assert_eq!(faults.on_telemetry("d", true), None);
+        assert_eq!(faults.on_telemetry("b", true), Some(Strike::Drop));
+        assert_eq!(
+            faults.active()[1].1,
+            Fault::DropBeforePuback {
+                target: Target::devices(["a", "b"]),
+                times: 1
+            }
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(!faults.is_active(withhold), "expired");
+        // The oldest rule that applies wins: "a" now meets the drop, which uses its last time.
+        let changes = faults.subscribe();
+        assert_eq!(faults.on_telemetry("a", true), Some(Strike::Drop));
+        assert!(
+            changes.has_changed().unwrap(),
+            "a used-up rule ends like a cleared one"
+        );
+        assert_eq!(faults.on_telemetry("b", true), None);
+        assert_eq!(
+            faults.active(),
+            [(FaultId(3), Fault::QuotaExceeded(Target::devices(["c"])))]
+        );
     }
 }

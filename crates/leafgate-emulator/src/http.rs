@@ -2,6 +2,12 @@
 //! (`iothub-protocol.md` 4), plain and optionally over TLS with the emulator's certificate (the
 //! Azure service SDKs only build `https://{HostName}` URLs).
 //!
+//! Beside it, one route of the emulator's own, which no IoT hub has (the real back end reads
+//! telemetry from Event Hubs, not from the hub's REST API): `GET
+//! /emulator/devices/{deviceId}/messages?since=N` returns what the device sent, as JSON, for
+//! the demo and for tests in other languages. It takes the same service token as the methods
+//! route; see [`messages`] for the shape.
+//!
 //! Requests are checked in the hub's order (route, auth, body, then the call itself) and every
 //! failure answers with the hub's error shape: a JSON body whose `Message` is a JSON *string*
 //! holding `errorCode`, `trackingId`, `message`, `info` and `timestampUtc`, plus the
@@ -13,6 +19,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -31,6 +38,7 @@ use super::Shared;
 use super::clock::unix_now;
 use super::methods::{self, InvokeError, MAX_METHOD_PAYLOAD, MethodCall};
 use crate::sas::{self, TokenError, percent_decode};
+use crate::telemetry::D2cMessage;
 
 /// Largest request body read: a 128 KB payload plus the rest of the JSON envelope.
 const MAX_BODY: usize = MAX_METHOD_PAYLOAD + 16 * 1024;
@@ -38,6 +46,9 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_HEADER_BUFFER: usize = 64 * 1024;
 /// How long a connection may take to deliver its last responses at shutdown.
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
+/// Most messages in one answer of the read endpoint, so a full log of large messages is read in
+/// pages rather than built as one huge body.
+pub const MAX_MESSAGES_PER_READ: usize = 1000;
 
 type Body = Full<Bytes>;
 
@@ -149,10 +160,18 @@ enum Target<'a> {
     DeviceMethods(&'a str),
     /// `/twins/{id}/modules/{module}/methods`.
     ModuleMethods,
+    /// `/emulator/devices/{id}/messages`, id still percent-encoded.
+    DeviceMessages(&'a str),
     Unknown,
 }
 
 fn target(path: &str) -> Target<'_> {
+    if let Some(rest) = path.strip_prefix("/emulator/devices/") {
+        return match rest.split_once('/') {
+            Some((id, "messages")) if !id.is_empty() => Target::DeviceMessages(id),
+            _ => Target::Unknown,
+        };
+    }
     let Some(rest) = path.strip_prefix("/twins/") else {
         return Target::Unknown;
     };
@@ -194,6 +213,7 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
     let path = request.uri().path().to_owned();
     let device = match target(&path) {
         Target::DeviceMethods(device) => device,
+        Target::DeviceMessages(device) => return messages(shared, &request, device),
         Target::ModuleMethods => {
             return plain_error(
                 StatusCode::NOT_FOUND,
@@ -280,6 +300,116 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
         ),
         Err(e) => invoke_error(&e, connect_timeout_s),
     }
+}
+
+/// `GET /emulator/devices/{id}/messages[?since=N]`: the device's kept device-to-cloud messages
+/// numbered `N` (default 0) or later, at most [`MAX_MESSAGES_PER_READ`]:
+///
+/// ```json
+/// {"device": "pump-1", "next": 3, "more": false, "dropped": 0,
+///  "messages": [{"seq": 2, "receivedUtc": "2026-12-06T05:04:00.1230000Z", "qos": 1,
+///                "connection": 1, "duplicate": false,
+///                "systemProperties": {"$.mid": "m-2", "$.ct": "application/json"},
+///                "properties": {"site": "hall A"},
+///                "body": "{\"temp\":21}", "bodyEncoding": "utf-8"}]}
+/// ```
+///
+/// `next` is the `since` of the following read (`more` says whether it has messages already);
+/// a gap in `seq` means messages were dropped for room (`dropped` counts them over the
+/// emulator's life). Properties are decoded; when a bag repeats a key, the last wins. A body
+/// that is not UTF-8 comes as base64, `bodyEncoding: "base64"`. An id the emulator never saw
+/// is 404001; a malformed `since` is 400004; auth is the service API's (401003).
+fn messages(shared: &Shared, request: &Request<Incoming>, device: &str) -> Response<Body> {
+    if request.method() != Method::GET {
+        let mut response = plain_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!(
+                "The requested resource does not support http method '{}'.",
+                request.method()
+            ),
+        );
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET"));
+        return response;
+    }
+    if let Err(why) = authorize(shared, request.headers().get(AUTHORIZATION)) {
+        log::debug!("emulator: message read refused: {why}");
+        return hub_error(
+            StatusCode::UNAUTHORIZED,
+            401_003,
+            "IoTHubUnauthorized",
+            why,
+            json!({}),
+        );
+    }
+    let Some(device) = percent_decode(device) else {
+        return invoke_error(
+            &InvokeError::InvalidArgument("device id is not valid percent-encoding.".to_owned()),
+            0,
+        );
+    };
+    let Some(since) = since_param(request.uri().query().unwrap_or("")) else {
+        return invoke_error(
+            &InvokeError::InvalidArgument("since must be a whole number.".to_owned()),
+            0,
+        );
+    };
+    let Some((kept, log_next, dropped)) =
+        shared
+            .registry
+            .telemetry(&device, since, MAX_MESSAGES_PER_READ)
+    else {
+        return invoke_error(&InvokeError::DeviceNotFound, 0);
+    };
+    let next = kept.last().map_or(log_next, |m| m.seq + 1);
+    let body = json!({
+        "device": device,
+        "next": next,
+        "more": next < log_next,
+        "dropped": dropped,
+        "messages": kept.iter().map(message_json).collect::<Vec<_>>(),
+    });
+    json_response(StatusCode::OK, &body, None)
+}
+
+/// The `since` query parameter; 0 when absent, `None` when it is not a whole number.
+fn since_param(query: &str) -> Option<u64> {
+    let mut since = 0;
+    for pair in query.split('&') {
+        if let Some(value) = pair.strip_prefix("since=") {
+            since = value.parse().ok()?;
+        }
+    }
+    Some(since)
+}
+
+fn message_json(message: &D2cMessage) -> Value {
+    let object = |pairs: &[(String, String)]| {
+        let map: serde_json::Map<String, Value> = pairs
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        Value::Object(map)
+    };
+    let (body, encoding) = match std::str::from_utf8(&message.body) {
+        Ok(text) => (text.to_owned(), "utf-8"),
+        Err(_) => (
+            base64::engine::general_purpose::STANDARD.encode(&message.body),
+            "base64",
+        ),
+    };
+    json!({
+        "seq": message.seq,
+        "receivedUtc": timestamp_utc(message.received_utc),
+        "qos": message.qos,
+        "connection": message.connection,
+        "duplicate": message.duplicate,
+        "systemProperties": object(&message.system_properties),
+        "properties": object(&message.properties),
+        "body": body,
+        "bodyEncoding": encoding,
+    })
 }
 
 /// Checks a service token: `skn` names the policy, `sr` covers the hub host, signed with the
@@ -427,15 +557,62 @@ mod tests {
             Target::DeviceMethods("a%2Fb")
         );
         assert_eq!(target("/twins/d/modules/m/methods"), Target::ModuleMethods);
+        assert_eq!(
+            target("/emulator/devices/a%20b/messages"),
+            Target::DeviceMessages("a%20b")
+        );
         for path in [
             "/",
             "/twins//methods",
             "/twins/d/methods/",
             "/twins/d",
             "/devices/d/methods",
+            "/emulator/devices//messages",
+            "/emulator/devices/d/messages/",
+            "/emulator/devices/d",
+            "/emulator/devices/a/b/messages",
         ] {
             assert_eq!(target(path), Target::Unknown, "{path}");
         }
+    }
+
+    #[test]
+    fn since_defaults_to_zero_and_must_be_a_whole_number() {
+        assert_eq!(since_param(""), Some(0));
+        assert_eq!(since_param("since=12"), Some(12));
+        assert_eq!(since_param("x=1&since=3"), Some(3));
+        for bad in ["since=", "since=-1", "since=1.5", "since=a"] {
+            assert_eq!(since_param(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn messages_render_decoded_properties_and_a_binary_body_as_base64() {
+        let message = D2cMessage {
+            seq: 4,
+            received_at: tokio::time::Instant::now(),
+            received_utc: UNIX_EPOCH + Duration::from_secs(1_767_225_600),
+            connection: 2,
+            qos: 0,
+            system_properties: vec![("$.mid".to_owned(), "m".to_owned())],
+            properties: vec![("a b".to_owned(), "1".to_owned())],
+            body: Bytes::from_static(&[0xff, 0x00]),
+            duplicate: true,
+        };
+        assert_eq!(
+            message_json(&message),
+            json!({
+                "seq": 4,
+                "receivedUtc": "2026-01-01T00:00:00.0000000Z",
+                "qos": 0,
+                "connection": 2,
+                "duplicate": true,
+                "systemProperties": {"$.mid": "m"},
+                "properties": {"a b": "1"},
+                "body": "/wA=",
+                "bodyEncoding": "base64",
+            })
+        );
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! [`Emulator::add_device`], point devices at [`Emulator::mqtt_addr`] trusting
 //! [`Emulator::ca_pem`], and call methods through [`ServiceClient`] (HTTP) or
 //! [`Emulator::invoke`] (in process, same code path). Per-device [`DeviceStats`] live in a
-//! `watch` channel, so tests await a state ([`Emulator::wait_for`]) instead of sleeping.
+//! `watch` channel, so tests await a state ([`Emulator::wait_for`]) instead of sleeping. What
+//! devices send as telemetry is read back with [`Emulator::telemetry`] and
+//! [`Emulator::wait_telemetry`], or over HTTP from `GET /emulator/devices/{id}/messages`.
 //!
 //! # What it emulates
 //! - MQTT 3.1.1 over TLS 1.2/1.3 with a CA generated at start (server certificate for
@@ -30,10 +32,18 @@
 //!   properties, the device's own C2D), granted at QoS <= 1; at most five per connection (more
 //!   get the SUBACK failure code; per-method filters count, which is why the docs advise
 //!   `$iothub/methods/POST/#`); UNSUBSCRIBE; PINGREQ; DISCONNECT. QoS 0 and 1 PUBLISH to method
-//!   responses and to the device's own telemetry topic (counted, 256 KB limit, PUBACK for QoS 1).
+//!   responses and to the device's own telemetry topic (256 KB limit, PUBACK for QoS 1).
+//! - Telemetry (`iothub-protocol.md` 6.1): `devices/{id}/messages/events/{bag}`, the bag decoded
+//!   with [`leafgate::hub::d2c::parse`] (`%24.` or `$.` keys, optional trailing `/`), recorded
+//!   per device in arrival order as a [`D2cMessage`]: time, QoS, system (`$.`) and application
+//!   properties apart, body, and whether its `$.mid` repeats a kept message's. Recorded before
+//!   the PUBACK goes out, so a client that has its PUBACK finds its message. At most
+//!   [`EmulatorConfig::telemetry_per_device`] are kept per device; older ones are dropped and
+//!   counted ([`DeviceStats::telemetry_dropped`]).
 //! - Closes the connection, without an error code as the hub does, on QoS 2 PUBLISH, publishes to
-//!   unknown topics or another device's topics, subscriptions to unknown filters, malformed or
-//!   oversized (> 264 KiB) packets, and any packet that makes no sense from a device.
+//!   unknown topics or another device's topics, telemetry whose property bag is not
+//!   percent-encoded UTF-8, subscriptions to unknown filters, malformed or oversized
+//!   (> 264 KiB) packets, and any packet that makes no sense from a device.
 //! - Direct methods: `$iothub/methods/POST/{name}/?$rid={n}` at QoS 0 with the JSON payload as
 //!   body, only to a device that is online with a subscription matching the request topic
 //!   (normally `$iothub/methods/POST/#`); the first `$iothub/methods/res/{status}/?$rid={n}` from
@@ -50,7 +60,13 @@
 //! - [`Emulator::inject_fault`] switches a [`Fault`] on, for every device or some
 //!   ([`Target`]), until cleared or for a given time: refuse at the TCP level (listener closed),
 //!   close TCP at once, stall (never CONNACK), hang up after CONNECT, CONNACK 5, or CONNACK 3 as
-//!   a throttled hub.
+//!   a throttled hub; and for telemetry: withhold PUBACKs (sent when the fault ends), close the
+//!   connection after recording a message but before its PUBACK (N times), or close it without
+//!   recording, as a hub whose message quota is used up.
+//! - [`Emulator::telemetry`] and [`Emulator::wait_telemetry`] return what each device sent;
+//!   `GET /emulator/devices/{id}/messages?since=N` (service token; not a route of the real hub,
+//!   whose back end reads telemetry from Event Hubs) returns the same as JSON, in pages of at
+//!   most [`MAX_MESSAGES_PER_READ`].
 //! - [`Emulator::connect_attempts`] lists every connection attempt with its times (TCP accept,
 //!   CONNECT) and outcome, to compute connect rates and backoff gaps;
 //!   [`Emulator::method_exchanges`] lists every method request with the time it was sent and
@@ -66,6 +82,9 @@
 //! - A rid is answered only by the device it was sent to, byte for byte.
 //! - Subscriptions beyond five get the SUBACK failure code (0x80); a filter outside the hub's
 //!   topic trees closes the connection.
+//! - A telemetry bag that repeats a key keeps every pair, in order
+//!   ([`D2cMessage::properties`]); [`D2cMessage::property`], [`D2cMessage::system`] and the read
+//!   endpoint take the last. A key without `=` reads as an empty value.
 //!
 //! # What it does not emulate
 //! - Device twins: twin subscriptions are granted, but a publish to `$iothub/twin/...` closes the
@@ -73,8 +92,10 @@
 //! - Cloud-to-device messages (nothing is ever delivered on `devicebound`), persistent sessions
 //!   beyond subscriptions (nothing is queued while offline), retained messages, and will
 //!   messages (accepted in CONNECT, never published).
-//! - Telemetry routing, storage or property-bag decoding: messages are only counted and offered
-//!   as [`Event::Telemetry`].
+//! - Telemetry routing, the Event Hubs-compatible endpoint, enrichments, and the properties the
+//!   hub stamps (`iothub-connection-device-id` and the like, `mqtt-retain`): messages are kept
+//!   as the device sent them, per device, in memory only. Duplicates are flagged, never
+//!   removed, and only found among the messages still kept.
 //! - Module identities, X.509 authentication (no client certificate is requested), shared access
 //!   policies for device connections (`skn` tokens on CONNECT are refused), policy permissions
 //!   (the one service policy may do everything), Azure AD bearer tokens.
@@ -82,7 +103,8 @@
 //!   and optionally also HTTPS ([`EmulatorConfig::https_addr`]) with the same CA as MQTT.
 //! - Throttling and quotas (429001, 403002), connection-rate limits and the 1,000,000-device
 //!   limit are not enforced by themselves; a test can only inject a throttled hub
-//!   ([`Fault::Throttle`]: CONNACK 3).
+//!   ([`Fault::Throttle`]: CONNACK 3, [`Fault::WithholdPubacks`]) or a used-up message quota
+//!   ([`Fault::QuotaExceeded`]).
 //! - IoT Edge gateway semantics, DPS, the registry REST API (devices are added in process), ETags
 //!   and request-id headers, any other service API route.
 
@@ -99,6 +121,7 @@ mod methods;
 mod mqtt;
 mod registry;
 pub mod sas;
+mod telemetry;
 pub mod tls;
 mod topic_filter;
 mod wire;
@@ -124,11 +147,13 @@ pub use client::{ClientError, ServiceClient, ServiceResponse};
 pub use error::{Error, WaitTimeout};
 pub use faults::{Fault, FaultId, Target};
 pub use history::{AttemptOutcome, ConnectAttempt, MAX_RECORDS, MethodExchange};
+pub use http::MAX_MESSAGES_PER_READ;
 pub use methods::{
     InvokeError, MAX_CONNECT_TIMEOUT_S, MAX_METHOD_PAYLOAD, MethodCall, MethodResult,
     RESPONSE_TIMEOUT_RANGE_S,
 };
 pub use registry::{DeviceStats, DisconnectReason, Event, RefusalReason, Subscription};
+pub use telemetry::{D2cMessage, DEFAULT_TELEMETRY_PER_DEVICE};
 pub use wire::{ConnectRecord, Escapes, TokenShape};
 
 /// How long [`Emulator::shutdown`] waits for connection tasks to finish.
@@ -150,11 +175,15 @@ pub struct EmulatorConfig {
     pub ca_path: Option<PathBuf>,
     /// Shared access policy (name, key) the service API accepts tokens from.
     pub service_policy: (String, Key),
+    /// Device-to-cloud messages kept per device for [`Emulator::telemetry`] and the read
+    /// endpoint; beyond it the oldest are dropped (and counted in
+    /// [`DeviceStats::telemetry_dropped`]), so an emulator left running keeps bounded memory.
+    pub telemetry_per_device: usize,
 }
 
 impl Default for EmulatorConfig {
     /// `localhost`, MQTT and HTTP listeners on `127.0.0.1:0`, no HTTPS listener, policy
-    /// `service` with a random key.
+    /// `service` with a random key, [`DEFAULT_TELEMETRY_PER_DEVICE`] messages kept per device.
     fn default() -> Self {
         let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
         EmulatorConfig {
@@ -164,6 +193,7 @@ impl Default for EmulatorConfig {
             https_addr: None,
             ca_path: None,
             service_policy: ("service".to_owned(), random_key()),
+            telemetry_per_device: DEFAULT_TELEMETRY_PER_DEVICE,
         }
     }
 }
@@ -287,7 +317,7 @@ impl Emulator {
         let shared = Arc::new(Shared {
             host_name: config.host_name,
             service_policy: config.service_policy,
-            registry: Registry::new(),
+            registry: Registry::new(config.telemetry_per_device),
             methods: methods::Methods::new(),
             faults: faults::Faults::new(),
             history: history::History::new(),
@@ -479,6 +509,35 @@ impl Emulator {
         .await
     }
 
+    /// The device-to-cloud messages `id` sent, oldest first: the newest
+    /// [`EmulatorConfig::telemetry_per_device`] of them (empty for an id never seen).
+    #[must_use]
+    pub fn telemetry(&self, id: &str) -> Vec<D2cMessage> {
+        self.shared
+            .registry
+            .telemetry(id, 0, usize::MAX)
+            .map(|(messages, _, _)| messages)
+            .unwrap_or_default()
+    }
+
+    /// Waits until `id` has sent at least `n` device-to-cloud messages over the emulator's life
+    /// (checked at once, then on every message), and returns those kept, as
+    /// [`Emulator::telemetry`]. A message counts as soon as it is recorded, which is before its
+    /// PUBACK is sent.
+    ///
+    /// # Errors
+    /// [`WaitTimeout`] with the last stats seen (`telemetry_messages` says how many came).
+    pub async fn wait_telemetry(
+        &self,
+        id: &str,
+        n: u64,
+        timeout: Duration,
+    ) -> Result<Vec<D2cMessage>, WaitTimeout> {
+        self.wait_for(id, timeout, |stats| stats.telemetry_messages >= n)
+            .await?;
+        Ok(self.telemetry(id))
+    }
+
     /// Fault hook: closes every device connection at once (TCP close, no MQTT packet, as the
     /// hub does), including ones still in their TLS handshake. Devices may reconnect at once.
     pub fn drop_all_connections(&self) {
@@ -491,10 +550,12 @@ impl Emulator {
         self.shared.registry.drop_connection(id)
     }
 
-    /// Fault hook: from now on, connection attempts meet `fault` (see [`Fault`] for each kind),
-    /// until [`Emulator::clear_fault`] or, with `lasting`, for that long. Connections already
-    /// attached stay up. When several faults apply, the oldest wins. Returns once the fault is
-    /// in force: for [`Fault::RefuseTcp`], once the listener is closed.
+    /// Fault hook: from now on, connection attempts (or, for the telemetry faults, telemetry
+    /// publishes) meet `fault` (see [`Fault`] for each kind), until [`Emulator::clear_fault`],
+    /// with `lasting` for that long, or for [`Fault::DropBeforePuback`] until used up.
+    /// Connections already attached stay up until a telemetry fault strikes them. When several
+    /// faults apply, the oldest wins. Returns once the fault is in force: for
+    /// [`Fault::RefuseTcp`], once the listener is closed.
     pub async fn inject_fault(&self, fault: Fault, lasting: Option<Duration>) -> FaultId {
         log::info!("emulator: injecting fault {fault:?} for {lasting:?}");
         let refuse_tcp = fault == Fault::RefuseTcp;
@@ -505,7 +566,8 @@ impl Emulator {
         id
     }
 
-    /// Ends an injected fault; false if it had already ended. Devices it stalled are closed.
+    /// Ends an injected fault; false if it had already ended. Devices it stalled are closed;
+    /// PUBACKs it withheld are sent.
     /// Returns once the listener is open again if no [`Fault::RefuseTcp`] remains.
     pub async fn clear_fault(&self, id: FaultId) -> bool {
         let cleared = self.shared.faults.clear(id);

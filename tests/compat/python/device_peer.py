@@ -4,6 +4,9 @@ Driven over stdin/stdout by tests/compat/device_sdk.rs (line protocol in jsonl.p
 
   connect {name, connection_string, ca, methods, retry}   create a client and connect it;
           with methods, set a method handler (the SDK then subscribes to $iothub/methods/POST/#)
+  send {name, body, message_id, content_type, content_encoding, properties}
+                           send_message with a Message built from these (properties are its
+                           custom_properties); returns once the hub's PUBACK came
   disconnect {name}        the SDK's graceful disconnect (MQTT DISCONNECT)
   shutdown {name}          disconnect and stop the client's threads
   sas {uri, key, ttl}      -> {token, expiry} signed by the SDK's own SasToken code
@@ -44,7 +47,7 @@ def _connect(self, host, port=1883, *args, **kwargs):
 
 paho.Client.connect = _connect
 
-from azure.iot.device import IoTHubDeviceClient, MethodResponse  # noqa: E402
+from azure.iot.device import IoTHubDeviceClient, Message, MethodResponse  # noqa: E402
 from azure.iot.device.common.auth import sastoken, signing_mechanism  # noqa: E402
 
 clients = {}
@@ -102,6 +105,19 @@ def connect(command):
     return {}
 
 
+def send(command):
+    message = Message(
+        command["body"],
+        message_id=command.get("message_id"),
+        content_encoding=command.get("content_encoding"),
+        content_type=command.get("content_type"),
+    )
+    message.custom_properties.update(command.get("properties", {}))
+    # Publishes at QoS 1 and returns once the hub acknowledged it.
+    clients[command["name"]].send_message(message)
+    return {}
+
+
 def disconnect(command):
     clients[command["name"]].disconnect()
     return {}
@@ -125,6 +141,7 @@ def main():
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
     ops = {
         "connect": connect,
+        "send": send,
         "disconnect": disconnect,
         "shutdown": shutdown,
         "sas": sas,

@@ -117,7 +117,14 @@ pub(super) async fn serve(
         let refusal = match &active.fault {
             Fault::Refuse(_) => Some(RefusalReason::Injected),
             Fault::Throttle(_) => Some(RefusalReason::Throttled),
-            Fault::Stall(_) | Fault::Hangup(_) | Fault::RefuseTcp | Fault::CloseTcp => None,
+            // Telemetry faults never strike a CONNECT (`Faults::on_connect` skips them).
+            Fault::Stall(_)
+            | Fault::Hangup(_)
+            | Fault::RefuseTcp
+            | Fault::CloseTcp
+            | Fault::WithholdPubacks(_)
+            | Fault::DropBeforePuback { .. }
+            | Fault::QuotaExceeded(_) => None,
         };
         if let Some(reason) = refusal {
             refuse(shared, &mut link, &connect.client_id, &reason).await;
@@ -183,6 +190,8 @@ pub(super) async fn serve(
         device_id: &device_id,
         subscriptions: resumed.subscriptions,
         persistent: !connect.clean_session,
+        withheld: Vec::new(),
+        withholding: None,
     };
     if !session.subscriptions.is_empty() {
         session.publish_subscriptions();

@@ -1,9 +1,11 @@
 //! An accepted device session, from CONNACK until something ends it: the packets a device may
 //! send (method responses, telemetry, SUBSCRIBE, PINGREQ), the hub's limits on them, keep-alive
-//! and token expiry. Anything else closes the connection, as the hub does.
+//! and token expiry, and the telemetry faults a test injected. Anything else closes the
+//! connection, as the hub does.
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use rumqttc::mqttbytes::QoS;
 use rumqttc::mqttbytes::v4::{
     Packet, PubAck, Publish, SubAck, Subscribe, SubscribeReasonCode, UnsubAck, Unsubscribe,
@@ -13,9 +15,12 @@ use tokio::time::Instant;
 
 use super::link::{Link, LinkError, packet_name};
 use crate::Shared;
-use crate::clock::expiry_instant;
+use crate::clock::{expiry_instant, sleep_until_some};
+use crate::faults::{FaultId, Strike};
 use crate::registry::{Connection, DeviceEntry, DisconnectReason, Outbound, Subscription};
+use crate::telemetry::Received;
 use crate::topic_filter::known_filter;
+use leafgate::hub::d2c::{self, TopicError};
 use leafgate::hub::topics;
 
 /// Telemetry limit (`iothub-protocol.md` 6.1).
@@ -43,6 +48,10 @@ pub(super) struct Session<'a> {
     pub(super) subscriptions: Vec<Subscription>,
     /// CleanSession 0: subscriptions outlive the connection.
     pub(super) persistent: bool,
+    /// Packet ids of telemetry whose PUBACK a [`Strike::Withhold`] keeps back, oldest first.
+    pub(super) withheld: Vec<u16>,
+    /// The rule withholding them and when it ends by itself.
+    pub(super) withholding: Option<(FaultId, Option<Instant>)>,
 }
 
 impl Session<'_> {
@@ -57,6 +66,7 @@ impl Session<'_> {
         let idle_timer = tokio::time::sleep(idle);
         let expiry_timer = tokio::time::sleep_until(expiry_instant(token_expiry));
         tokio::pin!(idle_timer, expiry_timer);
+        let mut faults = self.shared.faults.subscribe();
         loop {
             // Handle every whole packet already buffered before waiting again.
             loop {
@@ -71,11 +81,28 @@ impl Session<'_> {
                     Err(e) => return e.into_reason(),
                 }
             }
+            let holding = self.withholding.is_some();
+            let hold_until = self.withholding.and_then(|(_, until)| until);
             tokio::select! {
                 biased;
                 () = self.conn.kill_token().cancelled() => return self.kill_reason(),
                 () = &mut expiry_timer => return DisconnectReason::TokenExpired,
                 () = &mut idle_timer => return DisconnectReason::KeepAliveTimeout,
+                // A withholding rule ends by expiring, or by a change of the rules (cleared).
+                () = sleep_until_some(hold_until), if holding => {
+                    if let Err(reason) = self.release_withheld(link).await {
+                        return reason;
+                    }
+                }
+                changed = faults.changed(), if holding => {
+                    // The sender lives in `Shared`, which outlives every session.
+                    if changed.is_err() {
+                        return DisconnectReason::Shutdown;
+                    }
+                    if let Err(reason) = self.release_withheld(link).await {
+                        return reason;
+                    }
+                }
                 message = outbound.recv() => {
                     // This task's own `Connection` holds a sender, so `None` cannot happen;
                     // treat it as a shutdown if it ever does.
@@ -106,7 +133,14 @@ impl Session<'_> {
 
     async fn handle(&mut self, link: &mut Link, packet: Packet) -> Result<(), DisconnectReason> {
         let reply = match packet {
-            Packet::Publish(publish) => self.publish(publish)?,
+            Packet::Publish(publish) => {
+                let reply = self.publish(publish)?;
+                if matches!(reply, Some(Packet::PubAck(_))) {
+                    // PUBACKs go out in the order their publishes came.
+                    self.release_withheld(link).await?;
+                }
+                reply
+            }
             Packet::Subscribe(subscribe) => Some(self.subscribe(subscribe)?),
             Packet::Unsubscribe(unsubscribe) => Some(self.unsubscribe(unsubscribe)),
             Packet::PingReq => Some(Packet::PingResp),
@@ -166,29 +200,86 @@ impl Session<'_> {
             }
         } else if topic.starts_with("$iothub/twin/") {
             return Err(DisconnectReason::NotEmulated("device twin".to_owned()));
-        } else if let Some(rest) = topic.strip_prefix("devices/") {
-            let own = rest
-                .strip_prefix(self.device_id)
-                .and_then(|rest| rest.strip_prefix("/messages/events/"));
-            if own.is_none() {
-                return Err(DisconnectReason::ProtocolViolation(format!(
-                    "publish to {topic:?}, not this device's telemetry topic"
-                )));
-            }
-            if publish.payload.len() > MAX_TELEMETRY {
-                return Err(DisconnectReason::ProtocolViolation(
-                    "telemetry message larger than 256 KB".to_owned(),
-                ));
-            }
-            self.shared
-                .registry
-                .record_telemetry(self.entry, topic, &publish.payload);
+        } else if topic.starts_with("devices/") {
+            return self.telemetry(&publish);
         } else {
             return Err(DisconnectReason::ProtocolViolation(format!(
                 "publish to unknown topic {topic:?}"
             )));
         }
         Ok((publish.qos == QoS::AtLeastOnce).then(|| Packet::PubAck(PubAck::new(publish.pkid))))
+    }
+
+    /// Records a device-to-cloud message, then acknowledges it (QoS 1) unless an injected fault
+    /// says otherwise. Recorded before the PUBACK is written: a device that has its PUBACK
+    /// finds its message in [`crate::Emulator::telemetry`]. Closes on another device's topic,
+    /// a property bag that does not decode (the hub refuses what it cannot parse), and messages
+    /// over 256 KB.
+    fn telemetry(&mut self, publish: &Publish) -> Result<Option<Packet>, DisconnectReason> {
+        let topic = publish.topic.as_str();
+        let bag = match d2c::parse(topic) {
+            Ok((device, bag)) if device == self.device_id => bag,
+            Ok(_) | Err(TopicError::NotD2c) => {
+                return Err(DisconnectReason::ProtocolViolation(format!(
+                    "publish to {topic:?}, not this device's telemetry topic"
+                )));
+            }
+            Err(TopicError::BadEncoding) => {
+                return Err(DisconnectReason::ProtocolViolation(format!(
+                    "telemetry property bag of {topic:?} is not percent-encoded UTF-8"
+                )));
+            }
+        };
+        if publish.payload.len() > MAX_TELEMETRY {
+            return Err(DisconnectReason::ProtocolViolation(
+                "telemetry message larger than 256 KB".to_owned(),
+            ));
+        }
+        let qos1 = publish.qos == QoS::AtLeastOnce;
+        let strike = self.shared.faults.on_telemetry(self.device_id, qos1);
+        if strike == Some(Strike::Quota) {
+            return Err(DisconnectReason::QuotaExceeded);
+        }
+        let received = Received {
+            connection: self.conn.id,
+            qos: publish.qos as u8,
+            bag,
+            // A copy: the payload shares the read buffer's allocation, which a kept slice
+            // would pin for as long as the message stays in the log.
+            body: Bytes::copy_from_slice(&publish.payload),
+        };
+        self.shared
+            .registry
+            .record_telemetry(self.entry, topic, received);
+        match strike {
+            Some(Strike::Drop) => Err(DisconnectReason::DroppedBeforePuback),
+            Some(Strike::Withhold { id, until }) => {
+                self.withheld.push(publish.pkid);
+                self.withholding = Some((id, until));
+                Ok(None)
+            }
+            Some(Strike::Quota) | None => {
+                Ok(qos1.then(|| Packet::PubAck(PubAck::new(publish.pkid))))
+            }
+        }
+    }
+
+    /// Sends the PUBACKs a withholding rule kept back, in order, once that rule has ended
+    /// (cleared or expired).
+    async fn release_withheld(&mut self, link: &mut Link) -> Result<(), DisconnectReason> {
+        let Some((id, _)) = self.withholding else {
+            return Ok(());
+        };
+        if self.shared.faults.is_active(id) {
+            return Ok(());
+        }
+        self.withholding = None;
+        for pkid in std::mem::take(&mut self.withheld) {
+            link.send(Packet::PubAck(PubAck::new(pkid)))
+                .await
+                .map_err(LinkError::into_reason)?;
+        }
+        Ok(())
     }
 
     /// Grants known filters at QoS <= 1, up to five per connection; the sixth and later get the

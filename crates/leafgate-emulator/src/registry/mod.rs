@@ -6,8 +6,9 @@
 //! client inventing ids cannot grow the map without bound).
 //!
 //! Locking: std mutexes, held for a few field updates and never across an `.await`. The order is
-//! always registry map, then entry state, then the entry's `watch` channel, so thousands of
-//! connection tasks neither deadlock nor queue behind each other for long.
+//! always registry map, then entry state (or the entry's message log), then the entry's `watch`
+//! channel, so thousands of connection tasks neither deadlock nor queue behind each other for
+//! long.
 //!
 //! The registry's state and every operation on it stay in this file, because the locking order
 //! spans all of them; the data it reports (reasons, stats, events) and the handle it keeps on a
@@ -21,13 +22,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
 use tokio::sync::{broadcast, watch};
 
 use super::topic_filter::filter_matches;
 use super::wire::ConnectRecord;
 use crate::lock::lock;
 use crate::sas::Key;
+use crate::telemetry::{D2cMessage, MessageLog, Received};
 
 pub(crate) use self::connection::{Connection, Outbound};
 pub use self::reason::{DisconnectReason, RefusalReason};
@@ -68,6 +69,8 @@ pub(crate) struct DeviceEntry {
     id: String,
     state: Mutex<EntryState>,
     stats: watch::Sender<DeviceStats>,
+    /// Its device-to-cloud messages. Locked before `stats`, never together with `state`.
+    messages: MessageLog,
 }
 
 /// Where a method request for a device can go right now.
@@ -90,6 +93,7 @@ impl DeviceEntry {
                 session: None,
             }),
             stats: watch::Sender::new(DeviceStats::default()),
+            messages: MessageLog::default(),
         }
     }
 
@@ -131,6 +135,8 @@ pub(crate) struct Registry {
     entries: Mutex<Entries>,
     events: broadcast::Sender<Event>,
     next_connection: AtomicU64,
+    /// Device-to-cloud messages kept per device.
+    telemetry_capacity: usize,
 }
 
 #[derive(Default)]
@@ -140,11 +146,13 @@ struct Entries {
 }
 
 impl Registry {
-    pub(crate) fn new() -> Self {
+    /// A registry keeping up to `telemetry_capacity` device-to-cloud messages per device.
+    pub(crate) fn new(telemetry_capacity: usize) -> Self {
         Registry {
             entries: Mutex::new(Entries::default()),
             events: broadcast::Sender::new(EVENT_CAPACITY),
             next_connection: AtomicU64::new(1),
+            telemetry_capacity,
         }
     }
 
@@ -483,16 +491,38 @@ impl Registry {
         });
     }
 
-    pub(crate) fn record_telemetry(&self, entry: &DeviceEntry, topic: &str, payload: &Bytes) {
+    /// Keeps a device-to-cloud message in the device's log and counts it. The stats change
+    /// under the log's lock, so whoever sees `telemetry_messages` reach n finds n messages
+    /// numbered in the log.
+    pub(crate) fn record_telemetry(&self, entry: &DeviceEntry, topic: &str, received: Received) {
+        let payload = received.body.clone();
+        let mut log = entry.messages.lock();
+        let appended = log.append(received, self.telemetry_capacity);
         entry.stats.send_modify(|stats| {
             stats.telemetry_messages += 1;
             stats.telemetry_bytes += payload.len() as u64;
+            stats.telemetry_duplicates += u64::from(appended.duplicate);
+            stats.telemetry_dropped += appended.dropped;
         });
+        drop(log);
         self.emit(|| Event::Telemetry {
             device: entry.id.clone(),
             topic: topic.to_owned(),
-            payload: payload.clone(),
+            payload,
         });
+    }
+
+    /// `id`'s kept messages numbered `since` or later (at most `limit`), with the number the
+    /// next message will get and how many were dropped for room; `None` for an id never seen.
+    pub(crate) fn telemetry(
+        &self,
+        id: &str,
+        since: u64,
+        limit: usize,
+    ) -> Option<(Vec<D2cMessage>, u64, u64)> {
+        let entry = self.existing(id)?;
+        let log = entry.messages.lock();
+        Some((log.since(since, limit), log.next(), log.dropped()))
     }
 
     pub(crate) fn snapshot(&self, id: &str) -> DeviceStats {
@@ -531,7 +561,7 @@ mod tests {
 
     #[test]
     fn attach_kicks_the_older_connection_and_detach_of_it_keeps_the_device_online() {
-        let registry = Registry::new();
+        let registry = Registry::new(10);
         registry.add_device("d", key());
         let (entry, _) = registry.device_key("d").unwrap();
         let first = conn(&registry);
@@ -551,7 +581,7 @@ mod tests {
 
     #[test]
     fn removing_or_disabling_refuses_and_closes() {
-        let registry = Registry::new();
+        let registry = Registry::new(10);
         registry.add_device("d", key());
         let (entry, _) = registry.device_key("d").unwrap();
         let c = conn(&registry);
@@ -577,7 +607,7 @@ mod tests {
 
     #[test]
     fn a_persistent_session_keeps_subscriptions_until_a_clean_one_or_removal() {
-        let registry = Registry::new();
+        let registry = Registry::new(10);
         registry.add_device("d", key());
         let (entry, _) = registry.device_key("d").unwrap();
         let methods = vec![Subscription {
@@ -626,7 +656,7 @@ mod tests {
 
     #[test]
     fn refusals_for_invented_ids_are_capped() {
-        let registry = Registry::new();
+        let registry = Registry::new(10);
         for i in 0..MAX_UNREGISTERED_ENTRIES + 10 {
             registry.record_refusal(&format!("ghost-{i}"), &RefusalReason::UnknownDevice);
         }

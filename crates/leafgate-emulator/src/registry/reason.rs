@@ -62,6 +62,14 @@ pub enum DisconnectReason {
     DeviceDisabled,
     #[error("dropped by drop_all_connections")]
     Dropped,
+    /// A [`Fault::DropBeforePuback`](crate::Fault::DropBeforePuback) struck: the message was
+    /// recorded, its PUBACK never sent.
+    #[error("closed after a telemetry publish, before its PUBACK (injected fault)")]
+    DroppedBeforePuback,
+    /// A [`Fault::QuotaExceeded`](crate::Fault::QuotaExceeded) struck: the message was not
+    /// recorded.
+    #[error("telemetry refused: the hub's message quota is used up (injected fault)")]
+    QuotaExceeded,
     #[error("protocol violation: {0}")]
     ProtocolViolation(String),
     #[error("{0} is not emulated")]

@@ -39,8 +39,15 @@ pub struct DeviceStats {
     pub method_responses: u64,
     /// Responses that matched no live request: late, duplicate, or unknown `$rid`.
     pub method_responses_ignored: u64,
+    /// Device-to-cloud messages recorded (QoS 0 and 1; not those a
+    /// [`Fault::QuotaExceeded`](crate::Fault::QuotaExceeded) refused), kept or since dropped.
     pub telemetry_messages: u64,
     pub telemetry_bytes: u64,
+    /// Messages whose `$.mid` repeated one still kept ([`D2cMessage::duplicate`](crate::D2cMessage::duplicate)).
+    pub telemetry_duplicates: u64,
+    /// Messages forgotten because the device's log was full
+    /// ([`EmulatorConfig::telemetry_per_device`](crate::EmulatorConfig::telemetry_per_device)).
+    pub telemetry_dropped: u64,
     /// The last CONNECT that named this client id, accepted or refused, password reduced to
     /// its shape.
     pub last_connect: Option<ConnectRecord>,
