@@ -94,9 +94,14 @@ fn decode(text: &str) -> Result<String, TopicError> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3).ok_or(TopicError::BadEncoding)?;
-            let hex = std::str::from_utf8(hex).map_err(|_| TopicError::BadEncoding)?;
-            out.push(u8::from_str_radix(hex, 16).map_err(|_| TopicError::BadEncoding)?);
+            // Two hex digits exactly: `u8::from_str_radix` would also take a sign ("%+F").
+            let (Some(hi), Some(lo)) = (
+                bytes.get(i + 1).and_then(|b| char::from(*b).to_digit(16)),
+                bytes.get(i + 2).and_then(|b| char::from(*b).to_digit(16)),
+            ) else {
+                return Err(TopicError::BadEncoding);
+            };
+            out.push(u8::try_from(hi * 16 + lo).map_err(|_| TopicError::BadEncoding)?);
             i += 3;
         } else {
             out.push(bytes[i]);
@@ -171,5 +176,12 @@ mod tests {
             parse("devices/d/messages/events/a=%FF"),
             Err(TopicError::BadEncoding)
         );
+        for signed in ["a=%+F", "a=%-1", "a=%G0", "a=%"] {
+            assert_eq!(
+                parse(&format!("devices/d/messages/events/{signed}")),
+                Err(TopicError::BadEncoding),
+                "{signed}"
+            );
+        }
     }
 }
