@@ -169,3 +169,80 @@ async fn readings_taken_while_the_hub_is_away_all_arrive_after_it_returns_in_ord
         "out of order: {order:?}"
     );
 }
+
+/// Ten meters stream while the hub drops connections after taking a message and before its
+/// PUBACK, six times. Every reading of every meter arrives (numbered without a gap), first
+/// arrivals in order, and every resend is a duplicate the hub recognises by its `$.mid`, with
+/// the same body.
+#[tokio::test]
+async fn lost_pubacks_cost_duplicates_with_the_same_id_never_a_reading() {
+    let ids: Vec<String> = (0..10).map(|i| format!("meter-{i}")).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let regs = Registers::with_units(1..=10);
+    let plc = TcpServer::start(regs).await.unwrap();
+    let devices: String = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            device(
+                id,
+                "plc",
+                &METER.replace("unit = 1", &format!("unit = {}", i + 1)),
+            )
+        })
+        .collect();
+    let rig = Rig::start(
+        &ids,
+        "[telemetry]\nwindow = 2\n",
+        &format!("{}{devices}", tcp_bus(plc.addr())),
+    )
+    .await;
+    let drops = rig
+        .emu
+        .inject_fault(
+            Fault::DropBeforePuback {
+                target: Target::All,
+                times: 6,
+            },
+            None,
+        )
+        .await;
+    let mut duplicates = 0;
+    for id in &ids {
+        let log = rig.emu.wait_telemetry(id, 40, WAIT).await.unwrap();
+        let mut first: BTreeMap<u64, &leafgate_emulator::D2cMessage> = BTreeMap::new();
+        let mut order = Vec::new();
+        for m in &log {
+            let mid = m.message_id().unwrap();
+            let seq: u64 = mid.rsplit_once('-').unwrap().1.parse().unwrap();
+            match first.get(&seq) {
+                Some(original) => {
+                    assert!(m.duplicate, "{id}: a resend of {mid} not flagged duplicate");
+                    assert_eq!(
+                        original.body, m.body,
+                        "{id}: {mid} resent with another body"
+                    );
+                    duplicates += 1;
+                }
+                None => {
+                    assert!(
+                        !m.duplicate,
+                        "{id}: {mid} flagged duplicate on first arrival"
+                    );
+                    first.insert(seq, m);
+                    order.push(seq);
+                }
+            }
+        }
+        let seqs: Vec<u64> = first.keys().copied().collect();
+        let want: Vec<u64> = (0..=*seqs.last().unwrap()).collect();
+        assert_eq!(seqs, want, "{id}: readings missing");
+        assert!(
+            order.windows(2).all(|w| w[0] < w[1]),
+            "{id}: out of order: {order:?}"
+        );
+    }
+    // Every drop struck a message that went out again.
+    assert!(rig.emu.active_faults().iter().all(|(f, _)| *f != drops));
+    assert!(duplicates >= 6, "only {duplicates} duplicates for 6 drops");
+}
