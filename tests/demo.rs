@@ -52,6 +52,22 @@ async fn demo_once_answers_every_round_trip_as_expected() {
         out.contains("10 of 10 round trips answered as expected"),
         "{out}"
     );
+    // Every device streams telemetry, and the meters' readings are their own.
+    let seen: Vec<&str> = summary
+        .telemetry
+        .iter()
+        .map(|t| t.device.as_str())
+        .collect();
+    assert_eq!(seen, DEVICES);
+    let meter = |i: usize| summary.telemetry[i].body.clone().unwrap();
+    assert_eq!(summary.telemetry[1].group.as_deref(), Some("power"));
+    assert!(
+        meter(1)["voltage"].is_number() && meter(1)["ts"].is_string(),
+        "{}",
+        meter(1)
+    );
+    assert_ne!(meter(1)["voltage"], meter(2)["voltage"]);
+    assert!(out.contains("Telemetry (device-to-cloud)"), "{out}");
 }
 
 #[test]
@@ -106,11 +122,15 @@ async fn a_wrong_answer_fails_its_round_trip_by_name_and_the_rest_still_run() {
     let summary = demo.round_trips().await;
     demo.shutdown().await;
     assert!(!summary.all_passed());
+    let failures = summary.failures();
     assert_eq!(
-        summary.failures(),
-        [
-            r#"#4 meter-2 getReadings: expected status 200, got 422 {"code":2,"error":"device_exception","name":"illegal data address"}"#
-        ]
+        failures[0],
+        r#"#4 meter-2 getReadings: expected status 200, got 422 {"code":2,"error":"device_exception","name":"illegal data address"}"#
+    );
+    // meter-2's telemetry fails alike, unless its first reading was taken before the fault.
+    assert!(
+        failures.len() == 1 || failures[1..] == ["meter-2: no telemetry arrived"],
+        "{failures:?}"
     );
     assert_eq!(summary.round_trips.len(), 10);
 }

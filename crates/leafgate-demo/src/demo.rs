@@ -25,6 +25,9 @@ use crate::{Error, Options};
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// `responseTimeoutInSeconds` of every call (each method's own deadline is 2 s).
 const RESPONSE_TIMEOUT_S: u64 = 10;
+/// How long a device with telemetry may take to send its first message (its groups poll
+/// every 2 s, at an offset inside the interval).
+const TELEMETRY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long in-flight methods may take to finish when the demo stops.
 const DRAIN: Duration = Duration::from_secs(5);
 
@@ -156,7 +159,42 @@ impl Demo {
         for call in script() {
             round_trips.push(self.round_trip(&call).await);
         }
-        Summary { round_trips }
+        Summary {
+            round_trips,
+            telemetry: self.telemetry().await,
+        }
+    }
+
+    /// Waits for the first device-to-cloud message of every device that has telemetry groups.
+    async fn telemetry(&self) -> Vec<crate::summary::Telemetry> {
+        let mut seen = Vec::new();
+        for device in self
+            .config
+            .devices
+            .iter()
+            .filter(|d| !d.telemetry.is_empty())
+        {
+            let first = self
+                .emulator
+                .wait_telemetry(&device.id, 1, TELEMETRY_TIMEOUT)
+                .await
+                .ok()
+                .and_then(|log| log.into_iter().next());
+            seen.push(crate::summary::Telemetry {
+                device: device.id.clone(),
+                group: first
+                    .as_ref()
+                    .and_then(|m| m.property("group").map(str::to_owned)),
+                body: first.and_then(|m| serde_json::from_slice(&m.body).ok()),
+            });
+        }
+        seen
+    }
+
+    /// Device-to-cloud messages as the hub receives them, for printing while the demo runs.
+    #[must_use]
+    pub fn telemetry_events(&self) -> tokio::sync::broadcast::Receiver<leafgate_emulator::Event> {
+        self.emulator.events()
     }
 
     async fn round_trip(&self, call: &Call) -> RoundTrip {

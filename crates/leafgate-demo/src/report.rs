@@ -131,7 +131,41 @@ pub(crate) fn table(summary: &Summary) -> String {
         );
     }
     text.push('\n');
+    if !summary.telemetry.is_empty() {
+        let _ = writeln!(
+            text,
+            "\nTelemetry (device-to-cloud), the first message of each device:"
+        );
+        for t in &summary.telemetry {
+            match &t.body {
+                Some(body) => {
+                    let group = t.group.as_deref().unwrap_or("-");
+                    let _ = writeln!(text, "ok   {:<8}  {group:<7}  {body}", t.device);
+                }
+                None => {
+                    let _ = writeln!(text, "FAIL {:<8}  nothing arrived", t.device);
+                }
+            }
+        }
+    }
     text
+}
+
+/// One telemetry message as the demo prints it while it runs.
+pub(crate) fn telemetry_line(device: &str, topic: &str, payload: &[u8]) -> String {
+    let group = leafgate::hub::d2c::parse(topic)
+        .ok()
+        .and_then(|(_, props)| {
+            props
+                .into_iter()
+                .find(|(k, _)| k == "group")
+                .map(|(_, v)| v)
+        })
+        .unwrap_or_default();
+    format!(
+        "telemetry {device} {group}: {}\n",
+        String::from_utf8_lossy(payload)
+    )
 }
 
 /// How to call the demo's methods yourself.
@@ -146,6 +180,12 @@ pub(crate) fn invitation(demo: &Demo) -> String {
     for line in demo.curl_lines() {
         let _ = writeln!(text, "{line}\n");
     }
+    let _ = writeln!(
+        text,
+        "Telemetry is printed below as the hub receives it; read it back with\n  curl -s 'http://{}/emulator/devices/meter-1/messages' -H 'Authorization: {}'\n",
+        demo.service_addr(),
+        demo.token()
+    );
     let _ = writeln!(text, "Press Ctrl-C to stop.");
     text
 }

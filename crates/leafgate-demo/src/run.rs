@@ -4,7 +4,7 @@
 use std::io::{self, Write};
 
 use crate::demo::Demo;
-use crate::report::{header, invitation, table};
+use crate::report::{header, invitation, table, telemetry_line};
 use crate::summary::Summary;
 use crate::{Error, Options};
 
@@ -30,7 +30,27 @@ async fn present(demo: &Demo, options: &Options, out: &mut impl Write) -> Result
         return Ok(summary);
     }
     write_out(out, &invitation(demo))?;
-    wait_for_stop().await.map_err(Error::Signal)?;
+    let mut events = demo.telemetry_events();
+    let stop = wait_for_stop();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            result = &mut stop => {
+                result.map_err(Error::Signal)?;
+                break;
+            }
+            event = events.recv() => match event {
+                Ok(leafgate_emulator::Event::Telemetry { device, topic, payload }) => {
+                    write_out(out, &telemetry_line(&device, &topic, &payload))?;
+                }
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                    stop.as_mut().await.map_err(Error::Signal)?;
+                    break;
+                }
+            },
+        }
+    }
     write_out(out, "\nstopping: finishing methods in flight\n")?;
     Ok(summary)
 }

@@ -30,16 +30,29 @@ impl RoundTrip {
     }
 }
 
-/// Every round trip of one demo run.
+/// The first device-to-cloud message of a device with telemetry, as the hub received it.
+#[derive(Debug, Clone)]
+pub struct Telemetry {
+    pub device: String,
+    /// The `group` application property.
+    pub group: Option<String>,
+    /// The message body; `None` when nothing arrived in time.
+    pub body: Option<Value>,
+}
+
+/// Every round trip of one demo run, and what telemetry arrived.
 #[derive(Debug, Clone, Default)]
 pub struct Summary {
     pub round_trips: Vec<RoundTrip>,
+    pub telemetry: Vec<Telemetry>,
 }
 
 impl Summary {
+    /// Every call answered as expected and every device with telemetry sent some.
     #[must_use]
     pub fn all_passed(&self) -> bool {
         self.round_trips.iter().all(RoundTrip::passed)
+            && self.telemetry.iter().all(|t| t.body.is_some())
     }
 
     /// One line per failed round trip: `#3 meter-1 getReadings: expected status 200, got 504`.
@@ -52,6 +65,12 @@ impl Summary {
                 let problem = rt.problem.as_ref()?;
                 Some(format!("#{} {} {}: {problem}", i + 1, rt.device, rt.method))
             })
+            .chain(
+                self.telemetry
+                    .iter()
+                    .filter(|t| t.body.is_none())
+                    .map(|t| format!("{}: no telemetry arrived", t.device)),
+            )
             .collect()
     }
 }
