@@ -33,6 +33,15 @@ for s in $STORES; do $B crash $s 1 5 100; $B crash $s 100 10 100; done
 for s in sqlite-normal sqlite-full; do $B crash $s 1000 3 1000 $D/sqlite-full-600k.db 600000; done
 for s in redb redb-qr; do $B crash $s 1000 3 1000 $D/redb-600k.db 600000; done
 } 2>&1 | tee $OUT/3-crash.txt
+# redb's page cache (1 GiB by default) bounded, for the RSS figure
+{ uptime; for c in 16 64; do echo "REDB_CACHE_MIB=$c"
+  REDB_CACHE_MIB=$c $B fill redb $D/r$c.db 600000 1000 1000; cp $D/r$c.db $D/r$c-s.db
+  REDB_CACHE_MIB=$c $B space redb $D/r$c-s.db 1000
+  REDB_CACHE_MIB=$c $B steady redb 1000 100000; REDB_CACHE_MIB=$c $B steady redb 100 100000
+  rm -f $D/r$c.db $D/r$c-s.db
+done; } 2>&1 | tee $OUT/2-redb-cache.txt
+
 # damaged files (copies of the 600k files)
 for s in sqlite-full redb; do $B corrupt $s $D/$s-600k.db 1000; done 2>&1 | tee $OUT/3-corrupt.txt
 rm -rf "$D"
+# 4. build cost (clean builds, one job): ./build-cost.sh | tee results/4-build-cost.txt
