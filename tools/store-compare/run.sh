@@ -6,7 +6,7 @@ cd "$(dirname "$0")"
 export CARGO_BUILD_JOBS=1
 cargo build --release --bin store-compare
 B=$PWD/target/release/store-compare
-OUT=results; mkdir -p $OUT
+OUT=${OUT:-results}; mkdir -p $OUT
 D=${STORE_DIR:-/tmp}/store-compare-files; rm -rf "$D"; mkdir -p "$D"
 STORES="sqlite-normal sqlite-full redb redb-qr"
 
@@ -25,6 +25,12 @@ uptime; for s in sqlite-full redb; do
   cp $D/$s-600k.db $D/$s-space.db
   $B space $s $D/$s-space.db 1000; rm -f $D/$s-space.db*
 done 2>&1 | tee $OUT/2-space.txt
+
+# 2b. the bound: 600,000 appended under a 100 MiB payload cap (the oldest dropped in the append
+# transactions), then the queue read back and checked
+for s in sqlite-full redb; do
+  $B fill $s $D/$s-cap.db 600000 1000 1000 100; $B probe $s $D/$s-cap.db 1000; rm -f $D/$s-cap.db*
+done 2>&1 | tee $OUT/2-bound.txt
 
 # 3. kill -9 of a writer at a random moment, reopen, verify; then with 600,000 queued
 {

@@ -2,7 +2,8 @@
 //! Evidence, not product code. Commands (STORE is sqlite-normal, sqlite-full, redb or redb-qr):
 //!
 //!   steady  STORE BATCH MESSAGES [DEVICES] [WINDOW]   cost per message stored, read and deleted
-//!   fill    STORE PATH MESSAGES DEVICES BATCH          build a queue of MESSAGES (ids 1..)
+//!   fill    STORE PATH MESSAGES DEVICES BATCH [MAX_MIB] build a queue of MESSAGES (ids 1..),
+//!                                                      dropping the oldest past MAX_MIB of payload
 //!   space   STORE PATH DEVICES                          sizes: full, drained, refilled, compacted
 //!   crash   STORE BATCH TRIALS DEVICES [PREFILL COUNT]  kill -9 a writer, reopen, verify
 //!   corrupt STORE SRC                                   damage copies of SRC, try to open them
@@ -150,16 +151,16 @@ fn steady(store: &str, batch: usize, messages: u64, devices: u32, window: usize)
 }
 
 // ------------------------------------------------------------------------------------------------
-fn fill(store: &str, path: &Path, messages: u64, devices: u32, batch: usize) -> R<()> {
+fn fill(store: &str, path: &Path, messages: u64, devices: u32, batch: usize, limits: Limits) -> R<()> {
     let mut q = open_store(store, path, false)?;
     let (cpu0, _) = rusage();
     let t0 = Instant::now();
-    let mut id = 1;
+    let (mut id, mut dropped) = (1, 0);
     while id <= messages {
         let end = (id + batch as u64).min(messages + 1);
         let msgs: Vec<Msg> =
             (id..end).map(|i| make_msg(i, device_of(i, devices), BASE_MS + i)).collect();
-        q.append(&msgs, Limits::NONE, now_ms())?;
+        dropped += q.append(&msgs, limits, now_ms())?;
         id = end;
     }
     let wall = t0.elapsed().as_secs_f64();
@@ -169,7 +170,7 @@ fn fill(store: &str, path: &Path, messages: u64, devices: u32, batch: usize) -> 
     drop(q);
     let closed = std::fs::metadata(path)?.len();
     println!(
-        "{store}\tfill messages={count} payload_mib={:.1} wall_s={wall:.1} cpu_s={:.1} peak_rss_mib={rss:.0}\
+        "{store}\tfill messages={count} dropped_oldest={dropped} payload_mib={:.1} wall_s={wall:.1} cpu_s={:.1} peak_rss_mib={rss:.0}\
          \n{store}\ton disk while open (db+wal) = {:.1} MiB = {:.0} B/msg; after close = {:.1} MiB = {:.0} B/msg \
          (payload {:.0} B/msg)",
         mib(bytes),
@@ -542,7 +543,11 @@ fn main() -> R<()> {
     };
     match arg(0)? {
         "steady" => steady(arg(1)?, num(2, None)? as usize, num(3, None)?, num(4, Some(100))? as u32, num(5, Some(10))? as usize),
-        "fill" => fill(arg(1)?, Path::new(arg(2)?), num(3, None)?, num(4, None)? as u32, num(5, None)? as usize),
+        "fill" => {
+            let max_bytes = num(6, Some(u64::MAX >> 20))? << 20;
+            let limits = Limits { max_bytes, max_age_ms: u64::MAX };
+            fill(arg(1)?, Path::new(arg(2)?), num(3, None)?, num(4, None)? as u32, num(5, None)? as usize, limits)
+        }
         "space" => space(arg(1)?, Path::new(arg(2)?), num(3, None)? as u32),
         "crash" => {
             let prefill = match a.get(5) {
