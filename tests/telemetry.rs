@@ -246,3 +246,72 @@ async fn lost_pubacks_cost_duplicates_with_the_same_id_never_a_reading() {
     assert!(rig.emu.active_faults().iter().all(|(f, _)| *f != drops));
     assert!(duplicates >= 6, "only {duplicates} duplicates for 6 drops");
 }
+
+/// Two steps of one group, a gap of two unused registers apart, are read in one request. A
+/// unit that refuses reads across addresses it does not implement (exception 02) gets the
+/// merged read once; after that the group reads it in two, and its readings arrive whole.
+#[tokio::test]
+async fn a_groups_reads_merge_and_a_refused_merge_is_split_for_good() {
+    use leafgate_sim::modbus::Table as SimTable;
+    let group = r#"
+raw_methods = true
+unit = 1
+[[device.telemetry]]
+name = "g"
+interval_ms = 100
+[[device.telemetry.step]]
+op = "read"
+table = "input"
+address = 0
+fields = [{ name = "a" }, { name = "b" }]
+[[device.telemetry.step]]
+op = "read"
+table = "input"
+address = 4
+fields = [{ name = "c" }]
+"#;
+    // Unit 1 implements every address; unit 2 only the fields' own.
+    let regs = Registers::with_units([1, 2]);
+    regs.set_input(1, 0, &[1, 2, 0, 0, 3]);
+    regs.set_input(2, 0, &[4, 5, 0, 0, 6]);
+    regs.set_mapped(2, SimTable::InputRegisters, &[0..=1, 4..=4]);
+    let plc = TcpServer::start(regs.clone()).await.unwrap();
+    let devices = format!(
+        "{}{}{}",
+        tcp_bus(plc.addr()),
+        device("whole", "plc", group),
+        device("sparse", "plc", &group.replace("unit = 1", "unit = 2"))
+    );
+    let rig = Rig::start(&["whole", "sparse"], "", &devices).await;
+    let whole = rig.emu.wait_telemetry("whole", 3, WAIT).await.unwrap();
+    let body: Value = serde_json::from_slice(&whole[2].body).unwrap();
+    assert_eq!(
+        (&body["a"], &body["b"], &body["c"]),
+        (&1.into(), &2.into(), &3.into())
+    );
+    let sparse = rig.emu.wait_telemetry("sparse", 3, WAIT).await.unwrap();
+    let body: Value = serde_json::from_slice(&sparse[2].body).unwrap();
+    assert_eq!(
+        (&body["a"], &body["b"], &body["c"]),
+        (&4.into(), &5.into(), &6.into())
+    );
+    let log = regs.requests();
+    let of = |unit: u8| -> Vec<(u16, u16)> {
+        log.iter()
+            .filter(|r| r.unit == unit)
+            .map(|r| (r.address, r.count))
+            .collect()
+    };
+    // One request per poll for the unit that allows it.
+    assert!(of(1).iter().all(|r| *r == (0, 5)), "{:?}", of(1));
+    // The sparse unit: the merged read once, then the two halves every poll.
+    let sparse_reads = of(2);
+    assert_eq!(sparse_reads[0], (0, 5));
+    assert!(
+        sparse_reads[1..]
+            .iter()
+            .all(|r| *r == (0, 2) || *r == (4, 1)),
+        "{sparse_reads:?}"
+    );
+    assert_eq!(sparse_reads.iter().filter(|r| **r == (0, 5)).count(), 1);
+}

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use super::method::{Method, Problem};
+use super::method::{Method, Problem, ReadFields};
 use super::schema::{GroupConfig, MethodConfig, StepOp};
 use crate::bus::BusKind;
 
@@ -23,6 +23,9 @@ pub const GROUP_PROPERTY: &str = "group";
 /// Shortest and longest poll interval.
 pub const MIN_INTERVAL_MS: u64 = 100;
 pub const MAX_INTERVAL_MS: u64 = 86_400_000;
+/// Unused registers a merged read spans by default: reading a few extra registers costs less
+/// line time than one more request's overhead, turnaround and frame gap.
+pub const DEFAULT_MAX_GAP: u16 = 8;
 
 #[derive(Debug, Clone)]
 pub struct Group {
@@ -35,6 +38,10 @@ pub struct Group {
     pub properties: Vec<(String, String)>,
     /// The reads, as a method without payload.
     pub reads: Method,
+    /// For groups of Modbus reads only: their fields, which pollers merge into as few requests
+    /// as `max_gap` allows (`mapping::plan`).
+    pub fields: Option<ReadFields>,
+    pub max_gap: u16,
 }
 
 #[derive(Debug, Clone)]
@@ -87,6 +94,16 @@ impl Group {
                 })
             }
         };
+        let max_gap = cfg.max_gap.unwrap_or(DEFAULT_MAX_GAP);
+        if max_gap > super::plan::MAX_REGISTERS - 1 {
+            problems.push(Problem::new(
+                format!("{path}.max_gap"),
+                format!(
+                    "{max_gap} is outside 0..={}",
+                    super::plan::MAX_REGISTERS - 1
+                ),
+            ));
+        }
         let mut properties = vec![(GROUP_PROPERTY.to_owned(), cfg.name.clone())];
         for (key, value) in &cfg.properties {
             if key.is_empty() || key.starts_with('$') || key == GROUP_PROPERTY {
@@ -149,7 +166,7 @@ impl Group {
             }
         };
         if let Some(m) = &reads
-            && m.takes_input()
+            && !m.inputs().is_empty()
         {
             problems.push(Problem::new(
                 format!("{path}.step"),
@@ -162,7 +179,9 @@ impl Group {
                 interval: Duration::from_millis(cfg.interval_ms),
                 on_change: on_change.map(|o| OnChange { deadbands, ..o }),
                 properties,
+                fields: reads.read_fields(),
                 reads,
+                max_gap,
             }),
             _ => Err(problems),
         }

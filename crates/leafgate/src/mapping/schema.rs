@@ -162,6 +162,8 @@ pub struct GroupConfig {
     pub max_silence_ms: Option<u64>,
     #[serde(default)]
     pub properties: std::collections::BTreeMap<String, String>,
+    /// Unused registers (or bits) one merged read may span between fields.
+    pub max_gap: Option<u16>,
     #[serde(default)]
     pub step: Vec<StepConfig>,
 }

@@ -8,6 +8,7 @@
 mod compile;
 mod error;
 mod field;
+mod fields;
 mod hex;
 mod prepare;
 mod reply;
@@ -27,6 +28,7 @@ use super::value::Layout;
 use crate::bus::Table;
 
 pub use error::{Problem, ReplyError, RequestError};
+pub use fields::ReadFields;
 pub(crate) use hex::{parse_hex, to_hex};
 pub(crate) use prepare::payload_object;
 
@@ -38,14 +40,6 @@ pub struct Method {
     /// Payload keys this method reads; anything else is refused so a typo never silently
     /// falls back to a default on a machine.
     inputs: BTreeSet<String>,
-}
-
-impl Method {
-    /// Whether the method reads anything from its payload (telemetry groups must not).
-    #[must_use]
-    pub fn takes_input(&self) -> bool {
-        !self.inputs.is_empty()
-    }
 }
 
 #[derive(Debug, Clone)]

@@ -17,11 +17,13 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use super::backlog::Backlog;
-use crate::bus::{self, Error, Output};
+use crate::bus::{self, Error, Op, Output};
 use crate::chain::chain;
 use crate::hub::d2c;
 use crate::logtext;
 use crate::mapping::group::{Group, TIMESTAMP_KEY};
+use crate::mapping::method::ReadFields;
+use crate::mapping::plan::{self, Read};
 
 /// At most one "poll failed/skipped" line per group this often; the others are counted.
 const LOG_EVERY: Duration = Duration::from_secs(60);
@@ -91,13 +93,19 @@ impl Poller {
             method: format!("telemetry {name}").into(),
             rid: "".into(),
         };
-        let ops = match group.reads.prepare(self.unit, &Value::Null) {
-            Ok(ops) => ops,
-            Err(e) => {
-                // Validation compiles every group against an empty payload; this cannot fail.
-                log::error!(device_id = id; "device {id}: telemetry group {name} cannot be polled: {e}");
-                return;
-            }
+        let mut reads = match &group.fields {
+            Some(fields) => Reads::Merged {
+                planned: plan::plan(&fields.spans, group.max_gap),
+                fields,
+            },
+            None => match group.reads.prepare(self.unit, &Value::Null) {
+                Ok(ops) => Reads::Steps(ops),
+                Err(e) => {
+                    // Validation compiles every group against an empty payload: not expected.
+                    log::error!(device_id = id; "device {id}: telemetry group {name} cannot be polled: {e}");
+                    return;
+                }
+            },
         };
         let mut last_sent: Option<(Map<String, Value>, Instant)> = None;
         let mut failures = Failures::default();
@@ -108,8 +116,11 @@ impl Poller {
             };
             let deadline = tick + group.interval;
             let taken = SystemTime::now();
-            let result = self.bus.poll(ops.clone(), deadline, label.clone()).await;
-            let values = match read(group, result) {
+            let result = self
+                .bus
+                .poll(reads.ops(self.unit), deadline, label.clone())
+                .await;
+            let values = match reads.reading(group, result, id, name) {
                 Ok(values) => values,
                 Err(why) => {
                     failures.note(id, name, &why);
@@ -138,26 +149,100 @@ impl Poller {
     }
 }
 
-/// The reading, or why there is none.
-fn read(
-    group: &Group,
-    result: Result<Vec<Result<Output, Error>>, Error>,
-) -> Result<Map<String, Value>, String> {
-    let outputs = match result {
-        Ok(outputs) => outputs,
-        Err(Error::Expired) => {
-            return Err("skipped: the bus could not poll it within its interval".to_owned());
+/// What a group's polls send to the bus.
+enum Reads<'g> {
+    /// Modbus reads merged by the planner; a read the unit refuses with exception 02 is split
+    /// and the split is kept for the polls after.
+    Merged {
+        fields: &'g ReadFields,
+        planned: Vec<Read>,
+    },
+    /// The configured steps as they are (serial exchanges).
+    Steps(Vec<Op>),
+}
+
+impl Reads<'_> {
+    fn ops(&self, unit: u8) -> Vec<Op> {
+        match self {
+            Reads::Merged { planned, .. } => planned
+                .iter()
+                .map(|r| Op::Read {
+                    unit,
+                    table: r.table,
+                    address: r.address,
+                    count: r.count,
+                })
+                .collect(),
+            Reads::Steps(ops) => ops.clone(),
         }
-        Err(e) => return Err(chain(&e)),
-    };
-    let outputs: Vec<Output> = outputs
-        .into_iter()
-        .collect::<Result<_, _>>()
-        .map_err(|e| chain(&e))?;
-    match group.reads.reply(&outputs) {
-        Ok(Value::Object(values)) => Ok(values),
-        Ok(other) => Ok(Map::from_iter([("value".to_owned(), other)])),
-        Err(e) => Err(e.to_string()),
+    }
+
+    /// The reading, or why there is none. A merged read refused with "illegal data address"
+    /// is planned again in smaller reads (once, logged) for the next polls.
+    fn reading(
+        &mut self,
+        group: &Group,
+        result: Result<Vec<Result<Output, Error>>, Error>,
+        id: &str,
+        name: &str,
+    ) -> Result<Map<String, Value>, String> {
+        let results = match result {
+            Ok(results) => results,
+            Err(Error::Expired) => {
+                return Err("skipped: the bus could not poll it within its interval".to_owned());
+            }
+            Err(e) => return Err(chain(&e)),
+        };
+        match self {
+            Reads::Steps(_) => {
+                let outputs: Vec<Output> = results
+                    .into_iter()
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| chain(&e))?;
+                match group.reads.reply(&outputs) {
+                    Ok(Value::Object(values)) => Ok(values),
+                    Ok(other) => Ok(Map::from_iter([("value".to_owned(), other)])),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            Reads::Merged { fields, planned } => {
+                let mut first_error = None;
+                let mut replanned: Vec<Read> = Vec::with_capacity(planned.len());
+                for (read, result) in planned.iter().zip(&results) {
+                    match result {
+                        Err(Error::Exception { code: 2 }) => match plan::split(read, &fields.spans)
+                        {
+                            Some(parts) => {
+                                log::warn!(device_id = id, group = name; "device {id}: telemetry group {name}: the unit refused the merged read of {} {}..={} (illegal data address); reading it as {} smaller reads from now on",
+                                    read.table.name(), read.address, u32::from(read.address) + u32::from(read.count) - 1, parts.len());
+                                replanned.extend(parts);
+                                first_error.get_or_insert_with(|| {
+                                    "a merged read was refused; planned again".to_owned()
+                                });
+                                continue;
+                            }
+                            None => {
+                                first_error
+                                    .get_or_insert_with(|| chain(&Error::Exception { code: 2 }));
+                            }
+                        },
+                        Err(e) => {
+                            first_error.get_or_insert_with(|| chain(e));
+                        }
+                        Ok(_) => {}
+                    }
+                    replanned.push(read.clone());
+                }
+                let outputs: Vec<Option<&Output>> =
+                    results.iter().map(|r| r.as_ref().ok()).collect();
+                let values = fields.decode(planned, &outputs);
+                *planned = replanned;
+                match first_error {
+                    Some(why) => Err(why),
+                    None => Ok(values),
+                }
+            }
+        }
     }
 }
 
