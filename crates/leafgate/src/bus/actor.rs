@@ -120,10 +120,7 @@ impl Handle {
             label,
             reply,
         };
-        self.tx.try_send(job).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => Error::QueueFull(self.capacity),
-            mpsc::error::TrySendError::Closed(_) => Error::ShuttingDown,
-        })?;
+        self.tx.try_send(job).map_err(|e| self.refused(&e))?;
         rx.await.unwrap_or(Err(Error::ShuttingDown))
     }
 
@@ -147,11 +144,17 @@ impl Handle {
             label,
             reply,
         });
-        self.polls.try_send(poll).map_err(|e| match e {
+        self.polls.try_send(poll).map_err(|e| self.refused(&e))?;
+        rx.await.unwrap_or(Err(Error::ShuttingDown))
+    }
+
+    /// Why a lane did not take a job: full (a memory bound, answered at once), or the actor
+    /// has stopped.
+    fn refused<T>(&self, error: &mpsc::error::TrySendError<T>) -> Error {
+        match error {
             mpsc::error::TrySendError::Full(_) => Error::QueueFull(self.capacity),
             mpsc::error::TrySendError::Closed(_) => Error::ShuttingDown,
-        })?;
-        rx.await.unwrap_or(Err(Error::ShuttingDown))
+        }
     }
 
     /// Refuses a job that cannot finish in time behind the jobs already queued: each of them,

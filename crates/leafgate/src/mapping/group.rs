@@ -220,14 +220,7 @@ mod tests {
 
     /// Compiles a group from its TOML, read as `config::load` reads files.
     fn group(toml_text: &str) -> Result<Group, Vec<String>> {
-        let cfg: GroupConfig = ::config::Config::builder()
-            .add_source(::config::File::from_str(
-                toml_text,
-                ::config::FileFormat::Toml,
-            ))
-            .build()
-            .and_then(::config::Config::try_deserialize)
-            .unwrap();
+        let cfg: GroupConfig = crate::mapping::testing::from_toml(toml_text);
         Group::compile(&cfg, BusKind::ModbusTcp, "device[0].telemetry[0]").map_err(|p| {
             p.iter()
                 .map(|p| format!("{}: {}", p.path, p.message))

@@ -8,6 +8,8 @@ pub mod raw;
 pub mod schema;
 pub mod status;
 pub mod template;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod value;
 
 pub use method::{Method, Problem, ReplyError, RequestError};

@@ -20,12 +20,7 @@ struct SnippetDevice {
 
 /// Compiles the first method of a one-device TOML snippet.
 pub(super) fn method(bus: BusKind, toml: &str) -> Result<Method, Vec<Problem>> {
-    // The same TOML reader `config::load` uses (the external `config` crate, not ours).
-    let cfg: Snippet = ::config::Config::builder()
-        .add_source(::config::File::from_str(toml, ::config::FileFormat::Toml))
-        .build()
-        .and_then(::config::Config::try_deserialize)
-        .unwrap();
+    let cfg: Snippet = crate::mapping::testing::from_toml(toml);
     Method::compile(&cfg.device[0].method[0], bus, "m")
 }
 

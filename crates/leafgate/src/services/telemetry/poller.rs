@@ -281,9 +281,8 @@ mod tests {
     use super::*;
 
     fn group() -> Group {
-        let cfg: crate::mapping::schema::GroupConfig = ::config::Config::builder()
-            .add_source(::config::File::from_str(
-                r#"
+        let cfg: crate::mapping::schema::GroupConfig = crate::mapping::testing::from_toml(
+            r#"
                 name = "power"
                 interval_ms = 1000
                 properties = { source = "meter" }
@@ -293,11 +292,7 @@ mod tests {
                 address = 0
                 fields = [{ name = "voltage", type = "f32" }]
                 "#,
-                ::config::FileFormat::Toml,
-            ))
-            .build()
-            .and_then(::config::Config::try_deserialize)
-            .unwrap();
+        );
         Group::compile(&cfg, crate::bus::BusKind::ModbusTcp, "g").unwrap()
     }
 
