@@ -183,6 +183,7 @@ check_installed() {
     [ "$(stat -c '%a %U:%G' /etc/leafgate/keys)" = "750 root:leafgate" ] || fail "keys"
     [ "$(stat -c '%a %U:%G' $CONFIG)" = "640 root:leafgate" ] || fail "$CONFIG: $(stat -c '%a %U:%G' $CONFIG)"
     [ "$(stat -c '%a %U:%G' /usr/bin/leafgate)" = "755 root:root" ] || fail "/usr/bin/leafgate"
+    [ "$(stat -c '%a %U:%G' /var/lib/leafgate)" = "700 leafgate:leafgate" ] || fail "/var/lib/leafgate: $(stat -c '%a %U:%G' /var/lib/leafgate)"
     [ -L /etc/systemd/system/multi-user.target.wants/leafgate.service ] || fail "unit not enabled"
 }
 check_installed
@@ -239,13 +240,15 @@ dpkg -i "$deb" >/dev/null
 grep -q 'edited by check-deb.sh' "$CONFIG" || fail "reinstall overwrote the edited config"
 check_installed
 
-step "remove keeps config and account; purge deletes the config"
+step "remove keeps config, store and account; purge deletes config and store"
 dpkg --remove leafgate >/dev/null
 [ ! -e /usr/bin/leafgate ] || fail "binary left after remove"
 [ -f "$CONFIG" ] || fail "remove deleted the config"
 getent passwd leafgate >/dev/null || fail "remove deleted the account"
+[ -d /var/lib/leafgate ] || fail "remove deleted the telemetry store's directory"
 dpkg --purge leafgate >/dev/null
 [ ! -e /etc/leafgate ] || fail "purge left /etc/leafgate"
+[ ! -e /var/lib/leafgate ] || fail "purge left /var/lib/leafgate"
 [ ! -e /etc/systemd/system/multi-user.target.wants/leafgate.service ] || fail "purge left the unit enabled"
 
 step "install again (account exists)"

@@ -1034,7 +1034,7 @@ async fn flood(buses: &[FloodBus], length: Duration) -> Flood {
         tick.tick().await;
         n += 1;
         for bus in buses {
-            if n % (100 / bus.per_s) != 0 {
+            if !n.is_multiple_of(100 / bus.per_s) {
                 continue;
             }
             let emu = emu.clone();

@@ -15,6 +15,20 @@ use tokio::time::Instant;
 const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 const WAIT: Duration = Duration::from_secs(10);
 
+/// `config` with its telemetry store in `dir` (added to its `[telemetry]`, or as one), so no
+/// test touches `/var/lib/leafgate` or another test's store.
+pub fn with_store(config: &str, dir: &std::path::Path) -> String {
+    if config.contains("\nstore = ") {
+        return config.to_owned();
+    }
+    let line = format!("store = \"{}\"\n", dir.join("telemetry.db").display());
+    if config.starts_with("[telemetry]\n") || config.contains("\n[telemetry]\n") {
+        config.replacen("[telemetry]\n", &format!("[telemetry]\n{line}"), 1)
+    } else {
+        format!("{config}\n[telemetry]\n{line}")
+    }
+}
+
 pub struct Rig {
     pub emu: Emulator,
     pub client: ServiceClient,
@@ -39,7 +53,7 @@ impl Rig {
             ca.display()
         );
         let path = dir.path().join("leafgate.toml");
-        std::fs::write(&path, config).unwrap();
+        std::fs::write(&path, with_store(&config, dir.path())).unwrap();
         let cfg = leafgate::config::load(&path).unwrap_or_else(|e| panic!("{e}"));
         let gateway = Gateway::start(&cfg).unwrap();
         for id in devices {

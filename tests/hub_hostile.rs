@@ -60,8 +60,9 @@ impl RawHub {
         let config = dir.path().join("leafgate.toml");
         std::fs::write(
             &config,
-            format!(
-                r#"[hub]
+            crate::gateway::with_store(
+                &format!(
+                    r#"[hub]
 hostname = "localhost"
 port = {port}
 ca_file = "{ca}"
@@ -84,9 +85,11 @@ unit = 1
 raw_methods = true
 {device_extra}
 "#,
-                port = listener.local_addr().unwrap().port(),
-                ca = ca.display(),
-                plc = plc.addr(),
+                    port = listener.local_addr().unwrap().port(),
+                    ca = ca.display(),
+                    plc = plc.addr(),
+                ),
+                dir.path(),
             ),
         )
         .unwrap();

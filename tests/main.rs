@@ -28,6 +28,10 @@ mod faults;
 /// Telemetry end to end: polled readings as device-to-cloud messages, through hub outages.
 mod telemetry;
 
+/// The durable telemetry store with the real binary: kill -9, SIGTERM, a damaged file, a full
+/// store, a file that cannot be written.
+mod store;
+
 /// leafgate against a raw, hostile MQTT peer: request bursts in one write, no SUBACK, huge
 /// method names.
 mod hub_hostile;

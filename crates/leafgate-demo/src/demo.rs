@@ -81,6 +81,7 @@ impl Demo {
                 plc_address: site.modbus_tcp.addr(),
                 rtu_path: site.rtu_line.path(),
                 psu_path: site.psu_line.path(),
+                store: &dir.0.join("telemetry.db"),
             },
         );
         let path = dir.0.join("leafgate.toml");

@@ -23,6 +23,8 @@ pub struct Placeholders<'a> {
     pub rtu_path: &'a Path,
     /// `@PSU_PATH@`
     pub psu_path: &'a Path,
+    /// `@STORE@`
+    pub store: &'a Path,
 }
 
 /// Substitutes every placeholder in `template` outside comment lines (the header comment that
@@ -37,6 +39,7 @@ pub fn render(template: &str, values: &Placeholders<'_>) -> String {
         ("@PLC_ADDRESS@", values.plc_address.to_string()),
         ("@RTU_PATH@", path(values.rtu_path)),
         ("@PSU_PATH@", path(values.psu_path)),
+        ("@STORE@", path(values.store)),
     ];
     let mut out = String::with_capacity(template.len());
     for line in template.split_inclusive('\n') {
@@ -83,6 +86,7 @@ mod tests {
             plc_address: "127.0.0.1:1502".parse().unwrap(),
             rtu_path: dir,
             psu_path: Path::new("/dev/pts/7"),
+            store: Path::new("/tmp/demo/telemetry.db"),
         }
     }
 

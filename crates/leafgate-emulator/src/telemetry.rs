@@ -157,12 +157,12 @@ impl Log {
             let Some(old) = self.messages.pop_front() else {
                 break;
             };
-            if let Some(mid) = old.message_id() {
-                if let Some(n) = self.mids.get_mut(mid) {
-                    *n -= 1;
-                    if *n == 0 {
-                        self.mids.remove(mid);
-                    }
+            if let Some(mid) = old.message_id()
+                && let Some(n) = self.mids.get_mut(mid)
+            {
+                *n -= 1;
+                if *n == 0 {
+                    self.mids.remove(mid);
                 }
             }
             dropped += 1;

@@ -255,10 +255,8 @@ impl Registry {
             return false;
         };
         identity.enabled = enabled;
-        if !enabled {
-            if let Some(conn) = &state.current {
-                conn.kick(DisconnectReason::DeviceDisabled);
-            }
+        if !enabled && let Some(conn) = &state.current {
+            conn.kick(DisconnectReason::DeviceDisabled);
         }
         entry.stats.send_modify(|stats| stats.enabled = enabled);
         true

@@ -156,13 +156,12 @@ impl Link for SerialLink {
         };
         match &result {
             Err(Error::Timeout(_) | Error::Protocol(_)) => {
-                if let Some(stream) = self.stream.as_mut() {
-                    if port::drain(stream, self.guard, self.guard * 4)
+                if let Some(stream) = self.stream.as_mut()
+                    && port::drain(stream, self.guard, self.guard * 4)
                         .await
                         .is_err()
-                    {
-                        self.stream = None;
-                    }
+                {
+                    self.stream = None;
                 }
             }
             Err(Error::Unavailable { .. }) => self.stream = None,

@@ -45,8 +45,14 @@ pub struct Telemetry {
     pub max_messages_per_s: u32,
     /// Messages one device may have awaiting their PUBACK.
     pub window: u16,
-    /// Readings one device keeps while they cannot be sent; the oldest goes first.
+    /// Readings one device keeps in memory while they cannot be stored; the oldest goes first.
     pub backlog: usize,
+    /// The SQLite file readings wait in; `None`: memory only.
+    pub store: Option<std::path::PathBuf>,
+    /// How often readings are committed to the store: what a kill -9 can lose.
+    pub commit_interval: std::time::Duration,
+    pub store_max_bytes: u64,
+    pub store_max_age: std::time::Duration,
 }
 
 #[derive(Debug, Clone)]

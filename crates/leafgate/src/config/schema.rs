@@ -67,6 +67,14 @@ pub struct TelemetryConfig {
     pub window: u16,
     #[serde(default = "defaults::backlog")]
     pub backlog: usize,
+    #[serde(default = "defaults::store")]
+    pub store: String,
+    #[serde(default = "defaults::commit_interval_ms")]
+    pub commit_interval_ms: u64,
+    #[serde(default = "defaults::store_max_mb")]
+    pub store_max_mb: u64,
+    #[serde(default = "defaults::store_max_age_h")]
+    pub store_max_age_h: u64,
 }
 
 impl Default for TelemetryConfig {
@@ -75,6 +83,10 @@ impl Default for TelemetryConfig {
             max_messages_per_s: defaults::max_messages_per_s(),
             window: defaults::window(),
             backlog: defaults::backlog(),
+            store: defaults::store(),
+            commit_interval_ms: defaults::commit_interval_ms(),
+            store_max_mb: defaults::store_max_mb(),
+            store_max_age_h: defaults::store_max_age_h(),
         }
     }
 }
@@ -174,6 +186,20 @@ pub(crate) mod defaults {
     }
     pub fn backlog() -> usize {
         1000
+    }
+    /// In the unit's `StateDirectory=`.
+    pub fn store() -> String {
+        "/var/lib/leafgate/telemetry.db".into()
+    }
+    pub fn commit_interval_ms() -> u64 {
+        1000
+    }
+    pub fn store_max_mb() -> u64 {
+        512
+    }
+    /// A week: longer than IoT Hub keeps messages on its side.
+    pub fn store_max_age_h() -> u64 {
+        168
     }
     pub fn port() -> u16 {
         8883

@@ -85,6 +85,8 @@ pub struct Gateway {
     /// What every device's telemetry shares, with the `[telemetry]` it was built from. A
     /// changed `[telemetry]` applies to devices started after the reload.
     telemetry: (config::Telemetry, Arc<telemetry::Shared>),
+    /// Opened with the first device that has telemetry, for the life of the process.
+    store: Option<(telemetry::store::Settings, telemetry::store::Store)>,
     hub: HubIdentity,
     connected: Arc<AtomicUsize>,
     /// Parent of every generation's `Shared::draining`.
@@ -112,10 +114,24 @@ fn new_telemetry(config: &config::Telemetry) -> (config::Telemetry, Arc<telemetr
     let shared = telemetry::Shared {
         pacer: Pacer::new(config.max_messages_per_s),
         window: config.window,
-        backlog: config.backlog,
         run_id: base36(started).into(),
     };
     (config.clone(), Arc::new(shared))
+}
+
+fn store_settings(config: &config::Telemetry) -> telemetry::store::Settings {
+    let window = usize::from(config.window);
+    telemetry::store::Settings {
+        path: config.store.clone(),
+        commit_interval: config.commit_interval,
+        max_bytes: config.store_max_bytes,
+        max_age: config.store_max_age,
+        limits: telemetry::backlog::Limits {
+            memory: config.backlog,
+            // The sender's window in flight plus as many ready behind it.
+            head: (2 * window).max(8),
+        },
+    }
 }
 
 fn base36(mut n: u128) -> String {
@@ -159,6 +175,7 @@ impl Gateway {
         let mut gateway = Gateway {
             shared: new_shared(&config.hub, tls, &connected, &draining),
             telemetry: new_telemetry(&config.telemetry),
+            store: None,
             hub: HubIdentity::of(&config.hub),
             connected,
             draining,
@@ -216,10 +233,15 @@ impl Gateway {
     /// Starts a device session on its (already running) bus; with `after`, it connects only once
     /// `after` is cancelled (the previous session of the same id is gone).
     fn spawn_device(
-        &self,
+        &mut self,
         config: &config::Device,
         after: Option<CancellationToken>,
     ) -> Option<RunningDevice> {
+        let store = if config.telemetry.is_empty() {
+            None
+        } else {
+            Some(self.store().clone())
+        };
         // Validation guarantees the bus exists.
         let bus = self.buses.get(&config.bus)?;
         let id: Arc<str> = config.id.as_str().into();
@@ -262,9 +284,10 @@ impl Gateway {
             if !session_stop.is_cancelled() {
                 let session = session::Session::new();
                 let mut services: Vec<Box<dyn Service>> = vec![Box::new(methods)];
-                if let Some(leaf) = leaf {
+                if let (Some(leaf), Some(store)) = (leaf, store) {
                     let outlet = session.outlet();
-                    let service = telemetry::start(leaf, outlet, &telemetry, &tasks, &session_stop);
+                    let service =
+                        telemetry::start(leaf, outlet, &telemetry, &store, &tasks, &session_stop);
                     services.push(Box::new(service));
                 }
                 session
@@ -279,6 +302,19 @@ impl Gateway {
             stop,
             done,
         })
+    }
+
+    /// The telemetry store, opened (in the background) on first use.
+    fn store(&mut self) -> &telemetry::store::Store {
+        let config = &self.telemetry.0;
+        &self
+            .store
+            .get_or_insert_with(|| {
+                let settings = store_settings(config);
+                let store = telemetry::store::Store::open(settings.clone());
+                (settings, store)
+            })
+            .1
     }
 
     /// The part of a reload that reads files and may fail: `ca_file` and the system's trusted
@@ -371,6 +407,13 @@ impl Gateway {
         }
         if config.telemetry != self.telemetry.0 {
             self.telemetry = new_telemetry(&config.telemetry);
+            if let Some((running, _)) = &self.store
+                && *running != store_settings(&config.telemetry)
+            {
+                log::warn!(
+                    "reload: the telemetry store's settings (store, commit_interval_ms, store_max_mb, store_max_age_h, backlog, window) changed; the store keeps its old ones until leafgate restarts"
+                );
+            }
         }
         // 4. Devices that restart (after their old session is gone) or are new.
         for d in &config.devices {
@@ -448,6 +491,10 @@ impl Gateway {
                 self.sessions.len(),
                 drain.as_millis()
             );
+        }
+        // Every sender has stopped: commit what they left.
+        if let Some((_, store)) = &self.store {
+            store.close().await;
         }
         for b in self.buses.values() {
             b.stop.cancel();

@@ -375,15 +375,15 @@ async fn connect_once(
         .collect();
     let mut acks = Acks::new(device.window);
     let result = loop {
-        if connected_at.is_some() && work.has_writable(acks.has_room()) {
-            if let Err(error) =
+        if connected_at.is_some()
+            && work.has_writable(acks.has_room())
+            && let Err(error) =
                 write(&id, &mut eventloop, work, &mut acks, hub.connect_timeout).await
-            {
-                break Ended::Failed {
-                    error,
-                    refused: false,
-                };
-            }
+        {
+            break Ended::Failed {
+                error,
+                refused: false,
+            };
         }
         tokio::select! {
             () = shutdown.cancelled() => break Ended::Shutdown,

@@ -102,16 +102,16 @@ pub(super) fn resolve_bus(file: &Path, path: &str, b: &BusConfig, p: &mut Proble
         );
     }
 
-    if let (BusKind::ModbusRtu, Some(us)) = (kind, b.frame_gap_us) {
-        if us > MAX_FRAME_GAP_US {
-            p.add(
+    if let (BusKind::ModbusRtu, Some(us)) = (kind, b.frame_gap_us)
+        && us > MAX_FRAME_GAP_US
+    {
+        p.add(
                 file,
                 format!("{path}.frame_gap_us"),
                 format!(
                     "{us} is outside 0..={MAX_FRAME_GAP_US} (3.5 characters take at most 140000 µs, at 300 baud; leave it unset for the spec's value)"
                 ),
             );
-        }
     }
 
     let line = if serial_line {

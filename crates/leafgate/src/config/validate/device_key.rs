@@ -60,10 +60,10 @@ pub(super) fn resolve_key(
                             ),
                         );
                     }
-                    if let Some(gw) = &cs.gateway_host_name {
-                        if !gateway.is_some_and(|g| g.eq_ignore_ascii_case(gw)) {
-                            p.add(file, &key_path, format!("GatewayHostName {gw:?} does not match [hub] gateway_hostname; set it there"));
-                        }
+                    if let Some(gw) = &cs.gateway_host_name
+                        && !gateway.is_some_and(|g| g.eq_ignore_ascii_case(gw))
+                    {
+                        p.add(file, &key_path, format!("GatewayHostName {gw:?} does not match [hub] gateway_hostname; set it there"));
                     }
                 }
                 Some(cs.key)

@@ -69,10 +69,10 @@ pub(super) fn resolve_hub(file: &Path, h: &HubConfig, p: &mut Problems) -> Optio
             ),
         );
     }
-    if let Some(ca) = &h.ca_file {
-        if let Err(msg) = check_ca_file(ca) {
-            p.add(file, "hub.ca_file", msg);
-        }
+    if let Some(ca) = &h.ca_file
+        && let Err(msg) = check_ca_file(ca)
+    {
+        p.add(file, "hub.ca_file", msg);
     }
     let (Some(hostname), Some(gateway_hostname)) = (hostname, gateway) else {
         return None;

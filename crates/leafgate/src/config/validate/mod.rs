@@ -16,6 +16,7 @@ mod testing;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use self::bus::{Units, resolve_bus};
 use self::device::{BusRef, resolve_device};
@@ -106,17 +107,17 @@ pub fn validate(files: Vec<(PathBuf, FileConfig)>) -> Result<Config, Vec<Problem
     for (file, path, b) in &buses_in {
         bus_kinds.insert(b.id.clone(), (b.kind, Units::of(b)));
         if let Some(bus) = resolve_bus(file, path, b, &mut p) {
-            if let Some(dev) = bus.device_path() {
-                if let Some(other) = paths_seen.insert(dev.to_path_buf(), b.id.clone()) {
-                    p.add(
-                        file,
-                        format!("{path}.path"),
-                        format!(
-                            "{} is also used by bus {other:?}; one bus owns a line",
-                            dev.display()
-                        ),
-                    );
-                }
+            if let Some(dev) = bus.device_path()
+                && let Some(other) = paths_seen.insert(dev.to_path_buf(), b.id.clone())
+            {
+                p.add(
+                    file,
+                    format!("{path}.path"),
+                    format!(
+                        "{} is also used by bus {other:?}; one bus owns a line",
+                        dev.display()
+                    ),
+                );
             }
             buses.push(bus);
         }
@@ -156,14 +157,14 @@ pub fn validate(files: Vec<(PathBuf, FileConfig)>) -> Result<Config, Vec<Problem
         };
         // On an RTU line every slave sees every frame, so two devices with one unit id would
         // both answer (or one device would get both identities' writes).
-        if let (Some(unit), Units::Rtu) = (d.unit, units) {
-            if let Some(other) = units_seen.insert((d.bus.clone(), unit), d.id.clone()) {
-                p.add(
-                    file,
-                    format!("{path}.unit"),
-                    format!("unit {unit} on bus {:?} is also device {other:?}", d.bus),
-                );
-            }
+        if let (Some(unit), Units::Rtu) = (d.unit, units)
+            && let Some(other) = units_seen.insert((d.bus.clone(), unit), d.id.clone())
+        {
+            p.add(
+                file,
+                format!("{path}.unit"),
+                format!("unit {unit} on bus {:?} is also device {other:?}", d.bus),
+            );
         }
         let hub_names = hub_names
             .as_ref()
@@ -211,10 +212,28 @@ fn resolve_telemetry(file: &Path, t: &TelemetryConfig, p: &mut Problems) -> Tele
     );
     range("window", u64::from(t.window), 1, 64);
     range("backlog", t.backlog as u64, 1, 1_000_000);
+    range("commit_interval_ms", t.commit_interval_ms, 10, 60_000);
+    range("store_max_mb", t.store_max_mb, 1, 1_000_000);
+    range("store_max_age_h", t.store_max_age_h, 1, 87_600);
+    let store = (!t.store.is_empty()).then(|| std::path::PathBuf::from(&t.store));
+    if store.as_ref().is_some_and(|s| !s.is_absolute()) {
+        p.add(
+            file,
+            "telemetry.store",
+            format!(
+                "{:?} is not an absolute path (\"\" keeps readings in memory only)",
+                t.store
+            ),
+        );
+    }
     Telemetry {
         max_messages_per_s: t.max_messages_per_s.max(1),
         window: t.window.clamp(1, 64),
         backlog: t.backlog.max(1),
+        store,
+        commit_interval: Duration::from_millis(t.commit_interval_ms.clamp(10, 60_000)),
+        store_max_bytes: t.store_max_mb.max(1).saturating_mul(1_000_000),
+        store_max_age: Duration::from_secs(t.store_max_age_h.max(1).saturating_mul(3600)),
     }
 }
 
@@ -251,7 +270,7 @@ mod telemetry_tests {
     fn telemetry_settings_out_of_range_are_named() {
         let text = meter(GROUP).replacen(
             "[[bus]]",
-            "[telemetry]\nmax_messages_per_s = 0\nwindow = 65\nbacklog = 0\n[[bus]]",
+            "[telemetry]\nmax_messages_per_s = 0\nwindow = 65\nbacklog = 0\ncommit_interval_ms = 5\nstore_max_mb = 0\nstore_max_age_h = 0\nstore = \"telemetry.db\"\n[[bus]]",
             1,
         );
         assert_eq!(
@@ -260,6 +279,10 @@ mod telemetry_tests {
                 "telemetry.max_messages_per_s: 0 is outside 1..=100000",
                 "telemetry.window: 65 is outside 1..=64",
                 "telemetry.backlog: 0 is outside 1..=1000000",
+                "telemetry.commit_interval_ms: 5 is outside 10..=60000",
+                "telemetry.store_max_mb: 0 is outside 1..=1000000",
+                "telemetry.store_max_age_h: 0 is outside 1..=87600",
+                "telemetry.store: \"telemetry.db\" is not an absolute path (\"\" keeps readings in memory only)",
             ]
         );
     }

@@ -229,13 +229,13 @@ fn layout_of(
     if !layout.offset.is_finite() {
         problems.push(Problem::new(format!("{path}.offset"), "must be finite"));
     }
-    if let (Some(min), Some(max)) = (f.min, f.max) {
-        if min > max {
-            problems.push(Problem::new(
-                format!("{path}.min"),
-                format!("{min} is above max {max}"),
-            ));
-        }
+    if let (Some(min), Some(max)) = (f.min, f.max)
+        && min > max
+    {
+        problems.push(Problem::new(
+            format!("{path}.min"),
+            format!("{min} is above max {max}"),
+        ));
     }
     (problems.len() == start).then_some(layout)
 }

@@ -13,7 +13,7 @@ pub(crate) fn to_hex(bytes: &[u8]) -> String {
 /// Parses `"01 03 0A ff"` or `"01030aff"`.
 pub(crate) fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
     let digits: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         return Err("hex needs an even number of digits".to_owned());
     }
     digits

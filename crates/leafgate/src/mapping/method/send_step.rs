@@ -132,13 +132,13 @@ pub(super) fn compile_send(
             problems.push(Problem::new(format!("{fpath}.name"), "missing"));
             continue;
         };
-        if let Some(re) = &expect {
-            if !re.capture_names().flatten().any(|c| c == name) {
-                problems.push(Problem::new(
-                    format!("{fpath}.name"),
-                    format!("expect has no named capture (?P<{name}>...)"),
-                ));
-            }
+        if let Some(re) = &expect
+            && !re.capture_names().flatten().any(|c| c == name)
+        {
+            problems.push(Problem::new(
+                format!("{fpath}.name"),
+                format!("expect has no named capture (?P<{name}>...)"),
+            ));
         }
         captures.push((name.clone(), f.data_type.unwrap_or(DataType::String)));
     }

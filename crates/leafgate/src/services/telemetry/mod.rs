@@ -5,6 +5,7 @@
 //! - [`poller`]: one task per group: interval, spread start, skip instead of queueing,
 //!   report-on-change, the message's topic and body.
 //! - [`backlog`]: the device's readings not yet acknowledged by the hub.
+//! - [`store`]: the gateway's SQLite file behind every backlog, and the thread that writes it.
 //! - [`sender`]: one task per device: paced by the gateway-wide rate, a window of messages
 //!   awaiting PUBACK, resend from the oldest unconfirmed after a lost connection.
 //!
@@ -13,6 +14,7 @@
 pub mod backlog;
 pub mod poller;
 pub mod sender;
+pub mod store;
 
 use std::sync::Arc;
 
@@ -31,7 +33,6 @@ pub struct Shared {
     /// Gateway-wide device-to-cloud rate (`max_messages_per_s`).
     pub pacer: Pacer,
     pub window: u16,
-    pub backlog: usize,
     /// Part of every message id, so ids of this run never repeat an earlier run's.
     pub run_id: Arc<str>,
 }
@@ -70,34 +71,43 @@ pub struct Leaf {
 }
 
 /// Starts `leaf`'s pollers and sender on `tasks`, all ending at `stop`, and returns the service
-/// to hand its session (whose `outlet` the sender sends on).
+/// to hand its session (whose `outlet` the sender sends on). They start once the store has the
+/// device's backlog ready (it may still be opening the file); the session does not wait.
 pub fn start(
     leaf: Leaf,
     outlet: Outlet,
     shared: &Arc<Shared>,
+    store: &store::Store,
     tasks: &TaskTracker,
     stop: &CancellationToken,
 ) -> Telemetry {
-    let backlog = Arc::new(backlog::Backlog::new(shared.backlog));
-    for group in leaf.groups {
-        let poller = poller::Poller {
-            device_id: leaf.device_id.clone(),
-            unit: leaf.unit,
-            group,
-            bus: leaf.bus.clone(),
-            backlog: backlog.clone(),
-            run_id: shared.run_id.clone(),
+    let window = shared.window;
+    let (shared, store, stop, spawner) =
+        (shared.clone(), store.clone(), stop.clone(), tasks.clone());
+    tasks.spawn(async move {
+        let backlog = tokio::select! {
+            () = stop.cancelled() => return,
+            b = store.backlog(leaf.device_id.clone()) => b,
         };
-        tasks.spawn(poller.run(stop.clone()));
-    }
-    let sender = sender::Sender {
-        device_id: leaf.device_id,
-        backlog,
-        outlet,
-        shared: shared.clone(),
-    };
-    tasks.spawn(sender.run(stop.clone()));
-    Telemetry {
-        window: shared.window,
-    }
+        for group in leaf.groups {
+            let poller = poller::Poller {
+                device_id: leaf.device_id.clone(),
+                unit: leaf.unit,
+                group,
+                bus: leaf.bus.clone(),
+                backlog: backlog.clone(),
+                run_id: shared.run_id.clone(),
+            };
+            spawner.spawn(poller.run(stop.clone()));
+        }
+        let sender = sender::Sender {
+            device_id: leaf.device_id,
+            backlog,
+            store,
+            outlet,
+            shared,
+        };
+        sender.run(stop).await;
+    });
+    Telemetry { window }
 }

@@ -14,20 +14,27 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
-use super::backlog::Backlog;
+use super::backlog::{Backlog, Next};
+use super::store::Store;
 use crate::hub::service::{Delivery, Message, Outbound, Outlet};
+
+/// How long to wait before reading the store again after it failed.
+const RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub struct Sender {
     pub device_id: Arc<str>,
     pub backlog: Arc<Backlog>,
+    pub store: Store,
     pub outlet: Outlet,
     pub shared: Arc<Shared>,
 }
 
 impl Sender {
-    /// Runs until `stop`; what is still in the backlog then is reported, not sent.
+    /// Runs until `stop`; what is still in the backlog then stays there (in the store, once
+    /// committed) for the device's next session.
     pub async fn run(self, stop: CancellationToken) {
         let id = &*self.device_id;
+        let window = self.backlog.max_in_flight(self.shared.window);
         let mut in_flight: VecDeque<(u64, oneshot::Receiver<Delivery>)> = VecDeque::new();
         // The last reading handed to the session; the next goes after it.
         let mut cursor: Option<u64> = None;
@@ -35,9 +42,24 @@ impl Sender {
         // then start again from the oldest one left.
         let mut resend = false;
         loop {
-            while !resend && in_flight.len() < usize::from(self.shared.window.max(1)) {
-                let Some(next) = self.backlog.next_after(cursor) else {
-                    break;
+            while !resend && in_flight.len() < window {
+                let next = match self.backlog.next_after(cursor) {
+                    Next::Ready(next) => next,
+                    Next::Empty => break,
+                    Next::Fetch => {
+                        let fetched = tokio::select! {
+                            () = stop.cancelled() => return self.stopped(),
+                            f = self.store.fetch(&self.backlog) => f,
+                        };
+                        if let Err(why) = fetched {
+                            log::warn!(device_id = id; "device {id}: cannot read stored telemetry readings back ({why}); trying again in {RETRY:?}");
+                            tokio::select! {
+                                () = stop.cancelled() => return self.stopped(),
+                                () = tokio::time::sleep(RETRY) => {}
+                            }
+                        }
+                        continue;
+                    }
                 };
                 tokio::select! {
                     () = stop.cancelled() => return self.stopped(),
@@ -56,8 +78,7 @@ impl Sender {
                 cursor = Some(next.seq);
                 in_flight.push_back((next.seq, rx));
             }
-            let window_has_room =
-                !resend && in_flight.len() < usize::from(self.shared.window.max(1));
+            let window_has_room = !resend && in_flight.len() < window;
             let Some((_, oldest)) = in_flight.front_mut() else {
                 if resend {
                     resend = false;
@@ -100,7 +121,7 @@ impl Sender {
         let left = self.backlog.len();
         if left > 0 {
             let id = &*self.device_id;
-            log::warn!(device_id = id; "device {id}: stopping with {left} telemetry reading(s) not confirmed by the hub; they are lost (the backlog is in memory)");
+            log::debug!(device_id = id; "device {id}: telemetry stopping with {left} reading(s) not yet confirmed by the hub; they are kept for the next session");
         }
     }
 }
