@@ -5,7 +5,8 @@
 //! a spread offset within its interval (derived from the device and group names), so fifty
 //! meters on one line do not all fire in the same instant after a start. A poll that cannot
 //! run within its interval is skipped, not queued: the next tick comes on time, and skips are
-//! counted and logged at a bounded rate.
+//! counted and logged at a bounded rate; so are ticks lost because a poll took longer than the
+//! interval (overruns).
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -109,11 +110,16 @@ impl Poller {
         };
         let mut last_sent: Option<(Map<String, Value>, Instant)> = None;
         let mut failures = Failures::default();
+        let mut overruns = Overruns::default();
+        let mut last_tick: Option<Instant> = None;
         loop {
             let tick = tokio::select! {
                 () = stop.cancelled() => return,
                 t = ticks.tick() => t,
             };
+            if let Some(previous) = last_tick.replace(tick) {
+                overruns.note(id, name, missed(previous, tick, group.interval));
+            }
             let deadline = tick + group.interval;
             let taken = SystemTime::now();
             let result = self
@@ -276,9 +282,57 @@ impl Failures {
     }
 }
 
+/// Ticks that passed unpolled between two polls started at `previous` and `now`: the poll
+/// at `previous` (or the wait for the bus) took longer than the interval.
+fn missed(previous: Instant, now: Instant, interval: Duration) -> u64 {
+    let between = now.saturating_duration_since(previous).as_nanos();
+    let interval = interval.as_nanos().max(1);
+    u64::try_from((between / interval).saturating_sub(1)).unwrap_or(u64::MAX)
+}
+
+/// Overruns of one group: polls that did not start because the one before took longer than
+/// the interval. Counted; the first is logged, then at most one line a minute with the count.
+#[derive(Default)]
+struct Overruns {
+    total: u64,
+    since_log: u64,
+    last_log: Option<Instant>,
+}
+
+impl Overruns {
+    fn note(&mut self, id: &str, group: &str, missed: u64) {
+        if missed == 0 {
+            return;
+        }
+        self.total += missed;
+        self.since_log += missed;
+        if self.last_log.is_none_or(|at| at.elapsed() >= LOG_EVERY) {
+            log::warn!(device_id = id, group = group; "device {id}: telemetry group {group}: {} poll(s) skipped because the one before took longer than interval_ms ({} since the start); make interval_ms longer or the group smaller", self.since_log, self.total);
+            self.since_log = 0;
+            self.last_log = Some(Instant::now());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ticks_lost_to_a_long_poll_are_counted_as_overruns() {
+        let t0 = Instant::now();
+        let interval = Duration::from_millis(100);
+        assert_eq!(missed(t0, t0 + interval, interval), 0);
+        assert_eq!(missed(t0, t0 + Duration::from_millis(199), interval), 0);
+        assert_eq!(missed(t0, t0 + Duration::from_millis(300), interval), 2);
+        let mut o = Overruns::default();
+        o.note("d", "g", 0);
+        assert_eq!((o.total, o.last_log.is_none()), (0, true));
+        o.note("d", "g", 2);
+        assert_eq!((o.total, o.since_log), (2, 0), "the first is logged at once");
+        o.note("d", "g", 3);
+        assert_eq!((o.total, o.since_log), (5, 3), "later ones wait for the next minute");
+    }
 
     fn group() -> Group {
         let cfg: crate::mapping::schema::GroupConfig = crate::mapping::testing::from_toml(
