@@ -366,3 +366,53 @@ async fn a_store_that_cannot_be_written_keeps_readings_in_memory_until_the_hub_r
     }
     daemon.check_alive().unwrap();
 }
+
+#[tokio::test]
+async fn sighup_with_changed_telemetry_groups_restarts_only_the_polling() {
+    let site = Site::start(2).await;
+    let config = site.config("", 2);
+    let mut daemon = site.run(&config);
+    for i in 0..2 {
+        site.emu.wait_telemetry(&meter(i), 2, WAIT).await.unwrap();
+    }
+    let connects: Vec<u64> = (0..2)
+        .map(|i| site.emu.device_stats(&meter(i)).connects_accepted)
+        .collect();
+    // The group reads one more register.
+    site.config("", 3);
+    daemon.signal(libc::SIGHUP).unwrap();
+    daemon
+        .wait_line(
+            "devices: 0 kept, 0 restarted, 0 started, 0 stopped, 2 repolled",
+            WAIT,
+        )
+        .await
+        .unwrap();
+    for (i, before) in connects.iter().enumerate() {
+        let id = meter(i);
+        let until = tokio::time::Instant::now() + WAIT;
+        loop {
+            let got = site.emu.telemetry(&id);
+            if got
+                .iter()
+                .any(|m| String::from_utf8_lossy(&m.body).contains("register_002_of_the_meter"))
+            {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < until,
+                "{id}: no reading of the new group"
+            );
+            site.emu
+                .wait_telemetry(&id, got.len() as u64 + 1, WAIT)
+                .await
+                .unwrap();
+        }
+        let stats = site.emu.device_stats(&id);
+        assert_eq!(
+            stats.connects_accepted, *before,
+            "{id}: the session was not restarted"
+        );
+    }
+    daemon.check_alive().unwrap();
+}

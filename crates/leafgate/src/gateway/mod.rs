@@ -59,6 +59,8 @@ struct RunningDevice {
     identity: Identity,
     longest_method: Duration,
     stop: CancellationToken,
+    /// Its telemetry pollers' token (a child of `stop`), when it has telemetry groups.
+    polling: Option<CancellationToken>,
     /// Cancelled once the session (and any predecessor) ended: replies sent, disconnected.
     done: CancellationToken,
 }
@@ -272,10 +274,12 @@ impl Gateway {
             .map(|m| m.timeout)
             .fold(crate::mapping::raw::TIMEOUT, Duration::max);
         let stop = CancellationToken::new();
+        let polling = leaf.as_ref().map(|_| stop.child_token());
         let done = CancellationToken::new();
         let done_guard = done.clone().drop_guard();
         let shared = self.shared.clone();
         let session_stop = stop.clone();
+        let session_polling = polling.clone();
         self.sessions.spawn(async move {
             let _done = done_guard;
             if let Some(previous) = after {
@@ -284,10 +288,17 @@ impl Gateway {
             if !session_stop.is_cancelled() {
                 let session = session::Session::new();
                 let mut services: Vec<Box<dyn Service>> = vec![Box::new(methods)];
-                if let (Some(leaf), Some(store)) = (leaf, store) {
+                if let (Some(leaf), Some(store), Some(polling)) = (leaf, store, session_polling) {
                     let outlet = session.outlet();
-                    let service =
-                        telemetry::start(leaf, outlet, &telemetry, &store, &tasks, &session_stop);
+                    let service = telemetry::start(
+                        leaf,
+                        outlet,
+                        &telemetry,
+                        &store,
+                        &tasks,
+                        &session_stop,
+                        &polling,
+                    );
                     services.push(Box::new(service));
                 }
                 session
@@ -300,8 +311,34 @@ impl Gateway {
             identity: Identity::of(config),
             longest_method,
             stop,
+            polling,
             done,
         })
+    }
+
+    /// Stops `config`'s device's pollers and starts new ones with its new groups.
+    fn repoll(&mut self, config: &config::Device) {
+        let store = self.store().clone();
+        let Some(bus) = self.buses.get(&config.bus) else {
+            return;
+        };
+        let leaf = telemetry::Leaf {
+            device_id: config.id.as_str().into(),
+            unit: config.unit,
+            bus: bus.handle.clone(),
+            groups: config.telemetry.clone(),
+        };
+        let Some(running) = self.devices.get_mut(&config.id) else {
+            return;
+        };
+        let Some(old) = running.polling.take() else {
+            return;
+        };
+        old.cancel();
+        let polling = running.stop.child_token();
+        telemetry::restart_polling(leaf, &self.telemetry.1, &store, &self.sessions, &polling);
+        running.polling = Some(polling);
+        running.identity = Identity::of(config);
     }
 
     /// The telemetry store, opened (in the background) on first use.
@@ -415,7 +452,13 @@ impl Gateway {
                 );
             }
         }
-        // 4. Devices that restart (after their old session is gone) or are new.
+        // 4. Devices whose telemetry groups alone changed: new pollers, same session and sender.
+        for d in &config.devices {
+            if plan.devices.repoll.binary_search(&d.id).is_ok() {
+                self.repoll(d);
+            }
+        }
+        // 5. Devices that restart (after their old session is gone) or are new.
         for d in &config.devices {
             let after = if plan.devices.restart.binary_search(&d.id).is_ok() {
                 old_devices.get(&d.id).map(|old| old.done.clone())

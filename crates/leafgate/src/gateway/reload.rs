@@ -8,6 +8,9 @@
 //!   bus id, or when its bus restarts (it holds the old bus's handle);
 //! - a `[hub]` change (including the content of `ca_file`) restarts every device session; buses
 //!   do not depend on `[hub]` and restart only if they changed themselves;
+//! - a device whose telemetry groups alone changed (it had some and still has) keeps its
+//!   session and only its polling restarts ("repolled"); gaining or losing telemetry restarts
+//!   the session (the window of messages in flight is set at connect);
 //! - anything else keeps running untouched: its MQTT connection stays up.
 
 use std::collections::BTreeMap;
@@ -18,28 +21,38 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{self, Config};
 
-/// What makes a device's session what it is, as a digest (so 10,000 devices cost 10,000 × 32
-/// bytes, and the key itself is not copied again).
+/// What makes a device's session what it is, and what its polling is, as digests (so 10,000
+/// devices cost 10,000 × 64 bytes, and the key itself is not copied again).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity([u8; 32]);
+pub struct Identity {
+    session: [u8; 32],
+    polling: [u8; 32],
+}
+
+fn digest(parts: &[&[u8]]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for part in parts {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    h.finalize().into()
+}
 
 impl Identity {
     #[must_use]
     pub fn of(device: &config::Device) -> Identity {
-        let mut h = Sha256::new();
-        // The config's fingerprint covers the device's own section (its key only redacted) but
-        // not the profile methods it inherits nor a key file's content: hash those too.
-        for part in [
+        // The config's fingerprint covers the device's own section (its key only redacted, its
+        // telemetry groups left out) but not the profile methods it inherits nor a key file's
+        // content: hash those too.
+        let session = digest(&[
             device.bus.as_bytes(),
             device.fingerprint.as_bytes(),
             format!("{:?}", device.methods).as_bytes(),
-            format!("{:?}", device.telemetry).as_bytes(),
+            &[u8::from(device.telemetry.is_empty())],
             device.key.as_bytes(),
-        ] {
-            h.update((part.len() as u64).to_le_bytes());
-            h.update(part);
-        }
-        Identity(h.finalize().into())
+        ]);
+        let polling = digest(&[format!("{:?}", device.telemetry).as_bytes()]);
+        Identity { session, polling }
     }
 }
 
@@ -70,6 +83,8 @@ impl HubIdentity {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Changes {
     pub keep: Vec<String>,
+    /// Devices only: the session stays, the telemetry polling restarts with new groups.
+    pub repoll: Vec<String>,
     pub restart: Vec<String>,
     pub start: Vec<String>,
     pub stop: Vec<String>,
@@ -79,7 +94,10 @@ impl Changes {
     /// Whether anything starts, stops or restarts.
     #[must_use]
     pub fn any(&self) -> bool {
-        !(self.restart.is_empty() && self.start.is_empty() && self.stop.is_empty())
+        !(self.restart.is_empty()
+            && self.repoll.is_empty()
+            && self.start.is_empty()
+            && self.stop.is_empty())
     }
 }
 
@@ -92,7 +110,11 @@ impl fmt::Display for Changes {
             self.restart.len(),
             self.start.len(),
             self.stop.len()
-        )
+        )?;
+        if !self.repoll.is_empty() {
+            write!(f, ", {} repolled", self.repoll.len())?;
+        }
+        Ok(())
     }
 }
 
@@ -144,14 +166,19 @@ pub fn plan(
     let bus_kept = |id: &str| plan.buses.keep.iter().any(|k| k == id);
     let mut fates = Changes::default();
     for d in &config.devices {
+        let new = Identity::of(d);
         match devices.get(&d.id) {
             Some((bus, identity))
                 if !hub_changed
                     && *bus == d.bus
                     && bus_kept(bus)
-                    && *identity == Identity::of(d) =>
+                    && identity.session == new.session =>
             {
-                fates.keep.push(d.id.clone());
+                if identity.polling == new.polling {
+                    fates.keep.push(d.id.clone());
+                } else {
+                    fates.repoll.push(d.id.clone());
+                }
             }
             Some(_) => fates.restart.push(d.id.clone()),
             None => fates.start.push(d.id.clone()),
@@ -169,6 +196,7 @@ pub fn plan(
         &mut plan.buses.restart,
         &mut plan.buses.start,
         &mut fates.keep,
+        &mut fates.repoll,
         &mut fates.restart,
         &mut fates.start,
     ] {
@@ -337,5 +365,41 @@ raw_methods = true
         assert_eq!(plan.buses.stop, ["plc"]);
         assert_eq!(plan.devices.stop, ["on-plc"]);
         assert_eq!(plan.devices.keep.len(), 5);
+    }
+
+    fn polled(interval_ms: u32, with_group: bool) -> String {
+        let group = if with_group {
+            format!(
+                "[[device.telemetry]]\nname = \"power\"\ninterval_ms = {interval_ms}\n[[device.telemetry.step]]\nop = \"read\"\ntable = \"input\"\naddress = 0\nfields = [{{ name = \"v\" }}]\n"
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            "[hub]\nhostname = \"h.azure-devices.net\"\n[[bus]]\nid = \"plc\"\nkind = \"modbus_tcp\"\naddress = \"127.0.0.1:502\"\n[[device]]\nid = \"m\"\nshared_access_key = \"{KEY}\"\nbus = \"plc\"\nunit = 1\nraw_methods = true\n{group}"
+        )
+    }
+
+    #[test]
+    fn changed_telemetry_groups_restart_only_the_polling_and_gaining_them_the_session() {
+        let before = load(&polled(1000, true));
+        let (buses, devices) = running(&before);
+        let plan = super::plan(&buses, &devices, &load(&polled(2000, true)), false);
+        assert_eq!(plan.devices.repoll, ["m"]);
+        assert!(plan.devices.restart.is_empty() && plan.devices.keep.is_empty());
+        assert!(plan.to_string().contains("1 repolled"), "{plan}");
+        let plan = super::plan(&buses, &devices, &load(&polled(1000, false)), false);
+        assert_eq!(
+            plan.devices.restart,
+            ["m"],
+            "losing telemetry restarts the session"
+        );
+        let (buses, devices) = running(&load(&polled(1000, false)));
+        let plan = super::plan(&buses, &devices, &before, false);
+        assert_eq!(
+            plan.devices.restart,
+            ["m"],
+            "gaining telemetry restarts the session"
+        );
     }
 }

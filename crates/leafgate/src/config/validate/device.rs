@@ -134,7 +134,13 @@ pub(super) fn resolve_device(
         raw_methods: d.raw_methods,
         methods,
         telemetry,
-        fingerprint: format!("{d:?}"),
+        // Without its telemetry groups, which a reload applies without touching the
+        // session (gateway::reload).
+        fingerprint: {
+            let mut section = d.clone();
+            section.telemetry.clear();
+            format!("{section:?}")
+        },
     })
 }
 

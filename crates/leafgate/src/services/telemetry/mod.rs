@@ -70,9 +70,11 @@ pub struct Leaf {
     pub groups: Vec<Arc<Group>>,
 }
 
-/// Starts `leaf`'s pollers and sender on `tasks`, all ending at `stop`, and returns the service
-/// to hand its session (whose `outlet` the sender sends on). They start once the store has the
-/// device's backlog ready (it may still be opening the file); the session does not wait.
+/// Starts `leaf`'s pollers and sender on `tasks` and returns the service to hand its session
+/// (whose `outlet` the sender sends on). The sender ends at `stop`, the pollers at `polling`
+/// (a child of `stop` that a reload may cancel alone, see [`restart_polling`]). They start once
+/// the store has the device's backlog ready (it may still be opening the file); the session
+/// does not wait.
 pub fn start(
     leaf: Leaf,
     outlet: Outlet,
@@ -80,28 +82,25 @@ pub fn start(
     store: &store::Store,
     tasks: &TaskTracker,
     stop: &CancellationToken,
+    polling: &CancellationToken,
 ) -> Telemetry {
     let window = shared.window;
-    let (shared, store, stop, spawner) =
-        (shared.clone(), store.clone(), stop.clone(), tasks.clone());
+    let (shared, store, stop, polling, spawner) = (
+        shared.clone(),
+        store.clone(),
+        stop.clone(),
+        polling.clone(),
+        tasks.clone(),
+    );
     tasks.spawn(async move {
         let backlog = tokio::select! {
             () = stop.cancelled() => return,
             b = store.backlog(leaf.device_id.clone()) => b,
         };
-        for group in leaf.groups {
-            let poller = poller::Poller {
-                device_id: leaf.device_id.clone(),
-                unit: leaf.unit,
-                group,
-                bus: leaf.bus.clone(),
-                backlog: backlog.clone(),
-                run_id: shared.run_id.clone(),
-            };
-            spawner.spawn(poller.run(stop.clone()));
-        }
+        let device_id = leaf.device_id.clone();
+        spawn_pollers(leaf, &backlog, &shared, &spawner, &polling);
         let sender = sender::Sender {
-            device_id: leaf.device_id,
+            device_id,
             backlog,
             store,
             outlet,
@@ -110,4 +109,48 @@ pub fn start(
         sender.run(stop).await;
     });
     Telemetry { window }
+}
+
+/// Starts new pollers for `leaf` (its groups changed on reload) on the backlog its running
+/// sender sends from; the old pollers were stopped by cancelling their token.
+pub fn restart_polling(
+    leaf: Leaf,
+    shared: &Arc<Shared>,
+    store: &store::Store,
+    tasks: &TaskTracker,
+    polling: &CancellationToken,
+) {
+    let (shared, store, polling, spawner) = (
+        shared.clone(),
+        store.clone(),
+        polling.clone(),
+        tasks.clone(),
+    );
+    tasks.spawn(async move {
+        let backlog = tokio::select! {
+            () = polling.cancelled() => return,
+            b = store.backlog(leaf.device_id.clone()) => b,
+        };
+        spawn_pollers(leaf, &backlog, &shared, &spawner, &polling);
+    });
+}
+
+fn spawn_pollers(
+    leaf: Leaf,
+    backlog: &Arc<backlog::Backlog>,
+    shared: &Shared,
+    tasks: &TaskTracker,
+    polling: &CancellationToken,
+) {
+    for group in leaf.groups {
+        let poller = poller::Poller {
+            device_id: leaf.device_id.clone(),
+            unit: leaf.unit,
+            group,
+            bus: leaf.bus.clone(),
+            backlog: backlog.clone(),
+            run_id: shared.run_id.clone(),
+        };
+        tasks.spawn(poller.run(polling.clone()));
+    }
 }

@@ -329,9 +329,17 @@ mod tests {
         o.note("d", "g", 0);
         assert_eq!((o.total, o.last_log.is_none()), (0, true));
         o.note("d", "g", 2);
-        assert_eq!((o.total, o.since_log), (2, 0), "the first is logged at once");
+        assert_eq!(
+            (o.total, o.since_log),
+            (2, 0),
+            "the first is logged at once"
+        );
         o.note("d", "g", 3);
-        assert_eq!((o.total, o.since_log), (5, 3), "later ones wait for the next minute");
+        assert_eq!(
+            (o.total, o.since_log),
+            (5, 3),
+            "later ones wait for the next minute"
+        );
     }
 
     fn group() -> Group {
