@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use leafgate::hub::d2c;
 use leafgate::hub::sas::Key;
-use leafgate_emulator::{Emulator, EmulatorConfig, Fault};
+use leafgate_emulator::{Emulator, EmulatorConfig, Fault, Target};
 use leafgate_sim::modbus::{Registers, TcpServer};
 use leafgate_testkit::daemon::Log;
 
@@ -27,6 +27,7 @@ struct Site {
     regs: Registers,
     dir: tempfile::TempDir,
     meters: usize,
+    interval_ms: u32,
 }
 
 fn meter(i: usize) -> String {
@@ -57,6 +58,7 @@ impl Site {
             regs,
             dir,
             meters,
+            interval_ms: 100,
         }
     }
 
@@ -64,7 +66,7 @@ impl Site {
         self.dir.path().join("telemetry.db")
     }
 
-    /// Writes the config: every meter polls `fields` input registers every 100 ms; `telemetry`
+    /// Writes the config: every meter polls `fields` input registers every `interval_ms`; `telemetry`
     /// adds `[telemetry]` keys (the store is in the temp dir).
     fn config(&self, telemetry: &str, fields: u16) -> PathBuf {
         let mut text = format!(
@@ -80,9 +82,10 @@ impl Site {
         for i in 0..self.meters {
             let _ = write!(
                 text,
-                "\n[[device]]\nid = \"{}\"\nshared_access_key = \"{KEY}\"\nbus = \"plc\"\nunit = {}\n[[device.telemetry]]\nname = \"power\"\ninterval_ms = 100\n[[device.telemetry.step]]\nop = \"read\"\ntable = \"input\"\naddress = 0\nfields = [{}]\n",
+                "\n[[device]]\nid = \"{}\"\nshared_access_key = \"{KEY}\"\nbus = \"plc\"\nunit = {}\n[[device.telemetry]]\nname = \"power\"\ninterval_ms = {}\n[[device.telemetry.step]]\nop = \"read\"\ntable = \"input\"\naddress = 0\nfields = [{}]\n",
                 meter(i),
                 i + 1,
+                self.interval_ms,
                 fields.join(", ")
             );
         }
@@ -415,4 +418,97 @@ async fn sighup_with_changed_telemetry_groups_restarts_only_the_polling() {
         );
     }
     daemon.check_alive().unwrap();
+}
+
+/// The outage: 100 meters each sending a reading a second, the hub gone for 60 s (every
+/// connection dropped, every reconnect hung up on). Afterwards every reading arrives, in order
+/// per device; a reading arrives twice only when its first copy's connection was dropped
+/// before its PUBACK, and then with the same message id.
+#[tokio::test]
+async fn a_minute_long_hub_outage_loses_no_reading_of_a_hundred_devices() {
+    const METERS: usize = 100;
+    let mut site = Site::start(METERS).await;
+    site.interval_ms = 1000;
+    let config = site.config("", 2);
+    let mut daemon = site.run(&config);
+    for i in 0..METERS {
+        site.emu.wait_telemetry(&meter(i), 1, WAIT).await.unwrap();
+    }
+    let away = site
+        .emu
+        .inject_fault(Fault::Hangup(Target::All), None)
+        .await;
+    // The outage is the scenario: a minute of readings with nowhere to go.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    daemon.check_alive().unwrap();
+    let polled = site.regs.request_count();
+    site.emu.clear_fault(away).await;
+    // Wait until every meter has sent what it took during the outage and a little more.
+    let taken_by_now = polled / METERS;
+    for i in 0..METERS {
+        let id = meter(i);
+        let until = tokio::time::Instant::now() + WAIT;
+        loop {
+            let seqs = seqs_of(&site.emu, &id);
+            if seqs.iter().map(|(s, _)| *s).max().unwrap_or(0) as usize >= taken_by_now + 1 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < until,
+                "{id}: still missing readings: {seqs:?}"
+            );
+            site.emu
+                .wait_telemetry(&id, seqs.len() as u64 + 1, WAIT)
+                .await
+                .unwrap();
+        }
+    }
+    for i in 0..METERS {
+        let id = meter(i);
+        let received = seqs_of(&site.emu, &id);
+        let mut firsts: Vec<u64> = Vec::new();
+        let mut seen: BTreeMap<u64, u64> = BTreeMap::new();
+        for &(seq, connection) in &received {
+            match seen.get(&seq) {
+                None => {
+                    seen.insert(seq, connection);
+                    firsts.push(seq);
+                }
+                Some(first) => assert_ne!(
+                    *first, connection,
+                    "{id}: reading {seq} arrived twice on one connection"
+                ),
+            }
+        }
+        let last = *firsts.last().unwrap();
+        assert_eq!(
+            firsts,
+            (firsts[0]..=last).collect::<Vec<_>>(),
+            "{id}: every reading, once, in order"
+        );
+        assert!(last >= 60, "{id}: the outage's readings are there: {last}");
+        let duplicates = received.len() - firsts.len();
+        assert!(
+            duplicates <= 4,
+            "{id}: {duplicates} duplicates: at most a window's worth"
+        );
+    }
+    daemon.check_alive().unwrap();
+}
+
+/// `device`'s readings as the hub received them: (reading number, connection), in arrival order.
+fn seqs_of(emu: &Emulator, device: &str) -> Vec<(u64, u64)> {
+    emu.telemetry(device)
+        .into_iter()
+        .map(|m| {
+            let mid = m
+                .system_properties
+                .iter()
+                .find(|(k, _)| k == "$.mid")
+                .map(|(_, v)| v.clone())
+                .unwrap();
+            let seq = mid.rsplit_once('-').unwrap().1.parse().unwrap();
+            (seq, m.connection)
+        })
+        .collect()
 }
