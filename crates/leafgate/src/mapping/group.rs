@@ -20,6 +20,11 @@ pub const TIMESTAMP_KEY: &str = "ts";
 /// The application property that names the group.
 pub const GROUP_PROPERTY: &str = "group";
 
+/// IoT Hub's largest device-to-cloud message (body and properties).
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+/// The longest device id IoT Hub allows: the topic's share of a message at worst.
+const MAX_DEVICE_ID: usize = 128;
+
 /// Shortest and longest poll interval.
 pub const MIN_INTERVAL_MS: u64 = 100;
 pub const MAX_INTERVAL_MS: u64 = 86_400_000;
@@ -49,6 +54,35 @@ pub struct OnChange {
     pub max_silence: Duration,
     /// Per numeric field; a field without one is sent on any change.
     pub deadbands: BTreeMap<String, f64>,
+}
+
+/// The largest message a reading of a Modbus group can make: topic with every property
+/// percent-encoded at worst, the body with every number at its longest and every string
+/// register escaped as `\u00XX`. Serial replies have no such bound in the config (a reply may
+/// be up to 4 KiB per step); the poller checks each of their readings before it is sent.
+fn largest_message(cfg: &GroupConfig) -> usize {
+    use super::schema::DataType;
+    // `devices/{id}/messages/events/` and the system properties ($.mid, $.ct, $.ce, $.ctime).
+    let mut bytes = 30 + MAX_DEVICE_ID + 160;
+    bytes += 3 * (GROUP_PROPERTY.len() + cfg.name.len()) + 2;
+    for (k, v) in &cfg.properties {
+        bytes += 3 * (k.len() + v.len()) + 2;
+    }
+    // `{"ts":"2025-12-06T05:46:40.123Z"}`
+    bytes += 35;
+    for step in cfg.step.iter().filter(|s| s.op == StepOp::Read) {
+        for f in &step.fields {
+            let Some(name) = &f.name else { continue };
+            let value = match f.data_type {
+                Some(DataType::String) => 2 + 12 * usize::from(f.length.unwrap_or(0)),
+                Some(DataType::Bool | DataType::Bit) => 5,
+                // The longest f64 or i64 JSON number.
+                _ => 24,
+            };
+            bytes += 4 + 6 * name.len() + value;
+        }
+    }
+    bytes
 }
 
 impl Group {
@@ -151,6 +185,13 @@ impl Group {
                     ));
                 }
             }
+        }
+        let largest = largest_message(cfg);
+        if largest > MAX_MESSAGE_BYTES {
+            problems.push(Problem::new(
+                format!("{path}.step"),
+                format!("a reading of this group can be {largest} bytes as a message, over IoT Hub's limit of {MAX_MESSAGE_BYTES}; split it into smaller groups"),
+            ));
         }
         let as_method = MethodConfig {
             name: cfg.name.clone(),
@@ -275,6 +316,30 @@ mod tests {
         assert!(
             g.changed(&last, &reading(230.0, 2)),
             "no deadband: any change"
+        );
+    }
+
+    #[test]
+    fn a_group_whose_reading_can_exceed_the_hubs_message_limit_is_refused() {
+        let steps = |n: u16| {
+            (0..n)
+                .map(|i| {
+                    format!(
+                        "[[step]]\nop = \"read\"\ntable = \"holding\"\naddress = {}\nfields = [{{ name = \"label_{i}\", type = \"string\", length = 100 }}]\n",
+                        i * 100
+                    )
+                })
+                .collect::<String>()
+        };
+        let text = |n| format!("name = \"labels\"\ninterval_ms = 1000\n{}", steps(n));
+        // 200 strings of 100 registers: 240 kB escaped at worst, under the limit.
+        assert!(group(&text(200)).is_ok());
+        let got = group(&text(230)).unwrap_err();
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(
+            got[0].contains(".step: a reading of this group can be ")
+                && got[0].ends_with("over IoT Hub's limit of 262144; split it into smaller groups"),
+            "{got:?}"
         );
     }
 

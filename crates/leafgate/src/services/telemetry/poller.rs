@@ -22,7 +22,7 @@ use crate::bus::{self, Error, Op, Output};
 use crate::chain::chain;
 use crate::hub::d2c;
 use crate::logtext;
-use crate::mapping::group::{Group, TIMESTAMP_KEY};
+use crate::mapping::group::{Group, MAX_MESSAGE_BYTES, TIMESTAMP_KEY};
 use crate::mapping::method::ReadFields;
 use crate::mapping::plan::{self, Read};
 
@@ -61,24 +61,34 @@ pub fn encode(
     values: &Map<String, Value>,
 ) -> (String, Bytes) {
     let ts = crate::utc::utc(taken);
+    (
+        encode_topic(device_id, group, message_id, &ts),
+        encode_body(&ts, values),
+    )
+}
+
+fn encode_body(ts: &str, values: &Map<String, Value>) -> Bytes {
     let mut body = Map::with_capacity(values.len() + 1);
-    body.insert(TIMESTAMP_KEY.to_owned(), Value::String(ts.clone()));
+    body.insert(TIMESTAMP_KEY.to_owned(), Value::String(ts.to_owned()));
     for (k, v) in values {
         body.insert(k.clone(), v.clone());
     }
+    let body = serde_json::to_vec(&Value::Object(body)).unwrap_or_else(|_| b"{}".to_vec());
+    Bytes::from(body)
+}
+
+fn encode_topic(device_id: &str, group: &Group, message_id: &str, ts: &str) -> String {
     let system = [
         (d2c::MESSAGE_ID, message_id),
         (d2c::CONTENT_TYPE, "application/json"),
         (d2c::CONTENT_ENCODING, "utf-8"),
-        (d2c::CREATION_TIME, ts.as_str()),
+        (d2c::CREATION_TIME, ts),
     ];
     let app = group
         .properties
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()));
-    let topic = d2c::topic(device_id, system.into_iter().chain(app));
-    let body = serde_json::to_vec(&Value::Object(body)).unwrap_or_else(|_| b"{}".to_vec());
-    (topic, Bytes::from(body))
+    d2c::topic(device_id, system.into_iter().chain(app))
 }
 
 impl Poller {
@@ -109,7 +119,17 @@ impl Poller {
             },
         };
         let mut last_sent: Option<(Map<String, Value>, Instant)> = None;
+        // A message's topic is the same length but for its id: room for the body under the
+        // hub's limit (a serial reply can make a reading of any size up to 4 KiB per step).
+        let topic_bytes = encode_topic(
+            id,
+            group,
+            &format!("{}-{}", self.run_id, u64::MAX),
+            &crate::utc::utc(SystemTime::now()),
+        )
+        .len();
         let mut failures = Failures::default();
+        let mut too_big = Failures::default();
         let mut overruns = Overruns::default();
         let mut last_tick: Option<Instant> = None;
         loop {
@@ -143,9 +163,17 @@ impl Poller {
             if !due {
                 continue;
             }
+            let ts = crate::utc::utc(taken);
+            let body = encode_body(&ts, &values);
+            if topic_bytes + body.len() > MAX_MESSAGE_BYTES {
+                // IoT Hub would close the connection on it, again at every resend.
+                too_big.note(id, name, &format!("a reading of {} bytes is over IoT Hub's message limit of {MAX_MESSAGE_BYTES} bytes; it is not sent", topic_bytes + body.len()));
+                continue;
+            }
+            too_big.recovered(id, name);
             let dropped = self.backlog.push(|seq| {
                 let mid = format!("{}-{seq}", self.run_id);
-                encode(id, group, &mid, taken, &values)
+                (encode_topic(id, group, &mid, &ts), body)
             });
             if dropped > 0 {
                 log::warn!(device_id = id; "device {id}: telemetry backlog full; dropped the oldest reading");
