@@ -25,6 +25,22 @@ use leafgate::hub::topics;
 
 /// Telemetry limit (`iothub-protocol.md` 6.1).
 const MAX_TELEMETRY: usize = 256 * 1024;
+
+/// A message's size as IoT Hub counts it against its 256 KB limit: the body, the values of
+/// the system properties (`$.`…) and the names and values of the application properties.
+fn message_size(body: &[u8], bag: &[(String, String)]) -> usize {
+    body.len()
+        + bag
+            .iter()
+            .map(|(k, v)| {
+                if k.starts_with("$.") {
+                    v.len()
+                } else {
+                    k.len() + v.len()
+                }
+            })
+            .sum::<usize>()
+}
 /// Subscriptions allowed per connection.
 pub(crate) const MAX_SUBSCRIPTIONS: usize = 5;
 /// Azure's load-balancer idle timeout, which caps 1.5 x keep-alive.
@@ -214,7 +230,7 @@ impl Session<'_> {
     /// says otherwise. Recorded before the PUBACK is written: a device that has its PUBACK
     /// finds its message in [`crate::Emulator::telemetry`]. Closes on another device's topic,
     /// a property bag that does not decode (the hub refuses what it cannot parse), and messages
-    /// over 256 KB.
+    /// over 256 KB (as the hub counts them: [`message_size`]).
     fn telemetry(&mut self, publish: &Publish) -> Result<Option<Packet>, DisconnectReason> {
         let topic = publish.topic.as_str();
         let bag = match d2c::parse(topic) {
@@ -230,9 +246,9 @@ impl Session<'_> {
                 )));
             }
         };
-        if publish.payload.len() > MAX_TELEMETRY {
+        if message_size(&publish.payload, &bag) > MAX_TELEMETRY {
             return Err(DisconnectReason::ProtocolViolation(
-                "telemetry message larger than 256 KB".to_owned(),
+                "telemetry message larger than 256 KB (body and properties)".to_owned(),
             ));
         }
         let qos1 = publish.qos == QoS::AtLeastOnce;
@@ -356,6 +372,20 @@ impl Session<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_message_counts_its_body_system_values_and_app_names_and_values() {
+        let bag = [
+            ("$.mid".to_owned(), "abc".to_owned()),
+            ("source".to_owned(), "meter".to_owned()),
+        ];
+        assert_eq!(message_size(b"{}", &bag), 2 + 3 + 6 + 5);
+        let body = vec![b'x'; MAX_TELEMETRY - 10];
+        assert!(
+            message_size(&body, &bag) > MAX_TELEMETRY,
+            "properties push it over"
+        );
+    }
 
     #[test]
     fn idle_timeout_is_one_and_a_half_keep_alives_capped() {
