@@ -53,11 +53,14 @@ pub struct Store {
 #[derive(Debug)]
 struct Inner {
     limits: Limits,
-    /// Every device's backlog: a restarted device carries on with its predecessor's.
-    registry: Mutex<HashMap<Arc<str>, Arc<Backlog>>>,
-    /// To the writer thread; `None` without a store.
+    registry: Arc<Registry>,
+    /// To the writer thread; `None` without a store. The writer holds no handle, so when the
+    /// last [`Store`] goes the channel closes and the writer commits and ends.
     tx: Option<Mutex<mpsc::Sender<Command>>>,
 }
+
+/// Every device's backlog: a restarted device carries on with its predecessor's.
+type Registry = Mutex<HashMap<Arc<str>, Arc<Backlog>>>;
 
 enum Command {
     Backlog {
@@ -92,7 +95,7 @@ impl Store {
     /// answers anything. Returns at once.
     #[must_use]
     pub fn open(settings: Settings) -> Store {
-        let registry = Mutex::new(HashMap::new());
+        let registry = Arc::new(Registry::default());
         let limits = settings.limits;
         let Some(path) = settings.path.clone() else {
             log::info!("telemetry store: none configured; readings are kept in memory only");
@@ -105,15 +108,15 @@ impl Store {
             };
         };
         let (tx, rx) = mpsc::channel();
+        let writer_registry = registry.clone();
         let inner = Arc::new(Inner {
             limits,
             registry,
             tx: Some(Mutex::new(tx)),
         });
-        let writer_inner = inner.clone();
         let spawned = std::thread::Builder::new()
             .name("leafgate-store".into())
-            .spawn(move || Writer::open(path, settings, writer_inner).run(&rx));
+            .spawn(move || Writer::open(path, settings, writer_registry).run(&rx));
         if let Err(e) = spawned {
             log::error!(
                 "telemetry store: cannot start its thread ({e}); readings are kept in memory only"
@@ -189,7 +192,7 @@ impl Store {
 struct Writer {
     path: PathBuf,
     settings: Settings,
-    inner: Arc<Inner>,
+    registry: Arc<Registry>,
     dirty: Arc<Dirty>,
     db: Option<Db>,
     /// What each device had in the file when it was opened, until its backlog is made.
@@ -209,11 +212,11 @@ struct Dropped {
 }
 
 impl Writer {
-    fn open(path: PathBuf, settings: Settings, inner: Arc<Inner>) -> Writer {
+    fn open(path: PathBuf, settings: Settings, registry: Arc<Registry>) -> Writer {
         let mut writer = Writer {
             path,
             settings,
-            inner,
+            registry,
             dirty: Arc::new(Dirty::default()),
             db: None,
             stored: HashMap::new(),
@@ -313,7 +316,7 @@ impl Writer {
     }
 
     fn backlog(&mut self, device: Arc<str>) -> Arc<Backlog> {
-        let mut registry = lock(&self.inner.registry);
+        let mut registry = lock(&self.registry);
         if let Some(b) = registry.get(&device) {
             return b.clone();
         }
@@ -390,7 +393,7 @@ impl Writer {
                     b.stored(&seqs, ids);
                 }
                 if !done.dropped.is_empty() {
-                    let registry = lock(&self.inner.registry);
+                    let registry = lock(&self.registry);
                     for (device, seqs) in &done.dropped {
                         if let Some(b) = registry.get(device.as_str()) {
                             b.dropped_from_store(seqs);
@@ -440,10 +443,7 @@ impl Writer {
     fn replace_damaged(&mut self, e: &db::Error) {
         self.db = None;
         let path = self.path.display().to_string();
-        let lost: u64 = lock(&self.inner.registry)
-            .values()
-            .map(|b| b.store_lost())
-            .sum();
+        let lost: u64 = lock(&self.registry).values().map(|b| b.store_lost()).sum();
         match db::move_aside(&self.path, now_ms()) {
             Ok(to) => {
                 log::error!(
@@ -535,5 +535,95 @@ fn usable(path: &Path) -> Result<(), String> {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(format!("cannot be read ({e})")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::services::telemetry::backlog::Next;
+
+    fn settings(path: Option<PathBuf>) -> Settings {
+        Settings {
+            path,
+            commit_interval: Duration::from_secs(3600),
+            max_bytes: u64::MAX,
+            max_age: Duration::from_secs(3600),
+            limits: Limits {
+                memory: 100,
+                head: 4,
+            },
+        }
+    }
+
+    fn push(b: &Arc<Backlog>, n: usize) {
+        for _ in 0..n {
+            b.push(|seq| {
+                (
+                    format!("devices/d/messages/events/$.mid=r-{seq}"),
+                    Bytes::new(),
+                )
+            });
+        }
+    }
+
+    #[tokio::test]
+    async fn readings_committed_at_close_are_there_after_reopening_and_come_back_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let store = Store::open(settings(Some(path.clone())));
+        let b = store.backlog("d".into()).await;
+        assert!(
+            Arc::ptr_eq(&b, &store.backlog("d".into()).await),
+            "one per device"
+        );
+        push(&b, 10);
+        store.close().await;
+
+        let store = Store::open(settings(Some(path)));
+        let b = store.backlog("d".into()).await;
+        assert_eq!(b.len(), 10);
+        let mut seqs = Vec::new();
+        let mut cursor = None;
+        loop {
+            match b.next_after(cursor) {
+                Next::Ready(p) => {
+                    cursor = Some(p.seq);
+                    seqs.push(p.seq);
+                }
+                Next::Fetch => store.fetch(&b).await.unwrap(),
+                Next::Empty => break,
+            }
+        }
+        assert_eq!(seqs, (0..10).collect::<Vec<_>>());
+        // New readings number on from the stored ones.
+        push(&b, 1);
+        assert!(matches!(b.next_after(Some(9)), Next::Ready(p) if p.seq == 10));
+    }
+
+    #[tokio::test]
+    async fn without_a_store_readings_stay_in_memory() {
+        let store = Store::open(settings(None));
+        let b = store.backlog("d".into()).await;
+        push(&b, 3);
+        store.close().await;
+        assert_eq!(b.len(), 3);
+        assert!(matches!(b.next_after(None), Next::Ready(p) if p.seq == 0));
+    }
+
+    #[tokio::test]
+    async fn a_fifo_in_the_stores_place_is_not_opened_and_readings_stay_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let store = Store::open(settings(Some(path)));
+        let b = store.backlog("d".into()).await;
+        push(&b, 2);
+        store.close().await;
+        assert_eq!(b.len(), 2);
     }
 }
