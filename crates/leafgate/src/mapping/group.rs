@@ -206,6 +206,19 @@ impl Group {
                 None
             }
         };
+        if let Some(fields) = reads.as_ref().and_then(Method::read_fields) {
+            for (a, b, span) in fields.overlaps() {
+                let last = u32::from(span.address) + u32::from(span.count) - 1;
+                problems.push(Problem::new(
+                    format!("{path}.step"),
+                    format!(
+                        "fields {a:?} and {b:?} both read {} {}..={last}; check their addresses",
+                        span.table.name(),
+                        span.address
+                    ),
+                ));
+            }
+        }
         if let Some(m) = &reads
             && !m.inputs().is_empty()
         {
@@ -316,6 +329,39 @@ mod tests {
         assert!(
             g.changed(&last, &reading(230.0, 2)),
             "no deadband: any change"
+        );
+    }
+
+    #[test]
+    fn overlapping_fields_are_refused_but_bits_of_a_register_are_not() {
+        let text = |fields: &str| {
+            format!(
+                "name = \"g\"\ninterval_ms = 1000\n[[step]]\nop = \"read\"\ntable = \"holding\"\naddress = 10\nfields = [{fields}]\n"
+            )
+        };
+        let got = group(&text(
+            r#"{ name = "energy", type = "u32" }, { name = "power", address = 11 }"#,
+        ))
+        .unwrap_err();
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(
+            got[0].ends_with(r#".step: fields "energy" and "power" both read holding 11..=11; check their addresses"#),
+            "{got:?}"
+        );
+        // A status word and views of its bits; two bits of one register.
+        assert!(
+            group(&text(
+                r#"{ name = "status" }, { name = "running", type = "bit", address = 10, bit = 0 }, { name = "fault", type = "bit", address = 10, bit = 3 }"#
+            ))
+            .is_ok()
+        );
+        let got = group(&text(
+            r#"{ name = "running", type = "bit", bit = 0 }, { name = "on", type = "bit", address = 10, bit = 0 }"#,
+        ))
+        .unwrap_err();
+        assert!(
+            got[0].contains(r#"fields "running" and "on" both read holding 10..=10"#),
+            "{got:?}"
         );
     }
 

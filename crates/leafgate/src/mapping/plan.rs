@@ -39,7 +39,8 @@ pub struct Span {
 
 impl Span {
     /// One past the last address, as u32 so a field ending at 65535 does not overflow.
-    fn end(&self) -> u32 {
+    #[must_use]
+    pub fn end(&self) -> u32 {
         u32::from(self.address) + u32::from(self.count)
     }
 }

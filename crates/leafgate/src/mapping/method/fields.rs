@@ -49,6 +49,50 @@ impl Method {
 }
 
 impl ReadFields {
+    /// Pairs of fields that read the same registers or bits: a typo in an address, as a rule.
+    /// A `bit` field may share its register with a whole-register field (it is a view of one
+    /// of its bits), and with other `bit` fields on other bits.
+    #[must_use]
+    pub fn overlaps(&self) -> Vec<(&str, &str, Span)> {
+        use crate::mapping::schema::DataType;
+        let mut out = Vec::new();
+        for (i, (a, fa)) in self.spans.iter().zip(&self.fields).enumerate() {
+            for (b, fb) in self.spans.iter().zip(&self.fields).skip(i + 1) {
+                let intersect = a.table == b.table
+                    && u32::from(a.address) < b.end()
+                    && u32::from(b.address) < a.end();
+                if !intersect {
+                    continue;
+                }
+                let clash = match (
+                    fa.1.data_type == DataType::Bit,
+                    fb.1.data_type == DataType::Bit,
+                ) {
+                    (true, true) => a.address == b.address && fa.1.bit == fb.1.bit,
+                    (true, false) | (false, true) => false,
+                    (false, false) => true,
+                };
+                if clash {
+                    let start = a.address.max(b.address);
+                    let end = a.end().min(b.end());
+                    let count = u16::try_from(end - u32::from(start)).unwrap_or(1);
+                    out.push((
+                        fa.0.as_str(),
+                        fb.0.as_str(),
+                        Span {
+                            table: a.table,
+                            address: start,
+                            count,
+                        },
+                    ));
+                }
+            }
+        }
+        out
+    }
+}
+
+impl ReadFields {
     /// Decodes every field whose read succeeded. `outputs[k]` is the answer to `reads[k]`
     /// (`None` for a read that failed); a field of a failed or short read is left out.
     #[must_use]
