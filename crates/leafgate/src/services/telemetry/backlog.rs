@@ -338,7 +338,7 @@ impl Backlog {
 
     /// The store's file was lost (moved aside as corrupt): readings only in it are gone,
     /// those in memory are stored again. Returns how many were lost.
-    pub(super) fn store_lost(self: &Arc<Self>) -> u64 {
+    pub fn store_lost(self: &Arc<Self>) -> u64 {
         let lost = {
             let mut state = self.state();
             let lost = std::mem::take(&mut state.stored_only);

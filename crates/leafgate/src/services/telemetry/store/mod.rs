@@ -154,20 +154,27 @@ impl Store {
     /// Reads `backlog`'s next stored readings back into memory.
     ///
     /// # Errors
-    /// When the file cannot be read right now (the reason, for the log).
+    /// When the file cannot be read right now (the reason, for the log). When the writer
+    /// thread is gone (it never should be), the readings only in the file are given up (counted
+    /// in the error) so the device's newer readings still go out.
     pub async fn fetch(&self, backlog: &Arc<Backlog>) -> Result<(), String> {
         let Some(tx) = &self.inner.tx else {
             return Ok(());
         };
         let (reply, rx) = oneshot::channel();
-        lock(tx)
-            .send(Command::Fetch {
-                backlog: backlog.clone(),
-                reply,
-            })
-            .map_err(|_| "the store's thread has stopped".to_owned())?;
-        rx.await
-            .map_err(|_| "the store's thread has stopped".to_owned())?
+        let sent = lock(tx).send(Command::Fetch {
+            backlog: backlog.clone(),
+            reply,
+        });
+        match (sent, rx.await) {
+            (Ok(()), Ok(result)) => result,
+            _ => {
+                let lost = backlog.store_lost();
+                Err(format!(
+                    "the store's writer has stopped; {lost} reading(s) only in the file are not sent"
+                ))
+            }
+        }
     }
 
     /// Commits what is pending and closes the file (at shutdown, after every sender stopped).
