@@ -178,7 +178,11 @@ impl Poller {
             if dropped > 0 {
                 log::warn!(device_id = id; "device {id}: telemetry backlog full; dropped the oldest reading");
             }
-            last_sent = Some((values, Instant::now()));
+            // Only report-on-change compares with the last reading; keeping it otherwise would
+            // cost every device its whole last reading in memory.
+            if group.on_change.is_some() {
+                last_sent = Some((values, Instant::now()));
+            }
         }
     }
 }
