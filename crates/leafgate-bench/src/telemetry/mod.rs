@@ -10,6 +10,7 @@
 //! [`site`] builds the Modbus TCP site the first two share; [`received`] checks what the hub
 //! got against what the simulated units were asked.
 
+mod outage;
 mod received;
 mod site;
 mod steady;
@@ -29,6 +30,8 @@ pub struct Args {
 pub enum Mode {
     /// N meters polled on an interval, hub healthy: CPU, RSS per device, loss, latency.
     Steady(steady::Args),
+    /// The hub away for a while, then back: RSS during, store size, drain time, loss.
+    Outage(outage::Args),
 }
 
 /// What every mode takes.
@@ -69,6 +72,7 @@ impl Mode {
     pub fn json(&self) -> Option<PathBuf> {
         match self {
             Mode::Steady(a) => a.common.json.clone(),
+            Mode::Outage(a) => a.common.json.clone(),
         }
     }
 }
@@ -95,6 +99,10 @@ pub async fn run(args: Args) -> Result<Outcome> {
         Mode::Steady(a) => {
             let r = steady::run(a).await?;
             Outcome::of(&r, steady::render(&r), r.passed)
+        }
+        Mode::Outage(a) => {
+            let r = outage::run(a).await?;
+            Outcome::of(&r, outage::render(&r), r.passed)
         }
     }
 }
