@@ -10,6 +10,7 @@
 //! [`site`] builds the Modbus TCP site the first two share; [`received`] checks what the hub
 //! got against what the simulated units were asked.
 
+mod line;
 mod outage;
 mod received;
 mod site;
@@ -32,6 +33,9 @@ pub enum Mode {
     Steady(steady::Args),
     /// The hub away for a while, then back: RSS during, store size, drain time, loss.
     Outage(outage::Args),
+    /// RTU units on one 9600-baud line polled as fast as configured: line efficiency, and the
+    /// latency polling adds to a method.
+    Rtu(line::Args),
 }
 
 /// What every mode takes.
@@ -73,6 +77,7 @@ impl Mode {
         match self {
             Mode::Steady(a) => a.common.json.clone(),
             Mode::Outage(a) => a.common.json.clone(),
+            Mode::Rtu(a) => a.common.json.clone(),
         }
     }
 }
@@ -103,6 +108,10 @@ pub async fn run(args: Args) -> Result<Outcome> {
         Mode::Outage(a) => {
             let r = outage::run(a).await?;
             Outcome::of(&r, outage::render(&r), r.passed)
+        }
+        Mode::Rtu(a) => {
+            let r = line::run(a).await?;
+            Outcome::of(&r, line::render(&r), r.passed)
         }
     }
 }
