@@ -8,18 +8,28 @@
 //! readings pile up in the store; leafgate's RSS is sampled every `--sample-s` (it must stay
 //! flat: each device keeps only its next few stored readings in memory). At the end of the
 //! outage the store's files are measured (`-wal` included: the readings may still be there,
-//! not yet checkpointed into the database). Then the fault is cleared, and the drain time runs
-//! until every device's readings up to that moment have arrived, at `max_messages_per_s =
-//! --rate`, while the live readings keep coming; finally every reading is checked, as in
-//! `steady`.
+//! not yet checkpointed into the database). Then the fault is cleared, and two times are taken,
+//! at `max_messages_per_s = --rate`:
+//!
+//! - *drain*: until every device's readings up to the hub's return have arrived. A device sends
+//!   its readings in order, so the live readings wait behind the backlog meanwhile, and this
+//!   takes about waiting / rate (plus the reconnects' spread).
+//! - *caught up*: until every device's messages are live again (the first one polled less than
+//!   an interval + 1 s before it arrived), i.e. the backlog, grown by the readings taken
+//!   during the drain, is gone: about waiting / (rate − live rate), as the README says.
+//!
+//! Finally every reading up to the hub's return is checked, as in `steady`.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Result, bail};
-use leafgate_emulator::{Fault, Target};
+use leafgate::hub::d2c;
+use leafgate_emulator::{Event, Fault, Target};
 use serde::Serialize;
+use tokio::sync::{broadcast, oneshot};
 
 use super::received::{self, Tally};
 use super::site::{Site, Spec, StoreSize, wait_readings};
@@ -102,8 +112,16 @@ pub struct Report {
     pub reconnect_s: f64,
     /// Fault cleared → every device's readings up to then at the hub.
     pub drain_s: f64,
-    /// readings waiting / (rate − live rate): what the README predicts.
+    /// readings waiting / rate: the drain alone, live readings waiting behind it.
     pub predicted_drain_s: f64,
+    /// Fault cleared → every device's messages live again.
+    pub caught_up_s: f64,
+    /// readings waiting / (rate − live rate): what the README predicts for catching up.
+    pub predicted_caught_up_s: f64,
+    /// Devices not caught up when the harness stopped waiting.
+    pub not_caught_up: usize,
+    /// Telemetry events the caught-up watcher missed (it fell behind the emulator's stream).
+    pub events_missed: u64,
     pub rss_max_drain_kib: u64,
     pub cpu_pct_drain: f64,
     pub store_after_drain: StoreSize,
@@ -220,6 +238,14 @@ pub async fn run(args: Args) -> Result<Report> {
     );
 
     // The drain.
+    let fresh = interval + Duration::from_secs(1);
+    let (stop_watching, stopped) = oneshot::channel();
+    let caught_up = tokio::spawn(watch_caught_up(
+        emu.events(),
+        site.ids.clone(),
+        fresh,
+        stopped,
+    ));
     emu.clear_fault(fault).await;
     let cleared = Instant::now();
     let reconnect = {
@@ -233,7 +259,8 @@ pub async fn run(args: Args) -> Result<Report> {
             .map(|at| at.duration_since(cleared))
         })
     };
-    let predicted = waiting / (f64::from(args.rate) - live_rate).max(1.0);
+    let predicted = waiting / f64::from(args.rate.max(1));
+    let predicted_caught_up = waiting / (f64::from(args.rate) - live_rate).max(1.0);
     let drain_wait = Duration::from_secs_f64(predicted * 3.0) + Duration::from_secs(300);
     let mut rss_max_drain = 0;
     let (drained, unsettled) = wait_readings(&emu, &site.ids, &polled, drain_wait, || {
@@ -245,6 +272,24 @@ pub async fn run(args: Args) -> Result<Report> {
     let drain_s = drained.duration_since(cleared).as_secs_f64();
     let cpu2 = procfs::cpu_seconds(pid)?;
     let after = Snapshot::take();
+    eprintln!(
+        "leafgate-bench: every reading up to the hub's return in after {drain_s:.1} s; waiting for every device to be live again"
+    );
+    let give_up = cleared + Duration::from_secs_f64(predicted_caught_up * 3.0 + 300.0);
+    while !caught_up.is_finished() && Instant::now() < give_up {
+        gate.check_alive()?;
+        rss_max_drain = rss_max_drain.max(procfs::rss_kib(pid)?);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Stops a watcher that is still waiting for some device; a finished one ignores it.
+    let _ = stop_watching.send(());
+    let (live_again, events_missed) = caught_up.await?;
+    let not_caught_up = live_again.iter().filter(|d| d.is_none()).count();
+    let caught_up_s = live_again
+        .iter()
+        .flatten()
+        .max()
+        .map_or(f64::NAN, |at| at.duration_since(cleared).as_secs_f64());
     let reconnect_s = match reconnect.await {
         Ok(Ok(d)) => d.as_secs_f64(),
         Ok(Err(e)) => {
@@ -288,6 +333,10 @@ pub async fn run(args: Args) -> Result<Report> {
         reconnect_s,
         drain_s,
         predicted_drain_s: predicted,
+        caught_up_s,
+        predicted_caught_up_s: predicted_caught_up,
+        not_caught_up,
+        events_missed,
         rss_max_drain_kib: rss_max_drain,
         cpu_pct_drain: (cpu2 - cpu1) / drain_s.max(1e-9) * 100.0,
         store_after_drain,
@@ -299,6 +348,56 @@ pub async fn run(args: Args) -> Result<Report> {
         leafgate_exit_code: exit,
         passed,
     })
+}
+
+/// Per device, when its first message after the hub's return arrived less than `fresh` after
+/// its poll (the device is live again), as the emulator's event stream reports messages; until
+/// every device is or `stop`. Also how many events the watcher missed by falling behind.
+async fn watch_caught_up(
+    mut events: broadcast::Receiver<Event>,
+    ids: Vec<String>,
+    fresh: Duration,
+    mut stop: oneshot::Receiver<()>,
+) -> (Vec<Option<Instant>>, u64) {
+    let index: HashMap<String, usize> =
+        ids.into_iter().enumerate().map(|(i, id)| (id, i)).collect();
+    let mut live: Vec<Option<Instant>> = vec![None; index.len()];
+    let (mut left, mut missed) = (index.len(), 0);
+    let fresh_ms = fresh.as_secs_f64() * 1000.0;
+    while left > 0 {
+        let event = tokio::select! {
+            _ = &mut stop => break,
+            e = events.recv() => e,
+        };
+        let (device, topic) = match event {
+            Ok(Event::Telemetry { device, topic, .. }) => (device, topic),
+            Ok(_) => continue,
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                missed += n;
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => break,
+        };
+        let Some(&i) = index.get(&device) else {
+            continue;
+        };
+        if live[i].is_some() {
+            continue;
+        }
+        let taken = d2c::parse(&topic).ok().and_then(|(_, props)| {
+            props
+                .iter()
+                .find(|(k, _)| k == "$.ctime")
+                .and_then(|(_, v)| received::utc_ms(v))
+        });
+        if let Some(taken) = taken
+            && received::epoch_ms(SystemTime::now()) - (taken as f64) < fresh_ms
+        {
+            live[i] = Some(Instant::now());
+            left -= 1;
+        }
+    }
+    (live, missed)
 }
 
 fn mib(kib: u64) -> String {
@@ -366,8 +465,19 @@ pub fn render(r: &Report) -> String {
     );
     let _ = writeln!(
         out,
-        "| hub back → every reading up to then arrived (drain) | {:.1} s (predicted waiting / (rate − live) = {:.1} s) | |",
+        "| hub back → every reading up to then arrived (drain) | {:.1} s (waiting / rate = {:.1} s) | |",
         r.drain_s, r.predicted_drain_s
+    );
+    let _ = writeln!(
+        out,
+        "| hub back → every device live again (caught up) | {:.1} s (waiting / (rate − live) = {:.1} s){} | |",
+        r.caught_up_s,
+        r.predicted_caught_up_s,
+        if r.not_caught_up > 0 {
+            format!("; {} devices not caught up", r.not_caught_up)
+        } else {
+            String::new()
+        }
     );
     let _ = writeln!(
         out,
