@@ -6,6 +6,9 @@
 //! target/release/leafgate-bench scale --devices 1000 --rates 1000,5000 --json scale.json
 //! target/release/leafgate-bench rtu --json rtu.json
 //! target/release/leafgate-bench baseline --devices 50 --rates 100,500 --json baseline.json
+//! target/release/leafgate-bench telemetry steady --devices 10000 --json steady.json
+//! target/release/leafgate-bench telemetry outage --devices 1000 --outage-s 600 --json outage.json
+//! target/release/leafgate-bench telemetry rtu --json telemetry-rtu.json
 //! scripts/soak.sh            # leafgate-bench soak: 200 devices, 30 minutes of faults
 //! ```
 //!
@@ -23,6 +26,7 @@ mod rtu;
 mod scale;
 mod soak;
 mod stats;
+mod telemetry;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -55,6 +59,8 @@ enum Command {
     Rtu(rtu::Args),
     /// Long run under random hub drops, hardware outages and method load (`scripts/soak.sh`).
     Soak(soak::Args),
+    /// Telemetry: steady load, a hub outage and its drain, polls on a saturated RTU line.
+    Telemetry(telemetry::Args),
 }
 
 fn main() -> ExitCode {
@@ -119,6 +125,13 @@ fn run(command: Command) -> Result<bool> {
             println!("{context}\n\n{}", soak::render(&report));
             write_json(json.as_deref(), &report)?;
             Ok(report.passed)
+        }
+        Command::Telemetry(args) => {
+            let json = args.mode.json();
+            let outcome = runtime.block_on(telemetry::run(args))?;
+            println!("{context}\n\n{}", outcome.text);
+            write_json(json.as_deref(), &outcome.json)?;
+            Ok(outcome.passed)
         }
     }
 }

@@ -103,14 +103,14 @@ pub struct Report {
 }
 
 #[derive(Debug, Clone, Copy)]
-struct Event {
+pub(crate) struct Event {
     at: Instant,
     write: bool,
 }
 
 #[derive(Clone, Default)]
-struct Recorder {
-    on: Arc<AtomicBool>,
+pub(crate) struct Recorder {
+    pub(crate) on: Arc<AtomicBool>,
     events: Arc<Mutex<Vec<Event>>>,
 }
 
@@ -125,7 +125,7 @@ impl Recorder {
         }
     }
 
-    fn take(&self) -> Vec<Event> {
+    pub(crate) fn take(&self) -> Vec<Event> {
         std::mem::take(&mut *self.events.lock().unwrap_or_else(PoisonError::into_inner))
     }
 }
@@ -174,15 +174,15 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tap<T> {
 }
 
 /// A simulated RTU line on its own thread; dropping it stops the thread.
-struct SimLine {
-    path: PathBuf,
-    recorder: Recorder,
+pub(crate) struct SimLine {
+    pub(crate) path: PathBuf,
+    pub(crate) recorder: Recorder,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl SimLine {
-    fn start(registers: Registers) -> Result<SimLine> {
+    pub(crate) fn start(registers: Registers) -> Result<SimLine> {
         let recorder = Recorder::default();
         let (path_tx, path_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -247,7 +247,7 @@ impl Drop for SimLine {
 }
 
 /// Gaps (reply written → next request read) and turnarounds (request read → reply written).
-fn gaps(events: &[Event]) -> (Vec<Duration>, Vec<Duration>) {
+pub(crate) fn gaps(events: &[Event]) -> (Vec<Duration>, Vec<Duration>) {
     let (mut gaps, mut turnarounds) = (Vec::new(), Vec::new());
     let (mut last_write, mut last_read): (Option<Instant>, Option<Instant>) = (None, None);
     for e in events {
@@ -433,7 +433,7 @@ async fn gap_timer_overshoot(d: Duration, n: usize) -> Summary {
 /// returning → the read on its master returning in a reader set up like [`SimLine`] (own
 /// thread, current-thread runtime, parked in `epoll_wait` between bytes). Blocking: run it off
 /// the runtime.
-fn pty_wake(n: usize) -> Result<Summary> {
+pub(crate) fn pty_wake(n: usize) -> Result<Summary> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     use tokio::io::AsyncReadExt as _;

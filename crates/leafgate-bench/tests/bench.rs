@@ -1,6 +1,7 @@
 //! The benchmark harness end to end at toy size, so it cannot rot: `leafgate-bench scale` with
-//! 20 devices and `leafgate-bench rtu` on one line, each for a few seconds, against the real
-//! `leafgate` binary. Full runs are not part of the test suite (README, "Performance").
+//! 20 devices, `leafgate-bench rtu` on one line, and `leafgate-bench telemetry steady` and
+//! `outage` with a handful of meters, each for a few seconds, against the real `leafgate`
+//! binary. Full runs are not part of the test suite (README, "Performance").
 
 // Test code: unwrapping is how a test reports.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -107,4 +108,65 @@ fn the_rtu_harness_measures_gaps_on_a_busy_line() {
     assert!(line["gap"]["count"].as_u64().unwrap() > 10, "{line}");
     assert!(line["gap"]["p50_us"].as_f64().unwrap() >= 1823.0, "{line}");
     assert_eq!(line["errors"], 0);
+}
+
+#[test]
+fn the_telemetry_steady_harness_accounts_for_every_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = run(
+        &[
+            "telemetry",
+            "steady",
+            "--devices",
+            "20",
+            "--interval-ms",
+            "500",
+            "--seconds",
+            "2",
+            "--units-per-endpoint",
+            "8",
+        ],
+        &dir.path().join("steady.json"),
+    );
+    assert_eq!(report["endpoints"], 3);
+    let tally = &report["tally"];
+    assert_eq!(tally["devices"], 20);
+    // At least the first reading and the window's four per meter.
+    assert!(tally["polled"].as_u64().unwrap() >= 20 * 5, "{tally}");
+    assert_eq!(tally["lost"], 0, "{tally}");
+    assert_eq!(tally["received"], tally["polled"]);
+    assert!(report["latency"]["count"].as_u64().unwrap() >= 20 * 3);
+    assert!(report["leafgate_cpu_pct"].as_f64().unwrap() > 0.0);
+    assert!(report["store"]["db"].as_u64().unwrap() > 0);
+    assert_eq!(report["leafgate_exit_code"], 0);
+}
+
+#[test]
+fn the_telemetry_outage_harness_drains_the_store_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = run(
+        &[
+            "telemetry",
+            "outage",
+            "--devices",
+            "10",
+            "--interval-ms",
+            "500",
+            "--outage-s",
+            "3",
+            "--sample-s",
+            "1",
+            "--rate",
+            "100",
+        ],
+        &dir.path().join("outage.json"),
+    );
+    assert_eq!(report["samples"].as_array().unwrap().len(), 3);
+    // Two readings a second per meter for three seconds, give or take a tick at each end.
+    let during = report["readings_in_outage"].as_u64().unwrap();
+    assert!((50..=70).contains(&during), "{during}");
+    assert!(report["store"]["wal"].as_u64().unwrap() + report["store"]["db"].as_u64().unwrap() > 0);
+    assert!(report["drain_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(report["tally"]["lost"], 0, "{}", report["tally"]);
+    assert_eq!(report["leafgate_exit_code"], 0);
 }
