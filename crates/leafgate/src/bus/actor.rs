@@ -279,6 +279,11 @@ impl<L: Link> Actor<L> {
             }
             let reopen_at = self.next_open;
             let closed = !self.link.is_open();
+            // The line's silence first, then the choice: a method that comes meanwhile is
+            // taken before a poll that waited.
+            if !closed {
+                self.link.settle().await;
+            }
             tokio::select! {
                 // In this order: a method job always before a poll.
                 biased;
@@ -442,8 +447,10 @@ impl<L: Link> Actor<L> {
         }
         let mut results = Vec::with_capacity(ops.len());
         for op in &ops {
+            self.link.settle().await;
             while let Ok(job) = methods.try_recv() {
                 self.run_job(job).await;
+                self.link.settle().await;
             }
             let result = if shutdown.is_cancelled() {
                 Err(Error::ShuttingDown)

@@ -28,6 +28,13 @@ pub trait Link: Send + 'static {
     /// time to transmit the request at the line's speed (zero on TCP).
     fn overhead(&self, op: &Op) -> Duration;
     fn close(&mut self);
+    /// Waits until the line may carry the next frame (RTU: the silent interval after its last
+    /// byte). The actor waits here *before* it chooses between a method and a poll, so a
+    /// method that arrives during the silence goes next instead of waiting behind a poll that
+    /// was chosen before it came. Nothing to wait for by default.
+    fn settle(&mut self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }
 
 /// How long one exchange may take, and what to report if that runs out. The actor chooses the

@@ -187,4 +187,12 @@ impl Link for RtuLink {
         self.stream = None;
         self.reopen = false;
     }
+
+    async fn settle(&mut self) {
+        if self.stream.is_some() {
+            self.gap_timer
+                .wait_until(self.last_activity + self.frame_gap)
+                .await;
+        }
+    }
 }
