@@ -438,6 +438,8 @@ async fn a_minute_long_hub_outage_loses_no_reading_of_a_hundred_devices() {
         .emu
         .inject_fault(Fault::Hangup(Target::All), None)
         .await;
+    // Hung up on from now: the connections up now are dropped too.
+    site.emu.drop_all_connections();
     // The outage is the scenario: a minute of readings with nowhere to go.
     tokio::time::sleep(Duration::from_secs(60)).await;
     daemon.check_alive().unwrap();
@@ -487,6 +489,10 @@ async fn a_minute_long_hub_outage_loses_no_reading_of_a_hundred_devices() {
             "{id}: every reading, once, in order"
         );
         assert!(last >= 60, "{id}: the outage's readings are there: {last}");
+        assert!(
+            site.emu.device_stats(&id).connects_accepted >= 2,
+            "{id}: the outage dropped its connection"
+        );
         let duplicates = received.len() - firsts.len();
         assert!(
             duplicates <= 4,
