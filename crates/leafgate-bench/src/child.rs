@@ -12,6 +12,18 @@ use leafgate_emulator::Emulator;
 use leafgate_testkit::daemon::{self, Daemon, Log};
 use tokio::task::JoinSet;
 
+/// Raises `RLIMIT_NOFILE` for `n` devices on Modbus TCP endpoints of `units_per_endpoint`
+/// units each (a connection per device, two descriptors per endpoint, room for the rest), or
+/// says why the run cannot go ahead.
+pub fn nofile_for_devices(n: usize, units_per_endpoint: usize) -> Result<()> {
+    let want = (n + 2 * n.div_ceil(units_per_endpoint.max(1)) + 1024) as u64;
+    let nofile = raise_nofile(want)?;
+    if nofile < want {
+        bail!("RLIMIT_NOFILE is {nofile}, {want} needed for {n} devices");
+    }
+    Ok(())
+}
+
 /// Raises this process's `RLIMIT_NOFILE` to at least `want` (the soft limit up to the hard
 /// one, and the hard one too when allowed, i.e. as root). The child inherits it. Returns the
 /// soft limit now in force.

@@ -141,11 +141,7 @@ pub async fn run(args: Args) -> Result<Report> {
     if args.interval_ms < 100 || args.outage_s <= 0.0 || args.sample_s <= 0.0 {
         bail!("--interval-ms must be at least 100, --outage-s and --sample-s above 0");
     }
-    let want = (n + 2 * n.div_ceil(upe) + 1024) as u64;
-    let nofile = child::raise_nofile(want)?;
-    if nofile < want {
-        bail!("RLIMIT_NOFILE is {nofile}, {want} needed for {n} devices");
-    }
+    child::nofile_for_devices(n, upe)?;
     let binary = args.common.binary();
     let dir = work_dir("telemetry-outage")?;
     let spec = Spec {

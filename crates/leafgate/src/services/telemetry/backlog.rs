@@ -405,6 +405,17 @@ mod tests {
         (sink, b)
     }
 
+    /// Stored readings `seqs` as the file gives them back, with row id = 100 + seq.
+    fn rows(seqs: std::ops::Range<u64>) -> Vec<Row> {
+        seqs.map(|s| Row {
+            id: 100 + s as i64,
+            seq: s,
+            topic: format!("t{s}"),
+            body: Bytes::new(),
+        })
+        .collect()
+    }
+
     /// What the writer does for `b`, with row id = 100 + seq.
     fn commit(b: &Arc<Backlog>) -> Vec<i64> {
         let c = b.collect();
@@ -498,27 +509,11 @@ mod tests {
         }
         let (after, limit) = b.fetch_request().unwrap();
         assert_eq!((after, limit), (Some(3), 4));
-        let rows = (4..8)
-            .map(|s| Row {
-                id: 100 + s as i64,
-                seq: s,
-                topic: format!("t{s}"),
-                body: Bytes::new(),
-            })
-            .collect();
-        b.fetched(rows, limit);
+        b.fetched(rows(4..8), limit);
         assert_eq!(seq(b.next_after(None)), Some(4));
         assert!(matches!(b.next_after(Some(7)), Next::Fetch));
         // The file had two left, not four: the count heals.
-        let rows = (8..10)
-            .map(|s| Row {
-                id: 100 + s as i64,
-                seq: s,
-                topic: format!("t{s}"),
-                body: Bytes::new(),
-            })
-            .collect();
-        b.fetched(rows, 4);
+        b.fetched(rows(8..10), 4);
         assert_eq!(seq(b.next_after(Some(9))), Some(10));
     }
 
