@@ -440,7 +440,7 @@ impl leafgate::hub::service::Service for Publisher {
     fn name(&self) -> &'static str {
         "test messages"
     }
-    fn filters(&self, _device_id: &str) -> Vec<String> {
+    fn filters(&self, _device_id: &str) -> Vec<leafgate::hub::service::Filter> {
         Vec::new()
     }
     fn claims(&self, _topic: &str) -> bool {

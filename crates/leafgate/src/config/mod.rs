@@ -67,8 +67,58 @@ pub struct Device {
     /// Telemetry groups: the profile's, then the device's own (which replace the profile's of
     /// the same name).
     pub telemetry: Vec<Arc<Group>>,
+    /// Its IoT Plug and Play model (DTMI): the device's own, else its profile's.
+    pub model_id: Option<String>,
+    /// Its device twin, when `[twin]` is configured.
+    pub twin: Option<Twin>,
+    /// Cloud-to-device commands, when `[c2d]` is configured.
+    pub c2d: Option<Arc<C2d>>,
     /// Changes whenever the device's section changes; used by reload to restart only what changed.
     pub fingerprint: String,
+}
+
+/// `[twin]`, validated: how every device's twin is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TwinSettings {
+    /// Changes to reported properties within this time go out as one PATCH.
+    pub report_interval: std::time::Duration,
+    /// How long a twin request may go unanswered before it counts as lost.
+    pub request_timeout: std::time::Duration,
+    /// Twin reads (GET) per second for the whole gateway.
+    pub max_gets_per_s: u32,
+    /// Reported-property updates (PATCH) per second for the whole gateway.
+    pub max_patches_per_s: u32,
+}
+
+/// One device's twin: the settings and what the config maps to its properties.
+#[derive(Debug, Clone)]
+pub struct Twin {
+    pub settings: Arc<TwinSettings>,
+    /// Reported as they are: the profile's, then the device's own (which win).
+    pub reported: BTreeMap<String, serde_json::Value>,
+    /// Read from the hardware and reported under their fields' names.
+    pub properties: Vec<Arc<Property>>,
+    /// Desired property name → the writes that apply it.
+    pub desired: BTreeMap<String, Arc<Method>>,
+}
+
+/// A property read from the hardware: the read, and how often it is repeated after the read
+/// that follows every connect.
+#[derive(Debug, Clone)]
+pub struct Property {
+    pub read: Arc<Method>,
+    pub interval: Option<std::time::Duration>,
+}
+
+/// `[c2d]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct C2d {
+    /// The application property that names the method a message runs.
+    pub method_property: String,
+    /// A message id seen again within this time is not run again.
+    pub dedup_window: std::time::Duration,
+    /// Send each command's outcome as a device-to-cloud message.
+    pub report: bool,
 }
 
 /// Loads and validates the base file and its drop-ins.

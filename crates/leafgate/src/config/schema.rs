@@ -11,8 +11,8 @@ use serde::Deserialize;
 pub use crate::bus::op::Table;
 pub use crate::bus::spec::{BusKind, Parity, TcpFraming};
 pub use crate::mapping::schema::{
-    Constant, DataType, FieldConfig, GroupConfig, MethodConfig, Order, ReplyKind, StepConfig,
-    StepOp,
+    Constant, DataType, FieldConfig, GroupConfig, MethodConfig, Order, PropertyConfig, ReplyKind,
+    StepConfig, StepOp,
 };
 
 /// One file: the base file or a `conf.d` drop-in.
@@ -22,6 +22,8 @@ pub struct FileConfig {
     pub hub: Option<HubConfig>,
     pub log: Option<LogConfig>,
     pub telemetry: Option<TelemetryConfig>,
+    pub twin: Option<TwinConfig>,
+    pub c2d: Option<C2dConfig>,
     #[serde(default)]
     pub bus: Vec<BusConfig>,
     #[serde(default)]
@@ -91,6 +93,33 @@ impl Default for TelemetryConfig {
     }
 }
 
+/// `[twin]`: every device keeps its device twin: leafgate's view of it under `leafgate`, its
+/// static and hardware-read properties, and desired properties written to the hardware.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TwinConfig {
+    #[serde(default = "defaults::report_interval_ms")]
+    pub report_interval_ms: u64,
+    #[serde(default = "defaults::request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    #[serde(default = "defaults::max_gets_per_s")]
+    pub max_gets_per_s: u32,
+    #[serde(default = "defaults::max_patches_per_s")]
+    pub max_patches_per_s: u32,
+}
+
+/// `[c2d]`: every device takes cloud-to-device messages that name one of its methods.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct C2dConfig {
+    #[serde(default = "defaults::method_property")]
+    pub method_property: String,
+    #[serde(default = "defaults::dedup_window_s")]
+    pub dedup_window_s: u64,
+    #[serde(default)]
+    pub report: bool,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
@@ -142,10 +171,17 @@ pub struct DeviceConfig {
     pub profile: Option<String>,
     #[serde(default)]
     pub raw_methods: bool,
+    pub model_id: Option<String>,
     #[serde(default)]
     pub method: Vec<MethodConfig>,
     #[serde(default)]
     pub telemetry: Vec<GroupConfig>,
+    #[serde(default)]
+    pub reported: std::collections::BTreeMap<String, Constant>,
+    #[serde(default)]
+    pub property: Vec<PropertyConfig>,
+    #[serde(default)]
+    pub desired: Vec<MethodConfig>,
 }
 
 /// Text holding a key: `Debug` never shows it, so a debug log of the config leaks nothing.
@@ -170,13 +206,42 @@ impl std::fmt::Debug for Secret {
 #[serde(deny_unknown_fields)]
 pub struct ProfileConfig {
     pub id: String,
+    pub model_id: Option<String>,
     #[serde(default)]
     pub method: Vec<MethodConfig>,
     #[serde(default)]
     pub telemetry: Vec<GroupConfig>,
+    #[serde(default)]
+    pub reported: std::collections::BTreeMap<String, Constant>,
+    #[serde(default)]
+    pub property: Vec<PropertyConfig>,
+    #[serde(default)]
+    pub desired: Vec<MethodConfig>,
 }
 
 pub(crate) mod defaults {
+    /// Changes to a device's reported properties within this time go out as one PATCH.
+    pub fn report_interval_ms() -> u64 {
+        5000
+    }
+    pub fn request_timeout_ms() -> u64 {
+        10_000
+    }
+    /// Half of IoT Hub's smallest twin-read throttle (100/s on Free and S1).
+    pub fn max_gets_per_s() -> u32 {
+        50
+    }
+    /// Half of IoT Hub's smallest twin-update throttle (50/s on Free and S1).
+    pub fn max_patches_per_s() -> u32 {
+        25
+    }
+    pub fn method_property() -> String {
+        "method".to_owned()
+    }
+    /// IoT Hub's default time to live for a cloud-to-device message.
+    pub fn dedup_window_s() -> u64 {
+        3600
+    }
     /// IoT Hub's D2C throttle on the smallest tiers is 100 messages/s per hub (quotas page).
     pub fn max_messages_per_s() -> u32 {
         100

@@ -50,6 +50,7 @@ impl Identity {
             format!("{:?}", device.methods).as_bytes(),
             &[u8::from(device.telemetry.is_empty())],
             device.key.as_bytes(),
+            format!("{:?}{:?}", device.twin, device.c2d).as_bytes(),
         ]);
         let polling = digest(&[format!("{:?}", device.telemetry).as_bytes()]);
         Identity { session, polling }

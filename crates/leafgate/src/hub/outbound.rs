@@ -17,6 +17,18 @@ use tokio_util::task::TaskTracker;
 pub enum Outbound {
     Reply(Reply),
     Message(Message),
+    Ack(Ack),
+}
+
+/// The PUBACK owed to one incoming QoS 1 publish (a cloud-to-device message), which a service
+/// sends only once it has handled the message, so that the hub delivers it again after a crash.
+/// It belongs to the connection the publish came on: packet ids mean nothing on another, and
+/// the hub delivers an unacknowledged message again after a reconnect anyway. On a later
+/// connection the session drops it unsent.
+#[derive(Debug)]
+pub struct Ack {
+    pub(super) pkid: u16,
+    pub(super) connection: u64,
 }
 
 /// A QoS 0 publish that is pointless after its deadline: a method reply (the hub has answered
@@ -82,7 +94,7 @@ impl Outbound {
     pub fn label(&self) -> Option<&Label> {
         match self {
             Outbound::Reply(reply) => Some(&reply.label),
-            Outbound::Message(_) => None,
+            Outbound::Message(_) | Outbound::Ack(_) => None,
         }
     }
 }
@@ -122,6 +134,8 @@ pub struct Work {
     /// QoS 1 messages that found the window full, in order; they go before any newer one.
     pub(super) parked: VecDeque<Box<Outbound>>,
     pub(super) tasks: TaskTracker,
+    /// Counts CONNACKs: which connection an [`Ack`] belongs to.
+    pub(super) connection: u64,
 }
 
 impl Work {

@@ -13,7 +13,35 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::outbound::Work;
-pub use super::outbound::{Delivery, Label, Message, Outbound, Outlet, Reply};
+pub use super::outbound::{Ack, Delivery, Label, Message, Outbound, Outlet, Reply};
+pub use rumqttc::QoS;
+
+/// A topic filter a service subscribes after every CONNACK, and the QoS it asks for: QoS 0 for
+/// requests the hub does not redeliver (methods, twin), QoS 1 where the hub keeps a message
+/// until it is acknowledged (cloud-to-device).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Filter {
+    pub topic: String,
+    pub qos: QoS,
+}
+
+impl Filter {
+    #[must_use]
+    pub fn at_most_once(topic: impl Into<String>) -> Self {
+        Self {
+            topic: topic.into(),
+            qos: QoS::AtMostOnce,
+        }
+    }
+
+    #[must_use]
+    pub fn at_least_once(topic: impl Into<String>) -> Self {
+        Self {
+            topic: topic.into(),
+            qos: QoS::AtLeastOnce,
+        }
+    }
+}
 
 /// What one device's session asks of each service it carries.
 ///
@@ -24,15 +52,23 @@ pub trait Service: Send + Sync + 'static {
     /// What the service serves, for log lines ("listening for methods").
     fn name(&self) -> &'static str;
 
-    /// The topic filters to subscribe (QoS 0) after every CONNACK, for the device `device_id`.
-    fn filters(&self, device_id: &str) -> Vec<String>;
+    /// The topic filters to subscribe after every CONNACK, for the device `device_id`.
+    fn filters(&self, device_id: &str) -> Vec<Filter>;
 
     /// Whether an incoming publish on `topic` is this service's. The session offers each
     /// publish to its services in order and gives it to the first that claims it.
     fn claims(&self, topic: &str) -> bool;
 
     /// One incoming publish on a claimed topic.
+    ///
+    /// A QoS 1 publish is acknowledged (PUBACK) as soon as this returns, unless the service
+    /// took its [`Ack`] with [`Context::take_ack`] to send it when the work is done.
     fn on_publish(&self, topic: &str, payload: Bytes, ctx: &mut Context<'_>);
+
+    /// The device is connected and its subscriptions are granted: everything it subscribed to
+    /// reaches it from now on. Called after every (re)connect, from the session's task: must
+    /// return at once. A twin reads its document here.
+    fn on_subscribed(&self) {}
 
     /// How many QoS 1 messages this service may have awaiting their PUBACK at once; the session
     /// allows the largest any of its services asks for. Services that publish no QoS 1
@@ -47,6 +83,8 @@ pub struct Context<'a> {
     pub(super) device_id: &'a Arc<str>,
     pub(super) stopping: bool,
     pub(super) work: &'a mut Work,
+    /// The PUBACK the publish being handled is owed (QoS 1 only), until a service takes it.
+    pub(super) ack: Option<Ack>,
 }
 
 impl Context<'_> {
@@ -67,6 +105,14 @@ impl Context<'_> {
     #[must_use]
     pub fn in_progress(&self) -> usize {
         self.work.tasks.len()
+    }
+
+    /// Takes over the PUBACK of the QoS 1 publish being handled: the session will not send it
+    /// when `on_publish` returns. Hand it back as [`Outbound::Ack`] once the work is done, or
+    /// drop it to leave the message with the hub, which delivers it again later. `None` for a
+    /// QoS 0 publish.
+    pub fn take_ack(&mut self) -> Option<Ack> {
+        self.ack.take()
     }
 
     /// Queues `message` for the next write, without a task (an answer made on the spot).

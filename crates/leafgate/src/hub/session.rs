@@ -27,9 +27,9 @@ use tokio_util::task::TaskTracker;
 
 use super::Settings;
 use super::limiter::Pacer;
-use super::outbound::{Delivery, Label, Outbound, Outlet, Work};
+use super::outbound::{Ack, Delivery, Label, Outbound, Outlet, Work};
 use super::sas::{self, Key};
-use super::service::{Context, Service};
+use super::service::{Context, Filter, Service};
 use crate::backoff::{self, Backoff};
 use crate::logtext;
 
@@ -110,20 +110,34 @@ struct Device {
 }
 
 impl Device {
-    /// Hands one incoming publish to the first service that claims its topic.
-    fn on_publish(&self, work: &mut Work, topic: &str, payload: bytes::Bytes, stopping: bool) {
+    /// Hands one incoming publish to the first service that claims its topic, and acknowledges
+    /// a QoS 1 publish unless that service took the acknowledgement over.
+    fn on_publish(&self, work: &mut Work, publish: rumqttc::Publish, stopping: bool) {
+        let ack = (publish.qos == QoS::AtLeastOnce).then_some(Ack {
+            pkid: publish.pkid,
+            connection: work.connection,
+        });
+        let topic = &*publish.topic;
         let Some(service) = self.services.iter().find(|s| s.claims(topic)) else {
-            // Nothing to answer: no service knows how to correlate a reply.
+            // Nothing to answer: no service knows how to correlate a reply. A QoS 1 publish is
+            // still acknowledged, or the hub would deliver it again and again.
             let id = &*self.id;
             log::warn!(device_id = id; "device {id}: ignoring publish on {:?}: no service of this device subscribed to it", logtext::clip(topic));
+            if let Some(ack) = ack {
+                work.outbox.push_back(Box::new(Outbound::Ack(ack)));
+            }
             return;
         };
         let mut ctx = Context {
             device_id: &self.id,
             stopping,
             work,
+            ack,
         };
-        service.on_publish(topic, payload, &mut ctx);
+        service.on_publish(topic, publish.payload, &mut ctx);
+        if let Some(ack) = ctx.ack.take() {
+            work.outbox.push_back(Box::new(Outbound::Ack(ack)));
+        }
     }
 
     /// "methods", or "methods, twin" once a device carries several services.
@@ -156,6 +170,7 @@ impl Session {
                 outbox: VecDeque::new(),
                 parked: VecDeque::new(),
                 tasks: TaskTracker::new(),
+                connection: 0,
             },
         }
     }
@@ -293,6 +308,9 @@ impl Drop for Acks {
 
 /// A device is connected and hears all it subscribed to: count it and say so.
 fn announce(shared: &Shared, device: &Device) {
+    for service in &device.services {
+        service.on_subscribed();
+    }
     let id = &*device.id;
     let n = shared.connected.fetch_add(1, Ordering::Relaxed) + 1;
     log::info!(device_id = id; "device {id}: connected to {} and listening for {} ({n} connected)", shared.hub.connect_host, device.listening_for());
@@ -336,6 +354,9 @@ async fn connect_once(
         .set_credentials(username(&hub.hostname, &id), token)
         .set_keep_alive(hub.keep_alive)
         .set_clean_session(false)
+        // Cloud-to-device messages are acknowledged when they have been handled, not when they
+        // arrive (`Context::take_ack`); the session sends every PUBACK itself.
+        .set_manual_acks(true)
         // Replies go out at QoS 0 and subscriptions are QoS 0: only QoS 1 messages (telemetry)
         // are ever in flight, at most the window its service asks for. rumqttc keeps a slot per
         // allowed in-flight publish in every session (100 by default, 12 KiB per device at
@@ -368,11 +389,18 @@ async fn connect_once(
     tokio::pin!(suback);
     let mut connected_at: Option<Instant> = None;
     let mut subscribed = false;
-    let filters: Vec<String> = device
+    let filters: Vec<Filter> = device
         .services
         .iter()
         .flat_map(|s| s.filters(&id))
         .collect();
+    let filter_names = || {
+        filters
+            .iter()
+            .map(|f| f.topic.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let mut acks = Acks::new(device.window);
     let result = loop {
         if connected_at.is_some()
@@ -390,7 +418,7 @@ async fn connect_once(
             () = &mut renew => break Ended::Renew,
             () = &mut suback, if connected_at.is_some() && !subscribed => {
                 break Ended::Failed {
-                    error: format!("the hub did not answer SUBSCRIBE to {} within {} s", filters.join(", "), hub.connect_timeout.as_secs()),
+                    error: format!("the hub did not answer SUBSCRIBE to {} within {} s", filter_names(), hub.connect_timeout.as_secs()),
                     refused: false,
                 };
             }
@@ -403,6 +431,7 @@ async fn connect_once(
             event = eventloop.poll() => match event {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     connected_at = Some(Instant::now());
+                    work.connection += 1;
                     if filters.is_empty() {
                         // Services that only publish: nothing to subscribe, nothing to await.
                         subscribed = true;
@@ -413,15 +442,15 @@ async fn connect_once(
                     suback.as_mut().reset(Instant::now() + hub.connect_timeout);
                     // One SUBSCRIBE for every service's filters, so one SUBACK says the device
                     // hears everything it should.
-                    let subscribe = filters.iter().map(|f| SubscribeFilter::new(f.clone(), QoS::AtMostOnce));
+                    let subscribe = filters.iter().map(|f| SubscribeFilter::new(f.topic.clone(), f.qos));
                     if let Err(e) = client.try_subscribe_many(subscribe) {
-                        break Ended::Failed { error: format!("cannot subscribe to {}: {e}", filters.join(", ")), refused: false };
+                        break Ended::Failed { error: format!("cannot subscribe to {}: {e}", filter_names()), refused: false };
                     }
                 }
                 Ok(Event::Incoming(Packet::SubAck(ack))) => {
                     let refused: Vec<&str> = ack.return_codes.iter().zip(&filters)
                         .filter(|(code, _)| matches!(code, SubscribeReasonCode::Failure))
-                        .map(|(_, filter)| filter.as_str())
+                        .map(|(_, filter)| filter.topic.as_str())
                         .collect();
                     if !refused.is_empty() {
                         break Ended::Failed { error: format!("hub refused the subscription to {}", refused.join(", ")), refused: true };
@@ -437,7 +466,7 @@ async fn connect_once(
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    device.on_publish(work, &p.topic, p.payload, shared.draining.is_cancelled());
+                    device.on_publish(work, p, shared.draining.is_cancelled());
                 }
                 Ok(Event::Incoming(Packet::PubAck(ack))) => acks.acked(ack.pkid),
                 Ok(_) => {}
@@ -508,7 +537,7 @@ async fn drain(
                 work.collect();
             }
             event = eventloop.poll() => match event {
-                Ok(Event::Incoming(Packet::Publish(p))) => device.on_publish(work, &p.topic, p.payload, true),
+                Ok(Event::Incoming(Packet::Publish(p))) => device.on_publish(work, p, true),
                 Ok(Event::Incoming(Packet::PubAck(ack))) => acks.acked(ack.pkid),
                 Ok(_) => {}
                 Err(_) => return,
@@ -568,6 +597,7 @@ async fn write(
         }
     }
     let now = Instant::now();
+    let connection = work.connection;
     let mut batch: Vec<Label> = Vec::new();
     let (outbox, parked) = (&mut work.outbox, &mut work.parked);
     let written = tokio::time::timeout(timeout, async {
@@ -586,6 +616,15 @@ async fn write(
                         QoS::AtMostOnce,
                         reply.body,
                     ))
+                }
+                Outbound::Ack(ack) => {
+                    if ack.connection != connection {
+                        // The hub delivers the message again on this connection; that delivery
+                        // gets its own acknowledgement.
+                        log::debug!(device_id = id; "device {id}: not acknowledging packet {} of an earlier connection", ack.pkid);
+                        continue;
+                    }
+                    Packet::PubAck(rumqttc::PubAck::new(ack.pkid))
                 }
                 Outbound::Message(message) => {
                     let Some(pkid) = acks.free() else {

@@ -149,6 +149,33 @@ pub struct FieldConfig {
     pub deadband: Option<f64>,
 }
 
+/// A property read from the hardware into the device twin's reported properties
+/// (`[[device.property]]`, `[[profile.property]]`): read steps like a method's, whose fields
+/// are reported under their names after every connect and every `interval_s`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PropertyConfig {
+    pub name: String,
+    /// Read again this often; absent: only after each connect.
+    pub interval_s: Option<u64>,
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    #[serde(default)]
+    pub step: Vec<StepConfig>,
+}
+
+impl PropertyConfig {
+    /// The method that reads it: the same steps, compiled the same way.
+    #[must_use]
+    pub fn as_method(&self) -> MethodConfig {
+        MethodConfig {
+            name: self.name.clone(),
+            timeout_ms: self.timeout_ms,
+            step: self.step.clone(),
+        }
+    }
+}
+
 /// A telemetry group (`[[device.telemetry]]`, `[[profile.telemetry]]`) as written: read steps
 /// polled every `interval_ms`, sent as one device-to-cloud message per reading. Compiled by
 /// [`super::group::Group::compile`].

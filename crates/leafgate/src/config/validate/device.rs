@@ -10,7 +10,8 @@ use super::Problems;
 use super::bus::Units;
 use super::device_key::resolve_key;
 use super::profile::Profiles;
-use crate::config::Device;
+use super::twin::{resolve_model_id, resolve_twin};
+use crate::config::{C2d, Device, TwinSettings};
 use crate::config::schema::{BusKind, DeviceConfig};
 use crate::mapping::Method;
 use crate::mapping::group::Group;
@@ -22,12 +23,20 @@ pub(super) struct BusRef {
     pub(super) units: Units,
 }
 
+/// The gateway-wide sections every device's services follow.
+pub(super) struct Sections {
+    pub(super) twin: Option<Arc<TwinSettings>>,
+    pub(super) c2d: Option<Arc<C2d>>,
+}
+
+#[allow(clippy::too_many_arguments)]
 pub(super) fn resolve_device(
     file: &Path,
     path: &str,
     d: &DeviceConfig,
     on: BusRef,
     hub: Option<(&str, Option<&str>)>,
+    sections: &Sections,
     profiles: &mut Profiles<'_>,
     p: &mut Problems,
 ) -> Option<Device> {
@@ -120,7 +129,15 @@ pub(super) fn resolve_device(
         }
     }
     let telemetry = resolve_groups(file, path, d, kind, profiles, p);
-    if d.method.is_empty() && d.profile.is_none() && !d.raw_methods && d.telemetry.is_empty() {
+    let model_id = resolve_model_id(file, path, d, profiles, p);
+    let twin = resolve_twin(file, path, d, kind, profiles, sections.twin.as_ref(), p);
+    if d.method.is_empty()
+        && d.profile.is_none()
+        && !d.raw_methods
+        && d.telemetry.is_empty()
+        && d.desired.is_empty()
+        && d.property.is_empty()
+    {
         p.add(file, path, format!("device {:?} has no methods and no telemetry (add [[device.method]], [[device.telemetry]], a profile, or raw_methods = true)", d.id));
     }
     if p.0.len() != start {
@@ -134,6 +151,9 @@ pub(super) fn resolve_device(
         raw_methods: d.raw_methods,
         methods,
         telemetry,
+        model_id,
+        twin,
+        c2d: sections.c2d.clone(),
         // Without its telemetry groups, which a reload applies without touching the
         // session (gateway::reload).
         fingerprint: {

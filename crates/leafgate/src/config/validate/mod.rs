@@ -13,13 +13,16 @@ mod profile;
 mod sections;
 #[cfg(test)]
 mod testing;
+mod twin;
+
+pub use twin::{HEALTH_KEY, MAX_REPORTED_BYTES, dtmi, twin_key};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use self::bus::{Units, resolve_bus};
-use self::device::{BusRef, resolve_device};
+use self::device::{BusRef, Sections, resolve_device};
 use self::hub::{check_host, resolve_hub};
 use self::permissions::key_file_warnings;
 use self::profile::Profiles;
@@ -55,6 +58,11 @@ pub fn validate(files: Vec<(PathBuf, FileConfig)>) -> Result<Config, Vec<Problem
         Some((file, t)) => resolve_telemetry(file, t, &mut p),
         None => resolve_telemetry(&base, &TelemetryConfig::default(), &mut p),
     };
+    let twin = single(&files, "twin", |f| f.twin.as_ref(), &mut p)
+        .map(|(file, t)| std::sync::Arc::new(twin::resolve_twin_settings(file, t, &mut p)));
+    let c2d = single(&files, "c2d", |f| f.c2d.as_ref(), &mut p)
+        .map(|(file, c)| std::sync::Arc::new(twin::resolve_c2d(file, c, &mut p)));
+    let sections = Sections { twin, c2d };
     let hub_raw = hub;
     let hub = match hub {
         Some((file, h)) => resolve_hub(file, h, &mut p),
@@ -140,11 +148,7 @@ pub fn validate(files: Vec<(PathBuf, FileConfig)>) -> Result<Config, Vec<Problem
     });
     let mut devices = Vec::new();
     let mut units_seen: BTreeMap<(String, u8), String> = BTreeMap::new();
-    let mut profiles = Profiles {
-        defs: profiles,
-        compiled: Vec::new(),
-        groups: Vec::new(),
-    };
+    let mut profiles = Profiles::new(profiles);
     for (file, path, d) in &devices_in {
         let Some((kind, units)) = bus_kinds.get(&d.bus).copied() else {
             let known = bus_kinds.keys().cloned().collect::<Vec<_>>().join(", ");
@@ -170,7 +174,9 @@ pub fn validate(files: Vec<(PathBuf, FileConfig)>) -> Result<Config, Vec<Problem
             .as_ref()
             .map(|(host, gateway)| (host.as_str(), gateway.as_deref()));
         let on = BusRef { kind, units };
-        if let Some(device) = resolve_device(file, path, d, on, hub_names, &mut profiles, &mut p) {
+        if let Some(device) =
+            resolve_device(file, path, d, on, hub_names, &sections, &mut profiles, &mut p)
+        {
             devices.push(device);
         }
     }

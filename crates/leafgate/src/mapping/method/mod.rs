@@ -91,11 +91,107 @@ enum Source {
     Fixed(Value),
 }
 
+/// One named value of a method's payload or reply, as a model of the device describes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Field<'a> {
+    pub name: &'a str,
+    pub data_type: DataType,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+}
+
+impl<'a> Field<'a> {
+    fn of(placed: &'a Placed) -> Self {
+        Field {
+            name: &placed.name,
+            data_type: placed.layout.data_type,
+            min: placed.layout.min,
+            max: placed.layout.max,
+        }
+    }
+
+    fn text(name: &'a str) -> Self {
+        Field {
+            name,
+            data_type: DataType::String,
+            min: None,
+            max: None,
+        }
+    }
+}
+
 impl Method {
     /// Payload keys the method accepts.
     #[must_use]
     pub fn inputs(&self) -> &BTreeSet<String> {
         &self.inputs
+    }
+
+    /// Whether any step writes a Modbus table (what a property read from the hardware must
+    /// never do).
+    #[must_use]
+    pub fn writes_modbus(&self) -> bool {
+        self.steps.iter().any(|s| matches!(s, Step::Write { .. }))
+    }
+
+    /// Whether any step may change the hardware: a Modbus write or a serial exchange (what a
+    /// desired property needs).
+    #[must_use]
+    pub fn may_write(&self) -> bool {
+        self.steps
+            .iter()
+            .any(|s| matches!(s, Step::Write { .. } | Step::Send { .. }))
+    }
+
+    /// The payload's fields, in step order (fixed values are not the caller's to give).
+    #[must_use]
+    pub fn payload_fields(&self) -> Vec<Field<'_>> {
+        let mut fields = Vec::new();
+        for step in &self.steps {
+            if let Step::Write { fields: inputs, .. } | Step::Send { params: inputs, .. } = step {
+                for input in inputs {
+                    if matches!(input.source, Source::Payload { .. })
+                        && fields.iter().all(|f: &Field<'_>| f.name != input.placed.name)
+                    {
+                        fields.push(Field::of(&input.placed));
+                    }
+                }
+            }
+        }
+        fields
+    }
+
+    /// The reply's fields, in step order.
+    #[must_use]
+    pub fn reply_fields(&self) -> Vec<Field<'_>> {
+        let mut fields = Vec::new();
+        for step in &self.steps {
+            match step {
+                Step::Read { fields: placed, .. } => fields.extend(placed.iter().map(Field::of)),
+                Step::Write { .. } => {}
+                Step::Send {
+                    expect,
+                    reply,
+                    captures,
+                    ..
+                } => {
+                    if expect.is_some() {
+                        fields.extend(captures.iter().map(|(name, data_type)| Field {
+                            name,
+                            data_type: *data_type,
+                            min: None,
+                            max: None,
+                        }));
+                    } else if *reply == ReplyKind::Text {
+                        fields.push(Field::text("reply"));
+                    }
+                    if *reply == ReplyKind::Hex {
+                        fields.push(Field::text("reply_hex"));
+                    }
+                }
+            }
+        }
+        fields
     }
 }
 

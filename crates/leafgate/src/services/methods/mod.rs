@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 pub use device::{Device, Response};
 
-use crate::hub::service::{Context, Label, Outbound, Reply, Service};
+use crate::hub::service::{Context, Filter, Label, Outbound, Reply, Service};
 use crate::hub::topics;
 use crate::logtext;
 use crate::mapping::{Failure, respond};
@@ -71,8 +71,8 @@ impl Service for Methods {
         "methods"
     }
 
-    fn filters(&self, _device_id: &str) -> Vec<String> {
-        vec![topics::METHODS_FILTER.to_owned()]
+    fn filters(&self, _device_id: &str) -> Vec<Filter> {
+        vec![Filter::at_most_once(topics::METHODS_FILTER)]
     }
 
     fn claims(&self, topic: &str) -> bool {

@@ -24,7 +24,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::bus;
 use crate::hub::limiter::Pacer;
-use crate::hub::service::{Context, Outlet, Service};
+use crate::hub::service::{Context, Filter, Outlet, Service};
 use crate::mapping::group::Group;
 
 /// What every device's telemetry shares.
@@ -47,7 +47,7 @@ impl Service for Telemetry {
         "telemetry"
     }
 
-    fn filters(&self, _device_id: &str) -> Vec<String> {
+    fn filters(&self, _device_id: &str) -> Vec<Filter> {
         Vec::new()
     }
 
