@@ -223,7 +223,10 @@ async fn plain_connect(
     );
     let mut options = MqttOptions::new(id, "127.0.0.1", emu.mqtt_addr().port());
     options
-        .set_credentials(leafgate::hub::session::username(emu.host_name(), id), token)
+        .set_credentials(
+            leafgate::hub::session::username(emu.host_name(), id, None),
+            token,
+        )
         .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
             leafgate::hub::tls::client_config(Some(ca)).unwrap(),
         )));

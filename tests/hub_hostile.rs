@@ -498,6 +498,7 @@ async fn qos1_messages_respect_the_window_and_only_a_puback_confirms_them() {
     let credentials = Credentials {
         device_id: "dev-1".into(),
         key: cfg.devices[0].key.clone(),
+        model_id: None,
     };
     let task = tokio::spawn(session.run(
         credentials,

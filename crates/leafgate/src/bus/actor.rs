@@ -22,6 +22,7 @@
 //!   deadline (the next one is due) is skipped, never run late; polls of a unit marked down
 //!   cost no line time.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -75,6 +76,8 @@ pub struct Handle {
     polls: mpsc::Sender<Box<Poll>>,
     capacity: usize,
     up: watch::Receiver<bool>,
+    /// Units the circuit breaker holds down, until they answer again.
+    down: watch::Receiver<BTreeSet<u8>>,
     /// Moving average of how long a successful job held the bus, in µs (0: none yet).
     job_us: Arc<AtomicU64>,
 }
@@ -95,6 +98,13 @@ impl Handle {
     #[must_use]
     pub fn up_watch(&self) -> watch::Receiver<bool> {
         self.up.clone()
+    }
+
+    /// A receiver of the units the circuit breaker holds down (marked down after consecutive
+    /// timeouts, until they answer again); it changes only when a unit goes down or comes back.
+    #[must_use]
+    pub fn down_watch(&self) -> watch::Receiver<BTreeSet<u8>> {
+        self.down.clone()
     }
 
     /// Queues `ops` and waits for the result.
@@ -205,6 +215,7 @@ pub fn spawn_after<L: Link>(
     let (tx, rx) = mpsc::channel(bus.queue_capacity.max(1));
     let (polls_tx, polls) = mpsc::channel(bus.queue_capacity.max(1));
     let (up_tx, up) = watch::channel(false);
+    let (down_tx, down) = watch::channel(BTreeSet::new());
     let job_us = Arc::new(AtomicU64::new(0));
     let handle = Handle {
         id: id.clone(),
@@ -212,6 +223,7 @@ pub fn spawn_after<L: Link>(
         polls: polls_tx,
         capacity: bus.queue_capacity,
         up,
+        down,
         job_us: Arc::clone(&job_us),
     };
     let actor = Actor {
@@ -222,6 +234,7 @@ pub fn spawn_after<L: Link>(
         next_open: Instant::now(),
         last_error: String::from("not connected yet"),
         up: up_tx,
+        down: down_tx,
         units: std::collections::HashMap::new(),
         job_us,
     };
@@ -246,6 +259,7 @@ struct Actor<L> {
     next_open: Instant,
     last_error: String,
     up: watch::Sender<bool>,
+    down: watch::Sender<BTreeSet<u8>>,
     /// Health per unit id (0 on raw serial lines), for the circuit breaker.
     units: std::collections::HashMap<u8, UnitHealth>,
     /// Shared with the handles: see [`Handle::admit`].
@@ -504,6 +518,7 @@ impl<L: Link> Actor<L> {
                 let threshold = self.settings.down_after;
                 if threshold > 0 && health.timeouts >= threshold {
                     health.down_until = Some(Instant::now() + self.settings.down_for);
+                    self.down.send_if_modified(|down| down.insert(unit));
                     log::warn!(bus = bus, unit = unit, device_id = &*label.device;
                         "unit {unit} on bus {bus} marked down after {} consecutive timeouts; requests fail fast (503) for {} ms",
                         health.timeouts, self.settings.down_for.as_millis());
@@ -511,6 +526,7 @@ impl<L: Link> Actor<L> {
             }
             None | Some(Error::Exception { .. } | Error::Protocol(_)) => {
                 if health.down_until.take().is_some() {
+                    self.down.send_if_modified(|down| down.remove(&unit));
                     log::info!(bus = bus, unit = unit, device_id = &*label.device; "unit {unit} on bus {bus} answers again");
                 }
                 health.timeouts = 0;

@@ -28,8 +28,9 @@ use crate::config::{self, BusSpec, Config};
 use crate::hub::limiter::Pacer;
 use crate::hub::service::Service;
 use crate::hub::{session, tls};
+use crate::services::methods::MethodStats;
 use crate::services::methods::{self, Methods};
-use crate::services::telemetry;
+use crate::services::{c2d, telemetry, twin};
 pub use reload::HubIdentity;
 use reload::Identity;
 pub use reload::Plan;
@@ -89,6 +90,9 @@ pub struct Gateway {
     telemetry: (config::Telemetry, Arc<telemetry::Shared>),
     /// Opened with the first device that has telemetry, for the life of the process.
     store: Option<(telemetry::store::Settings, telemetry::store::Store)>,
+    /// What every device's twin shares (gateway-wide pacing), with the `[twin]` it was built
+    /// from; built with the first device that has a twin, again when `[twin]` changes.
+    twin: Option<(config::TwinSettings, Arc<twin::Shared>)>,
     hub: HubIdentity,
     connected: Arc<AtomicUsize>,
     /// Parent of every generation's `Shared::draining`.
@@ -178,6 +182,7 @@ impl Gateway {
             shared: new_shared(&config.hub, tls, &connected, &draining),
             telemetry: new_telemetry(&config.telemetry),
             store: None,
+            twin: None,
             hub: HubIdentity::of(&config.hub),
             connected,
             draining,
@@ -232,6 +237,18 @@ impl Gateway {
         }
     }
 
+    /// The twin pacing for `settings`: the running one, or a new one when `[twin]` changed.
+    fn twin_shared(&mut self, settings: &config::TwinSettings) -> Arc<twin::Shared> {
+        match &self.twin {
+            Some((current, shared)) if current == settings => shared.clone(),
+            _ => {
+                let shared = Arc::new(twin::Shared::new(settings));
+                self.twin = Some((settings.clone(), shared.clone()));
+                shared
+            }
+        }
+    }
+
     /// Starts a device session on its (already running) bus; with `after`, it connects only once
     /// `after` is cancelled (the previous session of the same id is gone).
     fn spawn_device(
@@ -244,9 +261,17 @@ impl Gateway {
         } else {
             Some(self.store().clone())
         };
+        let twin_shared = config.twin.as_ref().map(|t| self.twin_shared(&t.settings));
         // Validation guarantees the bus exists.
         let bus = self.buses.get(&config.bus)?;
         let id: Arc<str> = config.id.as_str().into();
+        let (stats, stats_rx) = match &config.twin {
+            Some(_) => {
+                let (tx, rx) = tokio::sync::watch::channel(MethodStats::default());
+                (Some(tx), Some(rx))
+            }
+            None => (None, None),
+        };
         let methods = Methods::new(methods::Device {
             id: id.clone(),
             unit: config.unit,
@@ -255,7 +280,20 @@ impl Gateway {
             methods: config.methods.clone(),
             raw_methods: config.raw_methods,
             max_payload_bytes: self.shared.hub.max_payload_bytes,
+            stats,
         });
+        let c2d = config
+            .c2d
+            .clone()
+            .map(|settings| (methods.device().clone(), settings));
+        let twin_leaf = match (&config.twin, stats_rx) {
+            (Some(t), Some(stats)) => Some(twin::Leaf {
+                device: methods.device().clone(),
+                twin: t.clone(),
+                stats,
+            }),
+            _ => None,
+        };
         let leaf = (!config.telemetry.is_empty()).then(|| telemetry::Leaf {
             device_id: id.clone(),
             unit: config.unit,
@@ -265,6 +303,7 @@ impl Gateway {
         let credentials = session::Credentials {
             device_id: id,
             key: config.key.clone(),
+            model_id: config.model_id.as_deref().map(Arc::from),
         };
         let tasks = self.sessions.clone();
         let telemetry = self.telemetry.1.clone();
@@ -299,6 +338,15 @@ impl Gateway {
                         &session_stop,
                         &polling,
                     );
+                    services.push(Box::new(service));
+                }
+                if let Some((device, settings)) = c2d {
+                    let service = c2d::C2d::new(device, settings, session.outlet());
+                    services.push(Box::new(service));
+                }
+                if let (Some(leaf), Some(shared)) = (twin_leaf, twin_shared) {
+                    let service =
+                        twin::start(leaf, session.outlet(), &shared, &tasks, &session_stop);
                     services.push(Box::new(service));
                 }
                 session

@@ -78,6 +78,16 @@ pub fn parse(topic: &str) -> Result<(String, Vec<(String, String)>), TopicError>
         "" => "",
         b => b.strip_prefix('/').ok_or(TopicError::NotD2c)?,
     };
+    Ok((device.to_owned(), parse_bag(bag)?))
+}
+
+/// A property bag (`k1=v1&k2=v2`, percent-encoded) decoded, in order; a key without `=` has an
+/// empty value. Shared by D2C topics (read back by the emulator) and C2D topics (read by
+/// leafgate).
+///
+/// # Errors
+/// When a key or value is not percent-encoded UTF-8.
+pub fn parse_bag(bag: &str) -> Result<Vec<(String, String)>, TopicError> {
     // The .NET SDK ends the bag with a slash.
     let bag = bag.strip_suffix('/').unwrap_or(bag);
     let mut properties = Vec::new();
@@ -85,7 +95,7 @@ pub fn parse(topic: &str) -> Result<(String, Vec<(String, String)>), TopicError>
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         properties.push((decode(key)?, decode(value)?));
     }
-    Ok((device.to_owned(), properties))
+    Ok(properties)
 }
 
 fn decode(text: &str) -> Result<String, TopicError> {

@@ -3,6 +3,7 @@
 //! `sas`, `topics` and `connstr` are pure; `session` does the I/O; `limiter` paces connects
 //! across all sessions; `tls` builds the shared TLS settings; `settings` is `[hub]` validated.
 
+pub mod c2d;
 pub mod connstr;
 pub mod d2c;
 pub mod limiter;
@@ -13,5 +14,6 @@ pub mod session;
 pub mod settings;
 pub mod tls;
 pub mod topics;
+pub mod twin;
 
 pub use settings::Settings;

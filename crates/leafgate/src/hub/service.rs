@@ -127,10 +127,21 @@ impl Context<'_> {
     where
         F: Future<Output = Outbound> + Send + 'static,
     {
+        self.spawn_then(async move { Some(task.await) });
+    }
+
+    /// Like [`Context::spawn`], for work that may end with nothing to publish.
+    pub fn spawn_then<F>(&mut self, task: F)
+    where
+        F: Future<Output = Option<Outbound>> + Send + 'static,
+    {
         let tx = self.work.tx.clone();
         let device_id = self.device_id.clone();
         self.work.tasks.spawn(async move {
-            let message = Box::new(task.await);
+            let Some(message) = task.await else {
+                return;
+            };
+            let message = Box::new(message);
             if let Err(tokio::sync::mpsc::error::SendError(message)) = tx.send(message).await
                 && let Some(label) = message.label()
             {

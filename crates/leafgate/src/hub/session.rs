@@ -61,15 +61,23 @@ pub struct Shared {
 pub struct Credentials {
     pub device_id: Arc<str>,
     pub key: Key,
+    /// The device's IoT Plug and Play model (DTMI), announced in the username.
+    pub model_id: Option<Arc<str>>,
 }
 
-/// The MQTT username for a device.
+/// The MQTT username for a device, with its IoT Plug and Play model when it has one
+/// (`model-id` needs api-version 2020-09-30 or later; `iothub-protocol.md` 1.2).
 #[must_use]
-pub fn username(hostname: &str, device_id: &str) -> String {
-    format!(
+pub fn username(hostname: &str, device_id: &str, model_id: Option<&str>) -> String {
+    let mut name = format!(
         "{hostname}/{device_id}/?api-version={API_VERSION}&DeviceClientType={}",
         sas::percent_encode(concat!("leafgate/", env!("CARGO_PKG_VERSION")))
-    )
+    );
+    if let Some(model) = model_id {
+        name.push_str("&model-id=");
+        name.push_str(&sas::percent_encode(model));
+    }
+    name
 }
 
 fn unix_now() -> u64 {
@@ -104,6 +112,7 @@ enum Ended {
 struct Device {
     id: Arc<str>,
     key: Key,
+    model_id: Option<Arc<str>>,
     services: Vec<Box<dyn Service>>,
     /// QoS 1 messages that may await their PUBACK at once: the largest any service asks for.
     window: u16,
@@ -198,6 +207,7 @@ impl Session {
         let device = Device {
             id: credentials.device_id,
             key: credentials.key,
+            model_id: credentials.model_id,
             services,
             window,
         };
@@ -351,7 +361,10 @@ async fn connect_once(
     let mut options = MqttOptions::new(&*id, &hub.connect_host, hub.port);
     let max_packet = hub.max_payload_bytes.max(256 * 1024) + 4096;
     options
-        .set_credentials(username(&hub.hostname, &id), token)
+        .set_credentials(
+            username(&hub.hostname, &id, device.model_id.as_deref()),
+            token,
+        )
         .set_keep_alive(hub.keep_alive)
         .set_clean_session(false)
         // Cloud-to-device messages are acknowledged when they have been handled, not when they
@@ -671,11 +684,15 @@ mod tests {
     #[test]
     fn username_follows_the_recommended_form() {
         assert_eq!(
-            username("myhub.azure-devices.net", "pump-7"),
+            username("myhub.azure-devices.net", "pump-7", None),
             format!(
                 "myhub.azure-devices.net/pump-7/?api-version=2021-04-12&DeviceClientType=leafgate%2F{}",
                 env!("CARGO_PKG_VERSION")
             )
+        );
+        assert!(
+            username("h", "d", Some("dtmi:com:example:Pump;1"))
+                .ends_with("&model-id=dtmi%3Acom%3Aexample%3APump%3B1")
         );
     }
 

@@ -8,5 +8,7 @@
 //! and `mapping`, never the supervisor (`gateway`), which builds the services of each device and
 //! starts its session.
 
+pub mod c2d;
 pub mod methods;
 pub mod telemetry;
+pub mod twin;

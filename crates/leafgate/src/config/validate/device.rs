@@ -11,8 +11,8 @@ use super::bus::Units;
 use super::device_key::resolve_key;
 use super::profile::Profiles;
 use super::twin::{resolve_model_id, resolve_twin};
-use crate::config::{C2d, Device, TwinSettings};
 use crate::config::schema::{BusKind, DeviceConfig};
+use crate::config::{C2d, Device, TwinSettings};
 use crate::mapping::Method;
 use crate::mapping::group::Group;
 

@@ -174,9 +174,16 @@ pub fn validate(files: Vec<(PathBuf, FileConfig)>) -> Result<Config, Vec<Problem
             .as_ref()
             .map(|(host, gateway)| (host.as_str(), gateway.as_deref()));
         let on = BusRef { kind, units };
-        if let Some(device) =
-            resolve_device(file, path, d, on, hub_names, &sections, &mut profiles, &mut p)
-        {
+        if let Some(device) = resolve_device(
+            file,
+            path,
+            d,
+            on,
+            hub_names,
+            &sections,
+            &mut profiles,
+            &mut p,
+        ) {
             devices.push(device);
         }
     }

@@ -74,7 +74,9 @@ impl<'a> Profiles<'a> {
         let (file, path, profile) = self.def(id)?;
         let compiled = cached(&mut self.methods, id, kind, || {
             (profile.method.iter().enumerate())
-                .map(|(i, m)| Method::compile(m, kind, &format!("{path}.method[{i}]")).map(Arc::new))
+                .map(|(i, m)| {
+                    Method::compile(m, kind, &format!("{path}.method[{i}]")).map(Arc::new)
+                })
                 .collect()
         });
         Some((file, compiled))
@@ -106,7 +108,9 @@ impl<'a> Profiles<'a> {
         let (file, path, profile) = self.def(id)?;
         let compiled = cached(&mut self.desired, id, kind, || {
             (profile.desired.iter().enumerate())
-                .map(|(i, m)| Method::compile(m, kind, &format!("{path}.desired[{i}]")).map(Arc::new))
+                .map(|(i, m)| {
+                    Method::compile(m, kind, &format!("{path}.desired[{i}]")).map(Arc::new)
+                })
                 .collect()
         });
         Some((file, compiled))

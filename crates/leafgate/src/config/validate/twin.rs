@@ -41,7 +41,12 @@ pub(super) fn resolve_twin_settings(file: &Path, t: &TwinConfig, p: &mut Problem
     range("report_interval_ms", t.report_interval_ms, 100, 3_600_000);
     range("request_timeout_ms", t.request_timeout_ms, 1000, 300_000);
     range("max_gets_per_s", u64::from(t.max_gets_per_s), 1, 10_000);
-    range("max_patches_per_s", u64::from(t.max_patches_per_s), 1, 10_000);
+    range(
+        "max_patches_per_s",
+        u64::from(t.max_patches_per_s),
+        1,
+        10_000,
+    );
     TwinSettings {
         report_interval: Duration::from_millis(t.report_interval_ms),
         request_timeout: Duration::from_millis(t.request_timeout_ms),
@@ -208,9 +213,17 @@ pub(super) fn resolve_twin(
     let profile = d.profile.as_deref().and_then(|id| profiles.def(id));
     let Some(settings) = settings else {
         let maps = |reported: bool, property: bool, desired: bool| reported || property || desired;
-        let own = maps(!d.reported.is_empty(), !d.property.is_empty(), !d.desired.is_empty());
+        let own = maps(
+            !d.reported.is_empty(),
+            !d.property.is_empty(),
+            !d.desired.is_empty(),
+        );
         let inherited = profile.is_some_and(|(_, _, pr)| {
-            maps(!pr.reported.is_empty(), !pr.property.is_empty(), !pr.desired.is_empty())
+            maps(
+                !pr.reported.is_empty(),
+                !pr.property.is_empty(),
+                !pr.desired.is_empty(),
+            )
         });
         if own || inherited {
             p.add(
@@ -223,7 +236,10 @@ pub(super) fn resolve_twin(
     };
     // Every reported key, with the config key it comes from, to name collisions.
     let mut keys: BTreeMap<String, String> = BTreeMap::new();
-    keys.insert(HEALTH_KEY.to_owned(), "leafgate's own view of the device".to_owned());
+    keys.insert(
+        HEALTH_KEY.to_owned(),
+        "leafgate's own view of the device".to_owned(),
+    );
     let mut claim = |p: &mut Problems, file: &Path, key: &str, at: String| {
         if let Err(why) = twin_key(key) {
             p.add(file, at.clone(), why);
@@ -239,8 +255,11 @@ pub(super) fn resolve_twin(
 
     // Static values: the profile's, then the device's own.
     let mut reported: BTreeMap<String, Value> = BTreeMap::new();
-    let mut sources: Vec<(&Path, String, &BTreeMap<String, crate::config::schema::Constant>)> =
-        Vec::new();
+    let mut sources: Vec<(
+        &Path,
+        String,
+        &BTreeMap<String, crate::config::schema::Constant>,
+    )> = Vec::new();
     if let Some((pfile, ppath, pr)) = profile {
         sources.push((pfile, format!("{ppath}.reported"), &pr.reported));
     }
@@ -278,7 +297,9 @@ pub(super) fn resolve_twin(
         p,
     );
     for (name, (method, at)) in &desired {
-        let at = at.clone().unwrap_or_else(|| format!("desired property {name:?} of profile {pid:?}"));
+        let at = at
+            .clone()
+            .unwrap_or_else(|| format!("desired property {name:?} of profile {pid:?}"));
         if !method.may_write() {
             p.add(
                 file,
@@ -317,7 +338,9 @@ pub(super) fn resolve_twin(
         p,
     );
     for (name, (method, at)) in &properties {
-        let at = at.clone().unwrap_or_else(|| format!("property {name:?} of profile {pid:?}"));
+        let at = at
+            .clone()
+            .unwrap_or_else(|| format!("property {name:?} of profile {pid:?}"));
         if method.writes_modbus() {
             p.add(
                 file,
@@ -336,11 +359,18 @@ pub(super) fn resolve_twin(
         properties: properties
             .into_iter()
             .map(|(name, (read, _))| {
-                let interval = intervals.get(&name).copied().flatten().map(Duration::from_secs);
+                let interval = intervals
+                    .get(&name)
+                    .copied()
+                    .flatten()
+                    .map(Duration::from_secs);
                 Arc::new(Property { read, interval })
             })
             .collect(),
-        desired: desired.into_iter().map(|(name, (m, _))| (name, m)).collect(),
+        desired: desired
+            .into_iter()
+            .map(|(name, (m, _))| (name, m))
+            .collect(),
     })
 }
 
@@ -350,7 +380,8 @@ mod tests {
     use super::*;
 
     const BUS: &str = "[[bus]]\nid = \"plc\"\nkind = \"modbus_tcp\"\naddress = \"127.0.0.1:502\"\n";
-    const DEVICE: &str = "[[device]]\nid = \"pump-1\"\nbus = \"plc\"\nunit = 1\nshared_access_key = \"c2VjcmV0\"\n";
+    const DEVICE: &str =
+        "[[device]]\nid = \"pump-1\"\nbus = \"plc\"\nunit = 1\nshared_access_key = \"c2VjcmV0\"\n";
     const SETPOINT: &str = "[[device.desired]]\nname = \"speedSetpoint\"\n[[device.desired.step]]\nop = \"write\"\ntable = \"holding\"\naddress = 10\nfields = [{ name = \"speedSetpoint\", type = \"u16\", max = 3000 }]\n";
     const SERIAL: &str = "[[device.property]]\nname = \"identity\"\n[[device.property.step]]\nop = \"read\"\ntable = \"input\"\naddress = 0\nfields = [{ name = \"serialNumber\", type = \"u32\" }]\n";
 
@@ -381,7 +412,10 @@ mod tests {
     fn twin_mappings_without_a_twin_section_are_named() {
         let got = config("", SETPOINT);
         assert_eq!(got.len(), 1, "{got:?}");
-        assert!(got[0].starts_with("device[0]: device \"pump-1\" maps twin properties"), "{got:?}");
+        assert!(
+            got[0].starts_with("device[0]: device \"pump-1\" maps twin properties"),
+            "{got:?}"
+        );
     }
 
     #[test]
@@ -389,10 +423,15 @@ mod tests {
         let read_only_desired = SETPOINT
             .replace("op = \"write\"", "op = \"read\"")
             .replace(", max = 3000", "");
-        let writing_property = SERIAL.replace("op = \"read\"\ntable = \"input\"", "op = \"write\"\ntable = \"holding\"");
+        let writing_property = SERIAL.replace(
+            "op = \"read\"\ntable = \"input\"",
+            "op = \"write\"\ntable = \"holding\"",
+        );
         let got = config(
             "[twin]\nreport_interval_ms = 10\n[c2d]\nmethod_property = \"$method\"\n",
-            &format!("model_id = \"pump\"\n[device.reported]\n\"asset.tag\" = 1\nspeedSetpoint = 2\n{read_only_desired}{writing_property}"),
+            &format!(
+                "model_id = \"pump\"\n[device.reported]\n\"asset.tag\" = 1\nspeedSetpoint = 2\n{read_only_desired}{writing_property}"
+            ),
         );
         let expected = [
             "twin.report_interval_ms: 10 is outside 100..=3600000",
@@ -404,7 +443,10 @@ mod tests {
             "device[0].property[0].step: a property read from the hardware may not write",
         ];
         for e in expected {
-            assert!(got.iter().any(|g| g.starts_with(e)), "missing {e:?} in {got:#?}");
+            assert!(
+                got.iter().any(|g| g.starts_with(e)),
+                "missing {e:?} in {got:#?}"
+            );
         }
     }
 

@@ -151,7 +151,9 @@ impl Method {
             if let Step::Write { fields: inputs, .. } | Step::Send { params: inputs, .. } = step {
                 for input in inputs {
                     if matches!(input.source, Source::Payload { .. })
-                        && fields.iter().all(|f: &Field<'_>| f.name != input.placed.name)
+                        && fields
+                            .iter()
+                            .all(|f: &Field<'_>| f.name != input.placed.name)
                     {
                         fields.push(Field::of(&input.placed));
                     }

@@ -3,9 +3,10 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::bus::{self, Op};
@@ -22,6 +23,24 @@ pub struct Device {
     pub methods: BTreeMap<String, Arc<Method>>,
     pub raw_methods: bool,
     pub max_payload_bytes: usize,
+    /// Counts of the device's requests by status, for its twin's reported health; `None` when
+    /// nothing reports them.
+    pub stats: Option<watch::Sender<MethodStats>>,
+}
+
+/// What the device twin reports about a device's methods.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MethodStats {
+    pub by_status: BTreeMap<u16, u64>,
+    pub last_error: Option<LastError>,
+}
+
+/// The device's most recent failed request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastError {
+    pub status: u16,
+    pub method: String,
+    pub at: SystemTime,
 }
 
 /// What to publish for one request, and the time after which publishing is pointless.
@@ -81,11 +100,49 @@ impl Device {
                 (status, body)
             }
         };
+        self.count(status, name);
         Response {
             status,
             body,
             deadline,
         }
+    }
+
+    /// Counts one request's status for the device's reported health.
+    fn count(&self, status: u16, method: &str) {
+        if let Some(stats) = &self.stats {
+            stats.send_modify(|stats| {
+                *stats.by_status.entry(status).or_default() += 1;
+                if status != 200 {
+                    stats.last_error = Some(LastError {
+                        status,
+                        method: method.to_owned(),
+                        at: SystemTime::now(),
+                    });
+                }
+            });
+        }
+    }
+
+    /// Runs a mapped `method` (a desired property's writes, a property's reads) with `payload`,
+    /// through the bus's method lane like a direct method, within the method's timeout.
+    /// `what` names it in the bus's log lines.
+    ///
+    /// # Errors
+    /// The failure, as a direct method would meet it: an invalid payload before any bus
+    /// transaction, or what the bus or the reply decoding reported.
+    pub async fn apply(
+        &self,
+        method: &Method,
+        what: &str,
+        payload: &Value,
+    ) -> Result<Value, Failure> {
+        let received = Instant::now();
+        let ops = method.prepare(self.unit, payload)?;
+        let outputs = self
+            .execute(ops, what, "", received, method.timeout)
+            .await?;
+        Ok(method.reply(&outputs)?)
     }
 
     async fn run(
@@ -133,6 +190,27 @@ impl Device {
                 }
             },
         };
+        let outputs = self.execute(ops, name, rid, received, timeout).await?;
+        match plan {
+            Plan::Configured(m) => Ok(m.reply(&outputs)?),
+            Plan::Raw(kind) => match outputs.first() {
+                Some(out) => Ok(raw::reply(kind, out)),
+                None => Err(Failure::Internal(
+                    "raw method produced no output".to_owned(),
+                )),
+            },
+        }
+    }
+
+    /// Submits `ops` to the bus and waits for them, within `timeout` from `received`.
+    async fn execute(
+        &self,
+        ops: Vec<Op>,
+        name: &str,
+        rid: &str,
+        received: Instant,
+        timeout: Duration,
+    ) -> Result<Vec<bus::Output>, Failure> {
         let deadline = received + timeout;
         let bus_deadline = deadline - margin(timeout);
         let label = bus::Label {
@@ -147,7 +225,7 @@ impl Device {
         };
         // The bus honours the deadline itself; this outer bound is a safety net so a bug there
         // can never make us miss ours.
-        let outputs = tokio::time::timeout_at(
+        tokio::time::timeout_at(
             deadline - margin(timeout) / 2,
             self.bus.submit(ops, bus_deadline, label),
         )
@@ -160,15 +238,6 @@ impl Device {
                 },
             }))
         })?
-        .map_err(bus_failure)?;
-        match plan {
-            Plan::Configured(m) => Ok(m.reply(&outputs)?),
-            Plan::Raw(kind) => match outputs.first() {
-                Some(out) => Ok(raw::reply(kind, out)),
-                None => Err(Failure::Internal(
-                    "raw method produced no output".to_owned(),
-                )),
-            },
-        }
+        .map_err(bus_failure)
     }
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-pub use device::{Device, Response};
+pub use device::{Device, LastError, MethodStats, Response};
 
 use crate::hub::service::{Context, Filter, Label, Outbound, Reply, Service};
 use crate::hub::topics;
@@ -41,6 +41,12 @@ impl Methods {
         Self {
             device: Arc::new(device),
         }
+    }
+
+    /// The device, for the services that run its methods too (twin, cloud-to-device).
+    #[must_use]
+    pub fn device(&self) -> &Arc<Device> {
+        &self.device
     }
 }
 
