@@ -21,18 +21,18 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
 const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
-const WAIT: Duration = Duration::from_secs(30);
+pub(crate) const WAIT: Duration = Duration::from_secs(30);
 
 /// A TLS listener with a certificate leafgate is told to trust, and nothing else: every packet
 /// is the test's to send or withhold.
-struct RawHub {
+pub(crate) struct RawHub {
     listener: TcpListener,
     acceptor: TlsAcceptor,
     _dir: tempfile::TempDir,
     config: std::path::PathBuf,
 }
 
-struct RawConn {
+pub(crate) struct RawConn {
     stream: TlsStream<TcpStream>,
     rbuf: BytesMut,
 }
@@ -46,7 +46,7 @@ impl RawHub {
 
     /// As [`RawHub::start`], with `device_extra` appended to the device's section (telemetry
     /// groups). A `[telemetry]` section can end `hub_extra`.
-    async fn start_with(
+    pub(crate) async fn start_with(
         plc: &TcpServer,
         hub_extra: &str,
         bus_extra: &str,
@@ -101,13 +101,13 @@ raw_methods = true
         }
     }
 
-    fn gateway(&self) -> Gateway {
+    pub(crate) fn gateway(&self) -> Gateway {
         let cfg = leafgate::config::load(&self.config).unwrap_or_else(|e| panic!("{e}"));
         Gateway::start(&cfg).unwrap()
     }
 
     /// The next connection, after its TLS handshake and CONNECT, answered with CONNACK 0.
-    async fn accept(&self) -> RawConn {
+    pub(crate) async fn accept(&self) -> RawConn {
         let (tcp, _) = tokio::time::timeout(WAIT, self.listener.accept())
             .await
             .expect("leafgate did not connect")
@@ -130,7 +130,7 @@ raw_methods = true
 
 impl RawConn {
     /// The next packet leafgate sends; panics after `WAIT`.
-    async fn next(&mut self) -> Packet {
+    pub(crate) async fn next(&mut self) -> Packet {
         tokio::time::timeout(WAIT, self.read())
             .await
             .expect("leafgate sent nothing")
@@ -138,7 +138,7 @@ impl RawConn {
     }
 
     /// The next packet, or `None` once leafgate closes the connection.
-    async fn read(&mut self) -> Option<Packet> {
+    pub(crate) async fn read(&mut self) -> Option<Packet> {
         loop {
             match Packet::read(&mut self.rbuf, 1 << 20) {
                 Ok(packet) => return Some(packet),
@@ -153,21 +153,21 @@ impl RawConn {
     }
 
     /// The SUBSCRIBE that must follow CONNACK.
-    async fn subscribe(&mut self) -> Subscribe {
+    pub(crate) async fn subscribe(&mut self) -> Subscribe {
         match self.next().await {
             Packet::Subscribe(s) => s,
             other => panic!("expected SUBSCRIBE, got {other:?}"),
         }
     }
 
-    async fn suback(&mut self, subscribe: &Subscribe) {
+    pub(crate) async fn suback(&mut self, subscribe: &Subscribe) {
         let codes = vec![SubscribeReasonCode::Success(QoS::AtMostOnce); subscribe.filters.len()];
         self.send(&[Packet::SubAck(SubAck::new(subscribe.pkid, codes))])
             .await;
     }
 
     /// Encodes every packet into one buffer and writes it with one call.
-    async fn send(&mut self, packets: &[Packet]) {
+    pub(crate) async fn send(&mut self, packets: &[Packet]) {
         let mut buf = BytesMut::new();
         for p in packets {
             p.write(&mut buf, 1 << 20).unwrap();
@@ -178,7 +178,10 @@ impl RawConn {
 
     /// Replies by rid until every rid in `rids` has one; panics on a reply to a rid that
     /// already has one, or after `WAIT`.
-    async fn replies(&mut self, rids: usize) -> BTreeMap<String, (u16, serde_json::Value)> {
+    pub(crate) async fn replies(
+        &mut self,
+        rids: usize,
+    ) -> BTreeMap<String, (u16, serde_json::Value)> {
         let mut got = BTreeMap::new();
         let until = Instant::now() + WAIT;
         while got.len() < rids {
@@ -198,7 +201,7 @@ impl RawConn {
     }
 }
 
-fn request(name: &str, rid: &str, payload: &serde_json::Value) -> Packet {
+pub(crate) fn request(name: &str, rid: &str, payload: &serde_json::Value) -> Packet {
     Packet::Publish(Publish::new(
         format!("$iothub/methods/POST/{name}/?$rid={rid}"),
         QoS::AtMostOnce,

@@ -36,6 +36,11 @@ mod store;
 /// method names.
 mod hub_hostile;
 
+/// Device twins and cloud-to-device commands against the raw hostile peer: throttled and
+/// silent twin requests, desired versions out of order, C2D acknowledged only after the run
+/// and redelivered without running twice.
+mod twin_hostile;
+
 /// The real binary: `check` and `run` exit codes, SIGTERM, secrets kept out of the log.
 mod cli;
 
