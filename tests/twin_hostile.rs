@@ -348,3 +348,47 @@ async fn a_command_is_acknowledged_after_it_ran_and_a_redelivery_does_not_run_it
     assert_eq!(writes_to(&regs, 20), 1, "the redelivered command ran again");
     drop(gateway);
 }
+
+/// The health view follows the circuit breaker: a unit that stops answering is reported
+/// `down` once it is marked down, and `online` again once it answers, each with a new `since`;
+/// the failures are counted and the last one named.
+#[tokio::test]
+async fn reported_health_follows_a_unit_going_down_and_coming_back() {
+    let regs = Registers::with_units([1]);
+    let plc = TcpServer::start(regs.clone()).await.unwrap();
+    let hub = RawHub::start_with(
+        &plc,
+        TWIN,
+        "timeout_ms = 100\ndown_after = 2\ndown_for_ms = 200",
+        DEVICE,
+    )
+    .await;
+    let gateway = hub.gateway();
+    let document = json!({"desired": {"$version": 1}, "reported": {"$version": 1}});
+    let mut conn = synced(&hub, &document).await;
+    let first = patched(&mut conn, "leafgate", |h| h["state"] == "online").await;
+
+    regs.set_fault(1, Fault::Silent);
+    let read = json!({"table": "holding", "address": 7, "count": 1});
+    for rid in ["t1", "t2"] {
+        conn.send(&[request("modbus.read", rid, &read)]).await;
+    }
+    let down = patched(&mut conn, "leafgate", |h| h["state"] == "down").await;
+    assert_ne!(down["since"], first["since"]);
+    assert_eq!(down["lastError"]["status"], 504, "{down}");
+    assert_eq!(down["lastError"]["method"], "modbus.read");
+
+    regs.clear_faults(1);
+    // After down_for_ms the next request probes the unit; its answer brings it back.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    conn.send(&[request("modbus.read", "t3", &read)]).await;
+    // The unit is back as the bus reads its answer, and the request is counted as its reply
+    // goes out: one or two PATCHes.
+    let up = patched(&mut conn, "leafgate", |h| {
+        h["state"] == "online" && h["methods"]["200"] == 1
+    })
+    .await;
+    assert_ne!(up["since"], down["since"]);
+    assert_eq!(up["methods"]["504"], 2, "{up}");
+    drop(gateway);
+}
