@@ -34,6 +34,9 @@ use crate::logtext;
 use crate::mapping::respond;
 use crate::services::methods::MethodStats;
 
+/// Notifications kept while the twin is being read.
+const MAX_EARLY: usize = 16;
+
 /// A wait for the next request's gateway-wide slot.
 type Slot = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -91,6 +94,8 @@ struct Task {
     /// Notifications that came while the twin was being read: applied after the GET's answer
     /// when newer than it.
     early: Vec<(u64, Map<String, Value>)>,
+    /// Notifications were dropped while the twin was read: read it once more.
+    read_again: bool,
     inflight: Option<InFlight>,
     rid: u64,
     reported: Reported,
@@ -112,7 +117,7 @@ pub(super) async fn run(
     leaf: Leaf,
     outlet: Outlet,
     shared: Arc<Shared>,
-    mut inbox: mpsc::Receiver<Incoming>,
+    mut inbox: mpsc::Receiver<Box<Incoming>>,
     mut connections: watch::Receiver<u64>,
     stop: CancellationToken,
 ) {
@@ -129,6 +134,7 @@ pub(super) async fn run(
         synced: false,
         desired_version: 0,
         early: Vec::new(),
+        read_again: false,
         inflight: None,
         rid: 0,
         reported: Reported::default(),
@@ -170,7 +176,7 @@ pub(super) async fn run(
                 }
                 task.connected(*connections.borrow_and_update());
             }
-            Some(incoming) = inbox.recv() => task.incoming(incoming),
+            Some(incoming) = inbox.recv() => task.incoming(*incoming),
             Some(done) = jobs.join_next_with_id(), if !jobs.is_empty() => task.done(done),
             () = wait(&mut slot) => {
                 if let Some((ask, _)) = slot.take()
@@ -435,6 +441,11 @@ impl Task {
             return;
         };
         if !self.synced {
+            if self.early.len() >= MAX_EARLY {
+                // A hub pushing this many while the twin is read: its answer is stale already.
+                self.early.clear();
+                self.read_again = true;
+            }
             self.early.push((version, patch));
             return;
         }
