@@ -5,94 +5,16 @@
 
 use std::time::Duration;
 
-use bytes::BytesMut;
 use leafgate::hub::d2c;
-use leafgate::hub::sas::Key;
 use leafgate_emulator::{
     D2cMessage, DisconnectReason, Emulator, EmulatorConfig, Fault, MAX_MESSAGES_PER_READ, Target,
 };
 use rumqttc::mqttbytes::QoS;
-use rumqttc::mqttbytes::v4::{ConnectReturnCode, PubAck, Publish};
+use rumqttc::mqttbytes::v4::PubAck;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
-use super::{Packet, WAIT, key, raw_tls, send_connect, service, start, wait, write_packet};
-
-/// A device speaking raw MQTT: it reads with one buffer for the whole connection, so packets
-/// that arrive in one TLS record are all seen.
-struct RawDevice {
-    stream: tokio_rustls::client::TlsStream<TcpStream>,
-    rbuf: BytesMut,
-    next_pkid: u16,
-}
-
-impl RawDevice {
-    /// Connects as `id` (CleanSession 0) and takes its CONNACK, which must accept.
-    async fn connect(emu: &Emulator, id: &str, key: &Key) -> RawDevice {
-        let mut stream = raw_tls(emu).await;
-        send_connect(&mut stream, emu, id, key, 60).await;
-        let mut device = RawDevice {
-            stream,
-            rbuf: BytesMut::new(),
-            next_pkid: 1,
-        };
-        // Session present or not (CleanSession 0 reconnects resume one): accepted is enough.
-        let accepted = device.read().await;
-        assert!(
-            matches!(accepted, Some(Packet::ConnAck(ref ack)) if ack.code == ConnectReturnCode::Success),
-            "{accepted:?}"
-        );
-        device
-    }
-
-    /// Publishes `body` on `topic`; returns the packet id (0 for QoS 0).
-    async fn publish(&mut self, topic: &str, qos: QoS, body: &[u8]) -> u16 {
-        let mut publish = Publish::new(topic, qos, body.to_vec());
-        if qos != QoS::AtMostOnce {
-            publish.pkid = self.next_pkid;
-            self.next_pkid += 1;
-        }
-        let pkid = publish.pkid;
-        write_packet(&mut self.stream, Packet::Publish(publish)).await;
-        pkid
-    }
-
-    async fn send(&mut self, packet: Packet) {
-        write_packet(&mut self.stream, packet).await;
-    }
-
-    /// The next packet from the emulator; `None` once it closed the connection.
-    async fn read(&mut self) -> Option<Packet> {
-        tokio::time::timeout(WAIT, async {
-            loop {
-                match Packet::read(&mut self.rbuf, 1 << 20) {
-                    Ok(packet) => return Some(packet),
-                    Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {}
-                    Err(e) => panic!("emulator sent a malformed packet: {e}"),
-                }
-                match self.stream.read_buf(&mut self.rbuf).await {
-                    Ok(0) | Err(_) => return None,
-                    Ok(_) => {}
-                }
-            }
-        })
-        .await
-        .expect("emulator neither answered nor closed")
-    }
-
-    /// Proves that nothing was queued for this device before now: the emulator answers packets
-    /// in order, so whatever it would send for the earlier ones comes before this PINGRESP.
-    async fn assert_nothing_before_pingresp(&mut self) {
-        self.send(Packet::PingReq).await;
-        assert_eq!(self.read().await, Some(Packet::PingResp));
-    }
-
-    async fn assert_closed(&mut self) {
-        assert_eq!(self.read().await, None, "the emulator should have closed");
-        let _ = self.stream.shutdown().await;
-    }
-}
+use super::raw::RawDevice;
+use super::{Packet, WAIT, key, service, start, wait};
 
 fn puback(pkid: u16) -> Option<Packet> {
     Some(Packet::PubAck(PubAck::new(pkid)))

@@ -83,6 +83,7 @@ pub async fn run_cli(args: EmulatorArgs) -> anyhow::Result<()> {
         ca_path: args.ca_out.clone(),
         service_policy: (args.service_policy.clone(), service_key),
         telemetry_per_device: args.telemetry_per_device,
+        ..EmulatorConfig::default()
     };
     let emulator = Emulator::start(config)
         .await

@@ -1,6 +1,6 @@
 //! A minimal service-side client for the emulator's API: what a back-end application does to
-//! call a direct method, used by the integration tests and the demo; and a reader for the
-//! emulator's own telemetry endpoint.
+//! call a direct method or read and change a device twin, used by the integration tests and the
+//! demo; and a reader for the emulator's own telemetry endpoint.
 //!
 //! It speaks plain HTTP to the emulator's loopback listener but otherwise behaves like the SDKs:
 //! a fresh policy-signed SAS token per request, the id percent-encoded in the path, api-version
@@ -237,6 +237,90 @@ impl ServiceClient {
         .await
     }
 
+    /// `GET /twins/{device}`: 200 with the twin (`properties.desired`, `properties.reported`,
+    /// `etag`, `version`, ...) or the hub's error body.
+    ///
+    /// # Errors
+    /// As [`ServiceClient::invoke`].
+    pub async fn get_twin(&self, device: &str) -> Result<ServiceResponse, ClientError> {
+        self.request(
+            "GET",
+            &twin_path(device),
+            Some(&self.token()),
+            &[],
+            Bytes::new(),
+        )
+        .await
+    }
+
+    /// `PATCH /twins/{device}` with `twin` (e.g. `{"properties":{"desired":{..}}}`), as the
+    /// SDKs' `update_twin` sends it (`If-Match: "*"`).
+    ///
+    /// # Errors
+    /// As [`ServiceClient::invoke`].
+    pub async fn update_twin(
+        &self,
+        device: &str,
+        twin: &Value,
+    ) -> Result<ServiceResponse, ClientError> {
+        let body = Bytes::from(twin.to_string());
+        self.request(
+            "PATCH",
+            &twin_path(device),
+            Some(&self.token()),
+            &[("If-Match", "\"*\"")],
+            body,
+        )
+        .await
+    }
+
+    /// `PUT /twins/{device}` with `twin`, as the SDKs' `replace_twin` sends it.
+    ///
+    /// # Errors
+    /// As [`ServiceClient::invoke`].
+    pub async fn replace_twin(
+        &self,
+        device: &str,
+        twin: &Value,
+    ) -> Result<ServiceResponse, ClientError> {
+        let body = Bytes::from(twin.to_string());
+        self.request(
+            "PUT",
+            &twin_path(device),
+            Some(&self.token()),
+            &[("If-Match", "\"*\"")],
+            body,
+        )
+        .await
+    }
+
+    /// Any request: `method` (e.g. `"PATCH"`), path with query, an optional `Authorization`
+    /// value, extra headers, body. For tests of routes and malformed requests.
+    ///
+    /// # Errors
+    /// As [`ServiceClient::invoke`]; also [`ClientError::Request`] for a method or header that
+    /// is not valid HTTP.
+    pub async fn request(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        authorization: Option<&str>,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Result<ServiceResponse, ClientError> {
+        let method =
+            Method::from_bytes(method.as_bytes()).map_err(|e| ClientError::Request(e.into()))?;
+        self.send_with(
+            method,
+            path_and_query,
+            authorization,
+            headers,
+            body.into(),
+            CLIENT_SLACK,
+        )
+        .await
+    }
+
     /// A service token for this client's policy, valid for an hour.
     #[must_use]
     pub fn token(&self) -> String {
@@ -256,12 +340,28 @@ impl ServiceClient {
         body: Bytes,
         wait: Duration,
     ) -> Result<ServiceResponse, ClientError> {
+        self.send_with(method, path_and_query, authorization, &[], body, wait)
+            .await
+    }
+
+    async fn send_with(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        authorization: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Bytes,
+        wait: Duration,
+    ) -> Result<ServiceResponse, ClientError> {
         let mut builder = Request::builder()
             .method(method)
             .uri(format!("http://{}{path_and_query}", self.base))
             .header(CONTENT_TYPE, "application/json; charset=utf-8");
         if let Some(value) = authorization {
             builder = builder.header(AUTHORIZATION, value);
+        }
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
         }
         let request = builder
             .body(Full::new(body))
@@ -295,6 +395,11 @@ impl ServiceClient {
             .await
             .unwrap_or(Err(ClientError::Timeout(wait)))
     }
+}
+
+/// `/twins/{id}?api-version=2021-04-12`, the id percent-encoded.
+fn twin_path(device: &str) -> String {
+    format!("/twins/{}?api-version=2021-04-12", percent_encode(device))
 }
 
 fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {

@@ -1,10 +1,11 @@
 //! Hub faults a test switches on and off while devices run: the ways a real IoT Hub (or the
-//! network in front of it) fails a device that tries to connect, or that sends telemetry.
+//! network in front of it) fails a device that tries to connect, that sends telemetry, or that
+//! reads or reports its twin.
 //!
 //! A fault is a rule: what happens ([`Fault`]), to whom ([`Target`]), and until when (cleared by
 //! hand, after a duration, or for [`Fault::DropBeforePuback`] after so many strikes). The MQTT
 //! listener consults the rules for every new TCP connection and every CONNECT, and a connection
-//! task for every telemetry publish; otherwise connections already attached are not touched
+//! task for every telemetry publish and twin request; otherwise connections already attached are not touched
 //! (use [`Emulator::drop_all_connections`](super::Emulator::drop_all_connections) or
 //! [`Emulator::drop_connection`](super::Emulator::drop_connection) for that). Every change bumps
 //! a `watch` counter, so a stalled connection, a closed listener or a connection holding back
@@ -52,6 +53,21 @@ pub enum Fault {
     /// the daily message quota is used up (403002; MQTT has no way to say so). Connecting still
     /// works.
     QuotaExceeded(Target),
+    /// Answer every twin GET and reported PATCH with `$iothub/twin/res/429/` and
+    /// `{"errorCode":429001,...}`, as a throttled hub does; the twin is not changed.
+    TwinThrottle(Target),
+    /// Read twin GETs and reported PATCHes (PUBACK them at QoS 1, record them with no status)
+    /// and never answer them; a PATCH is not applied.
+    TwinSilent(Target),
+}
+
+/// What a twin fault does to one twin request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TwinStrike {
+    /// Answer 429.
+    Throttle,
+    /// Do not answer.
+    Silent,
 }
 
 /// What a telemetry fault does to one publish.
@@ -74,7 +90,9 @@ impl Fault {
             | Fault::CloseTcp
             | Fault::WithholdPubacks(_)
             | Fault::DropBeforePuback { .. }
-            | Fault::QuotaExceeded(_) => false,
+            | Fault::QuotaExceeded(_)
+            | Fault::TwinThrottle(_)
+            | Fault::TwinSilent(_) => false,
             Fault::Stall(t) | Fault::Hangup(t) | Fault::Refuse(t) | Fault::Throttle(t) => {
                 t.matches(client_id)
             }
@@ -145,7 +163,26 @@ impl Rule {
             | Fault::Stall(_)
             | Fault::Hangup(_)
             | Fault::Refuse(_)
-            | Fault::Throttle(_) => None,
+            | Fault::Throttle(_)
+            | Fault::TwinThrottle(_)
+            | Fault::TwinSilent(_) => None,
+        }
+    }
+
+    /// Whether this rule strikes a twin request from `device`, and how.
+    fn twin_strike(&self, device: &str) -> Option<TwinStrike> {
+        match &self.fault {
+            Fault::TwinThrottle(t) => t.matches(device).then_some(TwinStrike::Throttle),
+            Fault::TwinSilent(t) => t.matches(device).then_some(TwinStrike::Silent),
+            Fault::RefuseTcp
+            | Fault::CloseTcp
+            | Fault::Stall(_)
+            | Fault::Hangup(_)
+            | Fault::Refuse(_)
+            | Fault::Throttle(_)
+            | Fault::WithholdPubacks(_)
+            | Fault::DropBeforePuback { .. }
+            | Fault::QuotaExceeded(_) => None,
         }
     }
 }
@@ -292,6 +329,15 @@ impl Faults {
         Some(strike)
     }
 
+    /// The fault that strikes a twin request from `device`, if any: the oldest that applies.
+    pub(crate) fn on_twin(&self, device: &str) -> Option<TwinStrike> {
+        let now = Instant::now();
+        lock(&self.rules)
+            .iter()
+            .filter(|rule| rule.active(now))
+            .find_map(|rule| rule.twin_strike(device))
+    }
+
     /// Whether rule `id` is still in force: not cleared, expired or used up.
     pub(crate) fn is_active(&self, id: FaultId) -> bool {
         let now = Instant::now();
@@ -393,5 +439,22 @@ mod tests {
             faults.active(),
             [(FaultId(3), Fault::QuotaExceeded(Target::devices(["c"])))]
         );
+    }
+
+    #[test]
+    fn twin_faults_strike_twin_requests_only() {
+        let faults = Faults::new();
+        faults.inject(Fault::TwinSilent(Target::devices(["a"])), None);
+        let throttle = faults.inject(Fault::TwinThrottle(Target::All), None);
+        assert_eq!(
+            faults.on_twin("a"),
+            Some(TwinStrike::Silent),
+            "oldest first"
+        );
+        assert_eq!(faults.on_twin("b"), Some(TwinStrike::Throttle));
+        assert!(faults.on_connect("a").is_none());
+        assert_eq!(faults.on_telemetry("a", true), None);
+        faults.clear(throttle);
+        assert_eq!(faults.on_twin("b"), None);
     }
 }

@@ -1,8 +1,9 @@
 //! Time-stamped records for tests that measure behaviour over time: every connection attempt the
-//! MQTT listener saw (to compute connect rates and backoff gaps), and every direct-method
-//! exchange (to check that each request got exactly one response, and when).
+//! MQTT listener saw (to compute connect rates and backoff gaps), every direct-method exchange
+//! (to check that each request got exactly one response, and when), and every twin request a
+//! device published (with the status it was answered, if any).
 //!
-//! Both are bounded ([`MAX_RECORDS`] each): when a log is full its older half is forgotten, so a
+//! All are bounded ([`MAX_RECORDS`] each): when a log is full its older half is forgotten, so a
 //! long-running demo or CLI emulator keeps flat memory. Each change bumps a `watch`
 //! counter, so tests await a record instead of polling.
 
@@ -15,6 +16,7 @@ use tokio::time::Instant;
 use super::faults::Fault;
 use super::lock::lock;
 use super::registry::RefusalReason;
+use super::twin::TwinRequest;
 
 /// Most records kept per log; when full, the older half is dropped.
 pub const MAX_RECORDS: usize = 65_536;
@@ -179,6 +181,7 @@ impl<T: Clone> Ring<T> {
 pub(crate) struct History {
     connects: Ring<ConnectAttempt>,
     methods: Ring<MethodExchange>,
+    twin: Ring<TwinRequest>,
 }
 
 impl History {
@@ -186,7 +189,25 @@ impl History {
         History {
             connects: Ring::new(),
             methods: Ring::new(),
+            twin: Ring::new(),
         }
+    }
+
+    /// Records a twin request with the status it is answered (before the answer is written).
+    pub(crate) fn twin_request(&self, request: TwinRequest) {
+        self.twin.push(|_| request);
+    }
+
+    pub(crate) fn twin_requests(&self) -> Vec<TwinRequest> {
+        self.twin.snapshot()
+    }
+
+    pub(crate) async fn wait_twin(
+        &self,
+        timeout: Duration,
+        predicate: impl FnMut(&[TwinRequest]) -> bool,
+    ) -> Option<Vec<TwinRequest>> {
+        self.twin.wait_until(timeout, predicate).await
     }
 
     /// Records an attempt; returns its sequence number for [`History::attempt_closed`].

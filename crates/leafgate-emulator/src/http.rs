@@ -1,6 +1,8 @@
-//! The service API: `POST /twins/{deviceId}/methods?api-version=...` over HTTP/1.1 on loopback
-//! (`iothub-protocol.md` 4), plain and optionally over TLS with the emulator's certificate (the
-//! Azure service SDKs only build `https://{HostName}` URLs).
+//! The service API over HTTP/1.1 on loopback, plain and optionally over TLS with the emulator's
+//! certificate (the Azure service SDKs only build `https://{HostName}` URLs):
+//! - `POST /twins/{deviceId}/methods?api-version=...`: direct methods (`iothub-protocol.md` 4);
+//! - `GET`, `PATCH` and `PUT /twins/{deviceId}?api-version=...`: the device twin as the service
+//!   SDKs read and change it (see [`twin`] for the shape).
 //!
 //! Beside it, one route of the emulator's own, which no IoT hub has (the real back end reads
 //! telemetry from Event Hubs, not from the hub's REST API): `GET
@@ -37,8 +39,10 @@ use tokio_rustls::TlsAcceptor;
 use super::Shared;
 use super::clock::unix_now;
 use super::methods::{self, InvokeError, MAX_METHOD_PAYLOAD, MethodCall};
+use crate::registry::{ServiceTwin, TwinUpdate};
 use crate::sas::{self, TokenError, percent_decode};
 use crate::telemetry::D2cMessage;
+use crate::twin::TwinError;
 
 /// Largest request body read: a 128 KB payload plus the rest of the JSON envelope.
 const MAX_BODY: usize = MAX_METHOD_PAYLOAD + 16 * 1024;
@@ -158,6 +162,8 @@ where
 enum Target<'a> {
     /// `/twins/{id}/methods`, id still percent-encoded.
     DeviceMethods(&'a str),
+    /// `/twins/{id}`, id still percent-encoded.
+    Twin(&'a str),
     /// `/twins/{id}/modules/{module}/methods`.
     ModuleMethods,
     /// `/emulator/devices/{id}/messages`, id still percent-encoded.
@@ -177,6 +183,7 @@ fn target(path: &str) -> Target<'_> {
     };
     let parts: Vec<&str> = rest.split('/').collect();
     match parts.as_slice() {
+        [id] if !id.is_empty() => Target::Twin(id),
         [id, "methods"] if !id.is_empty() => Target::DeviceMethods(id),
         [id, "modules", module, "methods"] if !id.is_empty() && !module.is_empty() => {
             Target::ModuleMethods
@@ -214,6 +221,7 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
     let device = match target(&path) {
         Target::DeviceMethods(device) => device,
         Target::DeviceMessages(device) => return messages(shared, &request, device),
+        Target::Twin(device) => return twin(shared, request, device).await,
         Target::ModuleMethods => {
             return plain_error(
                 StatusCode::NOT_FOUND,
@@ -228,40 +236,10 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
         }
     };
     if request.method() != Method::POST {
-        let mut response = plain_error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!(
-                "The requested resource does not support http method '{}'.",
-                request.method()
-            ),
-        );
-        response
-            .headers_mut()
-            .insert(ALLOW, HeaderValue::from_static("POST"));
+        return method_not_allowed(request.method(), "POST");
+    }
+    if let Some(response) = refusal(shared, &request) {
         return response;
-    }
-    let has_api_version = request.uri().query().unwrap_or("").split('&').any(|pair| {
-        pair.strip_prefix("api-version=")
-            .is_some_and(|v| !v.is_empty())
-    });
-    if !has_api_version {
-        return hub_error(
-            StatusCode::BAD_REQUEST,
-            400_001,
-            "InvalidProtocolVersion",
-            "The api-version query parameter is required.",
-            json!({}),
-        );
-    }
-    if let Err(why) = authorize(shared, request.headers().get(AUTHORIZATION)) {
-        log::debug!("emulator: service api call refused: {why}");
-        return hub_error(
-            StatusCode::UNAUTHORIZED,
-            401_003,
-            "IoTHubUnauthorized",
-            why,
-            json!({}),
-        );
     }
     let Some(device) = percent_decode(device) else {
         return invoke_error(
@@ -269,18 +247,9 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
             0,
         );
     };
-    let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return invoke_error(&InvokeError::PayloadTooLarge(MAX_BODY), 0);
-        }
-        Err(e) => {
-            log::debug!("emulator: could not read service api request body: {e}");
-            return invoke_error(
-                &InvokeError::InvalidArgument("could not read the request body.".to_owned()),
-                0,
-            );
-        }
+    let body = match read_body(request.into_body()).await {
+        Ok(body) => body,
+        Err(response) => return response,
     };
     let call = match serde_json::from_slice::<InvokeBody>(&body) {
         Ok(parsed) => parsed.into_call(),
@@ -302,6 +271,195 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
     }
 }
 
+fn method_not_allowed(method: &Method, allow: &'static str) -> Response<Body> {
+    let mut response = plain_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("The requested resource does not support http method '{method}'."),
+    );
+    response
+        .headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
+    response
+}
+
+/// The checks every hub route makes before its own, in the hub's order: `api-version` present,
+/// then a valid service token. The error response when one fails.
+fn refusal(shared: &Shared, request: &Request<Incoming>) -> Option<Response<Body>> {
+    let has_api_version = request.uri().query().unwrap_or("").split('&').any(|pair| {
+        pair.strip_prefix("api-version=")
+            .is_some_and(|v| !v.is_empty())
+    });
+    if !has_api_version {
+        return Some(hub_error(
+            StatusCode::BAD_REQUEST,
+            400_001,
+            "InvalidProtocolVersion",
+            "The api-version query parameter is required.",
+            json!({}),
+        ));
+    }
+    if let Err(why) = authorize(shared, request.headers().get(AUTHORIZATION)) {
+        log::debug!("emulator: service api call refused: {why}");
+        return Some(hub_error(
+            StatusCode::UNAUTHORIZED,
+            401_003,
+            "IoTHubUnauthorized",
+            why,
+            json!({}),
+        ));
+    }
+    None
+}
+
+/// A 400 / 400004 `ArgumentInvalid` with `message`.
+fn invalid(message: &str) -> Response<Body> {
+    hub_error(
+        StatusCode::BAD_REQUEST,
+        400_004,
+        "ArgumentInvalid",
+        message,
+        json!({}),
+    )
+}
+
+/// Reads a request body of at most [`MAX_BODY`] bytes; the error response otherwise.
+async fn read_body(body: Incoming) -> Result<Bytes, Response<Body>> {
+    match Limited::new(body, MAX_BODY).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(invoke_error(&InvokeError::PayloadTooLarge(MAX_BODY), 0))
+        }
+        Err(e) => {
+            log::debug!("emulator: could not read service api request body: {e}");
+            Err(invalid("could not read the request body."))
+        }
+    }
+}
+
+/// `GET`, `PATCH` and `PUT /twins/{id}?api-version=...`: the device twin for the service.
+///
+/// `GET` answers 200 with the twin in the shape the service SDKs deserialize (their `Twin`
+/// model):
+///
+/// ```json
+/// {"deviceId": "pump-1", "etag": "AAAAAAAAAAM=", "version": 3, "status": "enabled",
+///  "connectionState": "Connected", "authenticationType": "sas", "tags": {},
+///  "properties": {"desired": {"speed": 5, "$version": 2},
+///                 "reported": {"speed": 4, "$version": 2}}}
+/// ```
+///
+/// `PATCH` merges the body's `properties.desired` into the desired properties (a JSON merge
+/// patch) and its `tags` into the tags; `PUT` replaces both (a missing part becomes empty).
+/// Other fields of the body (`deviceId`, `etag`, reported properties, ...) are ignored, and so
+/// are `$version` and `$metadata` at the top of the desired properties, so a twin read with
+/// `GET` can be sent back. Both answer 200 with the updated twin, and a desired change is
+/// pushed to the device as [`crate::Emulator::update_desired`] does. `If-Match` (`*`, or the
+/// etag, quoted or not) is honoured: another etag is 412 / 412001. An unknown device is
+/// 404 / 404001; a body that is not a JSON object, or a change breaking the twin limits, is
+/// 400 / 400004. No `$metadata` is kept or shown.
+async fn twin(shared: &Shared, request: Request<Incoming>, device: &str) -> Response<Body> {
+    let method = request.method().clone();
+    if ![Method::GET, Method::PATCH, Method::PUT].contains(&method) {
+        return method_not_allowed(&method, "GET, PATCH, PUT");
+    }
+    if let Some(response) = refusal(shared, &request) {
+        return response;
+    }
+    let Some(device) = percent_decode(device) else {
+        return invalid("device id is not valid percent-encoding.");
+    };
+    if method == Method::GET {
+        return match shared.registry.service_twin(&device) {
+            Ok(twin) => json_response(StatusCode::OK, &twin_json(&device, &twin), None),
+            Err(e) => twin_error(&e),
+        };
+    }
+    let if_match = request
+        .headers()
+        .get("if-match")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = match read_body(request.into_body()).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let update = match twin_update(&body, method == Method::PUT) {
+        Ok(mut update) => {
+            update.if_match = if_match;
+            update
+        }
+        Err(why) => return invalid(&why),
+    };
+    match shared.registry.update_twin(&device, &update) {
+        Ok(twin) => json_response(StatusCode::OK, &twin_json(&device, &twin), None),
+        Err(e) => twin_error(&e),
+    }
+}
+
+/// The change a `PATCH` (merge) or `PUT` (`replace`) body asks for.
+fn twin_update(body: &[u8], replace: bool) -> Result<TwinUpdate, String> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| format!("request body is not valid JSON: {e}"))?;
+    let Value::Object(mut twin) = value else {
+        return Err("request body must be a twin object.".to_owned());
+    };
+    let mut desired = match twin.get_mut("properties").map(Value::take) {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(mut properties)) => match properties.remove("desired") {
+            None | Some(Value::Null) => None,
+            Some(desired) => Some(desired),
+        },
+        Some(_) => return Err("properties must be an object.".to_owned()),
+    };
+    if let Some(Value::Object(map)) = &mut desired {
+        map.remove("$version");
+        map.remove("$metadata");
+    }
+    let mut tags = twin.remove("tags").filter(|tags| !tags.is_null());
+    if replace {
+        desired.get_or_insert_with(|| json!({}));
+        tags.get_or_insert_with(|| json!({}));
+    }
+    Ok(TwinUpdate {
+        desired,
+        tags,
+        replace,
+        if_match: None,
+    })
+}
+
+fn twin_json(device: &str, twin: &ServiceTwin) -> Value {
+    json!({
+        "deviceId": device,
+        "etag": twin.etag,
+        "version": twin.version,
+        "status": if twin.enabled { "enabled" } else { "disabled" },
+        "connectionState": if twin.connected { "Connected" } else { "Disconnected" },
+        "authenticationType": "sas",
+        "tags": twin.tags,
+        "properties": {
+            "desired": twin.twin.desired,
+            "reported": twin.twin.reported,
+        },
+    })
+}
+
+fn twin_error(error: &TwinError) -> Response<Body> {
+    let status =
+        StatusCode::from_u16(error.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let message = match error {
+        TwinError::DeviceNotFound => "Device not found.".to_owned(),
+        other => other.to_string(),
+    };
+    hub_error(
+        status,
+        error.error_code(),
+        error.error_name(),
+        &message,
+        json!({}),
+    )
+}
+
 /// `GET /emulator/devices/{id}/messages[?since=N]`: the device's kept device-to-cloud messages
 /// numbered `N` (default 0) or later, at most [`MAX_MESSAGES_PER_READ`]:
 ///
@@ -321,17 +479,7 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
 /// is 404001; a malformed `since` is 400004; auth is the service API's (401003).
 fn messages(shared: &Shared, request: &Request<Incoming>, device: &str) -> Response<Body> {
     if request.method() != Method::GET {
-        let mut response = plain_error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!(
-                "The requested resource does not support http method '{}'.",
-                request.method()
-            ),
-        );
-        response
-            .headers_mut()
-            .insert(ALLOW, HeaderValue::from_static("GET"));
-        return response;
+        return method_not_allowed(request.method(), "GET");
     }
     if let Err(why) = authorize(shared, request.headers().get(AUTHORIZATION)) {
         log::debug!("emulator: message read refused: {why}");
@@ -557,6 +705,7 @@ mod tests {
             Target::DeviceMethods("a%2Fb")
         );
         assert_eq!(target("/twins/d/modules/m/methods"), Target::ModuleMethods);
+        assert_eq!(target("/twins/a%20b"), Target::Twin("a%20b"));
         assert_eq!(
             target("/emulator/devices/a%20b/messages"),
             Target::DeviceMessages("a%20b")
@@ -565,7 +714,8 @@ mod tests {
             "/",
             "/twins//methods",
             "/twins/d/methods/",
-            "/twins/d",
+            "/twins/",
+            "/twins/d/",
             "/devices/d/methods",
             "/emulator/devices//messages",
             "/emulator/devices/d/messages/",
@@ -573,6 +723,27 @@ mod tests {
             "/emulator/devices/a/b/messages",
         ] {
             assert_eq!(target(path), Target::Unknown, "{path}");
+        }
+    }
+
+    #[test]
+    fn twin_bodies_name_desired_properties_and_tags() {
+        let update = twin_update(
+            br#"{"deviceId":"d","etag":"x","tags":{"a":1},"properties":{"desired":{"s":2,"$version":4,"$metadata":{}},"reported":{"r":1}}}"#,
+            false,
+        )
+        .unwrap();
+        assert_eq!(update.desired, Some(json!({"s": 2})));
+        assert_eq!(update.tags, Some(json!({"a": 1})));
+        let only_tags = twin_update(br#"{"tags":{"a":1},"properties":null}"#, false).unwrap();
+        assert_eq!(only_tags.desired, None);
+        let replace = twin_update(br#"{"deviceId":"d"}"#, true).unwrap();
+        assert_eq!(
+            (replace.desired, replace.tags),
+            (Some(json!({})), Some(json!({})))
+        );
+        for bad in [&b"[]"[..], b"{", br#"{"properties":1}"#] {
+            assert!(twin_update(bad, false).is_err(), "{bad:?}");
         }
     }
 

@@ -5,7 +5,9 @@
 //! Start one with [`Emulator::start`] on `127.0.0.1:0`, register devices with
 //! [`Emulator::add_device`], point devices at [`Emulator::mqtt_addr`] trusting
 //! [`Emulator::ca_pem`], and call methods through [`ServiceClient`] (HTTP) or
-//! [`Emulator::invoke`] (in process, same code path). Per-device [`DeviceStats`] live in a
+//! [`Emulator::invoke`] (in process, same code path). Device twins are read and changed with
+//! [`Emulator::twin`], [`Emulator::update_desired`] and [`Emulator::wait_reported`], or over
+//! HTTP (`/twins/{id}`). Per-device [`DeviceStats`] live in a
 //! `watch` channel, so tests await a state ([`Emulator::wait_for`]) instead of sleeping. What
 //! devices send as telemetry is read back with [`Emulator::telemetry`] and
 //! [`Emulator::wait_telemetry`], or over HTTP from `GET /emulator/devices/{id}/messages`.
@@ -32,7 +34,8 @@
 //!   properties, the device's own C2D), granted at QoS <= 1; at most five per connection (more
 //!   get the SUBACK failure code; per-method filters count, which is why the docs advise
 //!   `$iothub/methods/POST/#`); UNSUBSCRIBE; PINGREQ; DISCONNECT. QoS 0 and 1 PUBLISH to method
-//!   responses and to the device's own telemetry topic (256 KB limit, PUBACK for QoS 1).
+//!   responses, twin requests and the device's own telemetry topic (256 KB limit, PUBACK for
+//!   QoS 1).
 //! - Telemetry (`iothub-protocol.md` 6.1): `devices/{id}/messages/events/{bag}`, the bag decoded
 //!   with [`leafgate::hub::d2c::parse`] (`%24.` or `$.` keys, optional trailing `/`), recorded
 //!   per device in arrival order as a [`D2cMessage`]: time, QoS, system (`$.`) and application
@@ -49,10 +52,32 @@
 //!   (normally `$iothub/methods/POST/#`); the first `$iothub/methods/res/{status}/?$rid={n}` from
 //!   that device wins, late, duplicate and foreign answers are counted and ignored. `connectTimeoutInSeconds` waits for the device to come
 //!   online and subscribe; the response timeout starts when the request is sent.
+//! - Device twins (`iothub-protocol.md` 5), one per registered device, kept across connections
+//!   and re-keying, dropped when the device is removed: desired and reported properties, each
+//!   with its own `$version` (1 for a new twin, +1 per change), and tags for the service.
+//!   `$iothub/twin/GET/?$rid=` (QoS 0 or 1, body ignored) answers
+//!   `$iothub/twin/res/200/?$rid=` with `{"desired":{..,"$version":N},"reported":{..,"$version":M}}`;
+//!   `$iothub/twin/PATCH/properties/reported/?$rid=` with a JSON merge patch (RFC 7386) answers
+//!   `$iothub/twin/res/204/?$rid=..&$version={new}`. A patch that is not a JSON object, breaks
+//!   a limit (depth, keys, strings, integers, 32 KB per document: see the `twin` module) or is
+//!   not JSON answers 400 with `{"errorCode":400004,"message":..}` and changes nothing.
+//!   Answers go out at QoS 0, only if the device subscribed to a filter matching them
+//!   (`$iothub/twin/res/#`). A desired change by the service ([`Emulator::update_desired`],
+//!   `PATCH`/`PUT /twins/{id}`) is pushed as `$iothub/twin/PATCH/properties/desired/?$version=`
+//!   with the patch and `$version` to a device online and subscribed to
+//!   `$iothub/twin/PATCH/properties/desired/#`, never queued for later. Hub-wide throttles
+//!   ([`EmulatorConfig::twin_reads_per_s`], [`EmulatorConfig::twin_updates_per_s`]) answer 429
+//!   with errorCode 429001 beyond the rate in the current 1-second window. A malformed twin
+//!   topic or rid closes the connection.
 //! - Service API `POST /twins/{id}/methods?api-version=...` with a policy SAS token: 200
 //!   `{status, payload}`, 404001, 404103, 504101, 400004 (timeouts outside 5–300 s or 0–300 s,
 //!   bad body), 401003, 413001 (payload > 128 KB), 503001 (shutting down), with the
-//!   JSON-in-string error body and the `iothub-errorcode` header.
+//!   JSON-in-string error body and the `iothub-errorcode` header. `GET`, `PATCH` and `PUT
+//!   /twins/{id}` read, merge into and replace a twin's desired properties and tags, in the
+//!   shape the service SDKs' `Twin` model reads (`deviceId`, `etag`, `version`, `status`,
+//!   `connectionState`, `tags`, `properties.desired`/`reported`); 404001 for an unknown
+//!   device, 400004 for a change breaking the limits, 412001 for an `If-Match` that is not `*`
+//!   or the etag.
 //!
 //! # Fault hooks and records, for tests
 //! - [`Emulator::drop_all_connections`] and [`Emulator::drop_connection`] close connections as
@@ -62,7 +87,8 @@
 //!   close TCP at once, stall (never CONNACK), hang up after CONNECT, CONNACK 5, or CONNACK 3 as
 //!   a throttled hub; and for telemetry: withhold PUBACKs (sent when the fault ends), close the
 //!   connection after recording a message but before its PUBACK (N times), or close it without
-//!   recording, as a hub whose message quota is used up.
+//!   recording, as a hub whose message quota is used up; and for twins: answer every twin
+//!   request 429 ([`Fault::TwinThrottle`]), or never answer ([`Fault::TwinSilent`]).
 //! - [`Emulator::telemetry`] and [`Emulator::wait_telemetry`] return what each device sent;
 //!   `GET /emulator/devices/{id}/messages?since=N` (service token; not a route of the real hub,
 //!   whose back end reads telemetry from Event Hubs) returns the same as JSON, in pages of at
@@ -70,7 +96,8 @@
 //! - [`Emulator::connect_attempts`] lists every connection attempt with its times (TCP accept,
 //!   CONNECT) and outcome, to compute connect rates and backoff gaps;
 //!   [`Emulator::method_exchanges`] lists every method request with the time it was sent and
-//!   the time and status of every response to its rid. Both can be awaited.
+//!   the time and status of every response to its rid; [`Emulator::twin_requests`] lists every
+//!   twin request with its time and the status it was answered. All can be awaited.
 //!
 //! # Emulator choices where the hub's behaviour is undocumented
 //! - A device response body that is not JSON (or larger than 128 KB) answers the caller HTTP 502,
@@ -82,13 +109,22 @@
 //! - A rid is answered only by the device it was sent to, byte for byte.
 //! - Subscriptions beyond five get the SUBACK failure code (0x80); a filter outside the hub's
 //!   topic trees closes the connection.
+//! - Twins: depth counts the objects and arrays nested below a patch's root (at most 10, as the
+//!   hub's documented example); a document's 32 KB are its compact JSON without `$version`; no
+//!   `$metadata` is kept or shown; every desired change bumps `$version`, even one that changes
+//!   nothing; a replaced desired document is pushed as the merge patch from the old document to
+//!   the new one (removed keys as `null`); the etag is the twin's version as 8 big-endian bytes
+//!   in base64. A notification that finds the connection's queue full is dropped (the hub may
+//!   coalesce notifications; a device seeing a gap reads the twin again). A twin request whose
+//!   answer the device cannot receive (not subscribed) is still served and recorded with its
+//!   status. A desired change by the service does not count towards the update throttle.
 //! - A telemetry bag that repeats a key keeps every pair, in order
 //!   ([`D2cMessage::properties`]); [`D2cMessage::property`], [`D2cMessage::system`] and the read
 //!   endpoint take the last. A key without `=` reads as an empty value.
 //!
 //! # What it does not emulate
-//! - Device twins: twin subscriptions are granted, but a publish to `$iothub/twin/...` closes the
-//!   connection (recorded as [`DisconnectReason::NotEmulated`]).
+//! - Twin `$metadata`, the twin query language, module twins, PnP components, and the
+//!   `/twins/{id}` routes' other fields (tags are kept; everything else in a body is ignored).
 //! - Cloud-to-device messages (nothing is ever delivered on `devicebound`), persistent sessions
 //!   beyond subscriptions (nothing is queued while offline), retained messages, and will
 //!   messages (accepted in CONNECT, never published).
@@ -102,7 +138,8 @@
 //! - MQTT over WebSockets, AMQP, HTTPS device APIs. The service API is plain HTTP on loopback,
 //!   and optionally also HTTPS ([`EmulatorConfig::https_addr`]) with the same CA as MQTT.
 //! - Throttling and quotas (429001, 403002), connection-rate limits and the 1,000,000-device
-//!   limit are not enforced by themselves; a test can only inject a throttled hub
+//!   limit are not enforced by themselves (twin reads and updates only when configured); a
+//!   test can only inject a throttled hub
 //!   ([`Fault::Throttle`]: CONNACK 3, [`Fault::WithholdPubacks`]) or a used-up message quota
 //!   ([`Fault::QuotaExceeded`]).
 //! - IoT Edge gateway semantics, DPS, the registry REST API (devices are added in process), ETags
@@ -124,6 +161,7 @@ pub mod sas;
 mod telemetry;
 pub mod tls;
 mod topic_filter;
+mod twin;
 mod wire;
 
 use std::collections::BTreeMap;
@@ -154,6 +192,10 @@ pub use methods::{
 };
 pub use registry::{DeviceStats, DisconnectReason, Event, RefusalReason, Subscription};
 pub use telemetry::{D2cMessage, DEFAULT_TELEMETRY_PER_DEVICE};
+pub use twin::{
+    MAX_TWIN_DEPTH, MAX_TWIN_DOCUMENT, MAX_TWIN_INTEGER, MAX_TWIN_KEY, MAX_TWIN_STRING,
+    MAX_TWIN_TAGS, Twin, TwinError, TwinOp, TwinRequest,
+};
 pub use wire::{ConnectRecord, Escapes, TokenShape};
 
 /// How long [`Emulator::shutdown`] waits for connection tasks to finish.
@@ -179,11 +221,19 @@ pub struct EmulatorConfig {
     /// endpoint; beyond it the oldest are dropped (and counted in
     /// [`DeviceStats::telemetry_dropped`]), so an emulator left running keeps bounded memory.
     pub telemetry_per_device: usize,
+    /// Hub-wide twin GETs allowed per second (the hub's "twin reads" throttle, 100/s on S1);
+    /// a GET beyond it in the current 1-second window is answered 429 / 429001. `None`:
+    /// unlimited.
+    pub twin_reads_per_s: Option<u32>,
+    /// Hub-wide reported-property PATCHes allowed per second (the hub's "twin updates"
+    /// throttle, 50/s on S1), likewise. `None`: unlimited.
+    pub twin_updates_per_s: Option<u32>,
 }
 
 impl Default for EmulatorConfig {
     /// `localhost`, MQTT and HTTP listeners on `127.0.0.1:0`, no HTTPS listener, policy
-    /// `service` with a random key, [`DEFAULT_TELEMETRY_PER_DEVICE`] messages kept per device.
+    /// `service` with a random key, [`DEFAULT_TELEMETRY_PER_DEVICE`] messages kept per device,
+    /// no twin throttling.
     fn default() -> Self {
         let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
         EmulatorConfig {
@@ -194,6 +244,8 @@ impl Default for EmulatorConfig {
             ca_path: None,
             service_policy: ("service".to_owned(), random_key()),
             telemetry_per_device: DEFAULT_TELEMETRY_PER_DEVICE,
+            twin_reads_per_s: None,
+            twin_updates_per_s: None,
         }
     }
 }
@@ -226,8 +278,11 @@ pub(crate) struct Shared {
     pub(crate) methods: methods::Methods,
     /// Faults injected by tests, consulted for every connection attempt.
     pub(crate) faults: faults::Faults,
-    /// Time-stamped connection attempts and method exchanges.
+    /// Time-stamped connection attempts, method exchanges and twin requests.
     pub(crate) history: history::History,
+    /// The hub-wide twin throttles: GETs and reported PATCHes per second.
+    pub(crate) twin_reads: twin::RateWindow,
+    pub(crate) twin_updates: twin::RateWindow,
     /// Whether the MQTT listener is bound (false while a [`Fault::RefuseTcp`] holds it closed).
     pub(crate) listening: watch::Sender<bool>,
     /// Cancelled once, at shutdown; every task watches it.
@@ -321,6 +376,8 @@ impl Emulator {
             methods: methods::Methods::new(),
             faults: faults::Faults::new(),
             history: history::History::new(),
+            twin_reads: twin::RateWindow::new(config.twin_reads_per_s),
+            twin_updates: twin::RateWindow::new(config.twin_updates_per_s),
             listening: watch::Sender::new(true),
             generation: Mutex::new(shutdown.child_token()),
             shutdown,
@@ -638,6 +695,83 @@ impl Emulator {
     ) -> Result<Vec<MethodExchange>, WaitTimeout> {
         let found = self.shared.history.wait_methods(timeout, predicate).await;
         found.ok_or_else(|| log_timeout("(method exchanges)", timeout))
+    }
+
+    /// A registered device's twin: desired and reported properties, each with its `$version`.
+    /// `None` for a device that is not registered.
+    #[must_use]
+    pub fn twin(&self, id: &str) -> Option<Twin> {
+        self.shared.registry.twin(id)
+    }
+
+    /// Merges `patch` (a JSON merge patch: `null` removes a key) into `id`'s desired
+    /// properties, as the service's `PATCH /twins/{id}` does, and pushes
+    /// `$iothub/twin/PATCH/properties/desired/?$version={v}` with the patch and `$version` to
+    /// the device if it is online and subscribed to `$iothub/twin/PATCH/properties/desired/#`
+    /// (never queued otherwise). Returns the new desired `$version`.
+    ///
+    /// # Errors
+    /// [`TwinError::DeviceNotFound`] for a device that is not registered,
+    /// [`TwinError::InvalidPatch`] for a patch that breaks the hub's limits (the twin is then
+    /// unchanged).
+    pub fn update_desired(&self, id: &str, patch: serde_json::Value) -> Result<u64, TwinError> {
+        let update = registry::TwinUpdate {
+            desired: Some(patch),
+            ..registry::TwinUpdate::default()
+        };
+        let twin = self.shared.registry.update_twin(id, &update)?;
+        Ok(twin.twin.desired["$version"].as_u64().unwrap_or_default())
+    }
+
+    /// Waits until `id`'s reported properties (an object with `$version`) satisfy `predicate`
+    /// (checked at once, then after every reported patch); returns them.
+    ///
+    /// # Errors
+    /// [`WaitTimeout`] with the device's last stats, also when `id` is not registered.
+    pub async fn wait_reported(
+        &self,
+        id: &str,
+        mut predicate: impl FnMut(&serde_json::Value) -> bool,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, WaitTimeout> {
+        let wait = async {
+            loop {
+                let (reported, mut changes) = self.shared.registry.watch_reported(id);
+                if let Some(reported) = reported.filter(|r| predicate(r)) {
+                    return Some(reported);
+                }
+                changes.changed().await.ok()?;
+            }
+        };
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(Some(reported)) => Ok(reported),
+            Ok(None) | Err(_) => Err(WaitTimeout {
+                device: id.to_owned(),
+                timeout,
+                last: self.device_stats(id),
+            }),
+        }
+    }
+
+    /// Every twin request devices published so far (the newest [`MAX_RECORDS`]), in arrival
+    /// order, with the status each was answered.
+    #[must_use]
+    pub fn twin_requests(&self) -> Vec<TwinRequest> {
+        self.shared.history.twin_requests()
+    }
+
+    /// Waits until the twin requests satisfy `predicate` (checked at once, then on every new
+    /// request); returns them. A request is recorded before its answer is written.
+    ///
+    /// # Errors
+    /// [`WaitTimeout`] (its `last` stats are those of no device) when `timeout` passes first.
+    pub async fn wait_twin_requests(
+        &self,
+        predicate: impl FnMut(&[TwinRequest]) -> bool,
+        timeout: Duration,
+    ) -> Result<Vec<TwinRequest>, WaitTimeout> {
+        let found = self.shared.history.wait_twin(timeout, predicate).await;
+        found.ok_or_else(|| log_timeout("(twin requests)", timeout))
     }
 
     /// Stops accepting, closes every connection, fails calls in flight with 503, and waits (up

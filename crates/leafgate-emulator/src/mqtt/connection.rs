@@ -117,14 +117,16 @@ pub(super) async fn serve(
         let refusal = match &active.fault {
             Fault::Refuse(_) => Some(RefusalReason::Injected),
             Fault::Throttle(_) => Some(RefusalReason::Throttled),
-            // Telemetry faults never strike a CONNECT (`Faults::on_connect` skips them).
+            // Telemetry and twin faults never strike a CONNECT (`Faults::on_connect` skips them).
             Fault::Stall(_)
             | Fault::Hangup(_)
             | Fault::RefuseTcp
             | Fault::CloseTcp
             | Fault::WithholdPubacks(_)
             | Fault::DropBeforePuback { .. }
-            | Fault::QuotaExceeded(_) => None,
+            | Fault::QuotaExceeded(_)
+            | Fault::TwinThrottle(_)
+            | Fault::TwinSilent(_) => None,
         };
         if let Some(reason) = refusal {
             refuse(shared, &mut link, &connect.client_id, &reason).await;

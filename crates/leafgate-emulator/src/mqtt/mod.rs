@@ -8,12 +8,13 @@
 //! can panic the emulator or grow a buffer past [`MAX_INCOMING_PACKET`](link::MAX_INCOMING_PACKET).
 //!
 //! One file per job: accepting connections (`listener`), a connection from TLS handshake to
-//! CONNACK and close (`connection`), the packets of an accepted session (`session`), and reading
-//! and writing packets on the TLS stream (`link`).
+//! CONNACK and close (`connection`), the packets of an accepted session (`session`), its twin
+//! requests (`twin`), and reading and writing packets on the TLS stream (`link`).
 
 mod connection;
 mod link;
 mod listener;
 mod session;
+mod twin;
 
 pub(crate) use listener::run;

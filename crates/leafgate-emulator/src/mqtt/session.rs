@@ -1,7 +1,7 @@
 //! An accepted device session, from CONNACK until something ends it: the packets a device may
-//! send (method responses, telemetry, SUBSCRIBE, PINGREQ), the hub's limits on them, keep-alive
-//! and token expiry, and the telemetry faults a test injected. Anything else closes the
-//! connection, as the hub does.
+//! send (method responses, telemetry, twin requests, SUBSCRIBE, PINGREQ), the hub's limits on
+//! them, keep-alive and token expiry, and the telemetry faults a test injected. Anything else
+//! closes the connection, as the hub does. Twin requests are served in `twin`.
 
 use std::time::Duration;
 
@@ -149,6 +149,12 @@ impl Session<'_> {
 
     async fn handle(&mut self, link: &mut Link, packet: Packet) -> Result<(), DisconnectReason> {
         let reply = match packet {
+            Packet::Publish(publish)
+                if publish.topic.starts_with("$iothub/twin/")
+                    && publish.qos != QoS::ExactlyOnce =>
+            {
+                return self.twin(link, publish).await;
+            }
             Packet::Publish(publish) => {
                 let reply = self.publish(publish)?;
                 if matches!(reply, Some(Packet::PubAck(_))) {
@@ -177,7 +183,8 @@ impl Session<'_> {
         }
     }
 
-    /// Accepts method responses and telemetry; closes on QoS 2 and on topics the hub rejects.
+    /// Accepts method responses and telemetry (twin requests are taken before, in `handle`);
+    /// closes on QoS 2 and on topics the hub rejects.
     fn publish(&mut self, publish: Publish) -> Result<Option<Packet>, DisconnectReason> {
         if publish.qos == QoS::ExactlyOnce {
             return Err(DisconnectReason::ProtocolViolation(
@@ -214,8 +221,6 @@ impl Session<'_> {
                 // The caller may have given up at this very moment; its timeout answers it.
                 let _ = answer.send(status, publish.payload.clone());
             }
-        } else if topic.starts_with("$iothub/twin/") {
-            return Err(DisconnectReason::NotEmulated("device twin".to_owned()));
         } else if topic.starts_with("devices/") {
             return self.telemetry(&publish);
         } else {
@@ -282,7 +287,10 @@ impl Session<'_> {
 
     /// Sends the PUBACKs a withholding rule kept back, in order, once that rule has ended
     /// (cleared or expired).
-    async fn release_withheld(&mut self, link: &mut Link) -> Result<(), DisconnectReason> {
+    pub(super) async fn release_withheld(
+        &mut self,
+        link: &mut Link,
+    ) -> Result<(), DisconnectReason> {
         let Some((id, _)) = self.withholding else {
             return Ok(());
         };

@@ -10,13 +10,18 @@
 //! channel, so thousands of connection tasks neither deadlock nor queue behind each other for
 //! long.
 //!
-//! The registry's state and every operation on it stay in this file, because the locking order
-//! spans all of them; the data it reports (reasons, stats, events) and the handle it keeps on a
-//! connection have their own files.
+//! A registered device's twin and cloud-to-device queue live in its entry state too, under the
+//! same lock, so a desired-property change and its push to the device, or a queued message and
+//! its delivery, happen in one critical section and in order.
+//!
+//! The registry's state and every operation on it stay in this file and its `twin` and `c2d`
+//! children (which extend [`Registry`] under the same locking order); the data it reports
+//! (reasons, stats, events) and the handle it keeps on a connection have their own files.
 
 mod connection;
 mod reason;
 mod stats;
+mod twin;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,10 +34,12 @@ use super::wire::ConnectRecord;
 use crate::lock::lock;
 use crate::sas::Key;
 use crate::telemetry::{D2cMessage, MessageLog, Received};
+use crate::twin::TwinDoc;
 
 pub(crate) use self::connection::{Connection, Outbound};
 pub use self::reason::{DisconnectReason, RefusalReason};
 pub use self::stats::{DeviceStats, Event, Subscription};
+pub(crate) use self::twin::{ServiceTwin, TwinUpdate};
 
 /// How many ids that are not registered get their own stats entry (refused CONNECTs).
 const MAX_UNREGISTERED_ENTRIES: usize = 4096;
@@ -53,6 +60,9 @@ struct EntryState {
     /// connections; `None` when the device has no session (never connected with CleanSession 0,
     /// or its last connection asked for a clean one).
     session: Option<Vec<Subscription>>,
+    /// The device twin: created with the identity, kept across connections and re-keying,
+    /// dropped with the identity.
+    twin: TwinDoc,
 }
 
 /// What a new connection resumes from the device's persistent session.
@@ -71,6 +81,8 @@ pub(crate) struct DeviceEntry {
     stats: watch::Sender<DeviceStats>,
     /// Its device-to-cloud messages. Locked before `stats`, never together with `state`.
     messages: MessageLog,
+    /// Bumped after every change of the twin's reported properties.
+    twin_changed: watch::Sender<u64>,
 }
 
 /// Where a method request for a device can go right now.
@@ -91,9 +103,11 @@ impl DeviceEntry {
                 identity: None,
                 current: None,
                 session: None,
+                twin: TwinDoc::default(),
             }),
             stats: watch::Sender::new(DeviceStats::default()),
             messages: MessageLog::default(),
+            twin_changed: watch::Sender::new(0),
         }
     }
 
@@ -104,7 +118,11 @@ impl DeviceEntry {
     /// Where a request on `topic` can go: the current connection if one of its subscriptions
     /// matches the topic.
     pub(crate) fn route(&self, topic: &str) -> Route {
-        let state = lock(&self.state);
+        self.route_locked(&lock(&self.state), topic)
+    }
+
+    /// [`DeviceEntry::route`] with the state already locked.
+    fn route_locked(&self, state: &EntryState, topic: &str) -> Route {
         match &state.identity {
             Some(identity) if identity.enabled => {}
             _ => return Route::Gone,
@@ -210,6 +228,8 @@ impl Registry {
             let mut state = lock(&entry.state);
             if state.identity.is_none() {
                 entries.unregistered = entries.unregistered.saturating_sub(1);
+                // A new registration starts with a new twin; re-keying keeps it.
+                state.twin = TwinDoc::default();
             }
             state.identity = Some(Identity { key, enabled: true });
             drop(state);
@@ -232,6 +252,7 @@ impl Registry {
             return false;
         }
         state.session = None;
+        state.twin = TwinDoc::default();
         entries.unregistered += 1;
         drop(entries);
         if let Some(conn) = &state.current {

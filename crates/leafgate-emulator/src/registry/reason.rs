@@ -72,6 +72,9 @@ pub enum DisconnectReason {
     QuotaExceeded,
     #[error("protocol violation: {0}")]
     ProtocolViolation(String),
+    /// A publish to a feature the emulator does not serve. Every hub topic a device may publish
+    /// to is served today (twins since they were emulated), so nothing produces this; kept for
+    /// features to come.
     #[error("{0} is not emulated")]
     NotEmulated(String),
     #[error("emulator shut down")]
