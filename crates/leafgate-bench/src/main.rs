@@ -9,6 +9,7 @@
 //! target/release/leafgate-bench telemetry steady --devices 10000 --json steady.json
 //! target/release/leafgate-bench telemetry outage --devices 1000 --outage-s 600 --json outage.json
 //! target/release/leafgate-bench telemetry rtu --json telemetry-rtu.json
+//! target/release/leafgate-bench twin --devices 10000 --json twin.json
 //! scripts/soak.sh            # leafgate-bench soak: 200 devices, 30 minutes of faults
 //! ```
 //!
@@ -27,6 +28,7 @@ mod scale;
 mod soak;
 mod stats;
 mod telemetry;
+mod twin;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -61,6 +63,9 @@ enum Command {
     Soak(soak::Args),
     /// Telemetry: steady load, a hub outage and its drain, polls on a saturated RTU line.
     Telemetry(telemetry::Args),
+    /// Device twins: idle memory with every twin kept, and the twin reads of a hub-wide
+    /// reconnect against the configured pace and the hub's throttle.
+    Twin(twin::Args),
 }
 
 fn main() -> ExitCode {
@@ -123,6 +128,13 @@ fn run(command: Command) -> Result<bool> {
             let json = args.json.clone();
             let report = runtime.block_on(soak::run(args))?;
             println!("{context}\n\n{}", soak::render(&report));
+            write_json(json.as_deref(), &report)?;
+            Ok(report.passed)
+        }
+        Command::Twin(args) => {
+            let json = args.json.clone();
+            let report = runtime.block_on(twin::run(args))?;
+            println!("{context}\n\n{}", twin::render(&report));
             write_json(json.as_deref(), &report)?;
             Ok(report.passed)
         }

@@ -170,3 +170,27 @@ fn the_telemetry_outage_harness_drains_the_store_and_loses_nothing() {
     assert_eq!(report["tally"]["lost"], 0, "{}", report["tally"]);
     assert_eq!(report["leafgate_exit_code"], 0);
 }
+
+#[test]
+fn the_twin_harness_reads_every_twin_once_after_a_hub_wide_drop() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = run(
+        &[
+            "twin",
+            "--devices",
+            "20",
+            "--units-per-endpoint",
+            "8",
+            "--gets-per-s",
+            "20",
+            "--idle-s",
+            "1",
+        ],
+        &dir.path().join("twin.json"),
+    );
+    assert_eq!(report["twin"], true);
+    let reconnect = &report["reconnect"];
+    assert_eq!(reconnect["max_gets_per_device"], 1, "{report}");
+    assert_eq!(reconnect["throttled"], 0, "{report}");
+    assert!(report["rss_per_device_kib"].as_f64().unwrap() > 0.0);
+}
