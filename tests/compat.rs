@@ -39,6 +39,13 @@ mod wire;
 /// Telemetry: the device SDK's `send_message` and leafgate's D2C topic, recorded alike.
 mod telemetry;
 
+/// Device twins: both SDKs' twin calls against the emulator.
+mod twin;
+
+/// Cloud-to-device messages: the device SDK's message handler against the emulator (the
+/// service SDK's AMQP send is not emulated; its HTTP plumbing uses the REST stand-in).
+mod c2d;
+
 use leafgate::hub::sas::Key;
 use leafgate_emulator::{Emulator, EmulatorConfig};
 

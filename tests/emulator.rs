@@ -39,6 +39,10 @@ mod telemetry;
 /// faults, and the service's twin routes.
 mod twin;
 
+/// Cloud-to-device messages: delivery and its bag, completion, lock timeouts, dead letters, the
+/// queue limit, lost PUBACKs, and the service's deviceBound route.
+mod c2d;
+
 /// Generous bound for things that take milliseconds; only reached when a test fails.
 const WAIT: Duration = Duration::from_secs(10);
 

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use super::device_sdk::Sdk;
 use super::peer::{Peer, Venv};
 
-async fn service_peer(emu: &Emulator, dir: &tempfile::TempDir) -> Peer {
+pub async fn service_peer(emu: &Emulator, dir: &tempfile::TempDir) -> Peer {
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, emu.ca_pem()).unwrap();
     Peer::start(

@@ -1,6 +1,6 @@
 //! A minimal service-side client for the emulator's API: what a back-end application does to
-//! call a direct method or read and change a device twin, used by the integration tests and the
-//! demo; and a reader for the emulator's own telemetry endpoint.
+//! call a direct method, read and change a device twin or send a cloud-to-device message, used
+//! by the integration tests and the demo; and a reader for the emulator's own telemetry endpoint.
 //!
 //! It speaks plain HTTP to the emulator's loopback listener but otherwise behaves like the SDKs:
 //! a fresh policy-signed SAS token per request, the id percent-encoded in the path, api-version
@@ -292,6 +292,26 @@ impl ServiceClient {
             body,
         )
         .await
+    }
+
+    /// `POST /devices/{device}/messages/deviceBound` with `body` as the message and `headers`
+    /// (`iothub-messageid`, `iothub-correlationid`, `iothub-expiry`, `iothub-app-{name}`): the
+    /// emulator's REST stand-in for the SDKs' AMQP send. 204 when queued.
+    ///
+    /// # Errors
+    /// As [`ServiceClient::invoke`].
+    pub async fn send_c2d(
+        &self,
+        device: &str,
+        body: impl Into<Bytes>,
+        headers: &[(&str, &str)],
+    ) -> Result<ServiceResponse, ClientError> {
+        let path = format!(
+            "/devices/{}/messages/deviceBound?api-version=2021-04-12",
+            percent_encode(device)
+        );
+        self.request("POST", &path, Some(&self.token()), headers, body)
+            .await
     }
 
     /// Any request: `method` (e.g. `"PATCH"`), path with query, an optional `Authorization`

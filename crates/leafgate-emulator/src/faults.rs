@@ -1,11 +1,11 @@
 //! Hub faults a test switches on and off while devices run: the ways a real IoT Hub (or the
-//! network in front of it) fails a device that tries to connect, that sends telemetry, or that
-//! reads or reports its twin.
+//! network in front of it) fails a device that tries to connect, that sends telemetry, that
+//! reads or reports its twin, or that acknowledges a cloud-to-device message.
 //!
 //! A fault is a rule: what happens ([`Fault`]), to whom ([`Target`]), and until when (cleared by
 //! hand, after a duration, or for [`Fault::DropBeforePuback`] after so many strikes). The MQTT
 //! listener consults the rules for every new TCP connection and every CONNECT, and a connection
-//! task for every telemetry publish and twin request; otherwise connections already attached are not touched
+//! task for every telemetry publish, twin request and C2D PUBACK; otherwise connections already attached are not touched
 //! (use [`Emulator::drop_all_connections`](super::Emulator::drop_all_connections) or
 //! [`Emulator::drop_connection`](super::Emulator::drop_connection) for that). Every change bumps
 //! a `watch` counter, so a stalled connection, a closed listener or a connection holding back
@@ -59,6 +59,10 @@ pub enum Fault {
     /// Read twin GETs and reported PATCHes (PUBACK them at QoS 1, record them with no status)
     /// and never answer them; a PATCH is not applied.
     TwinSilent(Target),
+    /// Ignore the device's PUBACKs for cloud-to-device deliveries, as if they were lost on the
+    /// way: the message stays locked until the lock timeout and is then delivered again (same
+    /// `$.mid`, delivery count + 1), until the maximum delivery count dead-letters it.
+    LoseC2dAcks(Target),
 }
 
 /// What a twin fault does to one twin request.
@@ -92,7 +96,8 @@ impl Fault {
             | Fault::DropBeforePuback { .. }
             | Fault::QuotaExceeded(_)
             | Fault::TwinThrottle(_)
-            | Fault::TwinSilent(_) => false,
+            | Fault::TwinSilent(_)
+            | Fault::LoseC2dAcks(_) => false,
             Fault::Stall(t) | Fault::Hangup(t) | Fault::Refuse(t) | Fault::Throttle(t) => {
                 t.matches(client_id)
             }
@@ -165,7 +170,8 @@ impl Rule {
             | Fault::Refuse(_)
             | Fault::Throttle(_)
             | Fault::TwinThrottle(_)
-            | Fault::TwinSilent(_) => None,
+            | Fault::TwinSilent(_)
+            | Fault::LoseC2dAcks(_) => None,
         }
     }
 
@@ -182,7 +188,8 @@ impl Rule {
             | Fault::Throttle(_)
             | Fault::WithholdPubacks(_)
             | Fault::DropBeforePuback { .. }
-            | Fault::QuotaExceeded(_) => None,
+            | Fault::QuotaExceeded(_)
+            | Fault::LoseC2dAcks(_) => None,
         }
     }
 }
@@ -338,6 +345,12 @@ impl Faults {
             .find_map(|rule| rule.twin_strike(device))
     }
 
+    /// Whether a C2D PUBACK from `device` is to be ignored now.
+    pub(crate) fn lose_c2d_ack(&self, device: &str) -> bool {
+        self.find(|f| matches!(f, Fault::LoseC2dAcks(t) if t.matches(device)))
+            .is_some()
+    }
+
     /// Whether rule `id` is still in force: not cleared, expired or used up.
     pub(crate) fn is_active(&self, id: FaultId) -> bool {
         let now = Instant::now();
@@ -456,5 +469,10 @@ mod tests {
         assert_eq!(faults.on_telemetry("a", true), None);
         faults.clear(throttle);
         assert_eq!(faults.on_twin("b"), None);
+        assert!(!faults.lose_c2d_ack("a"));
+        faults.inject(Fault::LoseC2dAcks(Target::devices(["a"])), None);
+        assert!(faults.lose_c2d_ack("a") && !faults.lose_c2d_ack("b"));
+        assert_eq!(faults.on_twin("b"), None);
+        assert!(faults.on_connect("a").is_none());
     }
 }

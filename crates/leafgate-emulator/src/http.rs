@@ -2,7 +2,10 @@
 //! certificate (the Azure service SDKs only build `https://{HostName}` URLs):
 //! - `POST /twins/{deviceId}/methods?api-version=...`: direct methods (`iothub-protocol.md` 4);
 //! - `GET`, `PATCH` and `PUT /twins/{deviceId}?api-version=...`: the device twin as the service
-//!   SDKs read and change it (see [`twin`] for the shape).
+//!   SDKs read and change it (see [`twin`] for the shape);
+//! - `POST /devices/{deviceId}/messages/deviceBound?api-version=...`: queue a cloud-to-device
+//!   message (see [`device_bound`]). The SDKs send these over AMQP, which the emulator does not
+//!   speak; this REST form is the emulator's stand-in.
 //!
 //! Beside it, one route of the emulator's own, which no IoT hub has (the real back end reads
 //! telemetry from Event Hubs, not from the hub's REST API): `GET
@@ -39,6 +42,7 @@ use tokio_rustls::TlsAcceptor;
 use super::Shared;
 use super::clock::unix_now;
 use super::methods::{self, InvokeError, MAX_METHOD_PAYLOAD, MethodCall};
+use crate::c2d::{C2dError, C2dSend};
 use crate::registry::{ServiceTwin, TwinUpdate};
 use crate::sas::{self, TokenError, percent_decode};
 use crate::telemetry::D2cMessage;
@@ -164,6 +168,8 @@ enum Target<'a> {
     DeviceMethods(&'a str),
     /// `/twins/{id}`, id still percent-encoded.
     Twin(&'a str),
+    /// `/devices/{id}/messages/deviceBound`, id still percent-encoded.
+    DeviceBound(&'a str),
     /// `/twins/{id}/modules/{module}/methods`.
     ModuleMethods,
     /// `/emulator/devices/{id}/messages`, id still percent-encoded.
@@ -175,6 +181,14 @@ fn target(path: &str) -> Target<'_> {
     if let Some(rest) = path.strip_prefix("/emulator/devices/") {
         return match rest.split_once('/') {
             Some((id, "messages")) if !id.is_empty() => Target::DeviceMessages(id),
+            _ => Target::Unknown,
+        };
+    }
+    if let Some(rest) = path.strip_prefix("/devices/") {
+        return match rest.split_once('/') {
+            Some((id, "messages/deviceBound" | "messages/devicebound")) if !id.is_empty() => {
+                Target::DeviceBound(id)
+            }
             _ => Target::Unknown,
         };
     }
@@ -222,6 +236,7 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
         Target::DeviceMethods(device) => device,
         Target::DeviceMessages(device) => return messages(shared, &request, device),
         Target::Twin(device) => return twin(shared, request, device).await,
+        Target::DeviceBound(device) => return device_bound(shared, request, device).await,
         Target::ModuleMethods => {
             return plain_error(
                 StatusCode::NOT_FOUND,
@@ -436,6 +451,7 @@ fn twin_json(device: &str, twin: &ServiceTwin) -> Value {
         "status": if twin.enabled { "enabled" } else { "disabled" },
         "connectionState": if twin.connected { "Connected" } else { "Disconnected" },
         "authenticationType": "sas",
+        "cloudToDeviceMessageCount": twin.c2d_count,
         "tags": twin.tags,
         "properties": {
             "desired": twin.twin.desired,
@@ -458,6 +474,130 @@ fn twin_error(error: &TwinError) -> Response<Body> {
         &message,
         json!({}),
     )
+}
+
+/// `POST /devices/{id}/messages/deviceBound?api-version=...`: queues a cloud-to-device message
+/// whose body is the request body, as [`crate::Emulator::send_c2d`] does, and answers 204.
+/// Headers: `iothub-messageid` (`$.mid`; generated when absent), `iothub-correlationid`
+/// (`$.cid`), `iothub-expiry` (absolute expiry, UTC, `2026-12-06T05:04:00Z` with optional
+/// fraction; default 1 h from now, at most 48 h), and one `iothub-app-{name}` per application
+/// property (HTTP lowercases header names, so `{name}` arrives in lower case). Errors:
+/// 404001 unknown device, 403004 `DeviceMaximumQueueDepthExceeded` (50 messages queued),
+/// 413001 body over 64 KB, 400004 a malformed header.
+async fn device_bound(shared: &Shared, request: Request<Incoming>, device: &str) -> Response<Body> {
+    if request.method() != Method::POST {
+        return method_not_allowed(request.method(), "POST");
+    }
+    if let Some(response) = refusal(shared, &request) {
+        return response;
+    }
+    let Some(device) = percent_decode(device) else {
+        return invalid("device id is not valid percent-encoding.");
+    };
+    let message = match c2d_send(request.headers(), SystemTime::now()) {
+        Ok(message) => message,
+        Err(why) => return invalid(&why),
+    };
+    let body = match read_body(request.into_body()).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let message = C2dSend {
+        body: body.to_vec(),
+        ..message
+    };
+    match shared.registry.send_c2d(&device, message) {
+        Ok(_) => {
+            let mut response = Response::new(Full::new(Bytes::new()));
+            *response.status_mut() = StatusCode::NO_CONTENT;
+            response
+        }
+        Err(e) => {
+            let status =
+                StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let message = match &e {
+                C2dError::DeviceNotFound => "Device not found.".to_owned(),
+                other => other.to_string(),
+            };
+            hub_error(status, e.error_code(), e.error_name(), &message, json!({}))
+        }
+    }
+}
+
+/// The message a `deviceBound` request's headers describe (without its body).
+fn c2d_send(headers: &hyper::HeaderMap, now: SystemTime) -> Result<C2dSend, String> {
+    let text = |name: &str| -> Result<Option<String>, String> {
+        headers
+            .get(name)
+            .map(|v| {
+                v.to_str()
+                    .map(str::to_owned)
+                    .map_err(|_| format!("header {name} is not text."))
+            })
+            .transpose()
+    };
+    let ttl = match text("iothub-expiry")? {
+        None => None,
+        Some(expiry) => {
+            let at = parse_utc(&expiry)
+                .ok_or_else(|| format!("iothub-expiry {expiry:?} is not a UTC time."))?;
+            Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+        }
+    };
+    let mut properties = Vec::new();
+    for (name, value) in headers {
+        if let Some(key) = name.as_str().strip_prefix("iothub-app-") {
+            let value = value
+                .to_str()
+                .map_err(|_| format!("header {name} is not text."))?;
+            properties.push((key.to_owned(), value.to_owned()));
+        }
+    }
+    Ok(C2dSend {
+        body: Vec::new(),
+        properties,
+        message_id: text("iothub-messageid")?,
+        correlation_id: text("iothub-correlationid")?,
+        ttl,
+    })
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.fraction]Z` as a time.
+fn parse_utc(text: &str) -> Option<SystemTime> {
+    let text = text.strip_suffix('Z')?;
+    let (date, time) = text.split_once('T')?;
+    let mut date = date.splitn(3, '-');
+    let year: i64 = date.next()?.parse().ok()?;
+    let month: u32 = date.next()?.parse().ok()?;
+    let day: u32 = date.next()?.parse().ok()?;
+    let (hms, fraction) = time.split_once('.').unwrap_or((time, ""));
+    let mut hms = hms.splitn(3, ':');
+    let hour: u64 = hms.next()?.parse().ok()?;
+    let minute: u64 = hms.next()?.parse().ok()?;
+    let second: u64 = hms.next()?.parse().ok()?;
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    if !fraction.chars().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    let nanos: u32 = format!("{fraction:0<9}").get(..9)?.parse().ok()?;
+    // Days from the civil date (Howard Hinnant's algorithm), the inverse of
+    // `civil_from_days`.
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let m = i64::from(month);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = u64::try_from(era * 146_097 + doe - 719_468).ok()?;
+    let seconds = days * 86_400 + hour * 3600 + minute * 60 + second;
+    Some(UNIX_EPOCH + Duration::new(seconds, nanos))
 }
 
 /// `GET /emulator/devices/{id}/messages[?since=N]`: the device's kept device-to-cloud messages
@@ -707,6 +847,10 @@ mod tests {
         assert_eq!(target("/twins/d/modules/m/methods"), Target::ModuleMethods);
         assert_eq!(target("/twins/a%20b"), Target::Twin("a%20b"));
         assert_eq!(
+            target("/devices/a%20b/messages/deviceBound"),
+            Target::DeviceBound("a%20b")
+        );
+        assert_eq!(
             target("/emulator/devices/a%20b/messages"),
             Target::DeviceMessages("a%20b")
         );
@@ -717,6 +861,10 @@ mod tests {
             "/twins/",
             "/twins/d/",
             "/devices/d/methods",
+            "/devices/d",
+            "/devices//messages/deviceBound",
+            "/devices/d/messages/deviceBound/",
+            "/devices/d/messages/events",
             "/emulator/devices//messages",
             "/emulator/devices/d/messages/",
             "/emulator/devices/d",
@@ -745,6 +893,53 @@ mod tests {
         for bad in [&b"[]"[..], b"{", br#"{"properties":1}"#] {
             assert!(twin_update(bad, false).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn utc_times_parse_as_the_hub_writes_them() {
+        for (text, secs, nanos) in [
+            ("1970-01-01T00:00:00Z", 0, 0),
+            ("2020-05-15T20:43:10.3899553Z", 1_589_575_390, 389_955_300),
+            ("2000-02-29T00:00:00Z", 951_782_400, 0),
+            ("2026-01-01T00:00:00.5Z", 1_767_225_600, 500_000_000),
+        ] {
+            let at = parse_utc(text).unwrap();
+            assert_eq!(at, UNIX_EPOCH + Duration::new(secs, nanos), "{text}");
+        }
+        for bad in [
+            "",
+            "2026-01-01",
+            "2026-01-01T00:00:00",
+            "2026-13-01T00:00:00Z",
+            "x-y-zTa:b:cZ",
+            "2026-01-01T00:00:00.x1Z",
+        ] {
+            assert_eq!(parse_utc(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn device_bound_headers_make_the_message() {
+        let mut headers = hyper::HeaderMap::new();
+        headers.insert("iothub-messageid", HeaderValue::from_static("m-1"));
+        headers.insert("iothub-correlationid", HeaderValue::from_static("c-1"));
+        headers.insert("iothub-app-Mode", HeaderValue::from_static("eco"));
+        headers.insert(
+            "iothub-expiry",
+            HeaderValue::from_static("2026-01-01T00:10:00Z"),
+        );
+        let now = UNIX_EPOCH + Duration::from_secs(1_767_225_600);
+        let send = c2d_send(&headers, now).unwrap();
+        assert_eq!(send.message_id.as_deref(), Some("m-1"));
+        assert_eq!(send.correlation_id.as_deref(), Some("c-1"));
+        assert_eq!(send.properties, [("mode".to_owned(), "eco".to_owned())]);
+        assert_eq!(send.ttl, Some(Duration::from_secs(600)));
+        headers.insert("iothub-expiry", HeaderValue::from_static("yesterday"));
+        assert!(c2d_send(&headers, now).is_err());
+        assert_eq!(
+            c2d_send(&hyper::HeaderMap::new(), now).unwrap(),
+            C2dSend::default()
+        );
     }
 
     #[test]

@@ -1,13 +1,15 @@
 //! A local Azure IoT Hub for the integration tests and the demo: the device-side MQTT endpoint
-//! and the service-side direct-method API, behaving as `iothub-protocol.md` describes the real
-//! hub.
+//! and the service-side API (direct methods, twins, cloud-to-device messages), behaving as
+//! `iothub-protocol.md` describes the real hub.
 //!
 //! Start one with [`Emulator::start`] on `127.0.0.1:0`, register devices with
 //! [`Emulator::add_device`], point devices at [`Emulator::mqtt_addr`] trusting
 //! [`Emulator::ca_pem`], and call methods through [`ServiceClient`] (HTTP) or
 //! [`Emulator::invoke`] (in process, same code path). Device twins are read and changed with
 //! [`Emulator::twin`], [`Emulator::update_desired`] and [`Emulator::wait_reported`], or over
-//! HTTP (`/twins/{id}`). Per-device [`DeviceStats`] live in a
+//! HTTP (`/twins/{id}`); cloud-to-device messages are sent with [`Emulator::send_c2d`] (or
+//! `POST /devices/{id}/messages/deviceBound`) and followed with [`Emulator::c2d`] and
+//! [`Emulator::wait_c2d`]. Per-device [`DeviceStats`] live in a
 //! `watch` channel, so tests await a state ([`Emulator::wait_for`]) instead of sleeping. What
 //! devices send as telemetry is read back with [`Emulator::telemetry`] and
 //! [`Emulator::wait_telemetry`], or over HTTP from `GET /emulator/devices/{id}/messages`.
@@ -69,6 +71,18 @@
 //!   ([`EmulatorConfig::twin_reads_per_s`], [`EmulatorConfig::twin_updates_per_s`]) answer 429
 //!   with errorCode 429001 beyond the rate in the current 1-second window. A malformed twin
 //!   topic or rid closes the connection.
+//! - Cloud-to-device messages (`iothub-protocol.md` 6.2): a queue per registered device (at most
+//!   50 queued or locked, bodies up to 64 KB, TTL 1 h by default and at most 48 h), kept across
+//!   connections, dropped with the device. Delivered at QoS 1 on
+//!   `devices/{id}/messages/devicebound/{bag}` to a device online and subscribed to a matching
+//!   filter (normally `devices/{id}/messages/devicebound/#`, kept across CleanSession-0
+//!   reconnects), the bag carrying `%24.mid`, `%24.to=%2Fdevices%2F{id}%2Fmessages%2FdeviceBound`,
+//!   `%24.cid` when set, then the application properties, percent-encoded as the SDKs encode
+//!   D2C bags. Delivery locks a message and counts it; the device's PUBACK completes it; without
+//!   one it is delivered again (same `$.mid`) after [`EmulatorConfig::c2d_lock_timeout`], on
+//!   whatever connection is current then, and dead-lettered after
+//!   [`EmulatorConfig::c2d_max_delivery_count`] deliveries; an expired message is dead-lettered
+//!   too. States, delivery counts and completion times are kept ([`C2dRecord`]).
 //! - Service API `POST /twins/{id}/methods?api-version=...` with a policy SAS token: 200
 //!   `{status, payload}`, 404001, 404103, 504101, 400004 (timeouts outside 5–300 s or 0–300 s,
 //!   bad body), 401003, 413001 (payload > 128 KB), 503001 (shutting down), with the
@@ -77,7 +91,13 @@
 //!   shape the service SDKs' `Twin` model reads (`deviceId`, `etag`, `version`, `status`,
 //!   `connectionState`, `tags`, `properties.desired`/`reported`); 404001 for an unknown
 //!   device, 400004 for a change breaking the limits, 412001 for an `If-Match` that is not `*`
-//!   or the etag.
+//!   or the etag. `POST /devices/{id}/messages/deviceBound` queues a cloud-to-device message
+//!   (headers `iothub-messageid`, `iothub-correlationid`, `iothub-expiry`, `iothub-app-{name}`;
+//!   204; 404001, 403004 `DeviceMaximumQueueDepthExceeded`, 413001 for a body over 64 KB,
+//!   400004). This route is the emulator's stand-in, not a route of the hub's service API: the
+//!   service SDKs send C2D messages over AMQP (`azure-iot-hub` 2.7's
+//!   `IoTHubRegistryManager.send_c2d_message` goes through uamqp to
+//!   `amqps://{host}/messages/devicebound`), which is not emulated.
 //!
 //! # Fault hooks and records, for tests
 //! - [`Emulator::drop_all_connections`] and [`Emulator::drop_connection`] close connections as
@@ -88,7 +108,9 @@
 //!   a throttled hub; and for telemetry: withhold PUBACKs (sent when the fault ends), close the
 //!   connection after recording a message but before its PUBACK (N times), or close it without
 //!   recording, as a hub whose message quota is used up; and for twins: answer every twin
-//!   request 429 ([`Fault::TwinThrottle`]), or never answer ([`Fault::TwinSilent`]).
+//!   request 429 ([`Fault::TwinThrottle`]), or never answer ([`Fault::TwinSilent`]); and for
+//!   cloud-to-device messages: lose the device's PUBACKs ([`Fault::LoseC2dAcks`]), so that a
+//!   message is delivered again after its lock timeout.
 //! - [`Emulator::telemetry`] and [`Emulator::wait_telemetry`] return what each device sent;
 //!   `GET /emulator/devices/{id}/messages?since=N` (service token; not a route of the real hub,
 //!   whose back end reads telemetry from Event Hubs) returns the same as JSON, in pages of at
@@ -118,6 +140,14 @@
 //!   coalesce notifications; a device seeing a gap reads the twin again). A twin request whose
 //!   answer the device cannot receive (not subscribed) is still served and recorded with its
 //!   status. A desired change by the service does not count towards the update throttle.
+//! - C2D: every due message is delivered at once, in queue order, each locked on its own (the
+//!   hub lets a device hold several locked); a lock outlives its connection, so a message
+//!   delivered just before a disconnect comes again only when its lock times out; a
+//!   redelivery is a new PUBLISH (new packet id, DUP not set) and a PUBACK for an older packet
+//!   id completes nothing; a TTL above 48 h is cut to 48 h; a generated `$.mid` is a random
+//!   GUID; `iothub-ack` and `%24.exp` are not put in the bag; the HTTP route takes application
+//!   property names from lower-cased header names; completed and dead-lettered messages are
+//!   kept for [`Emulator::c2d`] up to [`MAX_C2D_FINISHED`] per device, bodies dropped.
 //! - A telemetry bag that repeats a key keeps every pair, in order
 //!   ([`D2cMessage::properties`]); [`D2cMessage::property`], [`D2cMessage::system`] and the read
 //!   endpoint take the last. A key without `=` reads as an empty value.
@@ -125,8 +155,11 @@
 //! # What it does not emulate
 //! - Twin `$metadata`, the twin query language, module twins, PnP components, and the
 //!   `/twins/{id}` routes' other fields (tags are kept; everything else in a body is ignored).
-//! - Cloud-to-device messages (nothing is ever delivered on `devicebound`), persistent sessions
-//!   beyond subscriptions (nothing is queued while offline), retained messages, and will
+//! - C2D feedback (`iothub-ack`, the feedback endpoint), purging a queue, the AMQP service
+//!   endpoint the SDKs send C2D messages on, and MQTT's own redelivery of unacknowledged QoS 1
+//!   packets (DUP) on a resumed session: redelivery is the hub's lock timeout only.
+//! - Persistent sessions beyond subscriptions and C2D messages (method requests and desired
+//!   notifications are not queued while offline, as on the hub), retained messages, and will
 //!   messages (accepted in CONNECT, never published).
 //! - Telemetry routing, the Event Hubs-compatible endpoint, enrichments, and the properties the
 //!   hub stamps (`iothub-connection-device-id` and the like, `mqtt-retain`): messages are kept
@@ -135,7 +168,8 @@
 //! - Module identities, X.509 authentication (no client certificate is requested), shared access
 //!   policies for device connections (`skn` tokens on CONNECT are refused), policy permissions
 //!   (the one service policy may do everything), Azure AD bearer tokens.
-//! - MQTT over WebSockets, AMQP, HTTPS device APIs. The service API is plain HTTP on loopback,
+//! - MQTT over WebSockets, AMQP (so no SDK's own C2D send: see the `deviceBound` route), HTTPS
+//!   device APIs. The service API is plain HTTP on loopback,
 //!   and optionally also HTTPS ([`EmulatorConfig::https_addr`]) with the same CA as MQTT.
 //! - Throttling and quotas (429001, 403002), connection-rate limits and the 1,000,000-device
 //!   limit are not enforced by themselves (twin reads and updates only when configured); a
@@ -145,6 +179,7 @@
 //! - IoT Edge gateway semantics, DPS, the registry REST API (devices are added in process), ETags
 //!   and request-id headers, any other service API route.
 
+mod c2d;
 mod cli;
 mod client;
 mod clock;
@@ -180,6 +215,11 @@ use crate::sas::Key;
 use lock::lock;
 use registry::Registry;
 
+pub use c2d::{
+    C2dError, C2dRecord, C2dSend, C2dState, DEFAULT_C2D_LOCK_TIMEOUT,
+    DEFAULT_C2D_MAX_DELIVERY_COUNT, DEFAULT_C2D_TTL, MAX_C2D_BODY, MAX_C2D_FINISHED, MAX_C2D_QUEUE,
+    MAX_C2D_TTL,
+};
 pub use cli::{DeviceArg, EmulatorArgs, run_cli};
 pub use client::{ClientError, ServiceClient, ServiceResponse};
 pub use error::{Error, WaitTimeout};
@@ -228,12 +268,18 @@ pub struct EmulatorConfig {
     /// Hub-wide reported-property PATCHes allowed per second (the hub's "twin updates"
     /// throttle, 50/s on S1), likewise. `None`: unlimited.
     pub twin_updates_per_s: Option<u32>,
+    /// How long a delivered cloud-to-device message stays locked waiting for the device's
+    /// PUBACK before it is delivered again (the hub's is 1 minute).
+    pub c2d_lock_timeout: Duration,
+    /// Deliveries of a cloud-to-device message without a PUBACK before it is dead-lettered
+    /// (the hub's default is 10; its range 1–100).
+    pub c2d_max_delivery_count: u32,
 }
 
 impl Default for EmulatorConfig {
     /// `localhost`, MQTT and HTTP listeners on `127.0.0.1:0`, no HTTPS listener, policy
     /// `service` with a random key, [`DEFAULT_TELEMETRY_PER_DEVICE`] messages kept per device,
-    /// no twin throttling.
+    /// no twin throttling, the hub's C2D lock timeout (60 s) and maximum delivery count (10).
     fn default() -> Self {
         let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
         EmulatorConfig {
@@ -246,6 +292,8 @@ impl Default for EmulatorConfig {
             telemetry_per_device: DEFAULT_TELEMETRY_PER_DEVICE,
             twin_reads_per_s: None,
             twin_updates_per_s: None,
+            c2d_lock_timeout: DEFAULT_C2D_LOCK_TIMEOUT,
+            c2d_max_delivery_count: DEFAULT_C2D_MAX_DELIVERY_COUNT,
         }
     }
 }
@@ -372,7 +420,8 @@ impl Emulator {
         let shared = Arc::new(Shared {
             host_name: config.host_name,
             service_policy: config.service_policy,
-            registry: Registry::new(config.telemetry_per_device),
+            registry: Registry::new(config.telemetry_per_device)
+                .with_c2d(config.c2d_lock_timeout, config.c2d_max_delivery_count),
             methods: methods::Methods::new(),
             faults: faults::Faults::new(),
             history: history::History::new(),
@@ -772,6 +821,62 @@ impl Emulator {
     ) -> Result<Vec<TwinRequest>, WaitTimeout> {
         let found = self.shared.history.wait_twin(timeout, predicate).await;
         found.ok_or_else(|| log_timeout("(twin requests)", timeout))
+    }
+
+    /// Queues a cloud-to-device message for registered device `id`, as the service's
+    /// `POST /devices/{id}/messages/deviceBound` does; it is delivered at QoS 1 on
+    /// `devices/{id}/messages/devicebound/{bag}` as soon as the device is online and subscribed.
+    /// Returns its message id (`$.mid`), generated when `message` names none.
+    ///
+    /// # Errors
+    /// [`C2dError::DeviceNotFound`], [`C2dError::QueueFull`] (50 messages queued or locked),
+    /// [`C2dError::TooLarge`] (body over 64 KB), [`C2dError::InvalidArgument`] (empty id).
+    pub fn send_c2d(&self, id: &str, message: C2dSend) -> Result<String, C2dError> {
+        self.shared.registry.send_c2d(id, message)
+    }
+
+    /// `id`'s cloud-to-device messages in the order they were sent: those queued or locked, and
+    /// the newest [`MAX_C2D_FINISHED`] completed or dead-lettered (empty for a device that is
+    /// not registered).
+    #[must_use]
+    pub fn c2d(&self, id: &str) -> Vec<C2dRecord> {
+        self.shared.registry.c2d_records(id).0
+    }
+
+    /// Waits until `id`'s cloud-to-device messages (as [`Emulator::c2d`]) satisfy `predicate`,
+    /// checked at once, then on every change: a message queued, delivered, completed,
+    /// redelivered after its lock timed out, or dead-lettered (also while the device is
+    /// offline). Returns them.
+    ///
+    /// # Errors
+    /// [`WaitTimeout`] with the device's last stats.
+    pub async fn wait_c2d(
+        &self,
+        id: &str,
+        mut predicate: impl FnMut(&[C2dRecord]) -> bool,
+        timeout: Duration,
+    ) -> Result<Vec<C2dRecord>, WaitTimeout> {
+        let wait = async {
+            loop {
+                let (records, next, mut changes) = self.shared.registry.c2d_records(id);
+                if predicate(&records) {
+                    return Some(records);
+                }
+                tokio::select! {
+                    changed = changes.changed() => changed.ok()?,
+                    // A lock times out or a message expires: read (and so sweep) again.
+                    () = clock::sleep_until_some(next) => {}
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(Some(records)) => Ok(records),
+            Ok(None) | Err(_) => Err(WaitTimeout {
+                device: id.to_owned(),
+                timeout,
+                last: self.device_stats(id),
+            }),
+        }
     }
 
     /// Stops accepting, closes every connection, fails calls in flight with 503, and waits (up

@@ -4,9 +4,8 @@
 //! devices whose subscriptions match), so neither has to import the other for them.
 
 /// Whether the hub accepts `filter` from device `id`: a valid MQTT filter under one of the hub's
-/// device topic trees (methods, twin responses, desired properties, this device's C2D). Twin and
-/// C2D subscriptions are granted although nothing is ever delivered on them, so SDK-style
-/// clients connect. Per-method filters (`$iothub/methods/POST/reboot/#`) are allowed and count
+/// device topic trees (methods, twin responses, desired properties, this device's C2D).
+/// Per-method filters (`$iothub/methods/POST/reboot/#`) are allowed and count
 /// towards the five, which is why the docs say not to use them.
 pub(crate) fn known_filter(filter: &str, device_id: &str) -> bool {
     const HUB_TREES: [&str; 3] = [

@@ -10,12 +10,20 @@ Driven over stdin/stdout by tests/compat/device_sdk.rs (line protocol in jsonl.p
   disconnect {name}        the SDK's graceful disconnect (MQTT DISCONNECT)
   shutdown {name}          disconnect and stop the client's threads
   sas {uri, key, ttl}      -> {token, expiry} signed by the SDK's own SasToken code
+  get_twin {name}          get_twin -> {twin}: the SDK's dict of desired and reported
+  patch_reported {name, patch}
+                           patch_twin_reported_properties; returns once the hub answered
+  listen_twin {name}       set on_twin_desired_properties_patch_received (the SDK subscribes)
+  listen_c2d {name}        set on_message_received (the SDK subscribes to its C2D topic)
   sync                     a round trip: every line printed before its reply has been read
 
 Events: {"event": "dial", host, port}: the SDK asked paho for this host and port;
 {"event": "state", client, connected}: the SDK's connection-state callback;
 {"event": "method", client, method, payload, rid}: a method request reached the handler;
-{"event": "responded", client, rid}: send_method_response returned (the hub's PUBACK came).
+{"event": "responded", client, rid}: send_method_response returned (the hub's PUBACK came);
+{"event": "desired", client, patch}: a desired-properties patch reached the handler;
+{"event": "c2d", client, data, message_id, correlation_id, properties, ...}: a cloud-to-device
+message reached the handler (the SDK PUBACKs it before the handler runs).
 
 The handler answers every method with 200 and {"client", "method", "payload"}, except method
 "reply", whose payload {"status": S, "payload": P} says what to answer, and "silent", which is
@@ -137,6 +145,45 @@ def sas(command):
     return {"token": str(token), "expiry": token.expiry_time}
 
 
+def get_twin(command):
+    return {"twin": clients[command["name"]].get_twin()}
+
+
+def patch_reported(command):
+    clients[command["name"]].patch_twin_reported_properties(command["patch"])
+    return {}
+
+
+def listen_twin(command):
+    name = command["name"]
+
+    def on_patch(patch):
+        jsonl.emit(event="desired", client=name, patch=patch)
+
+    clients[name].on_twin_desired_properties_patch_received = on_patch
+    return {}
+
+
+def listen_c2d(command):
+    name = command["name"]
+
+    def on_message(message):
+        data = message.data
+        jsonl.emit(
+            event="c2d",
+            client=name,
+            data=data.decode("utf-8", "replace") if isinstance(data, bytes) else data,
+            message_id=message.message_id,
+            correlation_id=message.correlation_id,
+            content_type=message.content_type,
+            expiry_time_utc=message.expiry_time_utc,
+            properties=message.custom_properties,
+        )
+
+    clients[name].on_message_received = on_message
+    return {}
+
+
 def main():
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
     ops = {
@@ -145,6 +192,10 @@ def main():
         "disconnect": disconnect,
         "shutdown": shutdown,
         "sas": sas,
+        "get_twin": get_twin,
+        "patch_reported": patch_reported,
+        "listen_twin": listen_twin,
+        "listen_c2d": listen_c2d,
         "sync": lambda _: {},
     }
     for command in jsonl.commands():

@@ -3,7 +3,9 @@ stdout (replies and events). The Rust side (tests/compat/peer.rs) writes command
 lines; nothing else may be printed on stdout, so logging goes to stderr.
 
 A command is {"id": N, "op": NAME, ...}; its reply is {"re": N, "ok": true, ...} or
-{"re": N, "ok": false, "error": TYPE, "message": TEXT}. Events are {"event": NAME, ...}.
+{"re": N, "ok": false, "error": TYPE, "message": TEXT, "cause": TEXT or null} (cause: the
+exception the SDK wrapped, e.g. the ServiceError inside a ClientError). Events are
+{"event": NAME, ...}.
 """
 
 import json
@@ -32,6 +34,7 @@ def fail(command, error):
         ok=False,
         error=type(error).__name__,
         message=str(error),
+        cause=None if error.__cause__ is None else f"{type(error.__cause__).__name__}: {error.__cause__}",
         trace=traceback.format_exc(limit=3),
     )
 

@@ -5,6 +5,19 @@ Driven over stdin/stdout by tests/compat/service_sdk.rs (line protocol in jsonl.
   invoke {connection_string, device, method, payload, timeout}
       IoTHubRegistryManager.invoke_device_method; -> {status, payload} from the device, or
       {http_status, errorcode, body} when the SDK raised HttpOperationError
+  get_twin {connection_string, device}
+      IoTHubRegistryManager.get_twin -> {twin}: the SDK's Twin model as_dict() (snake_case),
+      or {http_status, errorcode, body} as for invoke
+  update_twin {connection_string, device, desired, tags?, etag?}
+  replace_twin {connection_string, device, desired, tags?, etag?}
+      update_twin / replace_twin with Twin(tags, properties=TwinProperties(desired)) -> {twin}
+  send_c2d_rest {connection_string, device, body, message_id?, correlation_id?, properties?}
+      NOT the SDK's send_c2d_message: that one speaks AMQP (uamqp, to
+      amqps://{host}/messages/devicebound), which the emulator does not emulate. Instead this
+      POSTs to the emulator's REST stand-in /devices/{id}/messages/deviceBound through the
+      SDK's own HTTP plumbing (the generated REST client's msrest ServiceClient, with the SDK's
+      connection-string SAS authentication and api-version), headers iothub-messageid,
+      iothub-correlationid, iothub-app-{name} -> {http_status, errorcode, body}
   sas {uri, key, policy, ttl}  -> {token, expiry} from the SDK's own SasToken
 
 The SDK builds `https://{HostName}` from the connection string (port 443) and trusts the system
@@ -18,7 +31,7 @@ import os
 import sys
 
 from azure.iot.hub import IoTHubRegistryManager
-from azure.iot.hub.models import CloudToDeviceMethod
+from azure.iot.hub.models import CloudToDeviceMethod, Twin, TwinProperties
 from azure.iot.hub.sastoken import SasToken
 from msrest.exceptions import HttpOperationError
 
@@ -48,13 +61,67 @@ def invoke(command):
     try:
         result = registry.invoke_device_method(command["device"], request)
     except HttpOperationError as error:
-        response = error.response
-        return {
-            "http_status": response.status_code,
-            "errorcode": response.headers.get("iothub-errorcode"),
-            "body": response.text,
-        }
+        return http_error(error)
     return {"status": result.status, "payload": result.payload}
+
+
+def http_error(error):
+    response = error.response
+    return {
+        "http_status": response.status_code,
+        "errorcode": response.headers.get("iothub-errorcode"),
+        "body": response.text,
+    }
+
+
+def get_twin(command):
+    registry = manager(command["connection_string"])
+    try:
+        return {"twin": registry.get_twin(command["device"]).as_dict()}
+    except HttpOperationError as error:
+        return http_error(error)
+
+
+def twin_change(command, change):
+    twin = Twin(
+        tags=command.get("tags"),
+        properties=TwinProperties(desired=command.get("desired")),
+    )
+    try:
+        return {"twin": change(command["device"], twin, command.get("etag")).as_dict()}
+    except HttpOperationError as error:
+        return http_error(error)
+
+
+def update_twin(command):
+    return twin_change(command, manager(command["connection_string"]).update_twin)
+
+
+def replace_twin(command):
+    return twin_change(command, manager(command["connection_string"]).replace_twin)
+
+
+def send_c2d_rest(command):
+    protocol = manager(command["connection_string"]).protocol
+    client = protocol._client
+    device = protocol.devices._serialize.url("id", command["device"], "str")
+    url = client.format_url("/devices/{id}/messages/deviceBound", id=device)
+    headers = {"Content-Type": "application/octet-stream"}
+    if command.get("message_id") is not None:
+        headers["iothub-messageid"] = command["message_id"]
+    if command.get("correlation_id") is not None:
+        headers["iothub-correlationid"] = command["correlation_id"]
+    for key, value in command.get("properties", {}).items():
+        headers["iothub-app-" + key] = value
+    request = client.post(url, {"api-version": protocol.api_version}, headers)
+    # The raw body, not msrest's JSON serialization of it.
+    request.data = command["body"].encode("utf-8")
+    response = client.send(request, stream=False)
+    return {
+        "http_status": response.status_code,
+        "errorcode": response.headers.get("iothub-errorcode"),
+        "body": response.text,
+    }
 
 
 def sas(command):
@@ -64,7 +131,15 @@ def sas(command):
 
 def main():
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
-    ops = {"invoke": invoke, "sas": sas, "sync": lambda _: {}}
+    ops = {
+        "invoke": invoke,
+        "get_twin": get_twin,
+        "update_twin": update_twin,
+        "replace_twin": replace_twin,
+        "send_c2d_rest": send_c2d_rest,
+        "sas": sas,
+        "sync": lambda _: {},
+    }
     for command in jsonl.commands():
         try:
             jsonl.reply(command, **ops[command["op"]](command))

@@ -117,7 +117,7 @@ pub(super) async fn serve(
         let refusal = match &active.fault {
             Fault::Refuse(_) => Some(RefusalReason::Injected),
             Fault::Throttle(_) => Some(RefusalReason::Throttled),
-            // Telemetry and twin faults never strike a CONNECT (`Faults::on_connect` skips them).
+            // Telemetry, twin and C2D faults never strike a CONNECT (`Faults::on_connect` skips them).
             Fault::Stall(_)
             | Fault::Hangup(_)
             | Fault::RefuseTcp
@@ -126,7 +126,8 @@ pub(super) async fn serve(
             | Fault::DropBeforePuback { .. }
             | Fault::QuotaExceeded(_)
             | Fault::TwinThrottle(_)
-            | Fault::TwinSilent(_) => None,
+            | Fault::TwinSilent(_)
+            | Fault::LoseC2dAcks(_) => None,
         };
         if let Some(reason) = refusal {
             refuse(shared, &mut link, &connect.client_id, &reason).await;
@@ -194,6 +195,8 @@ pub(super) async fn serve(
         persistent: !connect.clean_session,
         withheld: Vec::new(),
         withholding: None,
+        c2d_next_pkid: 1,
+        c2d_deadline: None,
     };
     if !session.subscriptions.is_empty() {
         session.publish_subscriptions();

@@ -3,14 +3,16 @@
 //!
 //! A connection task owns its socket: it reads and decodes with rumqttc's codec, answers
 //! CONNECT/SUBSCRIBE/PINGREQ/PUBLISH, and writes method requests that [`crate::methods`] queues
-//! for it. The registry only holds a handle to queue messages and to close the connection with a
-//! reason. Any input the hub would not accept closes that one connection; nothing a client sends
+//! for it, desired-property notifications and cloud-to-device messages. The registry only holds
+//! a handle to queue messages and to close the connection with a reason. Any input the hub would not accept closes that one connection; nothing a client sends
 //! can panic the emulator or grow a buffer past [`MAX_INCOMING_PACKET`](link::MAX_INCOMING_PACKET).
 //!
 //! One file per job: accepting connections (`listener`), a connection from TLS handshake to
 //! CONNACK and close (`connection`), the packets of an accepted session (`session`), its twin
-//! requests (`twin`), and reading and writing packets on the TLS stream (`link`).
+//! requests (`twin`) and cloud-to-device deliveries (`c2d`), and reading and writing packets on
+//! the TLS stream (`link`).
 
+mod c2d;
 mod connection;
 mod link;
 mod listener;

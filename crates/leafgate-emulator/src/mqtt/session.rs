@@ -1,7 +1,8 @@
 //! An accepted device session, from CONNACK until something ends it: the packets a device may
 //! send (method responses, telemetry, twin requests, SUBSCRIBE, PINGREQ), the hub's limits on
 //! them, keep-alive and token expiry, and the telemetry faults a test injected. Anything else
-//! closes the connection, as the hub does. Twin requests are served in `twin`.
+//! closes the connection, as the hub does. Twin requests are served in `twin`; cloud-to-device
+//! messages are delivered, and their PUBACKs taken, in `c2d`.
 
 use std::time::Duration;
 
@@ -68,6 +69,11 @@ pub(super) struct Session<'a> {
     pub(super) withheld: Vec<u16>,
     /// The rule withholding them and when it ends by itself.
     pub(super) withholding: Option<(FaultId, Option<Instant>)>,
+    /// The next packet id for a cloud-to-device delivery.
+    pub(super) c2d_next_pkid: u16,
+    /// When the device's C2D queue next changes by itself (a lock times out, a message
+    /// expires), so that the session delivers again then.
+    pub(super) c2d_deadline: Option<Instant>,
 }
 
 impl Session<'_> {
@@ -83,6 +89,11 @@ impl Session<'_> {
         let expiry_timer = tokio::time::sleep_until(expiry_instant(token_expiry));
         tokio::pin!(idle_timer, expiry_timer);
         let mut faults = self.shared.faults.subscribe();
+        let mut c2d = self.entry.watch_c2d();
+        c2d.borrow_and_update();
+        if let Err(reason) = self.deliver_c2d(link).await {
+            return reason;
+        }
         loop {
             // Handle every whole packet already buffered before waiting again.
             loop {
@@ -99,6 +110,7 @@ impl Session<'_> {
             }
             let holding = self.withholding.is_some();
             let hold_until = self.withholding.and_then(|(_, until)| until);
+            let c2d_deadline = self.c2d_deadline;
             tokio::select! {
                 biased;
                 () = self.conn.kill_token().cancelled() => return self.kill_reason(),
@@ -116,6 +128,21 @@ impl Session<'_> {
                         return DisconnectReason::Shutdown;
                     }
                     if let Err(reason) = self.release_withheld(link).await {
+                        return reason;
+                    }
+                }
+                // The device's C2D queue changed, or its next deadline came.
+                changed = c2d.changed() => {
+                    // The sender lives in the registry entry this session holds.
+                    if changed.is_err() {
+                        return DisconnectReason::Shutdown;
+                    }
+                    if let Err(reason) = self.deliver_c2d(link).await {
+                        return reason;
+                    }
+                }
+                () = sleep_until_some(c2d_deadline), if c2d_deadline.is_some() => {
+                    if let Err(reason) = self.deliver_c2d(link).await {
                         return reason;
                     }
                 }
@@ -163,13 +190,21 @@ impl Session<'_> {
                 }
                 reply
             }
-            Packet::Subscribe(subscribe) => Some(self.subscribe(subscribe)?),
+            Packet::Subscribe(subscribe) => {
+                let suback = self.subscribe(subscribe)?;
+                link.send(suback).await.map_err(LinkError::into_reason)?;
+                // A new subscription may be the one C2D messages waited for.
+                return self.deliver_c2d(link).await;
+            }
             Packet::Unsubscribe(unsubscribe) => Some(self.unsubscribe(unsubscribe)),
             Packet::PingReq => Some(Packet::PingResp),
             Packet::Disconnect => return Err(DisconnectReason::ClientDisconnect),
-            // The emulator publishes at QoS 0 only, so there is nothing to acknowledge; a stray
-            // PUBACK is harmless.
-            Packet::PubAck(_) => None,
+            // The emulator publishes at QoS 1 only cloud-to-device messages; a PUBACK that
+            // completes none of them is harmless.
+            Packet::PubAck(ack) => {
+                self.c2d_puback(ack.pkid);
+                None
+            }
             other => {
                 return Err(DisconnectReason::ProtocolViolation(format!(
                     "unexpected {}",

@@ -18,6 +18,7 @@
 //! children (which extend [`Registry`] under the same locking order); the data it reports
 //! (reasons, stats, events) and the handle it keeps on a connection have their own files.
 
+mod c2d;
 mod connection;
 mod reason;
 mod stats;
@@ -26,11 +27,13 @@ mod twin;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::{broadcast, watch};
 
 use super::topic_filter::filter_matches;
 use super::wire::ConnectRecord;
+use crate::c2d::{C2dQueue, DEFAULT_C2D_LOCK_TIMEOUT, DEFAULT_C2D_MAX_DELIVERY_COUNT};
 use crate::lock::lock;
 use crate::sas::Key;
 use crate::telemetry::{D2cMessage, MessageLog, Received};
@@ -63,6 +66,8 @@ struct EntryState {
     /// The device twin: created with the identity, kept across connections and re-keying,
     /// dropped with the identity.
     twin: TwinDoc,
+    /// Cloud-to-device messages, likewise.
+    c2d: C2dQueue,
 }
 
 /// What a new connection resumes from the device's persistent session.
@@ -83,6 +88,9 @@ pub(crate) struct DeviceEntry {
     messages: MessageLog,
     /// Bumped after every change of the twin's reported properties.
     twin_changed: watch::Sender<u64>,
+    /// Bumped after every change of the cloud-to-device queue (a message queued, delivered,
+    /// completed, unlocked or dead-lettered); the connection task delivers on it.
+    c2d_changed: watch::Sender<u64>,
 }
 
 /// Where a method request for a device can go right now.
@@ -104,10 +112,12 @@ impl DeviceEntry {
                 current: None,
                 session: None,
                 twin: TwinDoc::default(),
+                c2d: C2dQueue::default(),
             }),
             stats: watch::Sender::new(DeviceStats::default()),
             messages: MessageLog::default(),
             twin_changed: watch::Sender::new(0),
+            c2d_changed: watch::Sender::new(0),
         }
     }
 
@@ -155,6 +165,10 @@ pub(crate) struct Registry {
     next_connection: AtomicU64,
     /// Device-to-cloud messages kept per device.
     telemetry_capacity: usize,
+    /// How long a delivered cloud-to-device message stays locked without a PUBACK.
+    c2d_lock_timeout: Duration,
+    /// Deliveries of a cloud-to-device message before it is dead-lettered.
+    c2d_max_delivery_count: u32,
 }
 
 #[derive(Default)]
@@ -171,7 +185,17 @@ impl Registry {
             events: broadcast::Sender::new(EVENT_CAPACITY),
             next_connection: AtomicU64::new(1),
             telemetry_capacity,
+            c2d_lock_timeout: DEFAULT_C2D_LOCK_TIMEOUT,
+            c2d_max_delivery_count: DEFAULT_C2D_MAX_DELIVERY_COUNT,
         }
+    }
+
+    /// The same registry with these cloud-to-device lock timeout and maximum delivery count.
+    #[must_use]
+    pub(crate) fn with_c2d(mut self, lock_timeout: Duration, max_delivery_count: u32) -> Self {
+        self.c2d_lock_timeout = lock_timeout;
+        self.c2d_max_delivery_count = max_delivery_count;
+        self
     }
 
     pub(crate) fn next_connection_id(&self) -> u64 {
@@ -228,8 +252,9 @@ impl Registry {
             let mut state = lock(&entry.state);
             if state.identity.is_none() {
                 entries.unregistered = entries.unregistered.saturating_sub(1);
-                // A new registration starts with a new twin; re-keying keeps it.
+                // A new registration starts with a new twin and queue; re-keying keeps them.
                 state.twin = TwinDoc::default();
+                state.c2d = C2dQueue::default();
             }
             state.identity = Some(Identity { key, enabled: true });
             drop(state);
@@ -253,11 +278,13 @@ impl Registry {
         }
         state.session = None;
         state.twin = TwinDoc::default();
+        state.c2d = C2dQueue::default();
         entries.unregistered += 1;
         drop(entries);
         if let Some(conn) = &state.current {
             conn.kick(DisconnectReason::DeviceRemoved);
         }
+        entry.c2d_changed.send_modify(|n| *n = n.wrapping_add(1));
         entry.stats.send_modify(|stats| {
             stats.registered = false;
             stats.enabled = false;

@@ -34,6 +34,8 @@ pub(crate) struct ServiceTwin {
     pub(crate) version: u64,
     pub(crate) enabled: bool,
     pub(crate) connected: bool,
+    /// Cloud-to-device messages queued or locked.
+    pub(crate) c2d_count: usize,
 }
 
 fn service_twin(state: &EntryState, doc: &TwinDoc) -> ServiceTwin {
@@ -44,6 +46,7 @@ fn service_twin(state: &EntryState, doc: &TwinDoc) -> ServiceTwin {
         version: doc.version(),
         enabled: state.identity.as_ref().is_some_and(|i| i.enabled),
         connected: state.current.is_some(),
+        c2d_count: state.c2d.live_count(),
     }
 }
 
