@@ -214,3 +214,79 @@ fn implied_kind(profile: &ProfileConfig) -> BusKind {
         BusKind::ModbusTcp
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "[hub]\nhostname = \"h.azure-devices.net\"\n[[bus]]\nid = \"psu-line\"\nkind = \"serial\"\npath = \"/dev/null\"\nterminator = \"\\n\"\n";
+    const PSU: &str = "[[profile]]\nid = \"psu\"\nmodel_id = \"dtmi:com:example:Psu;1\"\n[[profile.method]]\nname = \"ident\"\n[[profile.method.step]]\nop = \"send\"\nrequest = \"*IDN?\\n\"\n";
+    const DEVICE: &str = "[[device]]\nid = \"psu-1\"\nshared_access_key = \"c2VjcmV0\"\nbus = \"psu-line\"\nprofile = \"psu\"\n";
+
+    fn model(files: &[(&str, String)], id: Option<&str>) -> Result<Model, Error> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("conf.d")).unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        for_profile(&dir.path().join("leafgate.toml"), "psu", id)
+    }
+
+    #[test]
+    fn a_profile_no_device_uses_is_compiled_for_the_kind_its_steps_need() {
+        let got = model(&[("leafgate.toml", format!("{BASE}{PSU}"))], None).unwrap();
+        assert_eq!(got.kind, BusKind::Serial);
+        assert_eq!(
+            got.warnings,
+            ["profile \"psu\" is used by no device: its entries are compiled for a serial bus"]
+        );
+        assert_eq!(got.json["contents"][0]["name"], "ident");
+    }
+
+    #[test]
+    fn a_profile_in_a_drop_in_is_found_and_devices_that_add_to_it_are_named() {
+        let device = format!(
+            "{DEVICE}model_id = \"dtmi:com:example:Other;1\"\n[[device.method]]\nname = \"beep\"\n[[device.method.step]]\nop = \"send\"\nrequest = \"BEEP\\n\"\nreply = \"none\"\n"
+        );
+        let got = model(
+            &[
+                ("leafgate.toml", format!("{BASE}{device}")),
+                ("conf.d/10-psu.toml", PSU.to_owned()),
+            ],
+            Some("dtmi:com:example:Psu;7"),
+        )
+        .unwrap();
+        assert_eq!(got.json["@id"], "dtmi:com:example:Psu;7");
+        assert_eq!(
+            got.warnings,
+            [
+                "device \"psu-1\" adds its own methods to the profile's: they are not in this model",
+                "device \"psu-1\" announces its own model \"dtmi:com:example:Other;1\", not this one",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_bad_model_id_is_named_at_its_key_and_a_bad_config_is_the_configs_problems() {
+        let bad_id = PSU.replace("dtmi:com:example:Psu;1", "psu-model");
+        let err = model(&[("leafgate.toml", format!("{BASE}{bad_id}"))], None).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("leafgate.toml: profile[0].model_id: \"psu-model\" is not a DTMI"),
+            "{text}"
+        );
+        let broken = model(
+            &[("leafgate.toml", format!("{BASE}{PSU}{DEVICE}unit = 3\n"))],
+            None,
+        )
+        .unwrap_err();
+        assert!(matches!(broken, Error::Config(_)), "{broken:?}");
+        assert_eq!(broken.problems().len(), 1);
+        assert!(
+            broken.problems()[0]
+                .to_string()
+                .ends_with("device[0].unit: does not apply to devices on a serial bus"),
+            "{broken:?}"
+        );
+    }
+}
