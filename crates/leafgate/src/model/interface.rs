@@ -97,9 +97,10 @@ pub fn build(
         out.add(TIMESTAMP_KEY, "the readings' timestamp", ts);
     }
     for (cfg, group) in profile.telemetry.iter().zip(&compiled.groups) {
+        let what = format!("telemetry group {:?}", cfg.name);
         for field in group.reads.reply_fields() {
-            let what = format!("field {:?} of telemetry group {:?}", field.name, cfg.name);
             let value = describe(&what, &field, reply_config(&cfg.step, field.name))?;
+            let what = format!("field {:?} of {what}", field.name);
             out.add_telemetry(field.name, &what, dtdl::content("Telemetry", &value));
         }
     }
@@ -661,6 +662,15 @@ request = "*IDN?\r\n"
         assert_eq!(
             err.to_string(),
             "field \"running\" of method \"getStatus\": unit \"volt\" applies to numbers, and this field is a bit"
+        );
+        let text = PUMP.replace(
+            "{ name = \"flow\", type = \"f32\" }",
+            "{ name = \"flowing\", type = \"bool\", unit = \"litrePerSecond\" }",
+        );
+        let err = build(&profile(&text), BusKind::ModbusTcp, "dtmi:a:b;1", true, at).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "field \"flowing\" of telemetry group \"fast\": unit \"litrePerSecond\" applies to numbers, and this field is a bool"
         );
     }
 }
