@@ -534,3 +534,34 @@ fn every_unit_leafgate_takes_passes_the_parser_with_its_semantic_type() {
         )
     );
 }
+
+#[test]
+fn the_shipped_samples_profile_passes_the_parser() {
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/leafgate.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("energy-meter.json");
+    let out = Command::new(BIN)
+        .args([
+            "model",
+            "energy-meter",
+            "--id",
+            "dtmi:com:example:EnergyMeter;1",
+            "-c",
+        ])
+        .arg(&sample)
+        .arg("-o")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // meter-b adds a method of its own.
+    assert_eq!(
+        text(&out.stderr),
+        "warning: device \"meter-b\" adds its own methods to the profile's: they are not in this model\n"
+    );
+    let checked = validate(&[&file]);
+    assert!(checked.status.success(), "{}", text(&checked.stderr));
+    let model: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(named(&model, "voltage")["unit"], "volt");
+    assert_eq!(named(&model, "getReadings")["@type"], "Command");
+}
