@@ -45,6 +45,27 @@ enum Command {
         #[arg(long)]
         has_devices: bool,
     },
+    /// Write the IoT Plug and Play model of a profile's devices: a DTDL v2 interface whose id is
+    /// the profile's model_id, with its methods as commands, its telemetry fields, and its
+    /// reported, hardware-read and desired properties.
+    ///
+    /// The config is checked first, as `check` does. Entries DTDL cannot name (a method called
+    /// "set-speed") are left out with a warning on stderr.
+    ///
+    /// Exit codes: 0 written; 1 no model for this profile (unknown, no model_id, a unit on a field
+    /// that is not a number, an output that cannot be written); 78 the config has problems.
+    Model {
+        /// The profile's id ([[profile]] id = "...").
+        profile: String,
+        #[arg(short, long, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+        /// The interface's DTMI, instead of the profile's model_id.
+        #[arg(long, value_name = "DTMI")]
+        id: Option<String>,
+        /// Write the model to this file instead of stdout.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
     /// Run everything on this machine: an emulated IoT Hub, simulated Modbus and serial
     /// hardware, and leafgate with config/demo.toml; call a few methods and show the answers.
     ///
@@ -92,6 +113,12 @@ fn main() -> ExitCode {
             has_devices,
         } => check(&config, has_devices),
         Command::Run { config, log_level } => run(&config, log_level),
+        Command::Model {
+            profile,
+            config,
+            id,
+            output,
+        } => model(&config, &profile, id.as_deref(), output.as_deref()),
         #[cfg(feature = "demo")]
         Command::Demo {
             once,
@@ -211,6 +238,57 @@ fn check(path: &std::path::Path, has_devices: bool) -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+/// `leafgate model`: no model can be written for the profile.
+const EXIT_NO_MODEL: u8 = 1;
+
+fn model(
+    path: &std::path::Path,
+    profile: &str,
+    id: Option<&str>,
+    output: Option<&std::path::Path>,
+) -> ExitCode {
+    let model = match leafgate::model::for_profile(path, profile, id) {
+        Ok(model) => model,
+        Err(e) => {
+            for p in e.problems() {
+                eprintln!("{p}");
+            }
+            if let leafgate::model::Error::Config(c) = &e {
+                eprintln!(
+                    "{}: {} config problem(s); no model written",
+                    path.display(),
+                    c.problems.len()
+                );
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            eprintln!("leafgate model: profile {profile:?}: {e}");
+            return ExitCode::from(EXIT_NO_MODEL);
+        }
+    };
+    for w in &model.warnings {
+        eprintln!("warning: {w}");
+    }
+    let text = model.to_pretty();
+    let written = match output {
+        Some(file) => {
+            std::fs::write(file, text).map_err(|e| format!("cannot write {}: {e}", file.display()))
+        }
+        None => {
+            use std::io::Write as _;
+            std::io::stdout()
+                .write_all(text.as_bytes())
+                .map_err(|e| format!("cannot write to stdout: {e}"))
+        }
+    };
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("leafgate model: {e}");
+            ExitCode::from(EXIT_NO_MODEL)
         }
     }
 }

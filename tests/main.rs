@@ -47,6 +47,10 @@ mod twin_hostile;
 /// The real binary: `check` and `run` exit codes, SIGTERM, secrets kept out of the log.
 mod cli;
 
+/// `leafgate model`: profiles as IoT Plug and Play models, checked by Microsoft's DTDL parser
+/// (node, `tests/model/`).
+mod model;
+
 /// `leafgate demo --once`, through the library and as the real binary.
 mod demo;
 

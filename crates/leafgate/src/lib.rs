@@ -7,6 +7,8 @@
 //!   per device and the seam services plug into (`hub::service`).
 //! - [`services`]: what joins hub messages to the hardware; direct methods are the first.
 //! - [`mapping`]: method definitions → bus operations → JSON replies, and the status contract.
+//! - [`model`]: a profile's IoT Plug and Play model (DTDL v2) for `leafgate model`, from the
+//!   config as validated; imports `config` and `mapping` only.
 //! - [`bus`]: one actor per physical bus (Modbus TCP, Modbus RTU, raw serial).
 //! - [`gateway`]: the supervisor that builds buses, services and device sessions, owns shutdown and reload,
 //!   and (`gateway::service`) the daemon loop: signals, systemd notifications, watchdog.
@@ -26,6 +28,7 @@ pub mod gateway;
 pub mod hub;
 pub mod logtext;
 pub mod mapping;
+pub mod model;
 pub mod regular_file;
 pub mod services;
 pub mod systemd;

@@ -147,6 +147,144 @@ pub struct FieldConfig {
     pub value: Option<Constant>,
     /// Telemetry with `on_change` only: how far a number may move before the reading is sent.
     pub deadband: Option<f64>,
+    /// The engineering unit, as a DTDL v2 unit name (`degreeCelsius`, `volt`): only the IoT
+    /// Plug and Play model (`leafgate model`) uses it; readings and replies carry numbers alone.
+    pub unit: Option<Unit>,
+}
+
+/// A DTDL v2 unit with the semantic type DTDL requires beside it (`volt` is a `Voltage`). An
+/// unknown name is refused while the config is read, with the list of known ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unit {
+    pub name: &'static str,
+    pub semantic_type: &'static str,
+}
+
+/// DTDL v2's units, space-separated, by the semantic type they go with (its QuantitativeTypes
+/// extension as Microsoft's DTDL parser defines it). Where DTDL allows a unit with several
+/// semantic types (a `metre` is a `Length` or a `Distance`), the one here is used; `percent`
+/// goes with `RelativeHumidity`, the only semantic type DTDL v2 allows it with.
+pub const UNITS: &[(&str, &str)] = &[
+    (
+        "Acceleration",
+        "metrePerSecondSquared centimetrePerSecondSquared gForce",
+    ),
+    ("Angle", "radian degreeOfArc minuteOfArc secondOfArc turn"),
+    ("AngularAcceleration", "radianPerSecondSquared"),
+    (
+        "AngularVelocity",
+        "radianPerSecond degreePerSecond revolutionPerSecond revolutionPerMinute",
+    ),
+    (
+        "Area",
+        "squareMetre squareCentimetre squareMillimetre squareKilometre hectare squareFoot \
+         squareInch acre",
+    ),
+    (
+        "Capacitance",
+        "farad millifarad microfarad nanofarad picofarad",
+    ),
+    ("Current", "ampere microampere milliampere"),
+    (
+        "DataRate",
+        "bitPerSecond kibibitPerSecond mebibitPerSecond gibibitPerSecond tebibitPerSecond \
+         exbibitPerSecond zebibitPerSecond yobibitPerSecond bytePerSecond kibibytePerSecond \
+         mebibytePerSecond gibibytePerSecond tebibytePerSecond exbibytePerSecond zebibytePerSecond \
+         yobibytePerSecond",
+    ),
+    (
+        "DataSize",
+        "bit kibibit mebibit gibibit tebibit exbibit zebibit yobibit byte kibibyte mebibyte \
+         gibibyte tebibyte exbibyte zebibyte yobibyte",
+    ),
+    ("Density", "kilogramPerCubicMetre gramPerCubicMetre"),
+    ("ElectricCharge", "coulomb"),
+    (
+        "Energy",
+        "joule kilojoule megajoule gigajoule electronvolt megaelectronvolt kilowattHour",
+    ),
+    ("Force", "newton pound ounce ton"),
+    ("Frequency", "hertz kilohertz megahertz gigahertz"),
+    ("Illuminance", "lux footcandle"),
+    ("Inductance", "henry millihenry microhenry"),
+    (
+        "Length",
+        "metre centimetre millimetre micrometre nanometre kilometre foot inch mile nauticalMile \
+         astronomicalUnit",
+    ),
+    ("Luminance", "candelaPerSquareMetre"),
+    ("LuminousFlux", "lumen"),
+    ("LuminousIntensity", "candela"),
+    ("MagneticFlux", "weber maxwell"),
+    ("MagneticInduction", "tesla"),
+    ("Mass", "kilogram gram milligram microgram tonne slug"),
+    (
+        "MassFlowRate",
+        "gramPerSecond kilogramPerSecond gramPerHour kilogramPerHour",
+    ),
+    (
+        "Power",
+        "watt microwatt milliwatt kilowatt megawatt gigawatt horsepower kilowattHourPerYear",
+    ),
+    (
+        "Pressure",
+        "pascal kilopascal bar millibar millimetresOfMercury poundPerSquareInch inchesOfMercury \
+         inchesOfWater",
+    ),
+    ("RelativeHumidity", "percent unity"),
+    ("Resistance", "ohm milliohm kiloohm megaohm"),
+    ("SoundPressure", "decibel bel"),
+    ("Temperature", "kelvin degreeCelsius degreeFahrenheit"),
+    (
+        "TimeSpan",
+        "second millisecond microsecond nanosecond minute hour day year",
+    ),
+    ("Torque", "newtonMetre"),
+    (
+        "Velocity",
+        "metrePerSecond centimetrePerSecond kilometrePerSecond metrePerHour kilometrePerHour \
+         milePerHour milePerSecond knot",
+    ),
+    ("Voltage", "volt millivolt microvolt kilovolt megavolt"),
+    (
+        "Volume",
+        "cubicMetre cubicCentimetre litre millilitre cubicFoot cubicInch fluidOunce gallon",
+    ),
+    (
+        "VolumeFlowRate",
+        "litrePerSecond millilitrePerSecond litrePerHour millilitrePerHour",
+    ),
+];
+
+impl Unit {
+    /// The unit named `name`, with its semantic type.
+    #[must_use]
+    pub fn find(name: &str) -> Option<Unit> {
+        UNITS.iter().find_map(|(semantic_type, units)| {
+            (units.split_whitespace())
+                .find(|u| *u == name)
+                .map(|name| Unit {
+                    name,
+                    semantic_type,
+                })
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Unit {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        Unit::find(&name).ok_or_else(|| {
+            let known: Vec<&str> = UNITS
+                .iter()
+                .flat_map(|(_, u)| u.split_whitespace())
+                .collect();
+            serde::de::Error::custom(format!(
+                "{name:?} is not a DTDL v2 unit (known: {})",
+                known.join(", ")
+            ))
+        })
+    }
 }
 
 /// A property read from the hardware into the device twin's reported properties
