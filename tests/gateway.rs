@@ -40,7 +40,17 @@ impl Rig {
     /// Starts the emulator and writes `[hub]` pointing at it; `rest` holds buses and devices.
     /// Every device id in `devices` is registered with the same test key.
     pub async fn start(devices: &[&str], hub_extra: &str, rest: &str) -> Rig {
-        let emu = Emulator::start(EmulatorConfig::default()).await.unwrap();
+        Self::start_with(EmulatorConfig::default(), devices, hub_extra, rest).await
+    }
+
+    /// As [`Rig::start`], with the emulator configured as given.
+    pub async fn start_with(
+        emulator: EmulatorConfig,
+        devices: &[&str],
+        hub_extra: &str,
+        rest: &str,
+    ) -> Rig {
+        let emu = Emulator::start(emulator).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let ca = dir.path().join("ca.pem");
         std::fs::write(&ca, emu.ca_pem()).unwrap();

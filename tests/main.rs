@@ -39,6 +39,9 @@ mod hub_hostile;
 /// Device twins end to end: the gateway, the emulator's twins and service API, a simulated PLC.
 mod twin;
 
+/// Cloud-to-device commands end to end: the emulator's queue, locks and redelivery.
+mod c2d;
+
 /// Device twins and cloud-to-device commands against the raw hostile peer: throttled and
 /// silent twin requests, desired versions out of order, C2D acknowledged only after the run
 /// and redelivered without running twice.

@@ -28,6 +28,9 @@ pub struct Args {
     /// `[twin] max_gets_per_s`.
     #[arg(long, default_value_t = 50)]
     pub gets_per_s: u32,
+    /// `[twin] max_patches_per_s`.
+    #[arg(long, default_value_t = 25)]
+    pub patches_per_s: u32,
     /// The emulated hub's twin-read throttle (429 beyond it), as on an S1 hub.
     #[arg(long, default_value_t = 100)]
     pub hub_reads_per_s: u32,
@@ -118,7 +121,11 @@ pub async fn run(args: Args) -> Result<Report> {
     let mut config = hub_section(&emu, &ca, args.connect_rate, 120);
     let twin = !args.without_twin;
     if twin {
-        writeln!(config, "[twin]\nmax_gets_per_s = {}", args.gets_per_s)?;
+        writeln!(
+            config,
+            "[twin]\nmax_gets_per_s = {}\nmax_patches_per_s = {}",
+            args.gets_per_s, args.patches_per_s
+        )?;
     }
     config.push_str(PROFILE);
     let mut servers = Vec::new();
@@ -157,7 +164,14 @@ pub async fn run(args: Args) -> Result<Report> {
     let mut gate = child::spawn_leafgate(&binary, &config_path, "info", &log_path)?;
     let pid = gate.pid();
     let wait = Duration::from_secs_f64(
-        n as f64 / f64::from(args.connect_rate.min(args.gets_per_s).max(1)) * 3.0,
+        n as f64
+            / f64::from(
+                args.connect_rate
+                    .min(args.gets_per_s)
+                    .min(args.patches_per_s)
+                    .max(1),
+            )
+            * 3.0,
     ) + Duration::from_secs(60);
     child::wait_ready(&emu, &ids, wait, || gate.check_alive()).await?;
     if twin {

@@ -5,97 +5,126 @@
 //! whole (a merge patch of an object would have to null removed members one by one).
 
 use std::collections::BTreeMap;
+use std::hash::{Hash as _, Hasher as _};
 
 use serde_json::{Map, Value};
 
 use crate::config::validate::{HEALTH_KEY, MAX_REPORTED_BYTES};
 
+/// What leafgate knows of a value the hub holds: enough to tell whether a wanted value differs
+/// and how much of the hub's 32 KB it takes, without a copy of the value (a second copy of the
+/// health view cost every device about a kilobyte).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Held {
+    hash: u64,
+    /// Bytes of `"key":value` in the compact document.
+    len: usize,
+}
+
+impl Held {
+    fn of(key: &str, value: &Value) -> Self {
+        let text = serde_json::to_vec(value).unwrap_or_default();
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        text.hash(&mut hasher);
+        let key_len = serde_json::to_vec(key).map_or(key.len() + 2, |k| k.len());
+        Self {
+            hash: hasher.finish(),
+            len: key_len + 1 + text.len(),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Reported {
-    /// What the twin should say.
-    wanted: Map<String, Value>,
+    /// What the twin should say, each with its digest (computed once per change: the task asks
+    /// whether anything changed after every event).
+    wanted: BTreeMap<String, (Value, Held)>,
     /// What the hub has (its document after a GET, plus every PATCH it accepted since).
-    view: Map<String, Value>,
+    held: BTreeMap<String, Held>,
     /// Values that are not to be sent again: the hub refused them or they did not fit. A key
     /// comes back once its wanted value changes.
-    skipped: BTreeMap<String, Value>,
+    skipped: BTreeMap<String, Held>,
 }
 
 impl Reported {
     pub fn set(&mut self, key: &str, value: Value) {
-        if self.wanted.get(key) != Some(&value) {
-            self.wanted.insert(key.to_owned(), value);
+        if self.wanted.get(key).is_none_or(|(v, _)| *v != value) {
+            let held = Held::of(key, &value);
+            self.wanted.insert(key.to_owned(), (value, held));
         }
-    }
-
-    #[must_use]
-    pub fn wanted(&self, key: &str) -> Option<&Value> {
-        self.wanted.get(key)
-    }
-
-    /// What the hub holds for `key`, as far as leafgate knows.
-    #[must_use]
-    pub fn held(&self, key: &str) -> Option<&Value> {
-        self.view.get(key)
     }
 
     /// The hub's reported document, read with a GET: what it holds now.
     pub fn read(&mut self, document: &Map<String, Value>) {
-        self.view = document
+        self.held = document
             .iter()
             .filter(|(k, _)| !k.starts_with('$'))
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(k, v)| (k.clone(), Held::of(k, v)))
             .collect();
     }
 
     /// The hub accepted `patch`.
     pub fn accepted(&mut self, patch: Map<String, Value>) {
-        self.view.extend(patch);
+        for (k, v) in patch {
+            let held = Held::of(&k, &v);
+            self.held.insert(k, held);
+        }
     }
 
     /// The hub refused `patch` (other than for throttling): not sent again as it is.
     pub fn refused(&mut self, patch: Map<String, Value>) {
-        self.skipped.extend(patch);
+        for (k, v) in patch {
+            let held = Held::of(&k, &v);
+            self.skipped.insert(k, held);
+        }
+    }
+
+    /// The wanted values to send: those the hub does not hold and that were not refused.
+    fn changes(&self) -> impl Iterator<Item = (&String, &Value, Held)> {
+        self.wanted.iter().filter_map(|(k, (v, held))| {
+            (self.held.get(k) != Some(held) && self.skipped.get(k) != Some(held))
+                .then_some((k, v, *held))
+        })
     }
 
     /// Whether anything is to be sent.
     #[must_use]
     pub fn changed(&self) -> bool {
-        self.wanted
-            .iter()
-            .any(|(k, v)| self.view.get(k) != Some(v) && self.skipped.get(k) != Some(v))
+        self.changes().next().is_some()
     }
 
     /// The next PATCH: every changed key, less what would take the document past the hub's
     /// limit (largest first, never leafgate's own view), whose names come back with it.
     #[must_use]
     pub fn patch(&mut self) -> (Map<String, Value>, Vec<String>) {
-        let mut patch: Map<String, Value> = self
-            .wanted
-            .iter()
-            .filter(|(k, v)| self.view.get(*k) != Some(*v) && self.skipped.get(*k) != Some(*v))
-            .map(|(k, v)| (k.clone(), v.clone()))
+        let mut patch: Vec<(String, Value, Held)> = self
+            .changes()
+            .map(|(k, v, held)| (k.clone(), v.clone(), held))
             .collect();
         let mut dropped = Vec::new();
         loop {
-            let mut document = self.view.clone();
-            document.extend(patch.clone());
-            let size = serde_json::to_vec(&document).map_or(0, |v| v.len());
+            // The compact document after the patch: braces, entries, commas between them.
+            let mut entries: BTreeMap<&str, usize> =
+                self.held.iter().map(|(k, h)| (k.as_str(), h.len)).collect();
+            for (k, _, held) in &patch {
+                entries.insert(k, held.len);
+            }
+            let size = 2 + entries.values().sum::<usize>() + entries.len().saturating_sub(1);
             if size <= MAX_REPORTED_BYTES {
                 break;
             }
             let largest = patch
                 .iter()
-                .filter(|(k, _)| k.as_str() != HEALTH_KEY)
-                .max_by_key(|(_, v)| serde_json::to_vec(v).map_or(0, |v| v.len()))
-                .map(|(k, _)| k.clone());
-            let Some(key) = largest else { break };
-            if let Some(value) = patch.remove(&key) {
-                self.skipped.insert(key.clone(), value);
-            }
+                .enumerate()
+                .filter(|(_, (k, _, _))| k.as_str() != HEALTH_KEY)
+                .max_by_key(|(_, (_, _, held))| held.len)
+                .map(|(i, _)| i);
+            let Some(i) = largest else { break };
+            let (key, _, held) = patch.swap_remove(i);
+            self.skipped.insert(key.clone(), held);
             dropped.push(key);
         }
-        (patch, dropped)
+        (patch.into_iter().map(|(k, v, _)| (k, v)).collect(), dropped)
     }
 }
 
