@@ -163,7 +163,109 @@ impl Demo {
         Summary {
             round_trips,
             telemetry: self.telemetry().await,
+            twin: Some(self.twin().await),
         }
+    }
+
+    /// The PLC's speed as `getStatus` reads it.
+    async fn speed(&self, device: &str) -> Option<f64> {
+        let (http, body) = self
+            .client
+            .invoke(device, "getStatus", json!({}), RESPONSE_TIMEOUT_S)
+            .await
+            .ok()?;
+        (http == 200).then_some(())?;
+        body["payload"]["speed"].as_f64()
+    }
+
+    /// A back end's view of the twin and commands: set the desired speed and wait for
+    /// leafgate's acknowledgement, send one cloud-to-device command, read the health view.
+    async fn twin(&self) -> crate::summary::Twin {
+        const DEVICE: &str = "plc-1";
+        let mut twin = crate::summary::Twin {
+            device: DEVICE.to_owned(),
+            setpoint: 900.0,
+            command: json!({"speed": 1100}),
+            ..crate::summary::Twin::default()
+        };
+        match self
+            .emulator
+            .update_desired(DEVICE, json!({"speedSetpoint": twin.setpoint}))
+        {
+            Ok(version) => {
+                twin.version = version;
+                let acked = self
+                    .emulator
+                    .wait_reported(
+                        DEVICE,
+                        |r| r["speedSetpoint"]["av"] == version,
+                        TELEMETRY_TIMEOUT,
+                    )
+                    .await;
+                twin.ack = acked.ok().map(|r| r["speedSetpoint"].clone());
+            }
+            Err(e) => twin
+                .problems
+                .push(format!("cannot set the desired speed: {e}")),
+        }
+        if twin.ack.as_ref().is_none_or(|a| a["ac"] != 200) {
+            twin.problems
+                .push("the setpoint was not acknowledged with ac 200".to_owned());
+        }
+        twin.speed_after_setpoint = self.speed(DEVICE).await;
+        if twin.speed_after_setpoint != Some(twin.setpoint) {
+            twin.problems
+                .push("the PLC does not hold the setpoint".to_owned());
+        }
+
+        let sent = self.emulator.send_c2d(
+            DEVICE,
+            leafgate_emulator::C2dSend {
+                body: twin.command.to_string().into_bytes(),
+                properties: vec![("method".to_owned(), "setSpeed".to_owned())],
+                message_id: Some("demo-command-1".to_owned()),
+                ..leafgate_emulator::C2dSend::default()
+            },
+        );
+        match sent {
+            Ok(mid) => {
+                let done = self
+                    .emulator
+                    .wait_c2d(
+                        DEVICE,
+                        |records| {
+                            records.iter().any(|r| {
+                                r.message_id == mid
+                                    && r.state == leafgate_emulator::C2dState::Completed
+                            })
+                        },
+                        TELEMETRY_TIMEOUT,
+                    )
+                    .await;
+                twin.command_completed = done.is_ok();
+            }
+            Err(e) => twin.problems.push(format!("cannot send the command: {e}")),
+        }
+        twin.speed_after_command = self.speed(DEVICE).await;
+        if !twin.command_completed || twin.speed_after_command != Some(1100.0) {
+            twin.problems
+                .push("the cloud-to-device command did not run".to_owned());
+        }
+        twin.health = self
+            .emulator
+            .wait_reported(
+                DEVICE,
+                |r| r["leafgate"]["methods"]["200"].is_u64(),
+                TELEMETRY_TIMEOUT,
+            )
+            .await
+            .ok()
+            .map(|r| r["leafgate"].clone());
+        if twin.health.is_none() {
+            twin.problems
+                .push("leafgate's health view was not reported".to_owned());
+        }
+        twin
     }
 
     /// Waits for the first device-to-cloud message of every device that has telemetry groups.

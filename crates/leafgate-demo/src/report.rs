@@ -148,6 +148,53 @@ pub(crate) fn table(summary: &Summary) -> String {
             }
         }
     }
+    if let Some(twin) = &summary.twin {
+        let mark = |ok: bool| if ok { "ok  " } else { "FAIL" };
+        let _ = writeln!(
+            text,
+            "\nDevice twin and cloud-to-device, on {}:",
+            twin.device
+        );
+        let ack = twin
+            .ack
+            .as_ref()
+            .map_or_else(|| "none".to_owned(), ToString::to_string);
+        let acked = twin.ack.as_ref().is_some_and(|a| a["ac"] == 200);
+        let _ = writeln!(
+            text,
+            "{} desired speedSetpoint = {} (version {}) → acknowledged {ack}",
+            mark(acked),
+            twin.setpoint,
+            twin.version
+        );
+        let held = |v: Option<f64>| v.map_or_else(|| "unreadable".to_owned(), |v| v.to_string());
+        let _ = writeln!(
+            text,
+            "{} the PLC holds speed {} (getStatus)",
+            mark(twin.speed_after_setpoint == Some(twin.setpoint)),
+            held(twin.speed_after_setpoint)
+        );
+        let _ = writeln!(
+            text,
+            "{} cloud-to-device setSpeed {} → {}; the PLC holds speed {}",
+            mark(twin.command_completed),
+            twin.command,
+            if twin.command_completed {
+                "ran, completed"
+            } else {
+                "not completed"
+            },
+            held(twin.speed_after_command)
+        );
+        match &twin.health {
+            Some(health) => {
+                let _ = writeln!(text, "ok   reported health (leafgate): {health}");
+            }
+            None => {
+                let _ = writeln!(text, "FAIL reported health: none");
+            }
+        }
+    }
     text
 }
 

@@ -40,11 +40,33 @@ pub struct Telemetry {
     pub body: Option<Value>,
 }
 
+/// The device twin and cloud-to-device part of a run, on one device.
+#[derive(Debug, Clone, Default)]
+pub struct Twin {
+    pub device: String,
+    /// The desired `speedSetpoint` set, the version the hub gave it, and the acknowledgement
+    /// leafgate reported (`None`: none in time).
+    pub setpoint: f64,
+    pub version: u64,
+    pub ack: Option<Value>,
+    /// The speed the PLC holds afterwards, read through the `getStatus` method.
+    pub speed_after_setpoint: Option<f64>,
+    /// The cloud-to-device command sent (`setSpeed`), and whether the hub saw it completed.
+    pub command: Value,
+    pub command_completed: bool,
+    pub speed_after_command: Option<f64>,
+    /// leafgate's view of the device, from its reported properties.
+    pub health: Option<Value>,
+    /// What was not as expected.
+    pub problems: Vec<String>,
+}
+
 /// Every round trip of one demo run, and what telemetry arrived.
 #[derive(Debug, Clone, Default)]
 pub struct Summary {
     pub round_trips: Vec<RoundTrip>,
     pub telemetry: Vec<Telemetry>,
+    pub twin: Option<Twin>,
 }
 
 impl Summary {
@@ -53,6 +75,7 @@ impl Summary {
     pub fn all_passed(&self) -> bool {
         self.round_trips.iter().all(RoundTrip::passed)
             && self.telemetry.iter().all(|t| t.body.is_some())
+            && self.twin.as_ref().is_none_or(|t| t.problems.is_empty())
     }
 
     /// One line per failed round trip: `#3 meter-1 getReadings: expected status 200, got 504`.
@@ -70,6 +93,11 @@ impl Summary {
                     .iter()
                     .filter(|t| t.body.is_none())
                     .map(|t| format!("{}: no telemetry arrived", t.device)),
+            )
+            .chain(
+                self.twin
+                    .iter()
+                    .flat_map(|t| t.problems.iter().map(|p| format!("{} twin: {p}", t.device))),
             )
             .collect()
     }

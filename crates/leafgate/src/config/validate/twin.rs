@@ -451,6 +451,20 @@ mod tests {
     }
 
     #[test]
+    fn static_values_that_leave_no_room_in_the_hubs_32_kb_are_refused() {
+        let big = "x".repeat(4000);
+        let values: String = (0..7).map(|i| format!("k{i} = \"{big}\"\n")).collect();
+        let got = config("[twin]\n", &format!("[device.reported]\n{values}"));
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(
+            got[0].starts_with("device[0].reported: static reported properties take 28"),
+            "{got:?}"
+        );
+        let fits: String = (0..5).map(|i| format!("k{i} = \"{big}\"\n")).collect();
+        assert!(config("[twin]\n", &format!("[device.reported]\n{fits}")).is_empty());
+    }
+
+    #[test]
     fn twin_keys_follow_the_hubs_rules() {
         assert!(twin_key("speedSetpoint").is_ok());
         assert!(twin_key("asset_tag-2").is_ok());
