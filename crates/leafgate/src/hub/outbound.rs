@@ -24,7 +24,9 @@ pub enum Outbound {
 /// sends only once it has handled the message, so that the hub delivers it again after a crash.
 /// It belongs to the connection the publish came on: packet ids mean nothing on another, and
 /// the hub delivers an unacknowledged message again after a reconnect anyway. On a later
-/// connection the session drops it unsent.
+/// connection the session drops it unsent. PUBACKs leave in the order the publishes arrived:
+/// an `Ack` dropped without being handed back holds back every later one on its connection
+/// (the hub delivers them all again after the next connect).
 #[derive(Debug)]
 pub struct Ack {
     pub(super) pkid: u16,
@@ -136,6 +138,11 @@ pub struct Work {
     pub(super) tasks: TaskTracker,
     /// Counts CONNACKs: which connection an [`Ack`] belongs to.
     pub(super) connection: u64,
+    /// The QoS 1 publishes of the current connection not yet acknowledged, in the order they
+    /// arrived, each with whether its service has handed its [`Ack`] back. PUBACKs go out in
+    /// this order (MQTT 3.1.1 4.6; IoT Hub closes a connection that acknowledges out of order),
+    /// so a quick message's PUBACK waits for a slow one delivered before it.
+    pub(super) unacked: VecDeque<(u16, bool)>,
 }
 
 impl Work {

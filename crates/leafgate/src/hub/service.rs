@@ -70,6 +70,10 @@ pub trait Service: Send + Sync + 'static {
     /// return at once. A twin reads its document here.
     fn on_subscribed(&self) {}
 
+    /// The connection that was subscribed has ended: nothing published now reaches the hub
+    /// until the next [`Service::on_subscribed`]. From the session's task: must return at once.
+    fn on_disconnected(&self) {}
+
     /// How many QoS 1 messages this service may have awaiting their PUBACK at once; the session
     /// allows the largest any of its services asks for. Services that publish no QoS 1
     /// messages ask for none, and their devices pay no memory for in-flight slots.

@@ -40,6 +40,10 @@ pub const API_VERSION: &str = "2021-04-12";
 /// wait beyond it; the session takes them in batches.
 const OUTBOUND_QUEUE: usize = 256;
 
+/// QoS 1 publishes (cloud-to-device messages) a connection may hold unacknowledged; a hub that
+/// delivers more is dropped (IoT Hub queues at most 50 messages per device).
+const MAX_UNACKED: usize = 1024;
+
 /// rumqttc's request channel carries only SUBSCRIBE and DISCONNECT: messages are written by the
 /// session itself (see [`write`]).
 const CLIENT_REQUESTS: usize = 4;
@@ -126,6 +130,9 @@ impl Device {
             pkid: publish.pkid,
             connection: work.connection,
         });
+        if ack.is_some() {
+            work.unacked.push_back((publish.pkid, false));
+        }
         let topic = &*publish.topic;
         let Some(service) = self.services.iter().find(|s| s.claims(topic)) else {
             // Nothing to answer: no service knows how to correlate a reply. A QoS 1 publish is
@@ -180,6 +187,7 @@ impl Session {
                 parked: VecDeque::new(),
                 tasks: TaskTracker::new(),
                 connection: 0,
+                unacked: VecDeque::new(),
             },
         }
     }
@@ -445,6 +453,7 @@ async fn connect_once(
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     connected_at = Some(Instant::now());
                     work.connection += 1;
+                    work.unacked.clear();
                     if filters.is_empty() {
                         // Services that only publish: nothing to subscribe, nothing to await.
                         subscribed = true;
@@ -480,6 +489,12 @@ async fn connect_once(
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     device.on_publish(work, p, shared.draining.is_cancelled());
+                    if work.unacked.len() > MAX_UNACKED {
+                        break Ended::Failed {
+                            error: format!("the hub delivered more than {MAX_UNACKED} messages that are not acknowledged yet"),
+                            refused: false,
+                        };
+                    }
                 }
                 Ok(Event::Incoming(Packet::PubAck(ack))) => acks.acked(ack.pkid),
                 Ok(_) => {}
@@ -492,6 +507,9 @@ async fn connect_once(
     };
     if subscribed {
         shared.connected.fetch_sub(1, Ordering::Relaxed);
+        for service in &device.services {
+            service.on_disconnected();
+        }
     }
     // Without a CONNACK there is nothing to close, and polling again would open a connection
     // the pacer never approved.
@@ -612,7 +630,7 @@ async fn write(
     let now = Instant::now();
     let connection = work.connection;
     let mut batch: Vec<Label> = Vec::new();
-    let (outbox, parked) = (&mut work.outbox, &mut work.parked);
+    let (outbox, parked, unacked) = (&mut work.outbox, &mut work.parked, &mut work.unacked);
     let written = tokio::time::timeout(timeout, async {
         while let Some(message) = outbox.pop_front() {
             let packet = match *message {
@@ -637,7 +655,18 @@ async fn write(
                         log::debug!(device_id = id; "device {id}: not acknowledging packet {} of an earlier connection", ack.pkid);
                         continue;
                     }
-                    Packet::PubAck(rumqttc::PubAck::new(ack.pkid))
+                    if let Some(due) = unacked.iter_mut().find(|(p, ready)| *p == ack.pkid && !*ready) {
+                        due.1 = true;
+                    }
+                    // In arrival order: everything ready at the front goes now.
+                    while let Some(&(pkid, true)) = unacked.front() {
+                        unacked.pop_front();
+                        network
+                            .write(Packet::PubAck(rumqttc::PubAck::new(pkid)))
+                            .await
+                            .map_err(|e| e.to_string())?;
+                    }
+                    continue;
                 }
                 Outbound::Message(message) => {
                     let Some(pkid) = acks.free() else {

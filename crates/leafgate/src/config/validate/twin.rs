@@ -454,14 +454,18 @@ mod tests {
     fn static_values_that_leave_no_room_in_the_hubs_32_kb_are_refused() {
         let big = "x".repeat(4000);
         let values: String = (0..7).map(|i| format!("k{i} = \"{big}\"\n")).collect();
-        let got = config("[twin]\n", &format!("[device.reported]\n{values}"));
+        let got = config(
+            "[twin]\n",
+            &format!("raw_methods = true\n[device.reported]\n{values}"),
+        );
         assert_eq!(got.len(), 1, "{got:?}");
         assert!(
             got[0].starts_with("device[0].reported: static reported properties take 28"),
             "{got:?}"
         );
         let fits: String = (0..5).map(|i| format!("k{i} = \"{big}\"\n")).collect();
-        assert!(config("[twin]\n", &format!("[device.reported]\n{fits}")).is_empty());
+        let fits = format!("raw_methods = true\n[device.reported]\n{fits}");
+        assert!(config("[twin]\n", &fits).is_empty());
     }
 
     #[test]

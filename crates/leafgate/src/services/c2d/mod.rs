@@ -4,10 +4,12 @@
 //!
 //! The PUBACK, which completes the message at the hub, goes out only once the command has run:
 //! if the gateway dies first, the hub delivers the message again. Every outcome is final and
-//! acknowledged, failures included (unknown method, invalid payload, the hardware refusing),
-//! so a message that can never succeed does not come back until it is dead-lettered. Only a
-//! message that arrives while the device is stopping, or while it already has as many requests
-//! in progress as it may, is left with the hub, unacknowledged, to be delivered again.
+//! acknowledged, failures included (unknown method, invalid payload, the hardware refusing, the
+//! device having as many requests in progress as it may), so a message that can never succeed
+//! does not come back until it is dead-lettered. Only a message that arrives while the device
+//! is stopping is left with the hub, unacknowledged, to be delivered again. The session sends
+//! PUBACKs in delivery order, as MQTT requires: a quick command's waits for a slow one
+//! delivered before it.
 //!
 //! A message delivered again (same `$.mid`) within `dedup_window_s` is acknowledged without
 //! running twice ([`seen`]). With `report = true` each outcome also goes to IoT Hub as a
@@ -106,14 +108,20 @@ impl Service for C2d {
         };
         let mid = property(&props, MESSAGE_ID).unwrap_or_default().to_owned();
         let shown = logtext::clip(&mid).into_owned();
-        if ctx.stopping() || ctx.in_progress() >= MAX_IN_FLIGHT {
-            // Dropping the acknowledgement leaves the message with the hub.
-            let why = if ctx.stopping() {
-                "the device is stopping"
-            } else {
-                "the device has too many requests in progress"
-            };
-            log::info!(device_id = &*id, service = "c2d", rid = &*shown; "device {id}: cloud-to-device message {shown} left with IoT Hub for later: {why}");
+        if ctx.stopping() {
+            // Dropping the acknowledgement leaves the message (and any delivered after it on
+            // this connection, whose PUBACKs must follow its own) with the hub.
+            log::info!(device_id = &*id, service = "c2d", rid = &*shown; "device {id}: cloud-to-device message {shown} left with IoT Hub for the next run: the device is stopping");
+            return;
+        }
+        if ctx.in_progress() >= MAX_IN_FLIGHT {
+            // A final outcome, as a direct method gets 503: leaving it unacknowledged would hold
+            // back the PUBACK of every later message on this connection.
+            log::warn!(device_id = &*id, service = "c2d", rid = &*shown, status = 503;
+                "device {id}: cloud-to-device message {shown} not run: 503, the device has {MAX_IN_FLIGHT} requests in progress; acknowledged");
+            if let Some(ack) = ack {
+                ctx.send(Outbound::Ack(ack));
+            }
             return;
         }
         let ack = if mid.is_empty() {

@@ -3,6 +3,7 @@
 //! command still ran) is not run twice. Pure.
 
 use std::collections::VecDeque;
+use std::hash::{Hash as _, Hasher as _};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -12,6 +13,18 @@ use crate::hub::service::Ack;
 /// Ids kept at most: IoT Hub queues at most 50 messages per device, so a redelivery is always
 /// among the last few hundred.
 const MAX_KEPT: usize = 256;
+
+/// Deliveries of one running message whose acknowledgements wait for its run; a hub that
+/// delivers it more often than this gets the oldest of them dropped (unacknowledged, so
+/// delivered once more later).
+const MAX_WAITING: usize = 16;
+
+/// Ids are kept as digests: a message id comes from the back end and may be long.
+fn digest(mid: &str) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    mid.hash(&mut hasher);
+    hasher.finish()
+}
 
 enum State {
     /// Running; the acknowledgements of later deliveries wait for it.
@@ -32,7 +45,7 @@ pub enum Verdict {
 
 pub struct Seen {
     window: Duration,
-    ids: VecDeque<(String, Instant, State)>,
+    ids: VecDeque<(u64, Instant, State)>,
 }
 
 impl Seen {
@@ -46,13 +59,17 @@ impl Seen {
 
     /// A delivery of message `mid`, with its acknowledgement.
     pub fn delivered(&mut self, mid: &str, ack: Option<Ack>, now: Instant) -> Verdict {
+        let mid = digest(mid);
         while self.ids.front().is_some_and(|(_, at, state)| {
             now.duration_since(*at) > self.window && matches!(state, State::Done)
         }) {
             self.ids.pop_front();
         }
-        match self.ids.iter_mut().find(|(id, _, _)| id == mid) {
+        match self.ids.iter_mut().find(|(id, _, _)| *id == mid) {
             Some((_, _, State::Running(acks))) => {
+                if acks.len() >= MAX_WAITING {
+                    acks.remove(0);
+                }
                 acks.extend(ack);
                 Verdict::Running
             }
@@ -75,19 +92,14 @@ impl Seen {
 
     /// The run of `mid` ended: the acknowledgements of the deliveries that came meanwhile.
     pub fn finished(&mut self, mid: &str) -> Vec<Ack> {
-        match self.ids.iter_mut().find(|(id, _, _)| id == mid) {
+        let mid = digest(mid);
+        match self.ids.iter_mut().find(|(id, _, _)| *id == mid) {
             Some((_, _, state)) => match std::mem::replace(state, State::Done) {
                 State::Running(acks) => acks,
                 State::Done => Vec::new(),
             },
             None => Vec::new(),
         }
-    }
-
-    /// The run of `mid` did not happen (the device is stopping): forget it, so that the hub's
-    /// next delivery runs it.
-    pub fn forget(&mut self, mid: &str) {
-        self.ids.retain(|(id, _, _)| id != mid);
     }
 }
 
@@ -114,21 +126,6 @@ mod tests {
         ));
         assert!(matches!(
             seen.delivered("m1", None, start + Duration::from_secs(61)),
-            Verdict::New(None)
-        ));
-    }
-
-    #[test]
-    fn a_forgotten_message_runs_when_delivered_again() {
-        let now = Instant::now();
-        let mut seen = Seen::new(Duration::from_secs(60));
-        assert!(matches!(
-            seen.delivered("m1", None, now),
-            Verdict::New(None)
-        ));
-        seen.forget("m1");
-        assert!(matches!(
-            seen.delivered("m1", None, now),
             Verdict::New(None)
         ));
     }

@@ -202,6 +202,36 @@ impl Device {
         }
     }
 
+    /// Runs a mapped read (a property read from the hardware) in the bus's poll lane, behind
+    /// every method, within the read's timeout.
+    ///
+    /// # Errors
+    /// What the bus or the reply decoding reported; a read not started before the timeout
+    /// comes back as expired.
+    pub async fn read(&self, method: &Method, what: &str) -> Result<Value, Failure> {
+        let ops = method.prepare(self.unit, &Value::Null)?;
+        let deadline = Instant::now() + method.timeout;
+        let label = bus::Label {
+            device: self.id.clone(),
+            method: logtext::clip(what).into(),
+            rid: "".into(),
+        };
+        let bus_failure = |error| Failure::Bus {
+            bus: self.bus.id().to_owned(),
+            error,
+            timeout_ms: u64::try_from(method.timeout.as_millis()).unwrap_or(u64::MAX),
+        };
+        let outputs = self
+            .bus
+            .poll(ops, deadline, label)
+            .await
+            .map_err(bus_failure)?
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(bus_failure)?;
+        Ok(method.reply(&outputs)?)
+    }
+
     /// Submits `ops` to the bus and waits for them, within `timeout` from `received`.
     async fn execute(
         &self,

@@ -17,6 +17,17 @@ pub fn version(document: &Map<String, Value>) -> Option<u64> {
     document.get("$version").and_then(Value::as_u64)
 }
 
+/// What a GET's desired document asks of the hardware.
+#[derive(Debug, Default, PartialEq)]
+pub struct Sync {
+    /// Values the hardware may not hold yet: applied.
+    pub apply: Vec<(String, Wanted)>,
+    /// Values acknowledged as applied with this very value at an older version: acknowledged
+    /// again at the document's version, without a write, so a Plug and Play view does not show
+    /// them pending.
+    pub reack: Vec<(String, Wanted, Value)>,
+}
+
 /// After a GET: the mapped properties of the full desired document that the hardware may not
 /// hold yet. One is skipped only when the reported document acknowledges it as applied (`ac`
 /// 200) with the same value, or at this very version; anything else (a value changed while the
@@ -26,32 +37,31 @@ pub fn from_document(
     desired: &Map<String, Value>,
     reported: impl Fn(&str) -> Option<Value>,
     mapped: impl Fn(&str) -> bool,
-) -> Vec<(String, Wanted)> {
+) -> Sync {
+    let mut sync = Sync::default();
     let Some(version) = version(desired) else {
-        return Vec::new();
+        return sync;
     };
-    desired
-        .iter()
-        .filter(|(name, value)| !name.starts_with('$') && !value.is_null() && mapped(name))
-        .filter(|(name, value)| {
-            let ack = reported(name);
-            let ack = ack.as_ref();
-            let applied = ack.and_then(|a| a.get("ac")).and_then(Value::as_u64) == Some(200);
-            let same_value = ack.and_then(|a| a.get("value")) == Some(*value);
-            let same_version =
-                ack.and_then(|a| a.get("av")).and_then(Value::as_u64) == Some(version);
-            !(applied && (same_value || same_version))
-        })
-        .map(|(name, value)| {
-            (
-                name.clone(),
-                Wanted {
-                    value: value.clone(),
-                    version,
-                },
-            )
-        })
-        .collect()
+    for (name, value) in desired {
+        if name.starts_with('$') || value.is_null() || !mapped(name) {
+            continue;
+        }
+        let wanted = Wanted {
+            value: value.clone(),
+            version,
+        };
+        let ack = reported(name);
+        let ack = ack.as_ref();
+        let applied = ack.and_then(|a| a.get("ac")).and_then(Value::as_u64) == Some(200);
+        let same_version = ack.and_then(|a| a.get("av")).and_then(Value::as_u64) == Some(version);
+        let same_value = ack.and_then(|a| a.get("value")) == Some(value);
+        match (applied, same_version, same_value, ack) {
+            (true, true, _, _) => {}
+            (true, false, true, Some(ack)) => sync.reack.push((name.clone(), wanted, ack.clone())),
+            _ => sync.apply.push((name.clone(), wanted)),
+        }
+    }
+    sync
 }
 
 /// The mapped properties a desired notification changes (a `null` deletes a property: nothing
@@ -75,6 +85,28 @@ pub fn from_patch(
             )
         })
         .collect()
+}
+
+/// RFC 7386: `patch` applied to `base`. A notification carries a merge patch of the desired
+/// document, so a property whose value is an object arrives as only its changed members.
+#[must_use]
+pub fn merge(base: Option<&Value>, patch: &Value) -> Value {
+    let Value::Object(patch) = patch else {
+        return patch.clone();
+    };
+    let mut out = match base {
+        Some(Value::Object(base)) => base.clone(),
+        _ => Map::new(),
+    };
+    for (key, value) in patch {
+        if value.is_null() {
+            out.remove(key);
+        } else {
+            let merged = merge(out.get(key), value);
+            out.insert(key.clone(), merged);
+        }
+    }
+    Value::Object(out)
 }
 
 /// The names in a desired document or notification that no mapping takes.
@@ -140,9 +172,12 @@ mod tests {
             "old": {"value": 2.9, "ac": 200, "av": 9},
         }));
         let got = from_document(&desired, |n| reported.get(n).cloned(), |n| n != "colour");
-        let names: Vec<&str> = got.iter().map(|(n, _)| n.as_str()).collect();
+        let names: Vec<&str> = got.apply.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["mode", "ramp"]);
-        assert!(got.iter().all(|(_, w)| w.version == 9));
+        assert!(got.apply.iter().all(|(_, w)| w.version == 9));
+        // Applied with this value at version 7: acknowledged again at 9, not written.
+        let reack: Vec<&str> = got.reack.iter().map(|(n, _, _)| n.as_str()).collect();
+        assert_eq!(reack, ["speed"]);
         assert_eq!(unmapped(&desired, |n| n != "colour"), ["colour"]);
     }
 
@@ -160,6 +195,17 @@ mod tests {
                 }
             )]
         );
+    }
+
+    #[test]
+    fn object_values_are_merged_as_the_hub_patches_them() {
+        let base = json!({"lo": 1, "hi": 2, "band": {"a": 1, "b": 2}});
+        assert_eq!(
+            merge(Some(&base), &json!({"hi": 5, "band": {"b": null}})),
+            json!({"lo": 1, "hi": 5, "band": {"a": 1}})
+        );
+        assert_eq!(merge(Some(&base), &json!(7)), json!(7));
+        assert_eq!(merge(None, &json!({"x": null, "y": 1})), json!({"y": 1}));
     }
 
     #[test]

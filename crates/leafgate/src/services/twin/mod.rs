@@ -75,15 +75,25 @@ enum Incoming {
 /// again, an answer dropped counts as lost.
 const INBOX: usize = 16;
 
+/// What the task hears of the device's connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Link {
+    /// Subscriptions granted so far (0: never connected).
+    connection: u64,
+    /// The subscribed connection is up.
+    up: bool,
+    /// Desired-property notifications dropped because the task was busy (the twin is read
+    /// again).
+    missed: u64,
+}
+
 /// One device's twin, for its session.
 pub struct Twin {
     id: Arc<str>,
     /// Boxed: tokio allocates a bounded channel's first block of 32 slots up front; 32 inline
     /// publishes would cost every device 2 KiB of idle memory.
     inbox: mpsc::Sender<Box<Incoming>>,
-    /// Bumped after every SUBACK, and when a notification had to be dropped: the task reads the
-    /// whole twin again.
-    subscribed: watch::Sender<u64>,
+    link: watch::Sender<Link>,
 }
 
 /// Starts the device's twin task (tracked by `tasks`, ended by `stop`) and returns the service
@@ -97,21 +107,17 @@ pub fn start(
     stop: &CancellationToken,
 ) -> Twin {
     let (inbox, rx) = mpsc::channel(INBOX);
-    let (subscribed, connections) = watch::channel(0);
+    let (link, links) = watch::channel(Link::default());
     let id = leaf.device.id.clone();
     tasks.spawn(task::run(
         leaf,
         outlet,
         shared.clone(),
         rx,
-        connections,
+        links,
         stop.clone(),
     ));
-    Twin {
-        id,
-        inbox,
-        subscribed,
-    }
+    Twin { id, inbox, link }
 }
 
 impl Service for Twin {
@@ -152,7 +158,7 @@ impl Service for Twin {
         {
             if matches!(*dropped, Incoming::Desired { .. }) {
                 log::warn!(device_id = id, service = "twin"; "device {id}: twin busy; dropping a desired-property notification and reading the whole twin again");
-                self.subscribed.send_modify(|n| *n += 1);
+                self.link.send_modify(|l| l.missed += 1);
             } else {
                 log::warn!(device_id = id, service = "twin"; "device {id}: twin busy; dropping an answer (the request will time out and be retried)");
             }
@@ -160,6 +166,13 @@ impl Service for Twin {
     }
 
     fn on_subscribed(&self) {
-        self.subscribed.send_modify(|n| *n += 1);
+        self.link.send_modify(|l| {
+            l.connection += 1;
+            l.up = true;
+        });
+    }
+
+    fn on_disconnected(&self) {
+        self.link.send_modify(|l| l.up = false);
     }
 }

@@ -23,8 +23,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::desired::{self, Wanted};
 use super::health;
-use super::reported::Reported;
-use super::{Incoming, Leaf, Shared};
+use super::reported::{Patch, Reported};
+use super::{Incoming, Leaf, Link, Shared};
 use crate::backoff::{self, Backoff};
 use crate::chain::chain;
 use crate::config::validate::HEALTH_KEY;
@@ -36,6 +36,10 @@ use crate::services::methods::MethodStats;
 
 /// Notifications kept while the twin is being read.
 const MAX_EARLY: usize = 16;
+
+/// A desired value the hardware did not take for a passing reason (503, 504) is tried again
+/// this long after, and whenever the unit comes back online.
+const RETRY_FAILED: Duration = Duration::from_secs(30);
 
 /// A wait for the next request's gateway-wide slot.
 type Slot = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -58,8 +62,8 @@ impl Ask {
 struct InFlight {
     rid: String,
     ask: Ask,
-    /// What a PATCH carried, to settle when it is accepted.
-    patch: Map<String, Value>,
+    /// What a PATCH carried, to settle when it is answered.
+    patch: Patch,
     deadline: Instant,
 }
 
@@ -88,6 +92,14 @@ struct Task {
     id: Arc<str>,
     /// The session's subscriptions seen so far (0: never subscribed).
     connection: u64,
+    /// The subscribed connection is up: requests can reach the hub.
+    up: bool,
+    /// Dropped notifications seen so far.
+    missed: u64,
+    /// The connection whose properties have been read (they are read once per connection).
+    read_connection: u64,
+    /// Backing off after a 429 until then, across reconnects.
+    throttled_until: Option<Instant>,
     /// The twin was read on the current connection.
     synced: bool,
     desired_version: u64,
@@ -106,6 +118,12 @@ struct Task {
     backoff: Backoff,
     /// The newest value asked for each desired property whose write has not started.
     pending: BTreeMap<String, Wanted>,
+    /// The full desired value of each mapped property, to apply a notification's merge patch of
+    /// an object value to.
+    desired_values: BTreeMap<String, Value>,
+    /// Values the hardware did not take for a passing reason, to try again.
+    failed: BTreeMap<String, Wanted>,
+    retry_failed_at: Option<Instant>,
     jobs: BTreeMap<Id, Job>,
     /// When each property is read next; `None`: being read, or only after connects.
     next_read: Vec<Option<Instant>>,
@@ -118,7 +136,7 @@ pub(super) async fn run(
     outlet: Outlet,
     shared: Arc<Shared>,
     mut inbox: mpsc::Receiver<Box<Incoming>>,
-    mut connections: watch::Receiver<u64>,
+    mut links: watch::Receiver<Link>,
     stop: CancellationToken,
 ) {
     let mut up = leaf.device.bus.up_watch();
@@ -131,6 +149,10 @@ pub(super) async fn run(
         outlet,
         shared,
         connection: 0,
+        up: false,
+        missed: 0,
+        read_connection: 0,
+        throttled_until: None,
         synced: false,
         desired_version: 0,
         early: Vec::new(),
@@ -142,6 +164,9 @@ pub(super) async fn run(
         retry_at: Instant::now(),
         backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
         pending: BTreeMap::new(),
+        desired_values: BTreeMap::new(),
+        failed: BTreeMap::new(),
+        retry_failed_at: None,
         jobs: BTreeMap::new(),
         next_read: vec![None; properties],
         online: false,
@@ -149,7 +174,7 @@ pub(super) async fn run(
         leaf,
     };
     for (key, value) in &task.leaf.twin.reported {
-        task.reported.set(key, value.clone());
+        task.reported.set(key, value);
     }
     task.health(&up, &down, &stats);
     let mut jobs: JoinSet<Done> = JoinSet::new();
@@ -170,11 +195,12 @@ pub(super) async fn run(
         let wake = task.wake();
         tokio::select! {
             () = stop.cancelled() => break,
-            changed = connections.changed() => {
+            changed = links.changed() => {
                 if changed.is_err() {
                     break;
                 }
-                task.connected(*connections.borrow_and_update());
+                let link = *links.borrow_and_update();
+                task.link(link);
             }
             Some(incoming) = inbox.recv() => task.incoming(*incoming),
             Some(done) = jobs.join_next_with_id(), if !jobs.is_empty() => task.done(done),
@@ -205,7 +231,7 @@ async fn wait(slot: &mut Option<(Ask, Slot)>) {
 impl Task {
     /// Which request the task would send next, if any.
     fn wants(&self) -> Option<Ask> {
-        if self.connection == 0 || self.inflight.is_some() {
+        if !self.up || self.inflight.is_some() {
             return None;
         }
         if !self.synced {
@@ -237,21 +263,42 @@ impl Task {
             .flatten()
             .copied()
             .chain(self.inflight.as_ref().map(|f| f.deadline))
+            .chain(self.retry_failed_at)
             .min()
             .unwrap_or(far)
     }
 
-    /// The device subscribed (again): whatever was asked on an earlier connection is lost, and
-    /// the twin is read afresh.
-    fn connected(&mut self, connection: u64) {
-        self.connection = connection;
-        self.synced = false;
-        self.inflight = None;
-        self.early.clear();
+    /// What the session says of the connection. A new one: whatever was asked on an earlier
+    /// connection is lost, and the twin is read afresh, at once unless the hub throttled us. A
+    /// lost one: nothing is asked until the next.
+    fn link(&mut self, link: Link) {
+        if link.connection != self.connection {
+            self.connection = link.connection;
+            self.synced = false;
+            self.inflight = None;
+            self.early.clear();
+            self.read_again = false;
+            self.backoff.reset();
+            let now = Instant::now();
+            self.retry_at = self.throttled_until.filter(|t| *t > now).unwrap_or(now);
+        }
+        if !link.up {
+            self.inflight = None;
+        }
+        self.up = link.up;
+        if link.missed != self.missed {
+            self.missed = link.missed;
+            self.resync();
+        }
     }
 
-    /// Reads the twin again (a notification skipped a version).
+    /// Reads the twin again (a notification skipped a version, or was dropped). A GET already
+    /// in flight may have been answered before what was missed: it is followed by another.
     fn resync(&mut self) {
+        if self.inflight.as_ref().is_some_and(|f| f.ask == Ask::Get) {
+            self.read_again = true;
+            return;
+        }
         self.synced = false;
         self.early.clear();
     }
@@ -268,6 +315,9 @@ impl Task {
         if online != self.online {
             self.online = online;
             self.since = SystemTime::now();
+            if online {
+                self.retry_failed();
+            }
         }
         let stats = stats.borrow();
         let view = health::View {
@@ -279,7 +329,7 @@ impl Task {
         };
         let report = health::report(&view);
         drop(stats);
-        self.reported.set(HEALTH_KEY, report);
+        self.reported.set(HEALTH_KEY, &report);
     }
 
     fn next_rid(&mut self) -> String {
@@ -292,9 +342,9 @@ impl Task {
         let id = self.id.clone();
         let rid = self.next_rid();
         let (topic, body, patch) = match ask {
-            Ask::Get => (topics::get(&rid), Vec::new(), Map::new()),
+            Ask::Get => (topics::get(&rid), Vec::new(), Patch::default()),
             Ask::Patch => {
-                let (patch, dropped) = self.reported.patch();
+                let (mut patch, dropped) = self.reported.patch();
                 if !dropped.is_empty() {
                     log::error!(device_id = &*id, service = "twin", rid = &*rid;
                         "device {id}: reported properties {} left out: the twin's reported properties would exceed IoT Hub's {} bytes", dropped.join(", "), crate::config::validate::MAX_REPORTED_BYTES);
@@ -302,7 +352,7 @@ impl Task {
                 if patch.is_empty() {
                     return Ok(());
                 }
-                let body = serde_json::to_vec(&patch).unwrap_or_default();
+                let body = std::mem::take(&mut patch.body);
                 (topics::patch_reported(&rid), body, patch)
             }
         };
@@ -353,6 +403,9 @@ impl Task {
             self.backoff.next_delay()
         };
         self.retry_at = Instant::now() + delay;
+        if throttled {
+            self.throttled_until = Some(self.retry_at);
+        }
         let id = &*self.id;
         log::warn!(device_id = id, service = "twin", rid = rid;
             "device {id}: twin {} {why}; retrying in {} ms", ask.name(), delay.as_millis());
@@ -378,7 +431,7 @@ impl Task {
             (Ask::Patch, 400..=499) => {
                 let why = logtext::clip_to(&String::from_utf8_lossy(body), 4 * logtext::MAX_CHARS)
                     .into_owned();
-                let keys: Vec<&str> = request.patch.keys().map(String::as_str).collect();
+                let keys = request.patch.names();
                 log::error!(device_id = &*id, service = "twin", rid = rid, status = status;
                     "device {id}: IoT Hub refused reported properties {} ({status}: {why}); not sent again until they change", keys.join(", "));
                 self.reported.refused(request.patch);
@@ -401,14 +454,26 @@ impl Task {
         self.reported.read(reported_doc);
         self.desired_version = desired::version(desired_doc).unwrap_or(0);
         let mapped = |name: &str| self.leaf.twin.desired.contains_key(name);
-        let apply = desired::from_document(desired_doc, |n| reported_doc.get(n).cloned(), mapped);
+        let sync = desired::from_document(desired_doc, |n| reported_doc.get(n).cloned(), mapped);
         let unmapped = desired::unmapped(desired_doc, mapped);
         if !unmapped.is_empty() {
             log::debug!(device_id = &*id, service = "twin"; "device {id}: desired properties {} are not mapped; ignored", logtext::clip(&unmapped.join(", ")));
         }
+        self.desired_values = desired_doc
+            .iter()
+            .filter(|(name, value)| !value.is_null() && mapped(name))
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect();
         log::info!(device_id = &*id, service = "twin";
-            "device {id}: twin read (desired version {}, {} desired value(s) to apply)", self.desired_version, apply.len());
-        for (name, wanted) in apply {
+            "device {id}: twin read (desired version {}, {} desired value(s) to apply)", self.desired_version, sync.apply.len());
+        for (name, wanted, ack) in sync.reack {
+            // Applied with this value before: the acknowledgement moves to this version.
+            let description = ack.get("ad").and_then(Value::as_str).unwrap_or("applied");
+            let value = ack.get("value").cloned().unwrap_or(wanted.value);
+            let ack = desired::ack(value, 200, wanted.version, description);
+            self.reported.set(&name, &ack);
+        }
+        for (name, wanted) in sync.apply {
             self.queue(name, wanted);
         }
         for (version, patch) in std::mem::take(&mut self.early) {
@@ -417,14 +482,22 @@ impl Task {
                 &serde_json::to_vec(&patch).unwrap_or_default(),
             );
         }
-        let now = Instant::now();
-        for (i, next) in self.next_read.iter_mut().enumerate() {
-            if !self
-                .jobs
-                .values()
-                .any(|j| matches!(j, Job::Property(k) if *k == i))
-            {
-                *next = Some(now);
+        if std::mem::take(&mut self.read_again) {
+            self.resync();
+        }
+        // Properties are read once per connection (not after every GET: a version gap reads
+        // the twin again, and the hardware has not changed for it).
+        if self.read_connection != self.connection {
+            self.read_connection = self.connection;
+            let now = Instant::now();
+            for (i, next) in self.next_read.iter_mut().enumerate() {
+                if !self
+                    .jobs
+                    .values()
+                    .any(|j| matches!(j, Job::Property(k) if *k == i))
+                {
+                    *next = Some(now);
+                }
             }
         }
     }
@@ -461,7 +534,18 @@ impl Task {
         }
         self.desired_version = version;
         let mapped = |name: &str| self.leaf.twin.desired.contains_key(name);
-        let apply = desired::from_patch(&patch, version, mapped);
+        let mut apply = desired::from_patch(&patch, version, mapped);
+        // A notification is a merge patch: an object value holds only what changed.
+        for (name, wanted) in &mut apply {
+            wanted.value = desired::merge(self.desired_values.get(name), &wanted.value);
+            self.desired_values
+                .insert(name.clone(), wanted.value.clone());
+        }
+        for (name, value) in &patch {
+            if value.is_null() {
+                self.desired_values.remove(name);
+            }
+        }
         let unmapped = desired::unmapped(&patch, mapped);
         if !unmapped.is_empty() {
             log::info!(device_id = &*id, service = "twin"; "device {id}: desired properties {} are not mapped; ignored", logtext::clip(&unmapped.join(", ")));
@@ -474,6 +558,7 @@ impl Task {
     /// Queues a desired value; it replaces an older one of the same property that has not
     /// started.
     fn queue(&mut self, name: String, wanted: Wanted) {
+        self.failed.remove(&name);
         let id = &*self.id;
         if let Some(older) = self.pending.insert(name.clone(), wanted) {
             log::info!(device_id = id, service = "twin", property = &*name;
@@ -536,7 +621,7 @@ impl Task {
             let read = self.leaf.twin.properties[index].read.clone();
             let handle = jobs.spawn(async move {
                 let result = device
-                    .apply(&read, &format!("property {}", read.name), &Value::Null)
+                    .read(&read, &format!("property {}", read.name))
                     .await
                     .map_err(|failure| {
                         let (status, _, _) = respond(&failure);
@@ -582,12 +667,25 @@ impl Task {
                         desired::ack(value, 200, version, "applied")
                     }
                     Err((status, why)) => {
+                        let again =
+                            matches!(status, 503 | 504) && !self.pending.contains_key(&name);
+                        let retry = if again {
+                            "; tried again when the unit answers"
+                        } else {
+                            ""
+                        };
                         log::warn!(device_id = &*id, service = "twin", property = &*name, status = status;
-                            "device {id}: desired {name} (version {version}) not applied: {status} {why}");
-                        desired::ack(wanted.value, status, version, &why)
+                            "device {id}: desired {name} (version {version}) not applied: {status} {why}{retry}");
+                        let ack = desired::ack(wanted.value.clone(), status, version, &why);
+                        if again {
+                            self.failed.insert(name.clone(), wanted);
+                            self.retry_failed_at
+                                .get_or_insert(Instant::now() + RETRY_FAILED);
+                        }
+                        ack
                     }
                 };
-                self.reported.set(&name, ack);
+                self.reported.set(&name, &ack);
             }
             Done::Property { index, result } => {
                 let property = &self.leaf.twin.properties[index];
@@ -596,7 +694,7 @@ impl Task {
                 match result {
                     Ok(Value::Object(fields)) => {
                         for (key, value) in fields {
-                            self.reported.set(&key, value);
+                            self.reported.set(&key, &value);
                         }
                     }
                     Ok(_) => {}
@@ -609,7 +707,20 @@ impl Task {
         }
     }
 
+    /// Queues again the desired values the hardware did not take for a passing reason.
+    fn retry_failed(&mut self) {
+        self.retry_failed_at = None;
+        for (name, wanted) in std::mem::take(&mut self.failed) {
+            if !self.pending.contains_key(&name) {
+                self.pending.insert(name, wanted);
+            }
+        }
+    }
+
     fn timers(&mut self) {
+        if self.retry_failed_at.is_some_and(|at| at <= Instant::now()) {
+            self.retry_failed();
+        }
         if let Some(request) = self.inflight.take_if(|f| f.deadline <= Instant::now()) {
             let ms = self.leaf.twin.settings.request_timeout.as_millis();
             self.backing_off(
