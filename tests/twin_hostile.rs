@@ -392,3 +392,82 @@ async fn reported_health_follows_a_unit_going_down_and_coming_back() {
     assert_eq!(up["methods"]["504"], 2, "{up}");
     drop(gateway);
 }
+
+/// PUBACKs leave in the order the commands were delivered, as MQTT requires (IoT Hub drops a
+/// connection that acknowledges out of order): a command that fails at once waits for the slow
+/// write delivered before it.
+#[tokio::test]
+async fn pubacks_follow_the_delivery_order_even_when_a_later_command_ends_first() {
+    let regs = Registers::with_units([1]);
+    let plc = TcpServer::start(regs.clone()).await.unwrap();
+    let hub = RawHub::start_with(&plc, TWIN, "", DEVICE).await;
+    let gateway = hub.gateway();
+    let mut conn = hub.accept().await;
+    let sub = conn.subscribe().await;
+    conn.suback(&sub).await;
+
+    regs.set_fault_times(1, Fault::Delay(Duration::from_millis(300)), 1);
+    conn.send(&[
+        c2d("slow", Some("setSpeed"), 11, &json!({"rpm": 900})),
+        c2d("quick", Some("noSuchMethod"), 12, &json!({})),
+    ])
+    .await;
+    let mut order = Vec::new();
+    while order.len() < 2 {
+        match conn.next().await {
+            Packet::PubAck(PubAck { pkid, .. }) => order.push(pkid),
+            Packet::Publish(p) if p.topic.starts_with("$iothub/twin/") => {
+                let rid = p.topic.rsplit_once("$rid=").unwrap().1.to_owned();
+                let status = if p.topic.contains("/GET/") { 200 } else { 204 };
+                conn.send(&[answer(status, &rid, &json!({"desired": {"$version": 1}}))])
+                    .await;
+            }
+            Packet::PingReq => conn.send(&[Packet::PingResp]).await,
+            _ => {}
+        }
+    }
+    assert_eq!(order, [11, 12], "acknowledged out of delivery order");
+    assert_eq!(regs.holding(1, 20, 1), [900]);
+    drop(gateway);
+}
+
+/// A desired value the unit did not take because it was silent (504) is written once the unit
+/// answers again, and acknowledged 200 at the same version.
+#[tokio::test]
+async fn a_desired_value_the_unit_missed_is_written_when_it_answers_again() {
+    let regs = Registers::with_units([1]);
+    let plc = TcpServer::start(regs.clone()).await.unwrap();
+    let hub = RawHub::start_with(
+        &plc,
+        TWIN,
+        "timeout_ms = 100\ndown_after = 1\ndown_for_ms = 200",
+        DEVICE,
+    )
+    .await;
+    let gateway = hub.gateway();
+    let document = json!({"desired": {"$version": 1}, "reported": {"$version": 1}});
+    let mut conn = synced(&hub, &document).await;
+
+    regs.set_fault(1, Fault::Silent);
+    conn.send(&[desired(2, &json!({"speed": 500}))]).await;
+    let failed = patched(&mut conn, "speed", |v| v["av"] == 2).await;
+    assert_eq!(failed["ac"], 504, "{failed}");
+    assert_eq!(regs.holding(1, 10, 1), [0]);
+
+    regs.clear_faults(1);
+    // After down_for_ms a request probes the unit; its answer brings the unit back online.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let read = json!({"table": "holding", "address": 7, "count": 1});
+    conn.send(&[request("modbus.read", "probe", &read)]).await;
+    let probed = Instant::now();
+    let applied = patched(&mut conn, "speed", |v| v["av"] == 2 && v["ac"] == 200).await;
+    // Written as the unit came back, not by the 30 s retry.
+    assert!(
+        probed.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        probed.elapsed()
+    );
+    assert_eq!(applied["value"], 500);
+    assert_eq!(regs.holding(1, 10, 1), [500]);
+    drop(gateway);
+}
