@@ -711,9 +711,7 @@ impl Task {
     fn retry_failed(&mut self) {
         self.retry_failed_at = None;
         for (name, wanted) in std::mem::take(&mut self.failed) {
-            if !self.pending.contains_key(&name) {
-                self.pending.insert(name, wanted);
-            }
+            self.pending.entry(name).or_insert(wanted);
         }
     }
 
