@@ -55,6 +55,23 @@ fn bus(addr: std::net::SocketAddr) -> String {
     )
 }
 
+/// The pump on a running gateway, once its twin has been read and its health reported.
+async fn pump() -> (Rig, Registers, TcpServer) {
+    let regs = Registers::with_units([1]);
+    let plc = TcpServer::start(regs.clone()).await.unwrap();
+    let rig = Rig::start(
+        &["pump-1"],
+        TWIN,
+        &format!("{}{}", bus(plc.addr()), device("pump-1", "plc", PUMP)),
+    )
+    .await;
+    rig.emu
+        .wait_reported("pump-1", |r| r.get("leafgate").is_some(), WAIT)
+        .await
+        .unwrap();
+    (rig, regs, plc)
+}
+
 fn writes_to(regs: &Registers, address: u16) -> Vec<u16> {
     regs.requests()
         .iter()
@@ -111,18 +128,7 @@ async fn a_leaf_reports_static_hardware_and_health_properties() {
 /// acknowledged with the desired version that asked for it and the value read back.
 #[tokio::test]
 async fn a_setpoint_set_while_leafgate_was_stopped_is_applied_and_acknowledged_after_start() {
-    let regs = Registers::with_units([1]);
-    let plc = TcpServer::start(regs.clone()).await.unwrap();
-    let mut rig = Rig::start(
-        &["pump-1"],
-        TWIN,
-        &format!("{}{}", bus(plc.addr()), device("pump-1", "plc", PUMP)),
-    )
-    .await;
-    rig.emu
-        .wait_reported("pump-1", |r| r.get("leafgate").is_some(), WAIT)
-        .await
-        .unwrap();
+    let (mut rig, regs, _plc) = pump().await;
     rig.gateway
         .take()
         .unwrap()
@@ -157,18 +163,7 @@ async fn a_setpoint_set_while_leafgate_was_stopped_is_applied_and_acknowledged_a
 /// write runs supersede each other, so only the newest runs next.
 #[tokio::test]
 async fn invalid_desired_values_touch_no_hardware_and_only_the_newest_of_rapid_changes_runs() {
-    let regs = Registers::with_units([1]);
-    let plc = TcpServer::start(regs.clone()).await.unwrap();
-    let rig = Rig::start(
-        &["pump-1"],
-        TWIN,
-        &format!("{}{}", bus(plc.addr()), device("pump-1", "plc", PUMP)),
-    )
-    .await;
-    rig.emu
-        .wait_reported("pump-1", |r| r.get("leafgate").is_some(), WAIT)
-        .await
-        .unwrap();
+    let (rig, regs, _plc) = pump().await;
 
     let bad = rig
         .emu
@@ -212,18 +207,7 @@ async fn invalid_desired_values_touch_no_hardware_and_only_the_newest_of_rapid_c
 /// The twin as a back end sees it through the service API.
 #[tokio::test]
 async fn the_service_api_shows_what_the_leaf_reported_and_takes_desired_values() {
-    let regs = Registers::with_units([1]);
-    let plc = TcpServer::start(regs.clone()).await.unwrap();
-    let rig = Rig::start(
-        &["pump-1"],
-        TWIN,
-        &format!("{}{}", bus(plc.addr()), device("pump-1", "plc", PUMP)),
-    )
-    .await;
-    rig.emu
-        .wait_reported("pump-1", |r| r.get("leafgate").is_some(), WAIT)
-        .await
-        .unwrap();
+    let (rig, regs, _plc) = pump().await;
     let updated = rig
         .client
         .update_twin(

@@ -210,6 +210,31 @@ pub fn hub_section(emu: &Emulator, ca: &Path, connect_rate: u32, keep_alive_s: u
     )
 }
 
+/// Registers `n` devices (`dev-00000`, ...) with the hub and adds them to `config`, on the
+/// `bench` profile, `upe` units per `tcp-{e}` bus. Returns their ids.
+pub fn add_devices(
+    emu: &Emulator,
+    config: &mut String,
+    n: usize,
+    upe: usize,
+) -> Result<Vec<String>> {
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        let id = format!("dev-{i:05}");
+        let key = leafgate_emulator::random_key();
+        emu.add_device(&id, key.clone());
+        writeln!(
+            config,
+            "\n[[device]]\nid = \"{id}\"\nshared_access_key = \"{}\"\nbus = \"tcp-{}\"\nunit = {}\nprofile = \"bench\"",
+            key_text(&key),
+            i / upe,
+            i % upe + 1
+        )?;
+        ids.push(id);
+    }
+    Ok(ids)
+}
+
 pub fn key_text(key: &leafgate::hub::sas::Key) -> String {
     base64::engine::general_purpose::STANDARD.encode(key.as_bytes())
 }
@@ -284,20 +309,7 @@ pub async fn run(args: Args) -> Result<Report> {
         )?;
         servers.push((server, registers));
     }
-    let mut ids = Vec::with_capacity(n);
-    for i in 0..n {
-        let id = format!("dev-{i:05}");
-        let key = leafgate_emulator::random_key();
-        emu.add_device(&id, key.clone());
-        writeln!(
-            config,
-            "\n[[device]]\nid = \"{id}\"\nshared_access_key = \"{}\"\nbus = \"tcp-{}\"\nunit = {}\nprofile = \"bench\"",
-            key_text(&key),
-            i / upe,
-            i % upe + 1
-        )?;
-        ids.push(id);
-    }
+    let ids = add_devices(&emu, &mut config, n, upe)?;
     let config_path = dir.join("leafgate.toml");
     write_private(&config_path, &config)?;
 

@@ -17,7 +17,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::child;
-use crate::scale::{PROFILE, hub_section, key_text, register_values, work_dir, write_private};
+use crate::scale::{PROFILE, add_devices, hub_section, register_values, work_dir, write_private};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
@@ -143,20 +143,7 @@ pub async fn run(args: Args) -> Result<Report> {
         )?;
         servers.push(server);
     }
-    let mut ids = Vec::with_capacity(n);
-    for i in 0..n {
-        let id = format!("dev-{i:05}");
-        let key = leafgate_emulator::random_key();
-        emu.add_device(&id, key.clone());
-        writeln!(
-            config,
-            "\n[[device]]\nid = \"{id}\"\nshared_access_key = \"{}\"\nbus = \"tcp-{}\"\nunit = {}\nprofile = \"bench\"",
-            key_text(&key),
-            i / upe,
-            i % upe + 1
-        )?;
-        ids.push(id);
-    }
+    let ids = add_devices(&emu, &mut config, n, upe)?;
     let config_path = dir.join("leafgate.toml");
     write_private(&config_path, &config)?;
 

@@ -263,15 +263,7 @@ impl ServiceClient {
         device: &str,
         twin: &Value,
     ) -> Result<ServiceResponse, ClientError> {
-        let body = Bytes::from(twin.to_string());
-        self.request(
-            "PATCH",
-            &twin_path(device),
-            Some(&self.token()),
-            &[("If-Match", "\"*\"")],
-            body,
-        )
-        .await
+        self.write_twin("PATCH", device, twin).await
     }
 
     /// `PUT /twins/{device}` with `twin`, as the SDKs' `replace_twin` sends it.
@@ -283,13 +275,22 @@ impl ServiceClient {
         device: &str,
         twin: &Value,
     ) -> Result<ServiceResponse, ClientError> {
-        let body = Bytes::from(twin.to_string());
+        self.write_twin("PUT", device, twin).await
+    }
+
+    /// A twin write as the SDKs send it: the whole body, `If-Match: "*"`.
+    async fn write_twin(
+        &self,
+        method: &str,
+        device: &str,
+        twin: &Value,
+    ) -> Result<ServiceResponse, ClientError> {
         self.request(
-            "PUT",
+            method,
             &twin_path(device),
             Some(&self.token()),
             &[("If-Match", "\"*\"")],
-            body,
+            Bytes::from(twin.to_string()),
         )
         .await
     }
