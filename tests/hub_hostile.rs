@@ -489,7 +489,7 @@ async fn qos1_messages_respect_the_window_and_only_a_puback_confirms_them() {
     let hub = RawHub::start(&plc, "", "").await;
     let cfg = leafgate::config::load(&hub.config).unwrap_or_else(|e| panic!("{e}"));
     let shared = Arc::new(Shared {
-        tls: leafgate::hub::tls::client_config(cfg.hub.ca_file.as_deref()).unwrap(),
+        tls: leafgate::hub::tls::trust(cfg.hub.ca_file.as_deref()).unwrap(),
         pacer: leafgate::hub::limiter::Pacer::new(cfg.hub.max_connects_per_s),
         hub: cfg.hub.clone(),
         connected: Arc::default(),
@@ -500,7 +500,8 @@ async fn qos1_messages_respect_the_window_and_only_a_puback_confirms_them() {
     let stop = tokio_util::sync::CancellationToken::new();
     let credentials = Credentials {
         device_id: "dev-1".into(),
-        key: cfg.devices[0].key.clone(),
+        auth: cfg.devices[0].auth.clone(),
+        transport: cfg.hub.transport,
         model_id: None,
     };
     let task = tokio::spawn(session.run(

@@ -36,6 +36,10 @@ mod store;
 /// method names.
 mod hub_hostile;
 
+/// Reaching the hub from a locked-down site: HTTP proxies (tinyproxy), MQTT over WebSockets,
+/// an IoT Edge parent.
+mod firewall;
+
 /// Device twins end to end: the gateway, the emulator's twins and service API, a simulated PLC.
 mod twin;
 

@@ -94,7 +94,9 @@ impl Demo {
             source,
         })?;
         for device in &config.devices {
-            emulator.add_device(&device.id, device.key.clone());
+            if let leafgate::hub::auth::Auth::Sas(key) = &device.auth {
+                emulator.add_device(&device.id, key.clone());
+            }
         }
         let client =
             ServiceClient::new(emulator.http_addr(), &emulator.service_connection_string())

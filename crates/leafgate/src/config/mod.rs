@@ -17,7 +17,8 @@ pub use crate::bus::spec::{Bus, BusSpec, Line, SerialFraming};
 pub use crate::hub::Settings as Hub;
 pub use error::{Error, Problem};
 
-use crate::hub::sas::Key;
+use crate::hub::auth::Auth;
+use crate::hub::settings::Transport;
 use crate::mapping::Method;
 use crate::mapping::group::Group;
 
@@ -58,7 +59,10 @@ pub struct Telemetry {
 #[derive(Debug, Clone)]
 pub struct Device {
     pub id: String,
-    pub key: Key,
+    /// Its key or its certificate.
+    pub auth: Auth,
+    /// Its own transport, if it does not use `[hub] transport`.
+    pub transport: Option<Transport>,
     pub bus: String,
     /// Modbus unit id (0 for serial devices).
     pub unit: u8,

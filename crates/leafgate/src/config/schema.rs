@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 pub use crate::bus::op::Table;
 pub use crate::bus::spec::{BusKind, Parity, TcpFraming};
+pub use crate::hub::settings::Transport;
 pub use crate::mapping::schema::{
     Constant, DataType, FieldConfig, GroupConfig, MethodConfig, Order, PropertyConfig, ReplyKind,
     StepConfig, StepOp,
@@ -43,6 +44,15 @@ pub struct HubConfig {
     pub ca_file: Option<PathBuf>,
     #[serde(default = "defaults::port")]
     pub port: u16,
+    /// `mqtt` (8883) or `websocket` (443), for devices that do not say otherwise.
+    #[serde(default)]
+    pub transport: Transport,
+    #[serde(default = "defaults::websocket_port")]
+    pub websocket_port: u16,
+    /// `http://[user@]host:port`: every hub connection goes through it with CONNECT.
+    pub proxy: Option<String>,
+    /// The proxy user's password, alone in a file (never in the config).
+    pub proxy_password_file: Option<PathBuf>,
     #[serde(default = "defaults::keep_alive_s")]
     pub keep_alive_s: u64,
     #[serde(default = "defaults::sas_ttl_s")]
@@ -166,6 +176,11 @@ pub struct DeviceConfig {
     pub connection_string: Option<Secret>,
     pub shared_access_key: Option<Secret>,
     pub shared_access_key_file: Option<PathBuf>,
+    /// X.509 authentication: the device certificate (PEM, leaf first) and its private key.
+    pub certificate_file: Option<PathBuf>,
+    pub private_key_file: Option<PathBuf>,
+    /// This device's transport, if not `[hub] transport`.
+    pub transport: Option<Transport>,
     pub bus: String,
     pub unit: Option<u8>,
     pub profile: Option<String>,
@@ -268,6 +283,9 @@ pub(crate) mod defaults {
     }
     pub fn port() -> u16 {
         8883
+    }
+    pub fn websocket_port() -> u16 {
+        443
     }
     pub fn keep_alive_s() -> u64 {
         120

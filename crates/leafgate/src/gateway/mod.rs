@@ -71,7 +71,7 @@ pub struct Prepared {
     config: Config,
     hub: HubIdentity,
     /// New TLS settings, when `[hub]` changed.
-    tls: Option<Arc<rustls::ClientConfig>>,
+    tls: Option<tls::Trust>,
 }
 
 impl Prepared {
@@ -156,7 +156,7 @@ fn base36(mut n: u128) -> String {
 
 fn new_shared(
     hub: &config::Hub,
-    tls: Arc<rustls::ClientConfig>,
+    tls: tls::Trust,
     connected: &Arc<AtomicUsize>,
     draining: &CancellationToken,
 ) -> Arc<session::Shared> {
@@ -175,7 +175,7 @@ impl Gateway {
     /// # Errors
     /// When the TLS settings cannot be built.
     pub fn start(config: &Config) -> Result<Gateway, Error> {
-        let tls = tls::client_config(config.hub.ca_file.as_deref())?;
+        let tls = tls::trust(config.hub.ca_file.as_deref())?;
         let connected = Arc::new(AtomicUsize::new(0));
         let draining = CancellationToken::new();
         let mut gateway = Gateway {
@@ -302,7 +302,8 @@ impl Gateway {
         });
         let credentials = session::Credentials {
             device_id: id,
-            key: config.key.clone(),
+            auth: config.auth.clone(),
+            transport: config.transport.unwrap_or(self.shared.hub.transport),
             model_id: config.model_id.as_deref().map(Arc::from),
         };
         let tasks = self.sessions.clone();
@@ -414,7 +415,7 @@ impl Gateway {
         let tls = if hub == *running_hub {
             None
         } else {
-            Some(tls::client_config(config.hub.ca_file.as_deref())?)
+            Some(tls::trust(config.hub.ca_file.as_deref())?)
         };
         Ok(Prepared { config, hub, tls })
     }

@@ -20,6 +20,7 @@ use std::path::PathBuf;
 use sha2::{Digest, Sha256};
 
 use crate::config::{self, Config};
+use crate::hub::auth::Auth;
 
 /// What makes a device's session what it is, and what its polling is, as digests (so 10,000
 /// devices cost 10,000 × 64 bytes, and the key itself is not copied again).
@@ -49,7 +50,11 @@ impl Identity {
             device.fingerprint.as_bytes(),
             format!("{:?}", device.methods).as_bytes(),
             &[u8::from(device.telemetry.is_empty())],
-            device.key.as_bytes(),
+            match &device.auth {
+                Auth::Sas(key) => key.as_bytes(),
+                Auth::X509(files) => files.thumbprint.as_bytes(),
+            },
+            format!("{:?}", device.transport).as_bytes(),
             format!("{:?}{:?}", device.twin, device.c2d).as_bytes(),
         ]);
         let polling = digest(&[format!("{:?}", device.telemetry).as_bytes()]);

@@ -3,7 +3,9 @@
 //! `sas`, `topics` and `connstr` are pure; `session` does the I/O; `limiter` paces connects
 //! across all sessions; `tls` builds the shared TLS settings; `settings` is `[hub]` validated.
 
+pub mod auth;
 pub mod c2d;
+pub mod certificate;
 pub mod connstr;
 pub mod d2c;
 pub mod limiter;

@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, Event, MqttOptions, Packet, QoS,
-    SubscribeFilter, SubscribeReasonCode, TlsConfiguration, Transport,
+    SubscribeFilter, SubscribeReasonCode, TlsConfiguration,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -26,10 +26,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::Settings;
+use super::auth::{self, Auth, X509Source};
 use super::limiter::Pacer;
 use super::outbound::{Ack, Delivery, Label, Outbound, Outlet, Work};
 use super::sas::{self, Key};
 use super::service::{Context, Filter, Service};
+use super::settings::Transport;
+use super::tls::Trust;
 use crate::backoff::{self, Backoff};
 use crate::logtext;
 
@@ -51,7 +54,7 @@ const CLIENT_REQUESTS: usize = 4;
 /// What every session shares.
 pub struct Shared {
     pub hub: Settings,
-    pub tls: Arc<rustls::ClientConfig>,
+    pub tls: Trust,
     pub pacer: Pacer,
     /// Sessions currently connected and subscribed (for status lines). Shared with the sessions
     /// of earlier configs that are still draining after a reload.
@@ -64,7 +67,9 @@ pub struct Shared {
 /// Who a session connects as.
 pub struct Credentials {
     pub device_id: Arc<str>,
-    pub key: Key,
+    pub auth: Auth,
+    /// MQTT over TLS, or over WebSockets.
+    pub transport: Transport,
     /// The device's IoT Plug and Play model (DTMI), announced in the username.
     pub model_id: Option<Arc<str>>,
 }
@@ -106,6 +111,21 @@ fn stable_after(hub: &Settings) -> Duration {
     hub.reconnect_max.min(Duration::from_secs(60))
 }
 
+/// How often a session on a certificate looks at its expiry while it stays connected.
+const CERTIFICATE_CHECK: Duration = Duration::from_secs(24 * 3600);
+
+/// A device's credentials at run time: a certificate keeps its loaded TLS settings.
+enum DeviceAuth {
+    Sas(Key),
+    X509(Box<X509Source>),
+}
+
+/// What one connect attempt presents: its TLS settings and, on a certificate, its facts.
+struct Dial {
+    tls: Arc<rustls::ClientConfig>,
+    certificate: Option<super::certificate::Info>,
+}
+
 enum Ended {
     Shutdown,
     Renew,
@@ -115,7 +135,8 @@ enum Ended {
 /// A device's session and the services it carries.
 struct Device {
     id: Arc<str>,
-    key: Key,
+    auth: DeviceAuth,
+    transport: Transport,
     model_id: Option<Arc<str>>,
     services: Vec<Box<dyn Service>>,
     /// QoS 1 messages that may await their PUBACK at once: the largest any service asks for.
@@ -212,9 +233,14 @@ impl Session {
         shutdown: CancellationToken,
     ) -> impl Future<Output = ()> + Send {
         let window = services.iter().map(|s| s.window()).max().unwrap_or(0);
+        let auth = match credentials.auth {
+            Auth::Sas(key) => DeviceAuth::Sas(key),
+            Auth::X509(files) => DeviceAuth::X509(Box::new(X509Source::new(files))),
+        };
         let device = Device {
             id: credentials.device_id,
-            key: credentials.key,
+            auth,
+            transport: credentials.transport,
             model_id: credentials.model_id,
             services,
             window,
@@ -223,16 +249,33 @@ impl Session {
     }
 }
 
-async fn run(device: Device, mut work: Work, shared: Arc<Shared>, shutdown: CancellationToken) {
+async fn run(mut device: Device, mut work: Work, shared: Arc<Shared>, shutdown: CancellationToken) {
     let id = device.id.clone();
     let hub = &shared.hub;
     let mut backoff = Backoff::new(hub.reconnect_min, hub.reconnect_max);
+    let mut warned_expiry: Option<Instant> = None;
     loop {
+        let dial = match dial(&mut device, &shared.tls, &mut warned_expiry) {
+            Ok(dial) => dial,
+            Err(error) => {
+                // Nothing the hub would accept: look again (the files may be replaced) at the
+                // pace of a refused connect.
+                let delay = backoff.next_delay().max(backoff::jitter(
+                    Duration::from_secs(10),
+                    Duration::from_secs(15),
+                ));
+                log::error!(device_id = &*id; "device {id}: cannot connect: {error}; trying again in {} ms", delay.as_millis());
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(delay) => continue,
+                }
+            }
+        };
         tokio::select! {
             () = shutdown.cancelled() => break,
             () = shared.pacer.acquire() => {}
         }
-        let (ended, up_for) = connect_once(&device, &shared, &shutdown, &mut work).await;
+        let (ended, up_for) = connect_once(&device, &shared, &shutdown, &mut work, dial).await;
         match ended {
             Ended::Shutdown => break,
             Ended::Renew => {
@@ -279,6 +322,39 @@ async fn run(device: Device, mut work: Work, shared: Arc<Shared>, shutdown: Canc
             );
         }
     }
+}
+
+/// The TLS settings for the next connect: the shared ones for SAS, the device's own (read again
+/// if its files changed) for a certificate, with a warning at most once a day when it is close
+/// to its end.
+fn dial(
+    device: &mut Device,
+    trust: &Trust,
+    warned: &mut Option<Instant>,
+) -> Result<Dial, auth::Unusable> {
+    let source = match &mut device.auth {
+        DeviceAuth::Sas(_) => {
+            return Ok(Dial {
+                tls: Arc::clone(&trust.config),
+                certificate: None,
+            });
+        }
+        DeviceAuth::X509(source) => source,
+    };
+    let now = i64::try_from(unix_now()).unwrap_or(i64::MAX);
+    let (tls, info) = source.tls(&trust.roots, now)?;
+    let info = info.clone();
+    if warned.is_none_or(|at| at.elapsed() >= CERTIFICATE_CHECK)
+        && let Some(warning) = auth::expiry_warning(source.certificate(), &info, now)
+    {
+        let id = &*device.id;
+        log::warn!(device_id = id; "device {id}: {warning}");
+        *warned = Some(Instant::now());
+    }
+    Ok(Dial {
+        tls,
+        certificate: Some(info),
+    })
 }
 
 /// The QoS 1 messages of one connection that await their PUBACK, by packet id. Packet ids are
@@ -331,11 +407,138 @@ fn announce(shared: &Shared, device: &Device) {
     }
     let id = &*device.id;
     let n = shared.connected.fetch_add(1, Ordering::Relaxed) + 1;
-    log::info!(device_id = id; "device {id}: connected to {} and listening for {} ({n} connected)", shared.hub.connect_host, device.listening_for());
+    log::info!(device_id = id; "device {id}: connected to {} and listening for {} ({n} connected)", route(&shared.hub, device.transport), device.listening_for());
 }
 
-fn describe(error: &ConnectionError) -> (String, bool) {
+/// rumqttc's options for a connection to the hub (or its IoT Edge parent) over `transport`,
+/// through the proxy if there is one.
+fn mqtt_options(
+    id: &str,
+    hub: &Settings,
+    transport: Transport,
+    tls: Arc<rustls::ClientConfig>,
+) -> MqttOptions {
+    let tls = TlsConfiguration::Rustls(tls);
+    let mut options = match transport {
+        Transport::Mqtt => {
+            let mut options = MqttOptions::new(id, &hub.connect_host, hub.port);
+            options.set_transport(rumqttc::Transport::tls_with_config(tls));
+            options
+        }
+        Transport::Websocket => {
+            let mut options = MqttOptions::new(
+                id,
+                websocket_url(&hub.connect_host, hub.websocket_port),
+                hub.websocket_port,
+            );
+            options.set_transport(rumqttc::Transport::wss_with_config(tls));
+            options
+        }
+    };
+    if let Some(proxy) = &hub.proxy {
+        let auth = match (&proxy.username, &proxy.password) {
+            (Some(username), Some(password)) => rumqttc::ProxyAuth::Basic {
+                username: username.clone(),
+                password: password.clone(),
+            },
+            _ => rumqttc::ProxyAuth::None,
+        };
+        options.set_proxy(rumqttc::Proxy {
+            ty: rumqttc::ProxyType::Http,
+            auth,
+            addr: proxy.host.clone(),
+            port: proxy.port,
+        });
+    }
+    options
+}
+
+/// IoT Hub's WebSocket endpoint (`iothub-protocol.md` 1.1).
+#[must_use]
+pub fn websocket_url(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("wss://[{host}]:{port}/$iothub/websocket")
+    } else {
+        format!("wss://{host}:{port}/$iothub/websocket")
+    }
+}
+
+/// Where a session connects, for log lines: `host:port`, the transport when it is not plain
+/// MQTT, and the proxy.
+fn route(hub: &Settings, transport: Transport) -> String {
+    let port = match transport {
+        Transport::Mqtt => hub.port,
+        Transport::Websocket => hub.websocket_port,
+    };
+    let mut route = format!("{}:{port}", hub.connect_host);
+    if transport == Transport::Websocket {
+        route.push_str(" over WebSockets");
+    }
+    if let Some(proxy) = &hub.proxy {
+        route.push_str(" through proxy ");
+        route.push_str(&proxy.address());
+    }
+    route
+}
+
+/// A proxy's failure as an operator can act on it. rumqttc wraps the proxy client's error; its
+/// HTTP status is in the source chain.
+fn describe_proxy(
+    error: &(dyn std::error::Error + 'static),
+    hub: &Settings,
+    target: &str,
+) -> String {
+    let proxy = hub
+        .proxy
+        .as_ref()
+        .map_or_else(String::new, super::settings::Proxy::address);
+    let mut source = error.source();
+    while let Some(e) = source {
+        if let Some(http) = e.downcast_ref::<async_http_proxy::HttpError>() {
+            return match http {
+                // 407 is the standard answer; tinyproxy answers a wrong password with 401.
+                async_http_proxy::HttpError::HttpCode200(code @ (401 | 407)) => {
+                    let hint = if hub.proxy.as_ref().is_some_and(|p| p.username.is_some()) {
+                        "it did not accept the user and password (hub.proxy, hub.proxy_password_file)"
+                    } else {
+                        "name the user in hub.proxy (http://user@host:port) and its password in hub.proxy_password_file"
+                    };
+                    format!(
+                        "proxy {proxy} demands authentication ({code}) for CONNECT {target}: {hint}"
+                    )
+                }
+                async_http_proxy::HttpError::HttpCode200(403) => format!(
+                    "proxy {proxy} refused CONNECT {target} (403 Forbidden): the proxy must allow CONNECT to that host and port"
+                ),
+                async_http_proxy::HttpError::HttpCode200(code) => {
+                    format!("proxy {proxy} answered {code} to CONNECT {target}")
+                }
+                async_http_proxy::HttpError::IoError(io) => {
+                    format!("proxy {proxy} connection failed during CONNECT {target}: {io}")
+                }
+                other => {
+                    format!("proxy {proxy} gave no usable answer to CONNECT {target}: {other}")
+                }
+            };
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return format!("cannot reach proxy {proxy}: {io}");
+        }
+        source = e.source();
+    }
+    format!("proxy {proxy}: {error}")
+}
+
+fn describe(error: &ConnectionError, hub: &Settings, transport: Transport) -> (String, bool) {
     match error {
+        ConnectionError::Proxy(_) => {
+            let port = match transport {
+                Transport::Mqtt => hub.port,
+                Transport::Websocket => hub.websocket_port,
+            };
+            let target = format!("{}:{port}", hub.connect_host);
+            (describe_proxy(error, hub, &target), false)
+        }
         ConnectionError::ConnectionRefused(code) => {
             let hint = match code {
                 ConnectReturnCode::NotAuthorized | ConnectReturnCode::BadUserNamePassword => {
@@ -356,22 +559,26 @@ async fn connect_once(
     shared: &Arc<Shared>,
     shutdown: &CancellationToken,
     work: &mut Work,
+    dial: Dial,
 ) -> (Ended, Option<Duration>) {
     let hub = &shared.hub;
     let id = device.id.clone();
-    let expiry = unix_now() + hub.sas_ttl.as_secs();
-    let token = sas::token(
-        &sas::device_resource(&hub.hostname, &id),
-        &device.key,
-        expiry,
-        None,
-    );
-    let mut options = MqttOptions::new(&*id, &hub.connect_host, hub.port);
+    // A certificate authenticates in the TLS handshake: no password at all (1.6).
+    let password = match &device.auth {
+        DeviceAuth::Sas(key) => sas::token(
+            &sas::device_resource(&hub.hostname, &id),
+            key,
+            unix_now() + hub.sas_ttl.as_secs(),
+            None,
+        ),
+        DeviceAuth::X509(_) => String::new(),
+    };
+    let mut options = mqtt_options(&id, hub, device.transport, dial.tls);
     let max_packet = hub.max_payload_bytes.max(256 * 1024) + 4096;
     options
         .set_credentials(
             username(&hub.hostname, &id, device.model_id.as_deref()),
-            token,
+            password,
         )
         .set_keep_alive(hub.keep_alive)
         .set_clean_session(false)
@@ -385,10 +592,7 @@ async fn connect_once(
         .set_inflight(device.window.max(1))
         // The hub's own message limit is 256 KiB; larger payloads are refused with 413 by us
         // rather than killing the connection inside rumqttc.
-        .set_max_packet_size(max_packet, max_packet)
-        .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-            shared.tls.clone(),
-        )));
+        .set_max_packet_size(max_packet, max_packet);
     let (client, mut eventloop) = AsyncClient::new(options, CLIENT_REQUESTS);
     // rumqttc reserves room for 100 buffered events per session; a device sees a handful at a
     // time, and the queue grows on demand. Starting empty saves 11 KiB per device.
@@ -401,7 +605,13 @@ async fn connect_once(
     net.set_tcp_nodelay(true);
     eventloop.set_network_options(net);
 
-    let renew_at = Instant::now() + renewal_delay(hub.sas_ttl);
+    // A SAS token is renewed by reconnecting; a certificate has nothing to renew, but its
+    // expiry is looked at once a day.
+    let mut renew_at = Instant::now()
+        + match device.auth {
+            DeviceAuth::Sas(_) => renewal_delay(hub.sas_ttl),
+            DeviceAuth::X509(_) => CERTIFICATE_CHECK,
+        };
     let renew = tokio::time::sleep_until(renew_at);
     tokio::pin!(renew);
     // Armed at CONNACK: a hub that never answers SUBSCRIBE would leave the device connected
@@ -436,7 +646,22 @@ async fn connect_once(
         }
         tokio::select! {
             () = shutdown.cancelled() => break Ended::Shutdown,
-            () = &mut renew => break Ended::Renew,
+            () = &mut renew => {
+                let DeviceAuth::X509(source) = &device.auth else {
+                    break Ended::Renew;
+                };
+                let now = i64::try_from(unix_now()).unwrap_or(i64::MAX);
+                if let Some(info) = &dial.certificate
+                    && let Some(warning) = auth::expiry_warning(source.certificate(), info, now)
+                {
+                    log::warn!(device_id = &*id; "device {id}: {warning}");
+                }
+                renew_at = Instant::now() + CERTIFICATE_CHECK;
+                renew.as_mut().reset(renew_at);
+                if subscribed {
+                    suback.as_mut().reset(renew_at);
+                }
+            }
             () = &mut suback, if connected_at.is_some() && !subscribed => {
                 break Ended::Failed {
                     error: format!("the hub did not answer SUBSCRIBE to {} within {} s", filter_names(), hub.connect_timeout.as_secs()),
@@ -499,7 +724,7 @@ async fn connect_once(
                 Ok(Event::Incoming(Packet::PubAck(ack))) => acks.acked(ack.pkid),
                 Ok(_) => {}
                 Err(e) => {
-                    let (error, refused) = describe(&e);
+                    let (error, refused) = describe(&e, hub, device.transport);
                     break Ended::Failed { error, refused };
                 }
             }

@@ -6,6 +6,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use serde::Deserialize;
+
 /// `[hub]`, validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
@@ -13,7 +15,14 @@ pub struct Settings {
     /// Where TCP/TLS goes: `gateway_hostname` if set, else `hostname`.
     pub connect_host: String,
     pub gateway_hostname: Option<String>,
+    /// MQTT over TLS (`transport = "mqtt"`).
     pub port: u16,
+    /// MQTT over WebSockets (`transport = "websocket"`).
+    pub websocket_port: u16,
+    /// How devices that do not say otherwise connect.
+    pub transport: Transport,
+    /// An HTTP proxy every connection goes through with CONNECT.
+    pub proxy: Option<Proxy>,
     pub ca_file: Option<PathBuf>,
     pub keep_alive: Duration,
     pub sas_ttl: Duration,
@@ -22,4 +31,77 @@ pub struct Settings {
     pub connect_timeout: Duration,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
+}
+
+/// How MQTT reaches the hub (`iothub-protocol.md` 1.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// MQTT over TLS, port 8883.
+    #[default]
+    Mqtt,
+    /// MQTT over WebSockets over TLS, `wss://{host}:443/$iothub/websocket`: for sites that let
+    /// only HTTPS out.
+    Websocket,
+}
+
+impl Transport {
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Mqtt => "mqtt",
+            Transport::Websocket => "websocket",
+        }
+    }
+}
+
+/// An HTTP proxy reached with CONNECT, optionally with basic authentication.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Proxy {
+    pub host: String,
+    pub port: u16,
+    pub username: Option<String>,
+    /// From `proxy_password_file`; never shown.
+    pub password: Option<String>,
+}
+
+impl Proxy {
+    /// `host:port`, for log lines (no user, no password).
+    #[must_use]
+    pub fn address(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_proxy_never_shows_its_password() {
+        let proxy = Proxy {
+            host: "proxy.plant.local".into(),
+            port: 3128,
+            username: Some("gw".into()),
+            password: Some("hunter2".into()),
+        };
+        let shown = format!("{proxy:?} {}", proxy.address());
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("<redacted>") && shown.contains("proxy.plant.local:3128"));
+    }
 }

@@ -86,11 +86,19 @@ pub fn add_ca_file(path: &Path, roots: &mut RootCertStore) -> Result<usize, Erro
     }
 }
 
-/// Builds the client config shared by every session.
+/// What every session trusts: the roots (device certificates build their own TLS settings on
+/// them) and the TLS settings of devices that authenticate with SAS tokens.
+#[derive(Clone)]
+pub struct Trust {
+    pub roots: Arc<RootCertStore>,
+    pub config: Arc<rustls::ClientConfig>,
+}
+
+/// Builds the trust shared by every session: the system roots plus `ca_file`.
 ///
 /// # Errors
 /// When `ca_file` cannot be read or parsed, or no root at all is available.
-pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, Error> {
+pub fn trust(ca_file: Option<&Path>) -> Result<Trust, Error> {
     let mut roots = RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for e in &native.errors {
@@ -104,11 +112,23 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>
     if roots.is_empty() {
         return Err(Error::NoRoots);
     }
+    let roots = Arc::new(roots);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])
         .map_err(Error::Config)?
-        .with_root_certificates(roots)
+        .with_root_certificates(Arc::clone(&roots))
         .with_no_client_auth();
-    Ok(Arc::new(config))
+    Ok(Trust {
+        roots,
+        config: Arc::new(config),
+    })
+}
+
+/// The TLS settings of sessions without a client certificate (see [`trust`]).
+///
+/// # Errors
+/// As [`trust`].
+pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, Error> {
+    trust(ca_file).map(|t| t.config)
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::Problems;
 use super::bus::Units;
-use super::device_key::resolve_key;
+use super::device_key::resolve_auth;
 use super::profile::Profiles;
 use super::twin::{resolve_model_id, resolve_twin};
 use crate::config::schema::{BusKind, DeviceConfig};
@@ -42,7 +42,7 @@ pub(super) fn resolve_device(
 ) -> Option<Device> {
     let start = p.0.len();
     let kind = on.kind;
-    let key = resolve_key(file, path, d, hub, p);
+    let auth = resolve_auth(file, path, d, hub, p);
     let unit = match (on.units, d.unit) {
         (Units::None, Some(_)) => {
             p.add(
@@ -145,7 +145,8 @@ pub(super) fn resolve_device(
     }
     Some(Device {
         id: d.id.clone(),
-        key: key?,
+        auth: auth?,
+        transport: d.transport,
         bus: d.bus.clone(),
         unit,
         raw_methods: d.raw_methods,

@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::Problems;
 use crate::config::Hub;
 use crate::config::schema::HubConfig;
+use crate::hub::settings::Proxy;
 
 pub(super) fn resolve_hub(file: &Path, h: &HubConfig, p: &mut Problems) -> Option<Hub> {
     let start = p.0.len();
@@ -25,6 +26,10 @@ pub(super) fn resolve_hub(file: &Path, h: &HubConfig, p: &mut Problems) -> Optio
     if h.port == 0 {
         p.add(file, "hub.port", "must not be 0");
     }
+    if h.websocket_port == 0 {
+        p.add(file, "hub.websocket_port", "must not be 0");
+    }
+    let proxy = resolve_proxy(file, h, p);
     if !(5..=1177).contains(&h.keep_alive_s) {
         p.add(file, "hub.keep_alive_s", format!("{} is outside 5..=1177 (IoT Hub closes idle links after 1.5 × keep-alive, at most 29.45 min)", h.keep_alive_s));
     }
@@ -82,6 +87,9 @@ pub(super) fn resolve_hub(file: &Path, h: &HubConfig, p: &mut Problems) -> Optio
         hostname,
         gateway_hostname,
         port: h.port,
+        websocket_port: h.websocket_port,
+        transport: h.transport,
+        proxy: proxy.flatten(),
         ca_file: h.ca_file.clone(),
         keep_alive: Duration::from_secs(h.keep_alive_s),
         sas_ttl: Duration::from_secs(h.sas_ttl_s),
@@ -91,6 +99,137 @@ pub(super) fn resolve_hub(file: &Path, h: &HubConfig, p: &mut Problems) -> Optio
         reconnect_min: Duration::from_millis(h.reconnect_min_ms),
         reconnect_max: Duration::from_millis(h.reconnect_max_ms),
     })
+}
+
+/// `proxy` and `proxy_password_file`: `Some(None)` without a proxy, `None` when something is
+/// wrong (reported).
+fn resolve_proxy(file: &Path, h: &HubConfig, p: &mut Problems) -> Option<Option<Proxy>> {
+    let Some(url) = &h.proxy else {
+        if h.proxy_password_file.is_some() {
+            p.add(
+                file,
+                "hub.proxy_password_file",
+                "applies only with hub.proxy (http://user@host:port)",
+            );
+            return None;
+        }
+        return Some(None);
+    };
+    let (host, port, username) = match parse_proxy(url) {
+        Ok(parts) => parts,
+        Err(msg) => {
+            p.add(file, "hub.proxy", msg);
+            return None;
+        }
+    };
+    let password = match (&username, &h.proxy_password_file) {
+        (Some(_), Some(path)) => match read_password(path) {
+            Ok(password) => Some(password),
+            Err(msg) => {
+                p.add(file, "hub.proxy_password_file", msg);
+                return None;
+            }
+        },
+        (Some(user), None) => {
+            p.add(
+                file,
+                "hub.proxy_password_file",
+                format!("missing: the proxy user {user:?} needs a password, alone in a file readable by root and the leafgate group"),
+            );
+            return None;
+        }
+        (None, Some(_)) => {
+            p.add(
+                file,
+                "hub.proxy_password_file",
+                "applies only when hub.proxy names a user (http://user@host:port)",
+            );
+            return None;
+        }
+        (None, None) => None,
+    };
+    Some(Some(Proxy {
+        host,
+        port,
+        username,
+        password,
+    }))
+}
+
+/// Parses `http://[user@]host:port[/]` into host, port and user. A password in the URL is
+/// refused (it belongs in `proxy_password_file`), and so are other schemes: leafgate speaks
+/// plain HTTP CONNECT to the proxy.
+fn parse_proxy(url: &str) -> Result<(String, u16, Option<String>), String> {
+    let url = url.trim();
+    let Some(rest) = url.strip_prefix("http://") else {
+        let scheme = url.split_once("://").map_or("", |(s, _)| s);
+        return Err(if scheme.is_empty() {
+            format!(
+                "{url:?} has no scheme; write http://host:port, e.g. http://proxy.plant.local:3128"
+            )
+        } else {
+            format!(
+                "{scheme}:// proxies are not supported; write http://host:port (leafgate asks the proxy with HTTP CONNECT; the hub connection inside is TLS either way)"
+            )
+        });
+    };
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.contains(['/', '?', '#']) {
+        return Err(format!("{url:?} has a path; write http://host:port only"));
+    }
+    let (user, hostport) = match authority.rsplit_once('@') {
+        Some((user, hostport)) => (Some(user), hostport),
+        None => (None, authority),
+    };
+    if let Some(user) = user {
+        if user.contains(':') {
+            return Err(
+                "holds a password; write http://user@host:port and put the password in hub.proxy_password_file"
+                    .to_owned(),
+            );
+        }
+        if user.is_empty() {
+            return Err(format!("{url:?} has an empty user name before '@'"));
+        }
+    }
+    let (host, port) = match hostport.strip_prefix('[') {
+        Some(v6) => match v6.split_once("]:") {
+            Some((host, port)) => (host, Some(port)),
+            None => (v6.trim_end_matches(']'), None),
+        },
+        None => match hostport.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (hostport, None),
+        },
+    };
+    let Some(port) = port else {
+        return Err(format!(
+            "{url:?} has no port; write http://host:port, e.g. http://{hostport}:3128"
+        ));
+    };
+    let port = match port.parse::<u16>() {
+        Ok(port) if port > 0 => port,
+        _ => return Err(format!("port {port:?} is not a number in 1..=65535")),
+    };
+    if host.is_empty() || rustls::pki_types::ServerName::try_from(host).is_err() {
+        return Err(format!("{host:?} is not a valid host name or address"));
+    }
+    Ok((host.to_owned(), port, user.map(str::to_owned)))
+}
+
+/// The password is the file's first line (trailing newline and spaces removed), so `echo pw >
+/// file` works. 4 KiB is far more than any password.
+fn read_password(path: &Path) -> Result<String, String> {
+    let text = crate::regular_file::read_limited(path, 4096)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let password = text.lines().next().unwrap_or("").trim_end();
+    if password.is_empty() {
+        return Err(format!(
+            "{} is empty; write the proxy password in it",
+            path.display()
+        ));
+    }
+    Ok(password.to_owned())
 }
 
 /// `hostname` and `gateway_hostname` are bare host names: they become the TLS server name and
@@ -306,5 +445,91 @@ mod tests {
         assert_eq!(cfg.hub.hostname, "myhub.azure-devices.net");
         assert_eq!(cfg.hub.gateway_hostname.as_deref(), Some("edge.local"));
         assert_eq!(cfg.hub.connect_host, "edge.local");
+    }
+
+    #[test]
+    fn proxies_are_http_urls_with_a_port_and_no_password() {
+        let ok = [
+            (
+                "http://proxy.plant.local:3128",
+                ("proxy.plant.local", 3128, None),
+            ),
+            (" http://gw@10.0.0.1:8080/ ", ("10.0.0.1", 8080, Some("gw"))),
+            ("http://[fd00::1]:3128", ("fd00::1", 3128, None)),
+        ];
+        for (url, (host, port, user)) in ok {
+            let got = parse_proxy(url).unwrap();
+            assert_eq!(
+                (got.0.as_str(), got.1, got.2.as_deref()),
+                (host, port, user),
+                "{url}"
+            );
+        }
+        let bad = [
+            ("proxy:3128", "has no scheme"),
+            ("https://proxy:3128", "https:// proxies are not supported"),
+            ("socks5://proxy:1080", "socks5:// proxies are not supported"),
+            (
+                "http://proxy",
+                "has no port; write http://host:port, e.g. http://proxy:3128",
+            ),
+            ("http://proxy:0", "is not a number in 1..=65535"),
+            ("http://proxy:http", "is not a number"),
+            ("http://gw:hunter2@proxy:3128", "holds a password"),
+            ("http://@proxy:3128", "empty user name"),
+            ("http://proxy:3128/path", "has a path"),
+            ("http://pro xy:3128", "is not a valid host name"),
+        ];
+        for (url, want) in bad {
+            let got = parse_proxy(url).unwrap_err();
+            assert!(got.contains(want), "{url}: {got}");
+            assert!(!got.contains("hunter2"), "{got}");
+        }
+    }
+
+    #[test]
+    fn a_proxy_user_needs_a_password_file_and_only_then() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("proxy.pass");
+        std::fs::write(&pw, "s3cret\n").unwrap();
+        let empty = dir.path().join("empty.pass");
+        std::fs::write(&empty, "\n").unwrap();
+        let with = |extra: &str| problems(&hub_with(extra));
+        let toml = hub_with(&format!(
+            "proxy = \"http://gw@proxy:3128\"\nproxy_password_file = {:?}",
+            pw.display().to_string()
+        ));
+        let cfg: FileConfig = parse(&toml).unwrap();
+        let cfg = validate(vec![(PathBuf::from("leafgate.toml"), cfg)]).unwrap();
+        let proxy = cfg.hub.proxy.unwrap();
+        assert_eq!(proxy.password.as_deref(), Some("s3cret"));
+        assert_eq!(proxy.address(), "proxy:3128");
+        let got = with("proxy = \"http://gw@proxy:3128\"");
+        assert!(
+            got[0].starts_with("hub.proxy_password_file: missing"),
+            "{got:?}"
+        );
+        let got = with(&format!(
+            "proxy = \"http://proxy:3128\"\nproxy_password_file = {:?}",
+            pw.display().to_string()
+        ));
+        assert!(got[0].contains("names a user"), "{got:?}");
+        let got = with(&format!(
+            "proxy_password_file = {:?}",
+            pw.display().to_string()
+        ));
+        assert!(got[0].contains("applies only with hub.proxy"), "{got:?}");
+        let got = with(&format!(
+            "proxy = \"http://gw@proxy:3128\"\nproxy_password_file = {:?}",
+            empty.display().to_string()
+        ));
+        assert!(got[0].contains("is empty"), "{got:?}");
+        let got =
+            with("proxy = \"http://gw@proxy:3128\"\nproxy_password_file = \"/nonexistent/pw\"");
+        assert!(got[0].contains("cannot read /nonexistent/pw"), "{got:?}");
+        assert_eq!(
+            with("websocket_port = 0"),
+            ["hub.websocket_port: must not be 0"]
+        );
     }
 }

@@ -32,11 +32,21 @@ use crate::config::Telemetry;
 use crate::config::error::Problem;
 use crate::config::schema::{BusConfig, DeviceConfig, FileConfig, ProfileConfig, TelemetryConfig};
 
-struct Problems(Vec<Problem>);
+/// What validation found: problems (`.0`), which stop leafgate, and warnings (`.1`), which
+/// are worth fixing but do not.
+struct Problems(Vec<Problem>, Vec<Problem>);
 
 impl Problems {
     fn add(&mut self, file: &Path, path: impl Into<String>, message: impl Into<String>) {
         self.0.push(Problem {
+            file: file.to_path_buf(),
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    fn warn(&mut self, file: &Path, path: impl Into<String>, message: impl Into<String>) {
+        self.1.push(Problem {
             file: file.to_path_buf(),
             path: path.into(),
             message: message.into(),
@@ -49,7 +59,7 @@ impl Problems {
 /// # Errors
 /// Every problem found.
 pub fn validate(files: Vec<(PathBuf, FileConfig)>) -> Result<Config, Vec<Problem>> {
-    let mut p = Problems(Vec::new());
+    let mut p = Problems(Vec::new(), Vec::new());
     let base = files.first().map(|(f, _)| f.clone()).unwrap_or_default();
 
     let hub = single(&files, "hub", |f| f.hub.as_ref(), &mut p);
@@ -194,7 +204,8 @@ pub fn validate(files: Vec<(PathBuf, FileConfig)>) -> Result<Config, Vec<Problem
     let Some(hub) = hub else {
         return Err(p.0);
     };
-    let warnings = key_file_warnings(&files);
+    let mut warnings = key_file_warnings(&files);
+    warnings.append(&mut p.1);
     Ok(Config {
         hub,
         telemetry,

@@ -1,4 +1,5 @@
-//! Device keys must not be readable by every user on the gateway. This only warns: a key file
+//! Device keys, private keys and the proxy password must not be readable by every user on the
+//! gateway. This only warns: a key file
 //! left at the wrong mode should be fixed, but not stop the site.
 
 use std::path::{Path, PathBuf};
@@ -11,7 +12,7 @@ use crate::config::schema::FileConfig;
 pub(super) fn key_file_warnings(files: &[(PathBuf, FileConfig)]) -> Vec<Problem> {
     use std::os::unix::fs::PermissionsExt as _;
     let mut warnings = Vec::new();
-    let mut check = |file: &Path, path: String, holder: &Path| {
+    let mut check = |file: &Path, path: String, holder: &Path, what: &str| {
         if let Ok(meta) = std::fs::metadata(holder) {
             let mode = meta.permissions().mode() & 0o777;
             if mode & 0o007 != 0 {
@@ -19,7 +20,7 @@ pub(super) fn key_file_warnings(files: &[(PathBuf, FileConfig)]) -> Vec<Problem>
                     file: file.to_path_buf(),
                     path,
                     message: format!(
-                        "{} holds device keys and is accessible to every user (mode {mode:04o}); run chmod 0640 and chown root:leafgate",
+                        "{} holds {what} and is accessible to every user (mode {mode:04o}); run chmod 0640 and chown root:leafgate",
                         holder.display()
                     ),
                 });
@@ -31,7 +32,7 @@ pub(super) fn key_file_warnings(files: &[(PathBuf, FileConfig)]) -> Vec<Problem>
             .iter()
             .any(|d| d.connection_string.is_some() || d.shared_access_key.is_some())
         {
-            check(file, String::new(), file);
+            check(file, String::new(), file, "device keys");
         }
         for (i, d) in f.device.iter().enumerate() {
             if let Some(key_file) = &d.shared_access_key_file {
@@ -39,8 +40,25 @@ pub(super) fn key_file_warnings(files: &[(PathBuf, FileConfig)]) -> Vec<Problem>
                     file,
                     format!("device[{i}].shared_access_key_file"),
                     key_file,
+                    "a device key",
                 );
             }
+            if let Some(key_file) = &d.private_key_file {
+                check(
+                    file,
+                    format!("device[{i}].private_key_file"),
+                    key_file,
+                    "a device's private key",
+                );
+            }
+        }
+        if let Some(password) = f.hub.as_ref().and_then(|h| h.proxy_password_file.as_ref()) {
+            check(
+                file,
+                "hub.proxy_password_file".to_owned(),
+                password,
+                "the proxy password",
+            );
         }
     }
     warnings
