@@ -17,6 +17,13 @@
 //! # What it emulates
 //! - MQTT 3.1.1 over TLS 1.2/1.3 with a CA generated at start (server certificate for
 //!   `localhost`, `127.0.0.1`, `::1` and the configured host name).
+//! - MQTT over WebSockets (`iothub-protocol.md` 1.1) when [`EmulatorConfig::ws_addr`] is set:
+//!   the same TLS, then an HTTP/1.1 upgrade on `/$iothub/websocket` only (another path: 404 and
+//!   close) with the `mqtt` subprotocol, compared without case (none offered: 400 and close),
+//!   then binary frames carrying the MQTT byte stream (a packet may span frames, a frame may
+//!   hold several packets). From there a connection is served exactly as one on the MQTT
+//!   listener: same faults (a [`Fault::RefuseTcp`] closes both listeners), history and
+//!   registry; [`ConnectRecord::transport`] says which listener a CONNECT came through.
 //! - CONNECT: client id = device id, username `{host}/{id}/?api-version=...` (or the legacy
 //!   `/api-version=` form; unknown query keys ignored; api-version required), password = device
 //!   SAS token verified with [`sas::verify`]. Every auth or identity failure gets
@@ -129,6 +136,10 @@
 //!   body or method name is 400004. Method names may not contain `#`, `+` or control characters,
 //!   and are at most 1 KiB.
 //! - A rid is answered only by the device it was sent to, byte for byte.
+//! - The WebSocket upgrade answers `Sec-WebSocket-Protocol` with the `mqtt` token as the
+//!   client spelled it (`mqtt`, or the C SDK's `MQTT`): RFC 6455 lets a client fail a
+//!   connection whose answer names a subprotocol it did not offer. One WebSocket message may
+//!   hold up to 4 x 264 KiB; larger ones close the connection.
 //! - Subscriptions beyond five get the SUBACK failure code (0x80); a filter outside the hub's
 //!   topic trees closes the connection.
 //! - Twins: depth counts the objects and arrays nested below a patch's root (at most 10, as the
@@ -168,8 +179,8 @@
 //! - Module identities, X.509 authentication (no client certificate is requested), shared access
 //!   policies for device connections (`skn` tokens on CONNECT are refused), policy permissions
 //!   (the one service policy may do everything), Azure AD bearer tokens.
-//! - MQTT over WebSockets, AMQP (so no SDK's own C2D send: see the `deviceBound` route), HTTPS
-//!   device APIs. The service API is plain HTTP on loopback,
+//! - AMQP (so no SDK's own C2D send: see the `deviceBound` route), HTTPS device APIs, MQTT
+//!   over plain (unencrypted) WebSockets. The service API is plain HTTP on loopback,
 //!   and optionally also HTTPS ([`EmulatorConfig::https_addr`]) with the same CA as MQTT.
 //! - Throttling and quotas (429001, 403002), connection-rate limits and the 1,000,000-device
 //!   limit are not enforced by themselves (twin reads and updates only when configured); a
@@ -184,6 +195,8 @@ mod cli;
 mod client;
 mod clock;
 mod connect;
+#[cfg(test)]
+mod e2e;
 mod error;
 mod faults;
 mod history;
@@ -236,7 +249,7 @@ pub use twin::{
     MAX_TWIN_DEPTH, MAX_TWIN_DOCUMENT, MAX_TWIN_INTEGER, MAX_TWIN_KEY, MAX_TWIN_STRING,
     MAX_TWIN_TAGS, Twin, TwinError, TwinOp, TwinRequest,
 };
-pub use wire::{ConnectRecord, Escapes, TokenShape};
+pub use wire::{ConnectRecord, DeviceTransport, Escapes, TokenShape};
 
 /// How long [`Emulator::shutdown`] waits for connection tasks to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -248,6 +261,10 @@ pub struct EmulatorConfig {
     pub host_name: String,
     /// MQTT-over-TLS device listener; port 0 picks a free one.
     pub mqtt_addr: SocketAddr,
+    /// If set, MQTT over WebSockets (`wss://…/$iothub/websocket`, subprotocol `mqtt`) on this
+    /// address, with the same certificate as [`EmulatorConfig::mqtt_addr`], for clients that
+    /// can only leave a site on 443; port 0 picks a free one.
+    pub ws_addr: Option<SocketAddr>,
     /// Plain-HTTP service API listener; keep it on loopback.
     pub http_addr: SocketAddr,
     /// If set, the same service API over HTTPS with the emulator's certificate, for clients
@@ -277,7 +294,7 @@ pub struct EmulatorConfig {
 }
 
 impl Default for EmulatorConfig {
-    /// `localhost`, MQTT and HTTP listeners on `127.0.0.1:0`, no HTTPS listener, policy
+    /// `localhost`, MQTT and HTTP listeners on `127.0.0.1:0`, no WebSocket or HTTPS listener, policy
     /// `service` with a random key, [`DEFAULT_TELEMETRY_PER_DEVICE`] messages kept per device,
     /// no twin throttling, the hub's C2D lock timeout (60 s) and maximum delivery count (10).
     fn default() -> Self {
@@ -285,6 +302,7 @@ impl Default for EmulatorConfig {
         EmulatorConfig {
             host_name: "localhost".to_owned(),
             mqtt_addr: loopback,
+            ws_addr: None,
             http_addr: loopback,
             https_addr: None,
             ca_path: None,
@@ -331,8 +349,10 @@ pub(crate) struct Shared {
     /// The hub-wide twin throttles: GETs and reported PATCHes per second.
     pub(crate) twin_reads: twin::RateWindow,
     pub(crate) twin_updates: twin::RateWindow,
-    /// Whether the MQTT listener is bound (false while a [`Fault::RefuseTcp`] holds it closed).
-    pub(crate) listening: watch::Sender<bool>,
+    /// How many device listeners (MQTT, WebSocket) a [`Fault::RefuseTcp`] holds closed now.
+    pub(crate) closed_listeners: watch::Sender<usize>,
+    /// How many device listeners there are.
+    device_listeners: usize,
     /// Cancelled once, at shutdown; every task watches it.
     pub(crate) shutdown: CancellationToken,
     /// Parent of every connection's token; replaced by [`Emulator::drop_all_connections`], so
@@ -355,6 +375,7 @@ impl Shared {
 pub struct Emulator {
     shared: Arc<Shared>,
     mqtt_addr: SocketAddr,
+    ws_addr: Option<SocketAddr>,
     http_addr: SocketAddr,
     https_addr: Option<SocketAddr>,
     ca_pem: String,
@@ -367,6 +388,7 @@ impl std::fmt::Debug for Emulator {
         f.debug_struct("Emulator")
             .field("host_name", &self.shared.host_name)
             .field("mqtt_addr", &self.mqtt_addr)
+            .field("ws_addr", &self.ws_addr)
             .field("http_addr", &self.http_addr)
             .field("https_addr", &self.https_addr)
             .finish_non_exhaustive()
@@ -374,7 +396,7 @@ impl std::fmt::Debug for Emulator {
 }
 
 impl Emulator {
-    /// Generates certificates, binds both listeners and starts serving.
+    /// Generates certificates, binds the listeners and starts serving.
     ///
     /// # Errors
     /// When the host name cannot go into a certificate, a listener cannot bind, or the CA cannot
@@ -415,6 +437,16 @@ impl Emulator {
             None => None,
         };
         let https_addr = https_listener.as_ref().map(|(_, addr)| *addr);
+        let ws_listener = match config.ws_addr {
+            Some(addr) => {
+                let bind_ws = |source| Error::BindWs { addr, source };
+                let listener = TcpListener::bind(addr).await.map_err(bind_ws)?;
+                let local = listener.local_addr().map_err(bind_ws)?;
+                Some((listener, local))
+            }
+            None => None,
+        };
+        let ws_addr = ws_listener.as_ref().map(|(_, addr)| *addr);
 
         let shutdown = CancellationToken::new();
         let shared = Arc::new(Shared {
@@ -427,7 +459,8 @@ impl Emulator {
             history: history::History::new(),
             twin_reads: twin::RateWindow::new(config.twin_reads_per_s),
             twin_updates: twin::RateWindow::new(config.twin_updates_per_s),
-            listening: watch::Sender::new(true),
+            closed_listeners: watch::Sender::new(0),
+            device_listeners: 1 + usize::from(ws_listener.is_some()),
             generation: Mutex::new(shutdown.child_token()),
             shutdown,
         });
@@ -436,10 +469,25 @@ impl Emulator {
         tokio::spawn(mqtt::run(
             mqtt_listener,
             mqtt_addr,
+            DeviceTransport::Mqtt,
             acceptor.clone(),
             Arc::clone(&shared),
             done_tx.clone(),
         ));
+        if let Some((listener, addr)) = ws_listener {
+            tokio::spawn(mqtt::run(
+                listener,
+                addr,
+                DeviceTransport::WebSocket,
+                acceptor.clone(),
+                Arc::clone(&shared),
+                done_tx.clone(),
+            ));
+            log::info!(
+                "emulator: mqtt over websockets on wss://{addr}{}",
+                mqtt::websocket::PATH
+            );
+        }
         if let Some((listener, addr)) = https_listener {
             tokio::spawn(http::run(
                 listener,
@@ -454,6 +502,7 @@ impl Emulator {
         Ok(Emulator {
             shared,
             mqtt_addr,
+            ws_addr,
             http_addr,
             https_addr,
             ca_pem: certs.ca_pem,
@@ -464,6 +513,13 @@ impl Emulator {
     #[must_use]
     pub fn mqtt_addr(&self) -> SocketAddr {
         self.mqtt_addr
+    }
+
+    /// The MQTT-over-WebSockets listener, when [`EmulatorConfig::ws_addr`] asked for one;
+    /// clients dial `wss://{host}:{port}/$iothub/websocket` with subprotocol `mqtt`.
+    #[must_use]
+    pub fn ws_addr(&self) -> Option<SocketAddr> {
+        self.ws_addr
     }
 
     #[must_use]
@@ -661,7 +717,7 @@ impl Emulator {
     /// with `lasting` for that long, or for [`Fault::DropBeforePuback`] until used up.
     /// Connections already attached stay up until a telemetry fault strikes them. When several
     /// faults apply, the oldest wins. Returns once the fault is in force: for
-    /// [`Fault::RefuseTcp`], once the listener is closed.
+    /// [`Fault::RefuseTcp`], once the device listeners (MQTT and WebSocket) are closed.
     pub async fn inject_fault(&self, fault: Fault, lasting: Option<Duration>) -> FaultId {
         log::info!("emulator: injecting fault {fault:?} for {lasting:?}");
         let refuse_tcp = fault == Fault::RefuseTcp;
@@ -674,7 +730,7 @@ impl Emulator {
 
     /// Ends an injected fault; false if it had already ended. Devices it stalled are closed;
     /// PUBACKs it withheld are sent.
-    /// Returns once the listener is open again if no [`Fault::RefuseTcp`] remains.
+    /// Returns once the device listeners are open again if no [`Fault::RefuseTcp`] remains.
     pub async fn clear_fault(&self, id: FaultId) -> bool {
         let cleared = self.shared.faults.clear(id);
         if self.shared.faults.refuse_tcp().is_none() {
@@ -683,18 +739,24 @@ impl Emulator {
         cleared
     }
 
-    /// Ends every injected fault; returns once the listener is open.
+    /// Ends every injected fault; returns once the device listeners are open.
     pub async fn clear_faults(&self) {
         self.shared.faults.clear_all();
         self.await_listening(true).await;
     }
 
-    /// Waits (up to 5 s, or until shutdown) for the accept loop to have the listener in `state`.
+    /// Waits (up to 5 s, or until shutdown) for the accept loops to have every device listener
+    /// open (`true`) or every one closed (`false`).
     async fn await_listening(&self, state: bool) {
-        let mut listening = self.shared.listening.subscribe();
+        let mut closed = self.shared.closed_listeners.subscribe();
+        let want = if state {
+            0
+        } else {
+            self.shared.device_listeners
+        };
         tokio::select! {
             () = self.shared.shutdown.cancelled() => {}
-            _ = tokio::time::timeout(SHUTDOWN_GRACE, listening.wait_for(|open| *open == state)) => {}
+            _ = tokio::time::timeout(SHUTDOWN_GRACE, closed.wait_for(|closed| *closed == want)) => {}
         }
     }
 
