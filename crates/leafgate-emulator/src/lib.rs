@@ -26,12 +26,26 @@
 //!   registry; [`ConnectRecord::transport`] says which listener a CONNECT came through.
 //! - CONNECT: client id = device id, username `{host}/{id}/?api-version=...` (or the legacy
 //!   `/api-version=` form; unknown query keys ignored; api-version required), password = device
-//!   SAS token verified with [`sas::verify`]. Every auth or identity failure gets
-//!   CONNACK 5 and a close; MQTT 5 gets CONNACK 1. Refusal reasons are recorded, never keys or
-//!   signatures.
+//!   SAS token verified with [`sas::verify`] for a device added with [`Emulator::add_device`].
+//!   Every auth or identity failure gets CONNACK 5 and a close; MQTT 5 gets CONNACK 1. Refusal
+//!   reasons are recorded, never keys or signatures.
+//! - X.509 client certificates (`iothub-protocol.md` 1.6): every TLS handshake asks for a
+//!   client certificate without requiring one (its handshake signature is verified, the
+//!   certificate itself is judged at CONNECT). A device added with
+//!   [`Emulator::add_device_x509`] sends no password and is checked by its
+//!   [`X509Auth`]: a thumbprint (hex SHA-1 or SHA-256 of the DER leaf, primary or secondary,
+//!   compared without case or `:` separators), or CA-signed: the chain verifies (rustls'
+//!   webpki verifier: signatures, validity dates, client-auth usage) against a CA added with
+//!   [`Emulator::add_verified_ca`], and the leaf's subject CN is the device id. No certificate,
+//!   a thumbprint mismatch, an untrusted chain, a wrong CN, an expired or not yet valid
+//!   certificate, or a password from an X.509 device: CONNACK 5, each with its own
+//!   [`RefusalReason`]. [`ConnectRecord::client_cert`] says whether a certificate came.
+//!   [`tls::TestCa`], [`tls::self_signed`] and the `tls::thumbprint_*` functions make the
+//!   certificates for tests.
 //! - One connection per device (a new CONNECT closes the older one), keep-alive enforcement at
 //!   1.5 x keep-alive capped at 1767 s (also when keep-alive is 0), disconnect when the token's
-//!   `se` passes, disconnect when a device is removed or disabled.
+//!   `se` passes (an X.509 connection has no token, so no such end), disconnect when a device is
+//!   removed or disabled.
 //! - Persistent sessions as far as subscriptions go: a CONNECT with CleanSession 0 resumes the
 //!   subscriptions of the device's last CleanSession-0 connection (CONNACK session present = 1),
 //!   so a method reaches a device that reconnected without subscribing again, as the Python SDK
@@ -136,6 +150,11 @@
 //!   body or method name is 400004. Method names may not contain `#`, `+` or control characters,
 //!   and are at most 1 KiB.
 //! - A rid is answered only by the device it was sent to, byte for byte.
+//! - X.509: a thumbprint device's certificate outside its validity period is refused
+//!   ([`RefusalReason::CertificateExpired`], [`RefusalReason::CertificateNotYetValid`]), though
+//!   the hub matches such a device by thumbprint alone; a client certificate presented by a
+//!   SAS device is ignored (its token decides); an X.509 connection does not end at the
+//!   certificate's expiry.
 //! - The WebSocket upgrade answers `Sec-WebSocket-Protocol` with the `mqtt` token as the
 //!   client spelled it (`mqtt`, or the C SDK's `MQTT`): RFC 6455 lets a client fail a
 //!   connection whose answer names a subprotocol it did not offer. One WebSocket message may
@@ -176,7 +195,8 @@
 //!   hub stamps (`iothub-connection-device-id` and the like, `mqtt-retain`): messages are kept
 //!   as the device sent them, per device, in memory only. Duplicates are flagged, never
 //!   removed, and only found among the messages still kept.
-//! - Module identities, X.509 authentication (no client certificate is requested), shared access
+//! - Module identities, the CA proof of possession (a CA is verified by adding it), certificate
+//!   revocation, X.509 devices behind an IoT Edge parent, `disableDeviceSAS`, shared access
 //!   policies for device connections (`skn` tokens on CONNECT are refused), policy permissions
 //!   (the one service policy may do everything), Azure AD bearer tokens.
 //! - AMQP (so no SDK's own C2D send: see the `deviceBound` route), HTTPS device APIs, MQTT
@@ -195,6 +215,7 @@ mod cli;
 mod client;
 mod clock;
 mod connect;
+mod credential;
 #[cfg(test)]
 mod e2e;
 mod error;
@@ -211,6 +232,7 @@ pub mod tls;
 mod topic_filter;
 mod twin;
 mod wire;
+mod x509;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -235,6 +257,7 @@ pub use c2d::{
 };
 pub use cli::{DeviceArg, EmulatorArgs, run_cli};
 pub use client::{ClientError, ServiceClient, ServiceResponse};
+pub use credential::X509Auth;
 pub use error::{Error, WaitTimeout};
 pub use faults::{Fault, FaultId, Target};
 pub use history::{AttemptOutcome, ConnectAttempt, MAX_RECORDS, MethodExchange};
@@ -250,6 +273,7 @@ pub use twin::{
     MAX_TWIN_TAGS, Twin, TwinError, TwinOp, TwinRequest,
 };
 pub use wire::{ConnectRecord, DeviceTransport, Escapes, TokenShape};
+pub use x509::CaError;
 
 /// How long [`Emulator::shutdown`] waits for connection tasks to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -346,6 +370,8 @@ pub(crate) struct Shared {
     pub(crate) faults: faults::Faults,
     /// Time-stamped connection attempts, method exchanges and twin requests.
     pub(crate) history: history::History,
+    /// The CAs that CA-signed X.509 devices chain to.
+    pub(crate) verified_cas: x509::VerifiedCas,
     /// The hub-wide twin throttles: GETs and reported PATCHes per second.
     pub(crate) twin_reads: twin::RateWindow,
     pub(crate) twin_updates: twin::RateWindow,
@@ -457,6 +483,7 @@ impl Emulator {
             methods: methods::Methods::new(),
             faults: faults::Faults::new(),
             history: history::History::new(),
+            verified_cas: x509::VerifiedCas::default(),
             twin_reads: twin::RateWindow::new(config.twin_reads_per_s),
             twin_updates: twin::RateWindow::new(config.twin_updates_per_s),
             closed_listeners: watch::Sender::new(0),
@@ -544,9 +571,30 @@ impl Emulator {
         &self.ca_pem
     }
 
-    /// Registers (or re-keys and re-enables) a device. An open connection stays open.
+    /// Registers (or re-keys and re-enables) a device that authenticates with SAS tokens signed
+    /// with `key`. An open connection stays open.
     pub fn add_device(&self, id: &str, key: Key) {
-        self.shared.registry.add_device(id, key);
+        self.shared
+            .registry
+            .add_device(id, credential::Credential::Sas(key));
+    }
+
+    /// Registers (or re-keys and re-enables) a device that authenticates with an X.509 client
+    /// certificate, as `auth` says (`iothub-protocol.md` 1.6): CONNECT without a password, the
+    /// certificate in the TLS handshake. An open connection stays open.
+    pub fn add_device_x509(&self, id: &str, auth: X509Auth) {
+        self.shared
+            .registry
+            .add_device(id, credential::Credential::X509(auth));
+    }
+
+    /// Adds the CA certificate(s) in `pem` to those the hub has verified, for devices
+    /// registered with [`X509Auth::CaSigned`] (the hub's proof of possession is skipped).
+    ///
+    /// # Errors
+    /// When `pem` holds no certificate, or one that cannot be a trust anchor.
+    pub fn add_verified_ca(&self, pem: &str) -> Result<(), CaError> {
+        self.shared.verified_cas.add(pem).map(|_| ())
     }
 
     /// Unregisters a device and closes its connection; its stats remain. False if it was not
@@ -568,15 +616,18 @@ impl Emulator {
         client::service_connection_string(&self.shared.host_name, policy, key)
     }
 
-    /// `HostName=..;DeviceId=..;SharedAccessKey=..` for a registered device.
+    /// `HostName=..;DeviceId=..;SharedAccessKey=..` for a registered SAS device,
+    /// `HostName=..;DeviceId=..;x509=true` for an X.509 one.
     #[must_use]
     pub fn device_connection_string(&self, id: &str) -> Option<String> {
-        let key = self.shared.registry.key_of(id)?;
-        Some(format!(
-            "HostName={};DeviceId={id};SharedAccessKey={}",
-            self.shared.host_name,
-            base64::engine::general_purpose::STANDARD.encode(key.as_bytes())
-        ))
+        let host = &self.shared.host_name;
+        Some(match self.shared.registry.credential_of(id)? {
+            credential::Credential::Sas(key) => format!(
+                "HostName={host};DeviceId={id};SharedAccessKey={}",
+                base64::engine::general_purpose::STANDARD.encode(key.as_bytes())
+            ),
+            credential::Credential::X509(_) => format!("HostName={host};DeviceId={id};x509=true"),
+        })
     }
 
     /// Calls a direct method in process, through the same code as the HTTP API.

@@ -27,6 +27,9 @@ pub struct ConnectRecord {
     pub tls_version: Option<String>,
     /// Which listener the CONNECT came through, set by the listener.
     pub transport: DeviceTransport,
+    /// Whether the TLS handshake carried a client certificate (X.509 devices present one; SAS
+    /// devices normally do not), set by the listener.
+    pub client_cert: bool,
 }
 
 /// The device endpoints a CONNECT can arrive on (`iothub-protocol.md` 1.1).
@@ -103,6 +106,7 @@ impl ConnectRecord {
                 .map(|will| (will.topic.clone(), will.qos as u8)),
             tls_version: None,
             transport: DeviceTransport::Mqtt,
+            client_cert: false,
         }
     }
 }

@@ -4,6 +4,7 @@
 //! is on an emulator record or a client event, never a sleep.
 
 mod websocket;
+mod x509;
 
 use std::sync::Arc;
 use std::time::Duration;

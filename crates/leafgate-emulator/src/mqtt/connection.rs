@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use rumqttc::mqttbytes;
 use rumqttc::mqttbytes::v4::{ConnAck, ConnectReturnCode, Packet};
+use rustls::pki_types::CertificateDer;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -18,7 +19,7 @@ use super::link::{DeviceStream, Link, LinkError, packet_name};
 use super::session::{Session, idle_timeout};
 use super::websocket::{self, UpgradeError};
 use crate::clock::{sleep_until_some, unix_now};
-use crate::connect::{self, Accepted};
+use crate::connect::{self, Accepted, ClientCert};
 use crate::faults::{Active, Fault};
 use crate::history::AttemptOutcome;
 use crate::registry::{Connection, DisconnectReason};
@@ -35,6 +36,8 @@ struct Handshaken {
     link: Link,
     /// The TLS version negotiated (`TLSv1_2`, `TLSv1_3`).
     tls_version: Option<String>,
+    /// The client certificate chain, leaf first; empty when the client presented none.
+    client_chain: Vec<CertificateDer<'static>>,
 }
 
 /// Why a connection ended before its first MQTT byte.
@@ -54,11 +57,11 @@ async fn handshake(
     transport: DeviceTransport,
 ) -> Result<Handshaken, HandshakeError> {
     let tls = acceptor.accept(tcp).await.map_err(HandshakeError::Tls)?;
-    let tls_version = tls
-        .get_ref()
-        .1
+    let session = tls.get_ref().1;
+    let tls_version = session
         .protocol_version()
         .map(|version| format!("{version:?}"));
+    let client_chain = session.peer_certificates().unwrap_or_default().to_vec();
     let stream: Box<dyn DeviceStream> = match transport {
         DeviceTransport::Mqtt => Box::new(tls),
         DeviceTransport::WebSocket => Box::new(websocket::upgrade(tls).await?),
@@ -66,6 +69,7 @@ async fn handshake(
     Ok(Handshaken {
         link: Link::new(stream),
         tls_version,
+        client_chain,
     })
 }
 
@@ -95,6 +99,7 @@ pub(super) async fn serve(
     let Handshaken {
         mut link,
         tls_version,
+        client_chain,
     } = match handshake {
         Ok(Ok(done)) => done,
         Ok(Err(e)) => {
@@ -153,6 +158,7 @@ pub(super) async fn serve(
     let mut record = ConnectRecord::new(&connect);
     record.tls_version = tls_version;
     record.transport = transport;
+    record.client_cert = !client_chain.is_empty();
     shared.registry.record_connect(record);
     if let Some(active) = shared.faults.on_connect(&connect.client_id) {
         let refusal = match &active.fault {
@@ -188,9 +194,14 @@ pub(super) async fn serve(
         link.close().await;
         return;
     }
-    let accepted = connect::authenticate(&connect, &shared.host_name, unix_now(), |id| {
-        shared.registry.device_key(id)
-    });
+    let client_cert = ClientCert {
+        chain: &client_chain,
+        cas: &shared.verified_cas,
+    };
+    let accepted =
+        connect::authenticate(&connect, &shared.host_name, unix_now(), client_cert, |id| {
+            shared.registry.device_credential(id)
+        });
     let Accepted {
         device_id,
         token_expiry,
