@@ -20,6 +20,10 @@ pub struct EmulatorArgs {
     /// Address of the MQTT-over-TLS device listener.
     #[arg(long, default_value = "127.0.0.1:8883")]
     pub mqtt_addr: SocketAddr,
+    /// Also serve MQTT over WebSockets here (`wss://ADDR/$iothub/websocket`, same CA), as the
+    /// hub does on 443.
+    #[arg(long, value_name = "ADDR")]
+    pub ws_addr: Option<SocketAddr>,
     /// Address of the plain-HTTP service API listener (keep it on loopback).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
@@ -78,6 +82,7 @@ pub async fn run_cli(args: EmulatorArgs) -> anyhow::Result<()> {
     let config = EmulatorConfig {
         host_name: args.host_name.clone(),
         mqtt_addr: args.mqtt_addr,
+        ws_addr: args.ws_addr,
         http_addr: args.http_addr,
         https_addr: args.https_addr,
         ca_path: args.ca_out.clone(),
@@ -93,6 +98,9 @@ pub async fn run_cli(args: EmulatorArgs) -> anyhow::Result<()> {
     }
     println!("IoT Hub emulator for host {}", args.host_name);
     println!("  mqtt (tls):  {}", emulator.mqtt_addr());
+    if let Some(addr) = emulator.ws_addr() {
+        println!("  mqtt (wss):  wss://{addr}/$iothub/websocket");
+    }
     println!("  service api: http://{}", emulator.http_addr());
     if let Some(addr) = emulator.https_addr() {
         println!("  service api: https://{addr}");
@@ -145,6 +153,12 @@ mod tests {
             "127.0.0.1:0",
         ])
         .unwrap();
+        assert_eq!(cli.args.ws_addr, None);
+        let ws = Cli::try_parse_from(["emu", "--ws-addr", "127.0.0.1:8443"]).unwrap();
+        assert_eq!(
+            ws.args.ws_addr,
+            Some(SocketAddr::from(([127, 0, 0, 1], 8443)))
+        );
         let ids: Vec<&str> = cli.args.devices.iter().map(|d| d.id.as_str()).collect();
         assert_eq!(ids, ["pump-1", "pump-2"]);
         assert_eq!(cli.args.devices[0].key.as_bytes(), [0, 1, 2, 3]);

@@ -1,11 +1,16 @@
-//! CONNECT checks as the hub makes them (`iothub-protocol.md` 1.2, 1.5, 2): pure functions, the
-//! clock and the key lookup are arguments, so every refusal is unit tested without a socket.
+//! CONNECT checks as the hub makes them (`iothub-protocol.md` 1.2, 1.5, 1.6, 2): pure functions,
+//! the clock, the credential lookup and the client certificate chain are arguments, so every
+//! refusal is unit tested without a socket.
 
 use rumqttc::mqttbytes::Protocol;
 use rumqttc::mqttbytes::v4::{Connect, ConnectReturnCode};
 
+use rustls::pki_types::CertificateDer;
+
 use super::registry::RefusalReason;
-use crate::sas::{self, Key};
+use crate::credential::Credential;
+use crate::sas;
+use crate::x509::{self, VerifiedCas};
 
 /// The parts of an IoT Hub username the emulator checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,9 +63,10 @@ pub(crate) fn parse_username<'a>(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Accepted<T> {
     pub(crate) device_id: String,
-    /// The token's `se` (Unix seconds): the hub drops the connection then.
-    pub(crate) token_expiry: u64,
-    /// Whatever the key lookup returned besides the key (the registry entry).
+    /// The token's `se` (Unix seconds): the hub drops the connection then. `None` for an X.509
+    /// device, whose connection has no token to run out.
+    pub(crate) token_expiry: Option<u64>,
+    /// Whatever the lookup returned besides the credential (the registry entry).
     pub(crate) handle: T,
 }
 
@@ -74,9 +80,19 @@ pub(crate) fn return_code(reason: &RefusalReason) -> ConnectReturnCode {
     }
 }
 
+/// What the TLS handshake told about the client, for X.509 devices.
+#[derive(Clone, Copy)]
+pub(crate) struct ClientCert<'a> {
+    /// The chain the client presented, leaf first; empty without a certificate.
+    pub(crate) chain: &'a [CertificateDer<'static>],
+    /// The CAs CA-signed devices chain to.
+    pub(crate) cas: &'a VerifiedCas,
+}
+
 /// Checks a CONNECT (already decoded, so its protocol level is 4 or 5): protocol level, client
-/// id, username, then the device's SAS token against `{host}/devices/{id}` with the key `lookup`
-/// returns for the id.
+/// id, username, then the credential `lookup` returns for the id: a SAS device's token against
+/// `{host}/devices/{id}` with its key (a client certificate, if any, is ignored); an X.509
+/// device's certificate chain from the handshake, with no password ([`x509::authenticate`]).
 ///
 /// # Errors
 /// The first check that failed.
@@ -84,7 +100,8 @@ pub(crate) fn authenticate<T>(
     connect: &Connect,
     host_name: &str,
     now: u64,
-    lookup: impl FnOnce(&str) -> Result<(T, Key), RefusalReason>,
+    client_cert: ClientCert<'_>,
+    lookup: impl FnOnce(&str) -> Result<(T, Credential), RefusalReason>,
 ) -> Result<Accepted<T>, RefusalReason> {
     if connect.protocol != Protocol::V4 {
         return Err(RefusalReason::ProtocolVersion(5));
@@ -101,7 +118,27 @@ pub(crate) fn authenticate<T>(
     if username.device_id != connect.client_id {
         return Err(RefusalReason::ClientIdMismatch);
     }
-    let (handle, key) = lookup(&connect.client_id)?;
+    let (handle, credential) = lookup(&connect.client_id)?;
+    let key = match credential {
+        Credential::Sas(key) => key,
+        Credential::X509(auth) => {
+            if !login.password.is_empty() {
+                return Err(RefusalReason::PasswordForX509Device);
+            }
+            x509::authenticate(
+                &auth,
+                &connect.client_id,
+                client_cert.chain,
+                client_cert.cas,
+                now,
+            )?;
+            return Ok(Accepted {
+                device_id: connect.client_id.clone(),
+                token_expiry: None,
+                handle,
+            });
+        }
+    };
     if login.password.is_empty() {
         return Err(RefusalReason::MissingPassword);
     }
@@ -116,7 +153,7 @@ pub(crate) fn authenticate<T>(
         sas::verify(&login.password, &key, &resource, now).map_err(RefusalReason::Token)?;
     Ok(Accepted {
         device_id: connect.client_id.clone(),
-        token_expiry: verified.se,
+        token_expiry: Some(verified.se),
         handle,
     })
 }
@@ -124,12 +161,21 @@ pub(crate) fn authenticate<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sas::TokenError;
+    use crate::sas::{Key, TokenError};
 
     const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
     const HOST: &str = "myhub.azure-devices.net";
     const NOW: u64 = 1_767_225_000;
     const SE: u64 = 1_767_225_600;
+    static CAS: std::sync::LazyLock<VerifiedCas> = std::sync::LazyLock::new(VerifiedCas::default);
+
+    /// A handshake without a client certificate.
+    fn no_cert() -> ClientCert<'static> {
+        ClientCert {
+            chain: &[],
+            cas: &CAS,
+        }
+    }
 
     #[test]
     fn parses_usernames_from_docs_and_sdks() {
@@ -204,9 +250,9 @@ mod tests {
         c
     }
 
-    fn lookup(id: &str) -> Result<((), Key), RefusalReason> {
+    fn lookup(id: &str) -> Result<((), Credential), RefusalReason> {
         match id {
-            "dev-1" => Ok(((), Key::from_base64(KEY).unwrap())),
+            "dev-1" => Ok(((), Credential::Sas(Key::from_base64(KEY).unwrap()))),
             "off" => Err(RefusalReason::DeviceDisabled),
             _ => Err(RefusalReason::UnknownDevice),
         }
@@ -225,11 +271,30 @@ mod tests {
     fn authenticate_accepts_sdk_and_c_sdk_tokens() {
         let user = format!("{HOST}/dev-1/?api-version=2021-04-12");
         let ours = token("dev-1", KEY, SE, None);
-        let ok = authenticate(&connect("dev-1", &user, &ours), HOST, NOW, lookup).unwrap();
-        assert_eq!((ok.device_id.as_str(), ok.token_expiry), ("dev-1", SE));
+        let ok = authenticate(
+            &connect("dev-1", &user, &ours),
+            HOST,
+            NOW,
+            no_cert(),
+            lookup,
+        )
+        .unwrap();
+        assert_eq!(
+            (ok.device_id.as_str(), ok.token_expiry),
+            ("dev-1", Some(SE))
+        );
         // The protocol doc's C-SDK form: raw sr, lowercase escapes in sig.
         let c_sdk = "SharedAccessSignature sr=myhub.azure-devices.net/devices/dev-1&sig=ewy7BYbQtk7z4phPE1StE5B%2bJc%2bvfpBBs5ewLmOkf%2f8%3d&se=1767225600";
-        assert!(authenticate(&connect("dev-1", &user, c_sdk), HOST, NOW, lookup).is_ok());
+        assert!(
+            authenticate(
+                &connect("dev-1", &user, c_sdk),
+                HOST,
+                NOW,
+                no_cert(),
+                lookup
+            )
+            .is_ok()
+        );
     }
 
     #[test]
@@ -291,7 +356,7 @@ mod tests {
             ),
         ];
         for (c, want) in cases {
-            let got = authenticate(&c, HOST, NOW, lookup).err();
+            let got = authenticate(&c, HOST, NOW, no_cert(), lookup).err();
             assert_eq!(got.as_ref(), Some(&want), "client {:?}", c.client_id);
             let code = return_code(&want);
             if matches!(want, RefusalReason::ProtocolVersion(_)) {
@@ -301,5 +366,72 @@ mod tests {
             }
             assert!(!want.to_string().contains("sig="));
         }
+    }
+
+    /// An X.509 device: no password and a matching certificate connect (no token expiry); a
+    /// password, or no certificate, is refused; a SAS device's certificate is ignored.
+    #[test]
+    fn authenticate_x509_devices_by_certificate_only() {
+        use crate::credential::X509Auth;
+        use crate::tls::{KeyKind, self_signed, thumbprint_sha1};
+        use rustls::pki_types::pem::PemObject as _;
+
+        let now = std::time::SystemTime::now();
+        let day = std::time::Duration::from_secs(86_400);
+        let (cert, _) = self_signed("x-1", KeyKind::EcdsaP256, now - day, now + day).unwrap();
+        let chain = [CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()];
+        let presented = ClientCert {
+            chain: &chain,
+            cas: &CAS,
+        };
+        let auth = X509Auth::Thumbprint {
+            primary: thumbprint_sha1(&cert).unwrap(),
+            secondary: None,
+        };
+        let lookup = |id: &str| match id {
+            "x-1" => Ok(((), Credential::X509(auth.clone()))),
+            _ => Ok(((), Credential::Sas(Key::from_base64(KEY).unwrap()))),
+        };
+        let at = crate::clock::unix_now();
+        let user = |id: &str| format!("{HOST}/{id}/?api-version=2021-04-12");
+        let ok = authenticate(
+            &connect("x-1", &user("x-1"), ""),
+            HOST,
+            at,
+            presented,
+            lookup,
+        )
+        .unwrap();
+        assert_eq!(ok.token_expiry, None);
+        let with_password = connect("x-1", &user("x-1"), &token("x-1", KEY, SE, None));
+        assert_eq!(
+            authenticate(&with_password, HOST, at, presented, lookup).err(),
+            Some(RefusalReason::PasswordForX509Device)
+        );
+        assert_eq!(
+            authenticate(
+                &connect("x-1", &user("x-1"), ""),
+                HOST,
+                at,
+                no_cert(),
+                lookup
+            )
+            .err(),
+            Some(RefusalReason::MissingClientCertificate)
+        );
+        // A SAS device presenting a certificate: the certificate is ignored, the token counts.
+        let sas = connect("dev-1", &user("dev-1"), &token("dev-1", KEY, SE, None));
+        assert!(authenticate(&sas, HOST, NOW, presented, lookup).is_ok());
+        assert_eq!(
+            authenticate(
+                &connect("dev-1", &user("dev-1"), ""),
+                HOST,
+                NOW,
+                presented,
+                lookup
+            )
+            .err(),
+            Some(RefusalReason::MissingPassword)
+        );
     }
 }

@@ -19,6 +19,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("could not bind the MQTT-over-WebSockets listener on {addr}")]
+    BindWs {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("could not bind the service API listener on {addr}")]
     BindHttp {
         addr: SocketAddr,

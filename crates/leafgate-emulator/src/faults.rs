@@ -24,9 +24,10 @@ use super::lock::lock;
 /// active.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {
-    /// Refuse at the TCP level: the listening socket is closed, so the kernel answers every SYN
-    /// with RST ("connection refused"), as when the hub's endpoint is unreachable. The same port
-    /// is bound again when the fault ends. Affects every device: no device id is known yet.
+    /// Refuse at the TCP level: the listening sockets (MQTT and WebSocket) are closed, so the
+    /// kernel answers every SYN with RST ("connection refused"), as when the hub's endpoint is
+    /// unreachable. The same ports are bound again when the fault ends. Affects every device:
+    /// no device id is known yet.
     RefuseTcp,
     /// Accept the TCP connection and close it at once, before TLS, as an overloaded load
     /// balancer does. Affects every device.

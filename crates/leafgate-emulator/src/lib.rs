@@ -17,14 +17,35 @@
 //! # What it emulates
 //! - MQTT 3.1.1 over TLS 1.2/1.3 with a CA generated at start (server certificate for
 //!   `localhost`, `127.0.0.1`, `::1` and the configured host name).
+//! - MQTT over WebSockets (`iothub-protocol.md` 1.1) when [`EmulatorConfig::ws_addr`] is set:
+//!   the same TLS, then an HTTP/1.1 upgrade on `/$iothub/websocket` only (another path: 404 and
+//!   close) with the `mqtt` subprotocol, compared without case (none offered: 400 and close),
+//!   then binary frames carrying the MQTT byte stream (a packet may span frames, a frame may
+//!   hold several packets). From there a connection is served exactly as one on the MQTT
+//!   listener: same faults (a [`Fault::RefuseTcp`] closes both listeners), history and
+//!   registry; [`ConnectRecord::transport`] says which listener a CONNECT came through.
 //! - CONNECT: client id = device id, username `{host}/{id}/?api-version=...` (or the legacy
 //!   `/api-version=` form; unknown query keys ignored; api-version required), password = device
-//!   SAS token verified with [`sas::verify`]. Every auth or identity failure gets
-//!   CONNACK 5 and a close; MQTT 5 gets CONNACK 1. Refusal reasons are recorded, never keys or
-//!   signatures.
+//!   SAS token verified with [`sas::verify`] for a device added with [`Emulator::add_device`].
+//!   Every auth or identity failure gets CONNACK 5 and a close; MQTT 5 gets CONNACK 1. Refusal
+//!   reasons are recorded, never keys or signatures.
+//! - X.509 client certificates (`iothub-protocol.md` 1.6): every TLS handshake asks for a
+//!   client certificate without requiring one (its handshake signature is verified, the
+//!   certificate itself is judged at CONNECT). A device added with
+//!   [`Emulator::add_device_x509`] sends no password and is checked by its
+//!   [`X509Auth`]: a thumbprint (hex SHA-1 or SHA-256 of the DER leaf, primary or secondary,
+//!   compared without case or `:` separators), or CA-signed: the chain verifies (rustls'
+//!   webpki verifier: signatures, validity dates, client-auth usage) against a CA added with
+//!   [`Emulator::add_verified_ca`], and the leaf's subject CN is the device id. No certificate,
+//!   a thumbprint mismatch, an untrusted chain, a wrong CN, an expired or not yet valid
+//!   certificate, or a password from an X.509 device: CONNACK 5, each with its own
+//!   [`RefusalReason`]. [`ConnectRecord::client_cert`] says whether a certificate came.
+//!   [`tls::TestCa`], [`tls::self_signed`] and the `tls::thumbprint_*` functions make the
+//!   certificates for tests.
 //! - One connection per device (a new CONNECT closes the older one), keep-alive enforcement at
 //!   1.5 x keep-alive capped at 1767 s (also when keep-alive is 0), disconnect when the token's
-//!   `se` passes, disconnect when a device is removed or disabled.
+//!   `se` passes (an X.509 connection has no token, so no such end), disconnect when a device is
+//!   removed or disabled.
 //! - Persistent sessions as far as subscriptions go: a CONNECT with CleanSession 0 resumes the
 //!   subscriptions of the device's last CleanSession-0 connection (CONNACK session present = 1),
 //!   so a method reaches a device that reconnected without subscribing again, as the Python SDK
@@ -129,6 +150,15 @@
 //!   body or method name is 400004. Method names may not contain `#`, `+` or control characters,
 //!   and are at most 1 KiB.
 //! - A rid is answered only by the device it was sent to, byte for byte.
+//! - X.509: a thumbprint device's certificate outside its validity period is refused
+//!   ([`RefusalReason::CertificateExpired`], [`RefusalReason::CertificateNotYetValid`]), though
+//!   the hub matches such a device by thumbprint alone; a client certificate presented by a
+//!   SAS device is ignored (its token decides); an X.509 connection does not end at the
+//!   certificate's expiry.
+//! - The WebSocket upgrade answers `Sec-WebSocket-Protocol` with the `mqtt` token as the
+//!   client spelled it (`mqtt`, or the C SDK's `MQTT`): RFC 6455 lets a client fail a
+//!   connection whose answer names a subprotocol it did not offer. One WebSocket message may
+//!   hold up to 4 x 264 KiB; larger ones close the connection.
 //! - Subscriptions beyond five get the SUBACK failure code (0x80); a filter outside the hub's
 //!   topic trees closes the connection.
 //! - Twins: depth counts the objects and arrays nested below a patch's root (at most 10, as the
@@ -165,11 +195,12 @@
 //!   hub stamps (`iothub-connection-device-id` and the like, `mqtt-retain`): messages are kept
 //!   as the device sent them, per device, in memory only. Duplicates are flagged, never
 //!   removed, and only found among the messages still kept.
-//! - Module identities, X.509 authentication (no client certificate is requested), shared access
+//! - Module identities, the CA proof of possession (a CA is verified by adding it), certificate
+//!   revocation, X.509 devices behind an IoT Edge parent, `disableDeviceSAS`, shared access
 //!   policies for device connections (`skn` tokens on CONNECT are refused), policy permissions
 //!   (the one service policy may do everything), Azure AD bearer tokens.
-//! - MQTT over WebSockets, AMQP (so no SDK's own C2D send: see the `deviceBound` route), HTTPS
-//!   device APIs. The service API is plain HTTP on loopback,
+//! - AMQP (so no SDK's own C2D send: see the `deviceBound` route), HTTPS device APIs, MQTT
+//!   over plain (unencrypted) WebSockets. The service API is plain HTTP on loopback,
 //!   and optionally also HTTPS ([`EmulatorConfig::https_addr`]) with the same CA as MQTT.
 //! - Throttling and quotas (429001, 403002), connection-rate limits and the 1,000,000-device
 //!   limit are not enforced by themselves (twin reads and updates only when configured); a
@@ -184,6 +215,9 @@ mod cli;
 mod client;
 mod clock;
 mod connect;
+mod credential;
+#[cfg(test)]
+mod e2e;
 mod error;
 mod faults;
 mod history;
@@ -198,6 +232,7 @@ pub mod tls;
 mod topic_filter;
 mod twin;
 mod wire;
+mod x509;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -222,6 +257,7 @@ pub use c2d::{
 };
 pub use cli::{DeviceArg, EmulatorArgs, run_cli};
 pub use client::{ClientError, ServiceClient, ServiceResponse};
+pub use credential::X509Auth;
 pub use error::{Error, WaitTimeout};
 pub use faults::{Fault, FaultId, Target};
 pub use history::{AttemptOutcome, ConnectAttempt, MAX_RECORDS, MethodExchange};
@@ -236,7 +272,8 @@ pub use twin::{
     MAX_TWIN_DEPTH, MAX_TWIN_DOCUMENT, MAX_TWIN_INTEGER, MAX_TWIN_KEY, MAX_TWIN_STRING,
     MAX_TWIN_TAGS, Twin, TwinError, TwinOp, TwinRequest,
 };
-pub use wire::{ConnectRecord, Escapes, TokenShape};
+pub use wire::{ConnectRecord, DeviceTransport, Escapes, TokenShape};
+pub use x509::CaError;
 
 /// How long [`Emulator::shutdown`] waits for connection tasks to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -248,6 +285,10 @@ pub struct EmulatorConfig {
     pub host_name: String,
     /// MQTT-over-TLS device listener; port 0 picks a free one.
     pub mqtt_addr: SocketAddr,
+    /// If set, MQTT over WebSockets (`wss://…/$iothub/websocket`, subprotocol `mqtt`) on this
+    /// address, with the same certificate as [`EmulatorConfig::mqtt_addr`], for clients that
+    /// can only leave a site on 443; port 0 picks a free one.
+    pub ws_addr: Option<SocketAddr>,
     /// Plain-HTTP service API listener; keep it on loopback.
     pub http_addr: SocketAddr,
     /// If set, the same service API over HTTPS with the emulator's certificate, for clients
@@ -277,7 +318,7 @@ pub struct EmulatorConfig {
 }
 
 impl Default for EmulatorConfig {
-    /// `localhost`, MQTT and HTTP listeners on `127.0.0.1:0`, no HTTPS listener, policy
+    /// `localhost`, MQTT and HTTP listeners on `127.0.0.1:0`, no WebSocket or HTTPS listener, policy
     /// `service` with a random key, [`DEFAULT_TELEMETRY_PER_DEVICE`] messages kept per device,
     /// no twin throttling, the hub's C2D lock timeout (60 s) and maximum delivery count (10).
     fn default() -> Self {
@@ -285,6 +326,7 @@ impl Default for EmulatorConfig {
         EmulatorConfig {
             host_name: "localhost".to_owned(),
             mqtt_addr: loopback,
+            ws_addr: None,
             http_addr: loopback,
             https_addr: None,
             ca_path: None,
@@ -328,11 +370,15 @@ pub(crate) struct Shared {
     pub(crate) faults: faults::Faults,
     /// Time-stamped connection attempts, method exchanges and twin requests.
     pub(crate) history: history::History,
+    /// The CAs that CA-signed X.509 devices chain to.
+    pub(crate) verified_cas: x509::VerifiedCas,
     /// The hub-wide twin throttles: GETs and reported PATCHes per second.
     pub(crate) twin_reads: twin::RateWindow,
     pub(crate) twin_updates: twin::RateWindow,
-    /// Whether the MQTT listener is bound (false while a [`Fault::RefuseTcp`] holds it closed).
-    pub(crate) listening: watch::Sender<bool>,
+    /// How many device listeners (MQTT, WebSocket) a [`Fault::RefuseTcp`] holds closed now.
+    pub(crate) closed_listeners: watch::Sender<usize>,
+    /// How many device listeners there are.
+    device_listeners: usize,
     /// Cancelled once, at shutdown; every task watches it.
     pub(crate) shutdown: CancellationToken,
     /// Parent of every connection's token; replaced by [`Emulator::drop_all_connections`], so
@@ -355,6 +401,7 @@ impl Shared {
 pub struct Emulator {
     shared: Arc<Shared>,
     mqtt_addr: SocketAddr,
+    ws_addr: Option<SocketAddr>,
     http_addr: SocketAddr,
     https_addr: Option<SocketAddr>,
     ca_pem: String,
@@ -367,6 +414,7 @@ impl std::fmt::Debug for Emulator {
         f.debug_struct("Emulator")
             .field("host_name", &self.shared.host_name)
             .field("mqtt_addr", &self.mqtt_addr)
+            .field("ws_addr", &self.ws_addr)
             .field("http_addr", &self.http_addr)
             .field("https_addr", &self.https_addr)
             .finish_non_exhaustive()
@@ -374,7 +422,7 @@ impl std::fmt::Debug for Emulator {
 }
 
 impl Emulator {
-    /// Generates certificates, binds both listeners and starts serving.
+    /// Generates certificates, binds the listeners and starts serving.
     ///
     /// # Errors
     /// When the host name cannot go into a certificate, a listener cannot bind, or the CA cannot
@@ -415,6 +463,16 @@ impl Emulator {
             None => None,
         };
         let https_addr = https_listener.as_ref().map(|(_, addr)| *addr);
+        let ws_listener = match config.ws_addr {
+            Some(addr) => {
+                let bind_ws = |source| Error::BindWs { addr, source };
+                let listener = TcpListener::bind(addr).await.map_err(bind_ws)?;
+                let local = listener.local_addr().map_err(bind_ws)?;
+                Some((listener, local))
+            }
+            None => None,
+        };
+        let ws_addr = ws_listener.as_ref().map(|(_, addr)| *addr);
 
         let shutdown = CancellationToken::new();
         let shared = Arc::new(Shared {
@@ -425,9 +483,11 @@ impl Emulator {
             methods: methods::Methods::new(),
             faults: faults::Faults::new(),
             history: history::History::new(),
+            verified_cas: x509::VerifiedCas::default(),
             twin_reads: twin::RateWindow::new(config.twin_reads_per_s),
             twin_updates: twin::RateWindow::new(config.twin_updates_per_s),
-            listening: watch::Sender::new(true),
+            closed_listeners: watch::Sender::new(0),
+            device_listeners: 1 + usize::from(ws_listener.is_some()),
             generation: Mutex::new(shutdown.child_token()),
             shutdown,
         });
@@ -436,10 +496,25 @@ impl Emulator {
         tokio::spawn(mqtt::run(
             mqtt_listener,
             mqtt_addr,
+            DeviceTransport::Mqtt,
             acceptor.clone(),
             Arc::clone(&shared),
             done_tx.clone(),
         ));
+        if let Some((listener, addr)) = ws_listener {
+            tokio::spawn(mqtt::run(
+                listener,
+                addr,
+                DeviceTransport::WebSocket,
+                acceptor.clone(),
+                Arc::clone(&shared),
+                done_tx.clone(),
+            ));
+            log::info!(
+                "emulator: mqtt over websockets on wss://{addr}{}",
+                mqtt::websocket::PATH
+            );
+        }
         if let Some((listener, addr)) = https_listener {
             tokio::spawn(http::run(
                 listener,
@@ -454,6 +529,7 @@ impl Emulator {
         Ok(Emulator {
             shared,
             mqtt_addr,
+            ws_addr,
             http_addr,
             https_addr,
             ca_pem: certs.ca_pem,
@@ -464,6 +540,13 @@ impl Emulator {
     #[must_use]
     pub fn mqtt_addr(&self) -> SocketAddr {
         self.mqtt_addr
+    }
+
+    /// The MQTT-over-WebSockets listener, when [`EmulatorConfig::ws_addr`] asked for one;
+    /// clients dial `wss://{host}:{port}/$iothub/websocket` with subprotocol `mqtt`.
+    #[must_use]
+    pub fn ws_addr(&self) -> Option<SocketAddr> {
+        self.ws_addr
     }
 
     #[must_use]
@@ -488,9 +571,30 @@ impl Emulator {
         &self.ca_pem
     }
 
-    /// Registers (or re-keys and re-enables) a device. An open connection stays open.
+    /// Registers (or re-keys and re-enables) a device that authenticates with SAS tokens signed
+    /// with `key`. An open connection stays open.
     pub fn add_device(&self, id: &str, key: Key) {
-        self.shared.registry.add_device(id, key);
+        self.shared
+            .registry
+            .add_device(id, credential::Credential::Sas(key));
+    }
+
+    /// Registers (or re-keys and re-enables) a device that authenticates with an X.509 client
+    /// certificate, as `auth` says (`iothub-protocol.md` 1.6): CONNECT without a password, the
+    /// certificate in the TLS handshake. An open connection stays open.
+    pub fn add_device_x509(&self, id: &str, auth: X509Auth) {
+        self.shared
+            .registry
+            .add_device(id, credential::Credential::X509(auth));
+    }
+
+    /// Adds the CA certificate(s) in `pem` to those the hub has verified, for devices
+    /// registered with [`X509Auth::CaSigned`] (the hub's proof of possession is skipped).
+    ///
+    /// # Errors
+    /// When `pem` holds no certificate, or one that cannot be a trust anchor.
+    pub fn add_verified_ca(&self, pem: &str) -> Result<(), CaError> {
+        self.shared.verified_cas.add(pem).map(|_| ())
     }
 
     /// Unregisters a device and closes its connection; its stats remain. False if it was not
@@ -512,15 +616,18 @@ impl Emulator {
         client::service_connection_string(&self.shared.host_name, policy, key)
     }
 
-    /// `HostName=..;DeviceId=..;SharedAccessKey=..` for a registered device.
+    /// `HostName=..;DeviceId=..;SharedAccessKey=..` for a registered SAS device,
+    /// `HostName=..;DeviceId=..;x509=true` for an X.509 one.
     #[must_use]
     pub fn device_connection_string(&self, id: &str) -> Option<String> {
-        let key = self.shared.registry.key_of(id)?;
-        Some(format!(
-            "HostName={};DeviceId={id};SharedAccessKey={}",
-            self.shared.host_name,
-            base64::engine::general_purpose::STANDARD.encode(key.as_bytes())
-        ))
+        let host = &self.shared.host_name;
+        Some(match self.shared.registry.credential_of(id)? {
+            credential::Credential::Sas(key) => format!(
+                "HostName={host};DeviceId={id};SharedAccessKey={}",
+                base64::engine::general_purpose::STANDARD.encode(key.as_bytes())
+            ),
+            credential::Credential::X509(_) => format!("HostName={host};DeviceId={id};x509=true"),
+        })
     }
 
     /// Calls a direct method in process, through the same code as the HTTP API.
@@ -661,7 +768,7 @@ impl Emulator {
     /// with `lasting` for that long, or for [`Fault::DropBeforePuback`] until used up.
     /// Connections already attached stay up until a telemetry fault strikes them. When several
     /// faults apply, the oldest wins. Returns once the fault is in force: for
-    /// [`Fault::RefuseTcp`], once the listener is closed.
+    /// [`Fault::RefuseTcp`], once the device listeners (MQTT and WebSocket) are closed.
     pub async fn inject_fault(&self, fault: Fault, lasting: Option<Duration>) -> FaultId {
         log::info!("emulator: injecting fault {fault:?} for {lasting:?}");
         let refuse_tcp = fault == Fault::RefuseTcp;
@@ -674,7 +781,7 @@ impl Emulator {
 
     /// Ends an injected fault; false if it had already ended. Devices it stalled are closed;
     /// PUBACKs it withheld are sent.
-    /// Returns once the listener is open again if no [`Fault::RefuseTcp`] remains.
+    /// Returns once the device listeners are open again if no [`Fault::RefuseTcp`] remains.
     pub async fn clear_fault(&self, id: FaultId) -> bool {
         let cleared = self.shared.faults.clear(id);
         if self.shared.faults.refuse_tcp().is_none() {
@@ -683,18 +790,24 @@ impl Emulator {
         cleared
     }
 
-    /// Ends every injected fault; returns once the listener is open.
+    /// Ends every injected fault; returns once the device listeners are open.
     pub async fn clear_faults(&self) {
         self.shared.faults.clear_all();
         self.await_listening(true).await;
     }
 
-    /// Waits (up to 5 s, or until shutdown) for the accept loop to have the listener in `state`.
+    /// Waits (up to 5 s, or until shutdown) for the accept loops to have every device listener
+    /// open (`true`) or every one closed (`false`).
     async fn await_listening(&self, state: bool) {
-        let mut listening = self.shared.listening.subscribe();
+        let mut closed = self.shared.closed_listeners.subscribe();
+        let want = if state {
+            0
+        } else {
+            self.shared.device_listeners
+        };
         tokio::select! {
             () = self.shared.shutdown.cancelled() => {}
-            _ = tokio::time::timeout(SHUTDOWN_GRACE, listening.wait_for(|open| *open == state)) => {}
+            _ = tokio::time::timeout(SHUTDOWN_GRACE, closed.wait_for(|closed| *closed == want)) => {}
         }
     }
 

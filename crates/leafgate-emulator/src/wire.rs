@@ -25,6 +25,33 @@ pub struct ConnectRecord {
     pub will: Option<(String, u8)>,
     /// The TLS version the connection negotiated (`TLSv1_2`, `TLSv1_3`), set by the listener.
     pub tls_version: Option<String>,
+    /// Which listener the CONNECT came through, set by the listener.
+    pub transport: DeviceTransport,
+    /// Whether the TLS handshake carried a client certificate (X.509 devices present one; SAS
+    /// devices normally do not), set by the listener.
+    pub client_cert: bool,
+}
+
+/// The device endpoints a CONNECT can arrive on (`iothub-protocol.md` 1.1).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DeviceTransport {
+    /// MQTT over TLS, the hub's port 8883 ([`crate::Emulator::mqtt_addr`]).
+    #[default]
+    Mqtt,
+    /// MQTT over WebSockets over TLS, the hub's `wss://{host}:443/$iothub/websocket`
+    /// ([`crate::Emulator::ws_addr`]).
+    WebSocket,
+}
+
+impl DeviceTransport {
+    /// `"mqtt"` or `"websocket"`, for logs and JSON.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceTransport::Mqtt => "mqtt",
+            DeviceTransport::WebSocket => "websocket",
+        }
+    }
 }
 
 /// A SAS token's format without its secret part: field names in order, `sr`, `se` and `skn` as
@@ -78,6 +105,8 @@ impl ConnectRecord {
                 .as_ref()
                 .map(|will| (will.topic.clone(), will.qos as u8)),
             tls_version: None,
+            transport: DeviceTransport::Mqtt,
+            client_cert: false,
         }
     }
 }

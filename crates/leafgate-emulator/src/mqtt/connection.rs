@@ -1,4 +1,4 @@
-//! One device connection from TLS handshake to close: the first CONNECT, the faults that act on
+//! One device connection from TLS handshake (and WebSocket upgrade) to close: the first CONNECT, the faults that act on
 //! it, authentication, taking over from an older connection, and recording how it ended. What
 //! happens between CONNACK and the end is the session's job.
 
@@ -8,26 +8,70 @@ use std::time::Duration;
 
 use rumqttc::mqttbytes;
 use rumqttc::mqttbytes::v4::{ConnAck, ConnectReturnCode, Packet};
+use rustls::pki_types::CertificateDer;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use super::link::{Link, LinkError, packet_name};
+use super::link::{DeviceStream, Link, LinkError, packet_name};
 use super::session::{Session, idle_timeout};
+use super::websocket::{self, UpgradeError};
 use crate::clock::{sleep_until_some, unix_now};
-use crate::connect::{self, Accepted};
+use crate::connect::{self, Accepted, ClientCert};
 use crate::faults::{Active, Fault};
 use crate::history::AttemptOutcome;
 use crate::registry::{Connection, DisconnectReason};
-use crate::wire::ConnectRecord;
+use crate::wire::{ConnectRecord, DeviceTransport};
 use crate::{RefusalReason, Shared};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Method requests queued for one connection; callers wait (within their timeout) beyond that.
 const OUTBOUND_QUEUE: usize = 64;
+
+/// What the handshakes before the first MQTT byte produced.
+struct Handshaken {
+    link: Link,
+    /// The TLS version negotiated (`TLSv1_2`, `TLSv1_3`).
+    tls_version: Option<String>,
+    /// The client certificate chain, leaf first; empty when the client presented none.
+    client_chain: Vec<CertificateDer<'static>>,
+}
+
+/// Why a connection ended before its first MQTT byte.
+#[derive(Debug, thiserror::Error)]
+enum HandshakeError {
+    #[error("tls handshake failed: {0}")]
+    Tls(#[source] std::io::Error),
+    #[error(transparent)]
+    WebSocket(#[from] UpgradeError),
+}
+
+/// TLS, then for [`DeviceTransport::WebSocket`] the HTTP upgrade; the MQTT link runs on
+/// whichever stream results.
+async fn handshake(
+    acceptor: TlsAcceptor,
+    tcp: TcpStream,
+    transport: DeviceTransport,
+) -> Result<Handshaken, HandshakeError> {
+    let tls = acceptor.accept(tcp).await.map_err(HandshakeError::Tls)?;
+    let session = tls.get_ref().1;
+    let tls_version = session
+        .protocol_version()
+        .map(|version| format!("{version:?}"));
+    let client_chain = session.peer_certificates().unwrap_or_default().to_vec();
+    let stream: Box<dyn DeviceStream> = match transport {
+        DeviceTransport::Mqtt => Box::new(tls),
+        DeviceTransport::WebSocket => Box::new(websocket::upgrade(tls).await?),
+    };
+    Ok(Handshaken {
+        link: Link::new(stream),
+        tls_version,
+        client_chain,
+    })
+}
 
 /// One device connection, from TLS handshake to close.
 pub(super) async fn serve(
@@ -36,6 +80,7 @@ pub(super) async fn serve(
     tcp: TcpStream,
     peer: SocketAddr,
     tcp_at: Instant,
+    transport: DeviceTransport,
 ) {
     let kill = shared.connection_token();
     let no_connect = || {
@@ -49,24 +94,24 @@ pub(super) async fn serve(
             no_connect();
             return;
         }
-        handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)) => handshake,
+        handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(acceptor, tcp, transport)) => handshake,
     };
-    let (mut link, tls_version) = match handshake {
-        Ok(Ok(stream)) => {
-            let version = stream
-                .get_ref()
-                .1
-                .protocol_version()
-                .map(|version| format!("{version:?}"));
-            (Link::new(stream), version)
-        }
+    let Handshaken {
+        mut link,
+        tls_version,
+        client_chain,
+    } = match handshake {
+        Ok(Ok(done)) => done,
         Ok(Err(e)) => {
-            log::debug!("emulator: mqtt {peer}: tls handshake failed: {e}");
+            log::debug!("emulator: {} {peer}: {e}", transport.as_str());
             no_connect();
             return;
         }
         Err(_) => {
-            log::debug!("emulator: mqtt {peer}: tls handshake timed out");
+            log::debug!(
+                "emulator: {} {peer}: handshake timed out",
+                transport.as_str()
+            );
             no_connect();
             return;
         }
@@ -112,6 +157,8 @@ pub(super) async fn serve(
     // Never log `connect` itself: it holds the SAS token. The record keeps only its shape.
     let mut record = ConnectRecord::new(&connect);
     record.tls_version = tls_version;
+    record.transport = transport;
+    record.client_cert = !client_chain.is_empty();
     shared.registry.record_connect(record);
     if let Some(active) = shared.faults.on_connect(&connect.client_id) {
         let refusal = match &active.fault {
@@ -147,9 +194,14 @@ pub(super) async fn serve(
         link.close().await;
         return;
     }
-    let accepted = connect::authenticate(&connect, &shared.host_name, unix_now(), |id| {
-        shared.registry.device_key(id)
-    });
+    let client_cert = ClientCert {
+        chain: &client_chain,
+        cas: &shared.verified_cas,
+    };
+    let accepted =
+        connect::authenticate(&connect, &shared.host_name, unix_now(), client_cert, |id| {
+            shared.registry.device_credential(id)
+        });
     let Accepted {
         device_id,
         token_expiry,

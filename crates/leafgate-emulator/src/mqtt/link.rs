@@ -1,6 +1,10 @@
-//! Reading and writing MQTT packets on a device's TLS stream, with bounded buffers. Everything a
+//! Reading and writing MQTT packets on a device's byte stream, with bounded buffers. Everything a
 //! client sends passes through here first, so this is where a malformed or oversized packet, or
 //! a panic in the third-party decoder, becomes a closed connection instead of a crash.
+//!
+//! The stream is boxed: MQTT over TLS, MQTT over WebSockets over TLS (`super::websocket`) and
+//! the DPS endpoint all hand the same [`Link`] whatever byte stream they ended up with, so the
+//! packet handling above it exists once.
 
 use std::io;
 use std::panic::AssertUnwindSafe;
@@ -9,9 +13,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use rumqttc::mqttbytes;
 use rumqttc::mqttbytes::v4::Packet;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::registry::DisconnectReason;
 
@@ -28,7 +30,7 @@ const READ_CHUNK: usize = 2048;
 
 /// Why a link read or write failed.
 #[derive(Debug, thiserror::Error)]
-pub(super) enum LinkError {
+pub(crate) enum LinkError {
     #[error("peer closed the connection")]
     Eof,
     #[error("i/o error: {0}")]
@@ -44,7 +46,7 @@ pub(super) enum LinkError {
 }
 
 impl LinkError {
-    pub(super) fn into_reason(self) -> DisconnectReason {
+    pub(crate) fn into_reason(self) -> DisconnectReason {
         match self {
             LinkError::Eof | LinkError::Io(_) | LinkError::WriteTimeout | LinkError::Encode(_) => {
                 DisconnectReason::ConnectionLost(self.to_string())
@@ -56,9 +58,15 @@ impl LinkError {
     }
 }
 
-/// A TLS stream with bounded read and write buffers.
-pub(super) struct Link {
-    stream: TlsStream<TcpStream>,
+/// A byte stream a device's MQTT packets travel on: a TLS stream, or the binary frames of a
+/// WebSocket inside one.
+pub(crate) trait DeviceStream: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> DeviceStream for T {}
+
+/// A device's stream with bounded read and write buffers.
+pub(crate) struct Link {
+    stream: Box<dyn DeviceStream>,
     pub(super) rbuf: BytesMut,
     wbuf: BytesMut,
 }
@@ -76,7 +84,7 @@ fn decode(buf: &mut BytesMut) -> Result<Option<Packet>, LinkError> {
 }
 
 impl Link {
-    pub(super) fn new(stream: TlsStream<TcpStream>) -> Self {
+    pub(crate) fn new(stream: Box<dyn DeviceStream>) -> Self {
         Link {
             stream,
             rbuf: BytesMut::with_capacity(READ_CHUNK),
@@ -84,7 +92,7 @@ impl Link {
         }
     }
 
-    pub(super) fn decode(&mut self) -> Result<Option<Packet>, LinkError> {
+    pub(crate) fn decode(&mut self) -> Result<Option<Packet>, LinkError> {
         let packet = decode(&mut self.rbuf)?;
         if self.rbuf.is_empty() && self.rbuf.capacity() > 16 * READ_CHUNK {
             self.rbuf = BytesMut::with_capacity(READ_CHUNK);
@@ -96,7 +104,7 @@ impl Link {
     ///
     /// # Cancel safety
     /// Cancel safe: bytes read are kept in `rbuf`, so dropping this future loses nothing.
-    pub(super) async fn fill(&mut self) -> Result<(), LinkError> {
+    pub(crate) async fn fill(&mut self) -> Result<(), LinkError> {
         if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 2 {
             self.rbuf.reserve(READ_CHUNK);
         }
@@ -107,7 +115,7 @@ impl Link {
     }
 
     /// The next packet. Cancel safe, like [`Link::fill`].
-    pub(super) async fn next_packet(&mut self) -> Result<Packet, LinkError> {
+    pub(crate) async fn next_packet(&mut self) -> Result<Packet, LinkError> {
         loop {
             if let Some(packet) = self.decode()? {
                 return Ok(packet);
@@ -116,7 +124,7 @@ impl Link {
         }
     }
 
-    pub(super) async fn send(&mut self, packet: Packet) -> Result<(), LinkError> {
+    pub(crate) async fn send(&mut self, packet: Packet) -> Result<(), LinkError> {
         self.wbuf.clear();
         packet
             .write(&mut self.wbuf, MAX_OUTGOING_PACKET)
@@ -131,13 +139,13 @@ impl Link {
         }
     }
 
-    /// Closes politely (TLS close_notify) but without waiting on a peer that does not read.
-    pub(super) async fn close(mut self) {
+    /// Closes politely (a WebSocket close frame, TLS close_notify) but without waiting on a peer that does not read.
+    pub(crate) async fn close(mut self) {
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.stream.shutdown()).await;
     }
 }
 
-pub(super) fn packet_name(packet: &Packet) -> &'static str {
+pub(crate) fn packet_name(packet: &Packet) -> &'static str {
     match packet {
         Packet::Connect(_) => "CONNECT",
         Packet::ConnAck(_) => "CONNACK",

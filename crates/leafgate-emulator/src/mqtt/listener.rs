@@ -1,5 +1,6 @@
-//! Accepting device connections, one task each. The listener is the only part that sees the TCP
-//! level, so the faults that act there (refuse, close at once) are applied here.
+//! Accepting device connections, one task each, on the MQTT (8883) listener and, when
+//! configured, the WebSocket (443) one: both run this loop, so the faults that act on the TCP
+//! level (refuse, close at once) are applied here, to both alike.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,25 +15,29 @@ use super::connection::serve;
 use crate::Shared;
 use crate::clock::sleep_until_some;
 use crate::history::AttemptOutcome;
+use crate::wire::DeviceTransport;
 
-/// Accepts device connections until shutdown, one task each. While a [`Fault::RefuseTcp`](crate::Fault::RefuseTcp) is
-/// active the listening socket is closed (the kernel refuses connections); `addr` is bound again
+/// Accepts device connections for `transport` until shutdown, one task each. While a
+/// [`Fault::RefuseTcp`](crate::Fault::RefuseTcp) is active the listening socket is closed (the
+/// kernel refuses connections), counted in [`Shared::closed_listeners`]; `addr` is bound again
 /// when it ends.
 pub(crate) async fn run(
     listener: TcpListener,
     addr: SocketAddr,
+    transport: DeviceTransport,
     acceptor: TlsAcceptor,
     shared: Arc<Shared>,
     done: mpsc::Sender<()>,
 ) {
+    let name = transport.as_str();
     let mut listener = Some(listener);
     let mut faults = shared.faults.subscribe();
     loop {
         faults.borrow_and_update();
         if let Some(active) = shared.faults.refuse_tcp() {
             if listener.take().is_some() {
-                log::info!("emulator: mqtt listener on {addr} closed by an injected fault");
-                shared.listening.send_replace(false);
+                log::info!("emulator: {name} listener on {addr} closed by an injected fault");
+                shared.closed_listeners.send_modify(|closed| *closed += 1);
             }
             tokio::select! {
                 biased;
@@ -46,13 +51,15 @@ pub(crate) async fn run(
             Some(current) => current,
             None => match TcpListener::bind(addr).await {
                 Ok(bound) => {
-                    log::info!("emulator: mqtt listener on {addr} open again");
-                    shared.listening.send_replace(true);
+                    log::info!("emulator: {name} listener on {addr} open again");
+                    shared
+                        .closed_listeners
+                        .send_modify(|closed| *closed = closed.saturating_sub(1));
                     listener.insert(bound)
                 }
                 Err(e) => {
                     // Someone took the port meanwhile (unlikely on loopback); keep trying.
-                    log::warn!("emulator: cannot bind the mqtt listener on {addr} again: {e}");
+                    log::warn!("emulator: cannot bind the {name} listener on {addr} again: {e}");
                     tokio::select! {
                         () = shared.shutdown.cancelled() => break,
                         () = tokio::time::sleep(Duration::from_millis(50)) => {}
@@ -85,13 +92,13 @@ pub(crate) async fn run(
                 let acceptor = acceptor.clone();
                 let done = done.clone();
                 tokio::spawn(async move {
-                    serve(&shared, acceptor, tcp, peer, tcp_at).await;
+                    serve(&shared, acceptor, tcp, peer, tcp_at, transport).await;
                     drop(done);
                 });
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off a moment instead of spinning.
-                log::warn!("emulator: mqtt accept failed: {e}");
+                log::warn!("emulator: {name} accept failed: {e}");
                 tokio::select! {
                     () = shared.shutdown.cancelled() => break,
                     () = tokio::time::sleep(Duration::from_millis(100)) => {}

@@ -1,5 +1,5 @@
-//! The device endpoint: MQTT 3.1.1 over TLS, one task per connection (`iothub-protocol.md` 1, 3
-//! and checklist 10).
+//! The device endpoint: MQTT 3.1.1 over TLS, or over WebSockets over TLS, one task per
+//! connection (`iothub-protocol.md` 1, 3 and checklist 10).
 //!
 //! A connection task owns its socket: it reads and decodes with rumqttc's codec, answers
 //! CONNECT/SUBSCRIBE/PINGREQ/PUBLISH, and writes method requests that [`crate::methods`] queues
@@ -9,14 +9,15 @@
 //!
 //! One file per job: accepting connections (`listener`), a connection from TLS handshake to
 //! CONNACK and close (`connection`), the packets of an accepted session (`session`), its twin
-//! requests (`twin`) and cloud-to-device deliveries (`c2d`), and reading and writing packets on
-//! the TLS stream (`link`).
+//! requests (`twin`) and cloud-to-device deliveries (`c2d`), the WebSocket upgrade
+//! (`websocket`), and reading and writing packets on the resulting byte stream (`link`).
 
 mod c2d;
 mod connection;
-mod link;
+pub(crate) mod link;
 mod listener;
 mod session;
 mod twin;
+pub(crate) mod websocket;
 
 pub(crate) use listener::run;

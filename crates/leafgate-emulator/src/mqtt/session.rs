@@ -83,10 +83,11 @@ impl Session<'_> {
         link: &mut Link,
         mut outbound: mpsc::Receiver<Outbound>,
         idle: Duration,
-        token_expiry: u64,
+        token_expiry: Option<u64>,
     ) -> DisconnectReason {
         let idle_timer = tokio::time::sleep(idle);
-        let expiry_timer = tokio::time::sleep_until(expiry_instant(token_expiry));
+        // An X.509 connection has no token to run out.
+        let expiry_timer = sleep_until_some(token_expiry.map(expiry_instant));
         tokio::pin!(idle_timer, expiry_timer);
         let mut faults = self.shared.faults.subscribe();
         let mut c2d = self.entry.watch_c2d();

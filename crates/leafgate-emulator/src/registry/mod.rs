@@ -34,8 +34,8 @@ use tokio::sync::{broadcast, watch};
 use super::topic_filter::filter_matches;
 use super::wire::ConnectRecord;
 use crate::c2d::{C2dQueue, DEFAULT_C2D_LOCK_TIMEOUT, DEFAULT_C2D_MAX_DELIVERY_COUNT};
+pub(crate) use crate::credential::Credential;
 use crate::lock::lock;
-use crate::sas::Key;
 use crate::telemetry::{D2cMessage, MessageLog, Received};
 use crate::twin::TwinDoc;
 
@@ -52,7 +52,7 @@ const EVENT_CAPACITY: usize = 1024;
 
 #[derive(Clone)]
 struct Identity {
-    key: Key,
+    credential: Credential,
     enabled: bool,
 }
 
@@ -237,7 +237,9 @@ impl Registry {
             .filter(|entry| entry.is_registered_and_enabled())
     }
 
-    pub(crate) fn add_device(&self, id: &str, key: Key) {
+    /// Registers `id` with `credential`, or gives a registered device a new one (re-keying keeps
+    /// its twin, queue and connection).
+    pub(crate) fn add_device(&self, id: &str, credential: Credential) {
         let entry = {
             let mut entries = lock(&self.entries);
             let entry = match entries.map.get(id) {
@@ -256,7 +258,10 @@ impl Registry {
                 state.twin = TwinDoc::default();
                 state.c2d = C2dQueue::default();
             }
-            state.identity = Some(Identity { key, enabled: true });
+            state.identity = Some(Identity {
+                credential,
+                enabled: true,
+            });
             drop(state);
             entry
         };
@@ -325,8 +330,11 @@ impl Registry {
         }
     }
 
-    /// The key of a registered, enabled device, for verifying its CONNECT.
-    pub(crate) fn device_key(&self, id: &str) -> Result<(Arc<DeviceEntry>, Key), RefusalReason> {
+    /// The credential of a registered, enabled device, for verifying its CONNECT.
+    pub(crate) fn device_credential(
+        &self,
+        id: &str,
+    ) -> Result<(Arc<DeviceEntry>, Credential), RefusalReason> {
         let entry = self.existing(id).ok_or(RefusalReason::UnknownDevice)?;
         let state = lock(&entry.state);
         let identity = state
@@ -336,16 +344,19 @@ impl Registry {
         if !identity.enabled {
             return Err(RefusalReason::DeviceDisabled);
         }
-        let key = identity.key.clone();
+        let credential = identity.credential.clone();
         drop(state);
-        Ok((entry, key))
+        Ok((entry, credential))
     }
 
-    /// The base64 key of a registered device (for connection strings in tests and the demo).
-    pub(crate) fn key_of(&self, id: &str) -> Option<Key> {
+    /// The credential of a registered device (for connection strings in tests and the demo).
+    pub(crate) fn credential_of(&self, id: &str) -> Option<Credential> {
         let entry = self.existing(id)?;
         let state = lock(&entry.state);
-        state.identity.as_ref().map(|identity| identity.key.clone())
+        state
+            .identity
+            .as_ref()
+            .map(|identity| identity.credential.clone())
     }
 
     /// The entry for a client id a device sent, created (unregistered) if missing while fewer
@@ -589,6 +600,7 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sas::Key;
     use tokio::sync::mpsc;
     use tokio_util::sync::CancellationToken;
 
@@ -608,8 +620,8 @@ mod tests {
     #[test]
     fn attach_kicks_the_older_connection_and_detach_of_it_keeps_the_device_online() {
         let registry = Registry::new(10);
-        registry.add_device("d", key());
-        let (entry, _) = registry.device_key("d").unwrap();
+        registry.add_device("d", Credential::Sas(key()));
+        let (entry, _) = registry.device_credential("d").unwrap();
         let first = conn(&registry);
         let second = conn(&registry);
         registry.attach(&entry, Arc::clone(&first), true).unwrap();
@@ -628,20 +640,20 @@ mod tests {
     #[test]
     fn removing_or_disabling_refuses_and_closes() {
         let registry = Registry::new(10);
-        registry.add_device("d", key());
-        let (entry, _) = registry.device_key("d").unwrap();
+        registry.add_device("d", Credential::Sas(key()));
+        let (entry, _) = registry.device_credential("d").unwrap();
         let c = conn(&registry);
         registry.attach(&entry, Arc::clone(&c), true).unwrap();
         assert!(registry.set_device_enabled("d", false));
         assert_eq!(c.kill_reason(), Some(DisconnectReason::DeviceDisabled));
         assert_eq!(
-            registry.device_key("d").err(),
+            registry.device_credential("d").err(),
             Some(RefusalReason::DeviceDisabled)
         );
         assert!(registry.remove_device("d"));
         assert!(!registry.remove_device("d"));
         assert_eq!(
-            registry.device_key("d").err(),
+            registry.device_credential("d").err(),
             Some(RefusalReason::UnknownDevice)
         );
         assert_eq!(
@@ -654,8 +666,8 @@ mod tests {
     #[test]
     fn a_persistent_session_keeps_subscriptions_until_a_clean_one_or_removal() {
         let registry = Registry::new(10);
-        registry.add_device("d", key());
-        let (entry, _) = registry.device_key("d").unwrap();
+        registry.add_device("d", Credential::Sas(key()));
+        let (entry, _) = registry.device_credential("d").unwrap();
         let methods = vec![Subscription {
             filter: "$iothub/methods/POST/#".to_owned(),
             qos: 1,
@@ -692,8 +704,8 @@ mod tests {
         registry.attach(&entry, Arc::clone(&third), false).unwrap();
         registry.set_subscriptions(&entry, third.id, &methods, true, true);
         registry.remove_device("d");
-        registry.add_device("d", key());
-        let (entry, _) = registry.device_key("d").unwrap();
+        registry.add_device("d", Credential::Sas(key()));
+        let (entry, _) = registry.device_credential("d").unwrap();
         assert_eq!(
             registry.attach(&entry, conn(&registry), false).unwrap(),
             Resumed::default()

@@ -28,8 +28,31 @@ pub enum RefusalReason {
     UnknownDevice,
     #[error("device is disabled")]
     DeviceDisabled,
-    #[error("CONNECT carries no password (X.509 authentication is not emulated)")]
+    /// A SAS device's CONNECT without a password (whether or not the handshake carried a
+    /// client certificate: the device is not registered for X.509).
+    #[error("CONNECT carries no password, and the device authenticates with a SAS token")]
     MissingPassword,
+    /// An X.509 device's CONNECT with a password: it must authenticate with its certificate.
+    #[error("the device authenticates with X.509, but CONNECT carries a password")]
+    PasswordForX509Device,
+    #[error(
+        "the device authenticates with X.509, but the TLS handshake carried no client certificate"
+    )]
+    MissingClientCertificate,
+    #[error("the client certificate does not parse")]
+    BadClientCertificate,
+    #[error("the client certificate's thumbprint matches neither registered thumbprint")]
+    ThumbprintMismatch,
+    /// The chain does not verify against a CA added with
+    /// [`Emulator::add_verified_ca`](crate::Emulator::add_verified_ca) (the text says why).
+    #[error("the client certificate chain does not verify against a verified CA: {0}")]
+    CertificateNotTrusted(String),
+    #[error("the client certificate's subject CN is not the device id")]
+    CommonNameMismatch,
+    #[error("the client certificate has expired")]
+    CertificateExpired,
+    #[error("the client certificate is not valid yet")]
+    CertificateNotYetValid,
     #[error("shared access policy tokens (skn) are not accepted for device connections")]
     PolicyToken,
     #[error("sas token rejected: {0}")]

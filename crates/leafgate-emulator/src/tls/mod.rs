@@ -5,7 +5,22 @@
 //! (`iothub-protocol.md` 8). The server certificate names `localhost`, `127.0.0.1`, `::1` and
 //! the configured host name, so a client may dial any of them.
 //!
-//! Public so that tests can stand up hostile hubs of their own that leafgate trusts the same way.
+//! Every handshake asks for a client certificate without requiring one, as the hub does
+//! (`client_auth`); a certificate is judged at CONNECT time, by the device it claims to be
+//! (`crate::x509`).
+//!
+//! Public so that tests can stand up hostile hubs of their own that leafgate trusts the same way,
+//! and make device certificates for X.509 authentication (`test_certs`).
+
+mod client_auth;
+mod test_certs;
+
+pub(crate) use client_auth::OptionalClientCert;
+pub(crate) use test_certs::hex_upper;
+pub use test_certs::{
+    CertError, KeyKind, TestCa, rsa_key_pem, self_signed, self_signed_with_key, thumbprint_sha1,
+    thumbprint_sha256,
+};
 
 use std::sync::Arc;
 
@@ -37,7 +52,8 @@ fn subject_alt_names(host_name: &str) -> Vec<String> {
 }
 
 /// Generates the CA and server certificate and builds a TLS 1.2/1.3 server configuration with
-/// the ring provider (explicitly: the process may have no default provider, or another one).
+/// the ring provider (explicitly: the process may have no default provider, or another one)
+/// that asks clients for an optional certificate (`client_auth::OptionalClientCert`).
 ///
 /// # Errors
 /// When `host_name` cannot go in a certificate, or rustls refuses the result.
@@ -71,10 +87,11 @@ pub fn generate(host_name: &str) -> Result<Certificates, Error> {
 
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server_key.serialize_der()));
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let client_auth = Arc::new(OptionalClientCert::new(&provider));
     let server_config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(Error::Tls)?
-        .with_no_client_auth()
+        .with_client_cert_verifier(client_auth)
         .with_single_cert(vec![server_cert.der().clone(), ca_cert.der().clone()], key)
         .map_err(Error::Tls)?;
     Ok(Certificates {
