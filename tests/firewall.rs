@@ -2,12 +2,14 @@
 //! (tinyproxy, installed by `.ci/run`), over MQTT on TLS and over WebSockets, and through an IoT
 //! Edge parent. Each failure mode is read back as the log line an operator would see.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use leafgate::hub::sas::Key;
-use leafgate_emulator::{Emulator, EmulatorConfig, ServiceClient};
+use leafgate_emulator::tls::{self, KeyKind};
+use leafgate_emulator::{Emulator, EmulatorConfig, ServiceClient, X509Auth};
 use leafgate_sim::modbus::{Registers, TcpServer};
 use leafgate_testkit::daemon::Log;
 use serde_json::{Value, json};
@@ -374,4 +376,191 @@ async fn a_proxy_that_goes_away_mid_session_is_reconnected_through_when_back() {
         .await
         .unwrap();
     assert_eq!(site.get("pump-1").await.0, 200);
+}
+
+/// A device's credentials in a matrix test.
+#[derive(Clone, Copy, Debug)]
+enum Cred {
+    Sas,
+    /// Self-signed, registered by thumbprint (ECDSA P-256).
+    Thumbprint,
+    /// Signed by a CA verified in the hub, CN = the device id (RSA 2048).
+    CaSigned,
+}
+
+/// Registers `id` in the emulator with `cred` and returns the device's credential keys.
+fn register(site: &Site, ca: &tls::TestCa, id: &str, cred: Cred) -> String {
+    let (from, to) = validity(-1, 365);
+    let (cert, key) = match cred {
+        Cred::Sas => {
+            site.emu.add_device(id, Key::from_base64(KEY).unwrap());
+            return sas("");
+        }
+        Cred::Thumbprint => {
+            let (cert, key) = tls::self_signed(id, KeyKind::EcdsaP256, from, to).unwrap();
+            let thumbprint = tls::thumbprint_sha256(&cert).unwrap();
+            site.emu.add_device_x509(
+                id,
+                X509Auth::Thumbprint {
+                    primary: thumbprint,
+                    secondary: None,
+                },
+            );
+            (cert, key)
+        }
+        Cred::CaSigned => {
+            let key = tls::rsa_key_pem(2048).unwrap();
+            let cert = ca.issue_with_key(id, &key, from, to).unwrap();
+            site.emu.add_device_x509(id, X509Auth::CaSigned);
+            (cert, key)
+        }
+    };
+    certificate_keys(site, id, &cert, &key)
+}
+
+/// Writes a device's certificate and key (mode 0600) and returns its config keys.
+fn certificate_keys(site: &Site, id: &str, cert: &str, key: &str) -> String {
+    use std::os::unix::fs::PermissionsExt as _;
+    let cert_path = site.write(&format!("{id}.pem"), cert);
+    let key_path = site.write(&format!("{id}.key"), key);
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    format!(
+        "certificate_file = \"{}\"\nprivate_key_file = \"{}\"\n",
+        cert_path.display(),
+        key_path.display()
+    )
+}
+
+/// `(now + from_days, now + to_days)`.
+fn validity(from_days: i64, to_days: i64) -> (SystemTime, SystemTime) {
+    let at = |days: i64| {
+        let span = Duration::from_secs(days.unsigned_abs() * 86_400);
+        if days < 0 {
+            SystemTime::now() - span
+        } else {
+            SystemTime::now() + span
+        }
+    };
+    (at(from_days), at(to_days))
+}
+
+fn with_websockets() -> EmulatorConfig {
+    EmulatorConfig {
+        ws_addr: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+        ..EmulatorConfig::default()
+    }
+}
+
+/// Every transport with every kind of credential, directly and through a proxy: each device
+/// connects over what it was told (the hub's record of its CONNECT says so) and serves a
+/// method.
+#[tokio::test]
+async fn every_transport_and_credential_connects_and_serves_a_method() {
+    let site = Site::start(with_websockets(), &[]).await;
+    let ca = tls::TestCa::generate("Plant devices CA").unwrap();
+    site.emu.add_verified_ca(ca.ca_pem()).unwrap();
+    let proxy = TinyProxy::start(ProxyRules::default()).await;
+    let ws_port = site.emu.ws_addr().unwrap().port();
+    for via_proxy in [false, true] {
+        let mut devices = Vec::new();
+        for transport in ["mqtt", "websocket"] {
+            for cred in [Cred::Sas, Cred::Thumbprint, Cred::CaSigned] {
+                let id = format!(
+                    "{transport}-{cred:?}{}",
+                    if via_proxy { "-proxy" } else { "" }
+                )
+                .to_lowercase();
+                let keys = register(&site, &ca, &id, cred);
+                devices.push((
+                    id,
+                    cred,
+                    transport,
+                    format!("{keys}transport = \"{transport}\"\n"),
+                ));
+            }
+        }
+        let proxy_line = if via_proxy {
+            format!("proxy = \"http://127.0.0.1:{}\"\n", proxy.port)
+        } else {
+            String::new()
+        };
+        let list: Vec<(&str, &str)> = devices
+            .iter()
+            .map(|(id, _, _, keys)| (id.as_str(), keys.as_str()))
+            .collect();
+        let config = site.config(&format!("websocket_port = {ws_port}\n{proxy_line}"), &list);
+        let daemon = run(&config);
+        for (id, cred, transport, _) in &devices {
+            site.emu
+                .wait_method_ready(id, WAIT)
+                .await
+                .unwrap_or_else(|e| panic!("{id}: {e}\n{}", daemon.log()));
+            assert_eq!(site.get(id).await, (200, json!({"v": 42})), "{id}");
+            let record = site.emu.device_stats(id).last_connect.unwrap();
+            assert_eq!(record.transport.as_str(), *transport, "{id}");
+            assert_eq!(record.client_cert, !matches!(cred, Cred::Sas), "{id}");
+            // A certificate is the only credential: no password goes with it.
+            assert_eq!(record.password.is_some(), matches!(cred, Cred::Sas), "{id}");
+        }
+        drop(daemon);
+    }
+}
+
+/// An expired certificate is not even presented: the journal says which file and when it
+/// expired, and the hub never sees the device. A certificate the hub does not know (another
+/// thumbprint) is refused by the hub, and the journal says what to check.
+#[tokio::test]
+async fn an_expired_or_unknown_certificate_is_named_in_the_journal() {
+    let site = Site::start(EmulatorConfig::default(), &[]).await;
+    let (from, to) = validity(-400, -2);
+    let (expired, expired_key) = tls::self_signed("old-1", KeyKind::EcdsaP256, from, to).unwrap();
+    site.emu.add_device_x509(
+        "old-1",
+        X509Auth::Thumbprint {
+            primary: tls::thumbprint_sha256(&expired).unwrap(),
+            secondary: None,
+        },
+    );
+    let (from, to) = validity(-1, 365);
+    let (cert, key) = tls::self_signed("odd-1", KeyKind::EcdsaP256, from, to).unwrap();
+    let (registered, _) = tls::self_signed("odd-1", KeyKind::EcdsaP256, from, to).unwrap();
+    site.emu.add_device_x509(
+        "odd-1",
+        X509Auth::Thumbprint {
+            primary: tls::thumbprint_sha256(&registered).unwrap(),
+            secondary: None,
+        },
+    );
+    let old = certificate_keys(&site, "old-1", &expired, &expired_key);
+    let odd = certificate_keys(&site, "odd-1", &cert, &key);
+    let config = site.config("", &[("old-1", &old), ("odd-1", &odd)]);
+    let daemon = run(&config);
+    let line = daemon
+        .wait_line("device old-1: cannot connect: its certificate", WAIT)
+        .await
+        .unwrap();
+    assert!(
+        line.contains("old-1.pem expired at") && line.contains("IoT Hub refuses it"),
+        "{line}"
+    );
+    let line = daemon
+        .wait_line("device odd-1: hub connection failed", WAIT)
+        .await
+        .unwrap();
+    assert!(
+        line.contains(
+            "check that the device's certificate (its thumbprint, or its CA) is registered"
+        ),
+        "{line}"
+    );
+    assert_eq!(site.emu.device_stats("old-1").connects_refused, 0);
+    assert!(site.emu.device_stats("odd-1").connects_refused >= 1);
+    assert!(
+        site.emu
+            .device_stats("odd-1")
+            .last_connect
+            .unwrap()
+            .client_cert
+    );
+    assert!(!daemon.log().contains("PRIVATE KEY"));
 }

@@ -54,6 +54,8 @@ static PATTERNS: LazyLock<Vec<Pattern>> = LazyLock::new(|| {
         ("SAS signature", r"(?i)\bsig=[A-Za-z0-9%+/=_-]{10,}"),
         // A connection string's key.
         ("connection-string key", r"(?i)SharedAccessKey=[^;\s]+"),
+        // A PEM private key (a device certificate's); its base64 body is caught below too.
+        ("PEM private key", r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
         // A device or policy key as written in configs and connection strings: base64 with its
         // padding (keys of 16 bytes and more are 24 characters and more), or a long run without.
         ("base64 key", r"[A-Za-z0-9+/]{20,}={1,2}|[A-Za-z0-9+/]{43,}"),
@@ -236,6 +238,18 @@ fn secrets_are_recognised_in_every_shape_they_take() {
         ),
         (
             "k=AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8".to_owned(),
+            "base64 key",
+        ),
+        (
+            "key: -----BEGIN PRIVATE KEY-----".to_owned(),
+            "PEM private key",
+        ),
+        (
+            "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEE".to_owned(),
+            "PEM private key",
+        ),
+        (
+            "proxy password pRoXyPaSsWoRd0123456789abcdefghijklmnopqrsT".to_owned(),
             "base64 key",
         ),
     ] {

@@ -529,7 +529,12 @@ fn describe_proxy(
     format!("proxy {proxy}: {error}")
 }
 
-fn describe(error: &ConnectionError, hub: &Settings, transport: Transport) -> (String, bool) {
+fn describe(
+    error: &ConnectionError,
+    hub: &Settings,
+    transport: Transport,
+    certificate: bool,
+) -> (String, bool) {
     match error {
         ConnectionError::Proxy(_) => {
             let port = match transport {
@@ -540,9 +545,16 @@ fn describe(error: &ConnectionError, hub: &Settings, transport: Transport) -> (S
             (describe_proxy(error, hub, &target), false)
         }
         ConnectionError::ConnectionRefused(code) => {
-            let hint = match code {
-                ConnectReturnCode::NotAuthorized | ConnectReturnCode::BadUserNamePassword => {
-                    " (check the device id and key, and that the device is enabled in IoT Hub)"
+            let hint = match (code, certificate) {
+                (
+                    ConnectReturnCode::NotAuthorized | ConnectReturnCode::BadUserNamePassword,
+                    false,
+                ) => " (check the device id and key, and that the device is enabled in IoT Hub)",
+                (
+                    ConnectReturnCode::NotAuthorized | ConnectReturnCode::BadUserNamePassword,
+                    true,
+                ) => {
+                    " (check that the device's certificate (its thumbprint, or its CA) is registered for this device id in IoT Hub, that a CA-signed certificate's CN is the device id, and that the device is enabled)"
                 }
                 _ => "",
             };
@@ -724,7 +736,8 @@ async fn connect_once(
                 Ok(Event::Incoming(Packet::PubAck(ack))) => acks.acked(ack.pkid),
                 Ok(_) => {}
                 Err(e) => {
-                    let (error, refused) = describe(&e, hub, device.transport);
+                    let certificate = matches!(device.auth, DeviceAuth::X509(_));
+                    let (error, refused) = describe(&e, hub, device.transport, certificate);
                     break Ended::Failed { error, refused };
                 }
             }
