@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use base64::Engine as _;
 
-use super::{Emulator, EmulatorConfig};
+use super::{DpsConfig, Emulator, EmulatorConfig};
 use crate::sas::Key;
 
 /// Options of the emulator CLI.
@@ -45,9 +45,20 @@ pub struct EmulatorArgs {
     /// Device-to-cloud messages kept per device for the read endpoint; older ones are dropped.
     #[arg(long, value_name = "N", default_value_t = super::DEFAULT_TELEMETRY_PER_DEVICE)]
     pub telemetry_per_device: usize,
+    /// Also run a Device Provisioning Service here (MQTT over TLS, same CA), assigning devices
+    /// to this hub.
+    #[arg(long, value_name = "ADDR")]
+    pub dps_addr: Option<SocketAddr>,
+    /// The DPS ID scope devices put in their username.
+    #[arg(long, value_name = "SCOPE", default_value = "0ne00000000")]
+    pub dps_id_scope: String,
+    /// A DPS symmetric-key group enrollment: NAME=BASE64KEY (device keys are derived from it).
+    /// Repeat for more groups.
+    #[arg(long = "dps-group", value_name = "NAME=KEY", value_parser = parse_device)]
+    pub dps_groups: Vec<DeviceArg>,
 }
 
-/// One `--device ID=KEY`.
+/// One `--device ID=KEY` (or `--dps-group NAME=KEY`).
 #[derive(Debug, Clone)]
 pub struct DeviceArg {
     pub id: String,
@@ -88,6 +99,11 @@ pub async fn run_cli(args: EmulatorArgs) -> anyhow::Result<()> {
         ca_path: args.ca_out.clone(),
         service_policy: (args.service_policy.clone(), service_key),
         telemetry_per_device: args.telemetry_per_device,
+        dps: args.dps_addr.map(|addr| DpsConfig {
+            addr,
+            id_scope: args.dps_id_scope.clone(),
+            ..DpsConfig::default()
+        }),
         ..EmulatorConfig::default()
     };
     let emulator = Emulator::start(config)
@@ -95,6 +111,9 @@ pub async fn run_cli(args: EmulatorArgs) -> anyhow::Result<()> {
         .context("could not start the IoT Hub emulator")?;
     for device in &args.devices {
         emulator.add_device(&device.id, device.key.clone());
+    }
+    for group in &args.dps_groups {
+        emulator.dps_add_group(&group.id, group.key.clone(), emulator.hub_link());
     }
     println!("IoT Hub emulator for host {}", args.host_name);
     println!("  mqtt (tls):  {}", emulator.mqtt_addr());
@@ -104,6 +123,9 @@ pub async fn run_cli(args: EmulatorArgs) -> anyhow::Result<()> {
     println!("  service api: http://{}", emulator.http_addr());
     if let Some(addr) = emulator.https_addr() {
         println!("  service api: https://{addr}");
+    }
+    if let Some(addr) = emulator.dps_addr() {
+        println!("  dps (tls):   {addr}, id scope {}", args.dps_id_scope);
     }
     match &args.ca_out {
         Some(path) => println!("  ca:          {}", path.display()),
@@ -159,6 +181,18 @@ mod tests {
             ws.args.ws_addr,
             Some(SocketAddr::from(([127, 0, 0, 1], 8443)))
         );
+        assert_eq!(cli.args.dps_addr, None);
+        let dps = Cli::try_parse_from([
+            "emu",
+            "--dps-addr",
+            "127.0.0.1:8884",
+            "--dps-group",
+            "fleet=AQID",
+        ])
+        .unwrap();
+        assert_eq!(dps.args.dps_groups[0].id, "fleet");
+        assert_eq!(dps.args.dps_id_scope, "0ne00000000");
+        assert!(Cli::try_parse_from(["emu", "--dps-group", "fleet"]).is_err());
         let ids: Vec<&str> = cli.args.devices.iter().map(|d| d.id.as_str()).collect();
         assert_eq!(ids, ["pump-1", "pump-2"]);
         assert_eq!(cli.args.devices[0].key.as_bytes(), [0, 1, 2, 3]);

@@ -1,6 +1,7 @@
 //! Time in the two clocks the emulator works with: SAS tokens expire in Unix seconds, tokio's
 //! timers run on a monotonic `Instant`. The conversions live in one place so the device endpoint
-//! and the service API agree on when a token runs out.
+//! and the service API agree on when a token runs out, and so does the one way UTC times are
+//! written in JSON.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -29,4 +30,20 @@ pub(crate) async fn sleep_until_some(at: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
+}
+
+/// `2020-05-15T20:43:10.3899553Z`: UTC, seven fractional digits, as the hub writes
+/// `timestampUtc` and DPS its `createdDateTimeUtc`.
+pub(crate) fn timestamp_utc(time: SystemTime) -> String {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (year, month, day) = leafgate::systemd::civil_from_days(secs / 86_400);
+    let rem = secs % 86_400;
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:07}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        since.subsec_nanos() / 100
+    )
 }

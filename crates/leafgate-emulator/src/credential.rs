@@ -5,7 +5,7 @@
 use crate::sas::Key;
 
 /// How a registered device authenticates.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub(crate) enum Credential {
     /// SAS tokens signed with this key, as the CONNECT password.
     Sas(Key),

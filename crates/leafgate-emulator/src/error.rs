@@ -25,6 +25,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("could not bind the DPS listener on {addr}")]
+    BindDps {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("could not bind the service API listener on {addr}")]
     BindHttp {
         addr: SocketAddr,

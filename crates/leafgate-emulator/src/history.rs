@@ -1,7 +1,8 @@
 //! Time-stamped records for tests that measure behaviour over time: every connection attempt the
 //! MQTT listener saw (to compute connect rates and backoff gaps), every direct-method exchange
 //! (to check that each request got exactly one response, and when), and every twin request a
-//! device published (with the status it was answered, if any).
+//! device published (with the status it was answered, if any), and every DPS CONNECT and
+//! request (with its answer).
 //!
 //! All are bounded ([`MAX_RECORDS`] each): when a log is full its older half is forgotten, so a
 //! long-running demo or CLI emulator keeps flat memory. Each change bumps a `watch`
@@ -13,6 +14,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::dps::request::DpsRequest;
 use super::faults::Fault;
 use super::lock::lock;
 use super::registry::RefusalReason;
@@ -182,6 +184,7 @@ pub(crate) struct History {
     connects: Ring<ConnectAttempt>,
     methods: Ring<MethodExchange>,
     twin: Ring<TwinRequest>,
+    dps: Ring<DpsRequest>,
 }
 
 impl History {
@@ -190,6 +193,7 @@ impl History {
             connects: Ring::new(),
             methods: Ring::new(),
             twin: Ring::new(),
+            dps: Ring::new(),
         }
     }
 
@@ -208,6 +212,23 @@ impl History {
         predicate: impl FnMut(&[TwinRequest]) -> bool,
     ) -> Option<Vec<TwinRequest>> {
         self.twin.wait_until(timeout, predicate).await
+    }
+
+    /// Records a DPS CONNECT or request (before it is answered).
+    pub(crate) fn dps_request(&self, request: DpsRequest) {
+        self.dps.push(|_| request);
+    }
+
+    pub(crate) fn dps_requests(&self) -> Vec<DpsRequest> {
+        self.dps.snapshot()
+    }
+
+    pub(crate) async fn wait_dps(
+        &self,
+        timeout: Duration,
+        predicate: impl FnMut(&[DpsRequest]) -> bool,
+    ) -> Option<Vec<DpsRequest>> {
+        self.dps.wait_until(timeout, predicate).await
     }
 
     /// Records an attempt; returns its sequence number for [`History::attempt_closed`].

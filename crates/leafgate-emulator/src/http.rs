@@ -40,7 +40,7 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 
 use super::Shared;
-use super::clock::unix_now;
+use super::clock::{timestamp_utc, unix_now};
 use super::methods::{self, InvokeError, MAX_METHOD_PAYLOAD, MethodCall};
 use crate::c2d::{C2dError, C2dSend};
 use crate::registry::{ServiceTwin, TwinUpdate};
@@ -811,22 +811,6 @@ fn hh_mm_ss(seconds: u64) -> String {
         seconds / 3600,
         seconds / 60 % 60,
         seconds % 60
-    )
-}
-
-/// `2020-05-15T20:43:10.3899553Z`: UTC, seven fractional digits, as the hub writes
-/// `timestampUtc`.
-fn timestamp_utc(time: SystemTime) -> String {
-    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
-    let (year, month, day) = leafgate::systemd::civil_from_days(secs / 86_400);
-    let rem = secs % 86_400;
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:07}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
-        since.subsec_nanos() / 100
     )
 }
 

@@ -1,6 +1,7 @@
 //! A local Azure IoT Hub for the integration tests and the demo: the device-side MQTT endpoint
-//! and the service-side API (direct methods, twins, cloud-to-device messages), behaving as
-//! `iothub-protocol.md` describes the real hub.
+//! (over TLS or WebSockets, SAS or X.509), the service-side API (direct methods, twins,
+//! cloud-to-device messages) and optionally a Device Provisioning Service, behaving as
+//! `iothub-protocol.md` describes the real services.
 //!
 //! Start one with [`Emulator::start`] on `127.0.0.1:0`, register devices with
 //! [`Emulator::add_device`], point devices at [`Emulator::mqtt_addr`] trusting
@@ -119,6 +120,29 @@
 //!   service SDKs send C2D messages over AMQP (`azure-iot-hub` 2.7's
 //!   `IoTHubRegistryManager.send_c2d_message` goes through uamqp to
 //!   `amqps://{host}/messages/devicebound`), which is not emulated.
+//! - A Device Provisioning Service (`iothub-protocol.md` 9a) when [`EmulatorConfig::dps`] is
+//!   set: MQTT over TLS on [`Emulator::dps_addr`] with the same CA (and the same optional client
+//!   certificate). Enrollments: [`Emulator::dps_add_group`] (a symmetric group key; a device's
+//!   key is [`sas::derive_device_key`] of its registration id) and
+//!   [`Emulator::dps_add_individual`] (its own key, or an X.509 thumbprint), each linked to a
+//!   hub ([`Emulator::hub_link`]: this emulator or another running one), changed for later
+//!   registrations with [`Emulator::dps_set_hub`]. CONNECT: client id = registration id,
+//!   username `{idScope}/registrations/{id}/api-version=...` (with or without `?`, other query
+//!   keys such as `ClientVersion` ignored), password a SAS token for
+//!   `{idScope}/registrations/{id}` (url-encoded as `sr`) with `skn=registration` or none;
+//!   for an X.509 enrollment the certificate and no password. Unknown registration, wrong
+//!   scope, bad signature and the like: CONNACK 5, the reason recorded. Every session is clean.
+//!   Subscribe `$dps/registrations/res/#`; `$dps/registrations/PUT/iotdps-register/?$rid=`
+//!   with `{"registrationId"}` answers `res/202/?$rid=..&retry-after={s}` and
+//!   `{"operationId","status":"assigning"}`; a poll,
+//!   `$dps/registrations/GET/iotdps-get-operationstatus/?$rid=..&operationId=..`,
+//!   answers 202 again until [`DpsConfig::retry_after_s`] has passed
+//!   since the register, then 200 with `{"operationId","status":"assigned","registrationState":
+//!   {registrationId, assignedHub, deviceId, status, substatus, createdDateTimeUtc,
+//!   lastUpdatedDateTimeUtc, etag}}`, having registered the device in that hub with the same
+//!   credential (or re-keyed it there). A body naming another registration id: 400; an unknown
+//!   operation: 404; beyond [`DpsConfig::registrations_per_s`] (registers and polls, over all
+//!   devices): 429 with `retry-after`; errors carry `{errorCode, message, trackingId}`.
 //!
 //! # Fault hooks and records, for tests
 //! - [`Emulator::drop_all_connections`] and [`Emulator::drop_connection`] close connections as
@@ -140,7 +164,9 @@
 //!   CONNECT) and outcome, to compute connect rates and backoff gaps;
 //!   [`Emulator::method_exchanges`] lists every method request with the time it was sent and
 //!   the time and status of every response to its rid; [`Emulator::twin_requests`] lists every
-//!   twin request with its time and the status it was answered. All can be awaited.
+//!   twin request with its time and the status it was answered; [`Emulator::dps_requests`]
+//!   lists every DPS CONNECT (with its CONNACK code and refusal reason), register and poll
+//!   with its time and the status it was answered. All can be awaited.
 //!
 //! # Emulator choices where the hub's behaviour is undocumented
 //! - A device response body that is not JSON (or larger than 128 KB) answers the caller HTTP 502,
@@ -150,6 +176,18 @@
 //!   body or method name is 400004. Method names may not contain `#`, `+` or control characters,
 //!   and are at most 1 KiB.
 //! - A rid is answered only by the device it was sent to, byte for byte.
+//! - DPS: the operation is assigned by the first poll after `retry-after`, never in the
+//!   background; its 200 is kept and repeated for later polls of the same operation (the newest
+//!   4096 operations are kept). A registration assigned to another hub than its last one is
+//!   `deviceDataMigrated` and its twin is copied from the last hub (DPS's default "re-provision
+//!   and migrate data" policy, the only one emulated; the old hub keeps the device); one to the
+//!   same hub keeps its substatus. The error codes are the hub's for the same statuses (400004,
+//!   404001, 429001). Answers go out at QoS 0, and only once the device has subscribed. A
+//!   subscription to any other filter, a publish to any other topic and QoS 2 close the
+//!   connection. A register re-reads the enrollment, so [`Emulator::dps_set_hub`] applies to
+//!   the next register even on a connection opened before. A registration whose hub has
+//!   stopped ends `failed` (errorCode 500000). DPS connections are untouched by the hub's
+//!   faults and [`Emulator::drop_all_connections`].
 //! - X.509: a thumbprint device's certificate outside its validity period is refused
 //!   ([`RefusalReason::CertificateExpired`], [`RefusalReason::CertificateNotYetValid`]), though
 //!   the hub matches such a device by thumbprint alone; a client certificate presented by a
@@ -207,7 +245,12 @@
 //!   test can only inject a throttled hub
 //!   ([`Fault::Throttle`]: CONNACK 3, [`Fault::WithholdPubacks`]) or a used-up message quota
 //!   ([`Fault::QuotaExceeded`]).
-//! - IoT Edge gateway semantics, DPS, the registry REST API (devices are added in process), ETags
+//! - DPS over WebSockets or HTTPS, TPM attestation, X.509 group enrollments (CA-signed
+//!   devices), custom allocation policies and the request `payload` (ignored), reprovisioning
+//!   policies other than "migrate data", enrollment and registration management APIs, the DPS
+//!   service API (enrollments are added in process), DPS quotas other than
+//!   [`DpsConfig::registrations_per_s`].
+//! - IoT Edge gateway semantics, the registry REST API (devices are added in process), ETags
 //!   and request-id headers, any other service API route.
 
 mod c2d;
@@ -216,6 +259,7 @@ mod client;
 mod clock;
 mod connect;
 mod credential;
+mod dps;
 #[cfg(test)]
 mod e2e;
 mod error;
@@ -258,6 +302,7 @@ pub use c2d::{
 pub use cli::{DeviceArg, EmulatorArgs, run_cli};
 pub use client::{ClientError, ServiceClient, ServiceResponse};
 pub use credential::X509Auth;
+pub use dps::{Attestation, DpsConfig, DpsRequest, DpsRequestKind, HubLink};
 pub use error::{Error, WaitTimeout};
 pub use faults::{Fault, FaultId, Target};
 pub use history::{AttemptOutcome, ConnectAttempt, MAX_RECORDS, MethodExchange};
@@ -315,12 +360,16 @@ pub struct EmulatorConfig {
     /// Deliveries of a cloud-to-device message without a PUBACK before it is dead-lettered
     /// (the hub's default is 10; its range 1–100).
     pub c2d_max_delivery_count: u32,
+    /// If set, a Device Provisioning Service endpoint (MQTT over TLS, same CA) next to the
+    /// hub: see [`Emulator::dps_add_group`].
+    pub dps: Option<DpsConfig>,
 }
 
 impl Default for EmulatorConfig {
     /// `localhost`, MQTT and HTTP listeners on `127.0.0.1:0`, no WebSocket or HTTPS listener, policy
     /// `service` with a random key, [`DEFAULT_TELEMETRY_PER_DEVICE`] messages kept per device,
-    /// no twin throttling, the hub's C2D lock timeout (60 s) and maximum delivery count (10).
+    /// no twin throttling, the hub's C2D lock timeout (60 s) and maximum delivery count (10), no
+    /// DPS.
     fn default() -> Self {
         let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
         EmulatorConfig {
@@ -336,6 +385,7 @@ impl Default for EmulatorConfig {
             twin_updates_per_s: None,
             c2d_lock_timeout: DEFAULT_C2D_LOCK_TIMEOUT,
             c2d_max_delivery_count: DEFAULT_C2D_MAX_DELIVERY_COUNT,
+            dps: None,
         }
     }
 }
@@ -370,6 +420,9 @@ pub(crate) struct Shared {
     pub(crate) faults: faults::Faults,
     /// Time-stamped connection attempts, method exchanges and twin requests.
     pub(crate) history: history::History,
+    /// The Device Provisioning Service: enrollments, operations (and its settings when its
+    /// endpoint runs).
+    pub(crate) dps: dps::Dps,
     /// The CAs that CA-signed X.509 devices chain to.
     pub(crate) verified_cas: x509::VerifiedCas,
     /// The hub-wide twin throttles: GETs and reported PATCHes per second.
@@ -402,6 +455,7 @@ pub struct Emulator {
     shared: Arc<Shared>,
     mqtt_addr: SocketAddr,
     ws_addr: Option<SocketAddr>,
+    dps_addr: Option<SocketAddr>,
     http_addr: SocketAddr,
     https_addr: Option<SocketAddr>,
     ca_pem: String,
@@ -415,6 +469,7 @@ impl std::fmt::Debug for Emulator {
             .field("host_name", &self.shared.host_name)
             .field("mqtt_addr", &self.mqtt_addr)
             .field("ws_addr", &self.ws_addr)
+            .field("dps_addr", &self.dps_addr)
             .field("http_addr", &self.http_addr)
             .field("https_addr", &self.https_addr)
             .finish_non_exhaustive()
@@ -473,6 +528,17 @@ impl Emulator {
             None => None,
         };
         let ws_addr = ws_listener.as_ref().map(|(_, addr)| *addr);
+        let dps_listener = match &config.dps {
+            Some(dps) => {
+                let addr = dps.addr;
+                let bind_dps = |source| Error::BindDps { addr, source };
+                let listener = TcpListener::bind(addr).await.map_err(bind_dps)?;
+                let local = listener.local_addr().map_err(bind_dps)?;
+                Some((listener, local))
+            }
+            None => None,
+        };
+        let dps_addr = dps_listener.as_ref().map(|(_, addr)| *addr);
 
         let shutdown = CancellationToken::new();
         let shared = Arc::new(Shared {
@@ -484,6 +550,7 @@ impl Emulator {
             faults: faults::Faults::new(),
             history: history::History::new(),
             verified_cas: x509::VerifiedCas::default(),
+            dps: dps::Dps::new(config.dps.clone()),
             twin_reads: twin::RateWindow::new(config.twin_reads_per_s),
             twin_updates: twin::RateWindow::new(config.twin_updates_per_s),
             closed_listeners: watch::Sender::new(0),
@@ -515,6 +582,15 @@ impl Emulator {
                 mqtt::websocket::PATH
             );
         }
+        if let Some((listener, addr)) = dps_listener {
+            tokio::spawn(dps::run(
+                listener,
+                acceptor.clone(),
+                Arc::clone(&shared),
+                done_tx.clone(),
+            ));
+            log::info!("emulator: dps (mqtt over tls) on {addr}");
+        }
         if let Some((listener, addr)) = https_listener {
             tokio::spawn(http::run(
                 listener,
@@ -530,6 +606,7 @@ impl Emulator {
             shared,
             mqtt_addr,
             ws_addr,
+            dps_addr,
             http_addr,
             https_addr,
             ca_pem: certs.ca_pem,
@@ -547,6 +624,18 @@ impl Emulator {
     #[must_use]
     pub fn ws_addr(&self) -> Option<SocketAddr> {
         self.ws_addr
+    }
+
+    /// The DPS endpoint (MQTT over TLS), when [`EmulatorConfig::dps`] asked for one.
+    #[must_use]
+    pub fn dps_addr(&self) -> Option<SocketAddr> {
+        self.dps_addr
+    }
+
+    /// The DPS endpoint's ID scope, when it runs.
+    #[must_use]
+    pub fn dps_id_scope(&self) -> Option<&str> {
+        self.shared.dps.config.as_ref().map(|c| c.id_scope.as_str())
     }
 
     #[must_use]
@@ -607,6 +696,64 @@ impl Emulator {
     /// CONNACK 5. False if it is not registered.
     pub fn set_device_enabled(&self, id: &str, enabled: bool) -> bool {
         self.shared.registry.set_device_enabled(id, enabled)
+    }
+
+    /// This emulator as an IoT hub a DPS can assign registrations to (its own DPS, or another
+    /// emulator's), answered as `assignedHub` by its host name.
+    #[must_use]
+    pub fn hub_link(&self) -> HubLink {
+        HubLink::new(&self.shared)
+    }
+
+    /// Adds (or replaces) DPS group enrollment `name` with a symmetric group key: any
+    /// registration id may register with the key [`sas::derive_device_key`] derives for it
+    /// and is assigned to `hub`, where it is registered with that key. An individual
+    /// enrollment of the same registration id takes precedence.
+    pub fn dps_add_group(&self, name: &str, group_key: Key, hub: HubLink) {
+        self.shared.dps.add_group(name, group_key, hub);
+    }
+
+    /// Adds (or replaces) the DPS individual enrollment of `registration_id` (compared without
+    /// case): it registers with its own key or certificate and is assigned to `hub`, where it
+    /// is registered with the same key, or as an X.509 thumbprint device.
+    pub fn dps_add_individual(
+        &self,
+        registration_id: &str,
+        attestation: Attestation,
+        hub: HubLink,
+    ) {
+        self.shared
+            .dps
+            .add_individual(registration_id, attestation, hub);
+    }
+
+    /// Links the DPS enrollment named `name` (a group's name, or an individual enrollment's
+    /// registration id; both, if both exist) to `hub` for registrations from now on: the next
+    /// register request is assigned there, and the device's twin migrates from its last hub.
+    /// False when there is no such enrollment.
+    pub fn dps_set_hub(&self, name: &str, hub: HubLink) -> bool {
+        self.shared.dps.set_hub(name, &hub)
+    }
+
+    /// Every DPS CONNECT and request so far (the newest [`MAX_RECORDS`]), in arrival order,
+    /// with what it was answered.
+    #[must_use]
+    pub fn dps_requests(&self) -> Vec<DpsRequest> {
+        self.shared.history.dps_requests()
+    }
+
+    /// Waits until the DPS requests satisfy `predicate` (checked at once, then on every new
+    /// one); returns them. A request is recorded before its answer is written.
+    ///
+    /// # Errors
+    /// [`WaitTimeout`] (its `last` stats are those of no device) when `timeout` passes first.
+    pub async fn wait_dps_requests(
+        &self,
+        predicate: impl FnMut(&[DpsRequest]) -> bool,
+        timeout: Duration,
+    ) -> Result<Vec<DpsRequest>, WaitTimeout> {
+        let found = self.shared.history.wait_dps(timeout, predicate).await;
+        found.ok_or_else(|| log_timeout("(dps requests)", timeout))
     }
 
     /// `HostName=..;SharedAccessKeyName=..;SharedAccessKey=..` for the service policy.

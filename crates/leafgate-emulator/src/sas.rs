@@ -4,7 +4,25 @@
 //! this module is the emulator's whole SAS toolbox and a token leafgate signs and a token this
 //! module accepts go through the same HMAC code.
 
+use base64::Engine as _;
+
 pub use leafgate::hub::sas::{Key, KeyError, device_resource, percent_encode, signature, token};
+
+/// The key a device of a DPS symmetric-key group enrollment signs with (`iothub-protocol.md`
+/// 9a): `base64(HMAC-SHA256(base64decode(group_key), registration_id as UTF-8))`, as
+/// `az iot dps enrollment-group compute-device-key` and the SDK samples derive it. DPS stores
+/// only the group key and derives a device's key when the device registers.
+#[must_use]
+pub fn derive_device_key(group_key: &Key, registration_id: &str) -> Key {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, group_key.as_bytes());
+    let tag = ring::hmac::sign(&key, registration_id.as_bytes());
+    let text = base64::engine::general_purpose::STANDARD.encode(tag.as_ref());
+    #[expect(
+        clippy::expect_used,
+        reason = "a 32-byte HMAC always encodes to valid, non-empty base64"
+    )]
+    Key::from_base64(&text).expect("base64 of 32 bytes decodes")
+}
 
 /// Decodes `%XX` escapes (either case). `None` when an escape is malformed or the result is
 /// not UTF-8.
@@ -256,6 +274,25 @@ mod tests {
         let hub = token("h", &key, SE, Some("service"));
         assert!(verify(&hub, &key, &resource, 0).is_ok());
         assert_eq!(parse(&hub).unwrap().skn.as_deref(), Some("service"));
+    }
+
+    /// Vectors computed independently with python3:
+    /// `base64.b64encode(hmac.new(base64.b64decode(KEY), b"dev-1", hashlib.sha256).digest())`.
+    #[test]
+    fn derives_group_device_keys_like_the_cli() {
+        let group = Key::from_base64(KEY).unwrap();
+        let derived = |id| {
+            base64::engine::general_purpose::STANDARD
+                .encode(derive_device_key(&group, id).as_bytes())
+        };
+        assert_eq!(
+            derived("dev-1"),
+            "uPrGCZtSCJ9Nt+iY0r7te47dbsu7OCYEU9tz7kQloUs="
+        );
+        assert_eq!(
+            derived("sensor-42"),
+            "Kkydds92Sqo8uW/MHu0DBFEq1dYYhaDDy2GgVVnVF1s="
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! unit tests of each module cannot reach. The helpers here are the clients' side; every wait
 //! is on an emulator record or a client event, never a sleep.
 
+mod dps;
 mod websocket;
 mod x509;
 

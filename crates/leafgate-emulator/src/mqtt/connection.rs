@@ -8,16 +8,15 @@ use std::time::Duration;
 
 use rumqttc::mqttbytes;
 use rumqttc::mqttbytes::v4::{ConnAck, ConnectReturnCode, Packet};
-use rustls::pki_types::CertificateDer;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use super::link::{DeviceStream, Link, LinkError, packet_name};
+use super::handshake::{Handshaken, handshake};
+use super::link::{Link, LinkError, packet_name};
 use super::session::{Session, idle_timeout};
-use super::websocket::{self, UpgradeError};
 use crate::clock::{sleep_until_some, unix_now};
 use crate::connect::{self, Accepted, ClientCert};
 use crate::faults::{Active, Fault};
@@ -30,48 +29,6 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Method requests queued for one connection; callers wait (within their timeout) beyond that.
 const OUTBOUND_QUEUE: usize = 64;
-
-/// What the handshakes before the first MQTT byte produced.
-struct Handshaken {
-    link: Link,
-    /// The TLS version negotiated (`TLSv1_2`, `TLSv1_3`).
-    tls_version: Option<String>,
-    /// The client certificate chain, leaf first; empty when the client presented none.
-    client_chain: Vec<CertificateDer<'static>>,
-}
-
-/// Why a connection ended before its first MQTT byte.
-#[derive(Debug, thiserror::Error)]
-enum HandshakeError {
-    #[error("tls handshake failed: {0}")]
-    Tls(#[source] std::io::Error),
-    #[error(transparent)]
-    WebSocket(#[from] UpgradeError),
-}
-
-/// TLS, then for [`DeviceTransport::WebSocket`] the HTTP upgrade; the MQTT link runs on
-/// whichever stream results.
-async fn handshake(
-    acceptor: TlsAcceptor,
-    tcp: TcpStream,
-    transport: DeviceTransport,
-) -> Result<Handshaken, HandshakeError> {
-    let tls = acceptor.accept(tcp).await.map_err(HandshakeError::Tls)?;
-    let session = tls.get_ref().1;
-    let tls_version = session
-        .protocol_version()
-        .map(|version| format!("{version:?}"));
-    let client_chain = session.peer_certificates().unwrap_or_default().to_vec();
-    let stream: Box<dyn DeviceStream> = match transport {
-        DeviceTransport::Mqtt => Box::new(tls),
-        DeviceTransport::WebSocket => Box::new(websocket::upgrade(tls).await?),
-    };
-    Ok(Handshaken {
-        link: Link::new(stream),
-        tls_version,
-        client_chain,
-    })
-}
 
 /// One device connection, from TLS handshake to close.
 pub(super) async fn serve(

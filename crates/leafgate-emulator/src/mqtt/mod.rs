@@ -9,14 +9,17 @@
 //!
 //! One file per job: accepting connections (`listener`), a connection from TLS handshake to
 //! CONNACK and close (`connection`), the packets of an accepted session (`session`), its twin
-//! requests (`twin`) and cloud-to-device deliveries (`c2d`), the WebSocket upgrade
-//! (`websocket`), and reading and writing packets on the resulting byte stream (`link`).
+//! requests (`twin`) and cloud-to-device deliveries (`c2d`), TLS and the WebSocket upgrade
+//! (`handshake`, `websocket`), and reading and writing packets on the resulting byte stream
+//! (`link`). The DPS endpoint (`crate::dps`) reuses `handshake`, `link` and the session's
+//! keep-alive rule.
 
 mod c2d;
 mod connection;
+pub(crate) mod handshake;
 pub(crate) mod link;
 mod listener;
-mod session;
+pub(crate) mod session;
 mod twin;
 pub(crate) mod websocket;
 

@@ -57,6 +57,19 @@ pub enum RefusalReason {
     PolicyToken,
     #[error("sas token rejected: {0}")]
     Token(TokenError),
+    /// DPS: the username is not `{idScope}/registrations/{registrationId}/api-version=...`.
+    #[error("username is not {{idScope}}/registrations/{{registrationId}}/api-version=...")]
+    BadDpsUsername,
+    /// DPS: the username names another ID scope than this DPS instance's.
+    #[error("username names another DPS id scope")]
+    WrongIdScope,
+    /// DPS: the registration id breaks DPS's rules (at most 128 of `a-z A-Z 0-9 - . _ :`, no
+    /// special character first or last).
+    #[error("registration id is not a valid DPS registration id")]
+    BadRegistrationId,
+    /// DPS: no individual enrollment and no group enrollment for this registration id.
+    #[error("no enrollment for this registration id")]
+    UnknownRegistration,
     /// A [`Fault::Refuse`](crate::Fault::Refuse) injected by a test (CONNACK 5).
     #[error("refused by an injected fault")]
     Injected,

@@ -64,6 +64,30 @@ impl Registry {
         Some(state.twin.twin())
     }
 
+    /// A registered device's whole twin document, for DPS to migrate it to another hub.
+    pub(crate) fn twin_doc(&self, id: &str) -> Option<TwinDoc> {
+        let entry = self.existing(id)?;
+        let state = lock(&entry.state);
+        state.identity.as_ref()?;
+        Some(state.twin.clone())
+    }
+
+    /// Replaces a registered device's twin document, as DPS does when it migrates a device's
+    /// data to this hub; nothing is pushed to the device. False when `id` is not registered.
+    pub(crate) fn set_twin_doc(&self, id: &str, doc: TwinDoc) -> bool {
+        let Some(entry) = self.existing(id) else {
+            return false;
+        };
+        let mut state = lock(&entry.state);
+        if state.identity.is_none() {
+            return false;
+        }
+        state.twin = doc;
+        drop(state);
+        entry.twin_changed.send_modify(|n| *n = n.wrapping_add(1));
+        true
+    }
+
     /// The twin as the service API shows it.
     pub(crate) fn service_twin(&self, id: &str) -> Result<ServiceTwin, TwinError> {
         let entry = self.existing(id).ok_or(TwinError::DeviceNotFound)?;
