@@ -491,6 +491,7 @@ async fn qos1_messages_respect_the_window_and_only_a_puback_confirms_them() {
     let shared = Arc::new(Shared {
         tls: leafgate::hub::tls::trust(cfg.hub.ca_file.as_deref()).unwrap(),
         pacer: leafgate::hub::limiter::Pacer::new(cfg.hub.max_connects_per_s),
+        registrations: leafgate::hub::limiter::Pacer::new(1),
         hub: cfg.hub.clone(),
         connected: Arc::default(),
         draining: tokio_util::sync::CancellationToken::new(),
@@ -502,6 +503,7 @@ async fn qos1_messages_respect_the_window_and_only_a_puback_confirms_them() {
         device_id: "dev-1".into(),
         auth: cfg.devices[0].auth.clone(),
         transport: cfg.hub.transport,
+        provisioned: false,
         model_id: None,
     };
     let task = tokio::spawn(session.run(

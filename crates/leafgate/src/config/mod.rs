@@ -63,6 +63,8 @@ pub struct Device {
     pub auth: Auth,
     /// Its own transport, if it does not use `[hub] transport`.
     pub transport: Option<Transport>,
+    /// Registers with DPS (`[provisioning]`) to learn its hub.
+    pub provisioned: bool,
     pub bus: String,
     /// Modbus unit id (0 for serial devices).
     pub unit: u8,

@@ -25,6 +25,7 @@ pub struct FileConfig {
     pub telemetry: Option<TelemetryConfig>,
     pub twin: Option<TwinConfig>,
     pub c2d: Option<C2dConfig>,
+    pub provisioning: Option<ProvisioningConfig>,
     #[serde(default)]
     pub bus: Vec<BusConfig>,
     #[serde(default)]
@@ -37,7 +38,8 @@ pub struct FileConfig {
 #[serde(deny_unknown_fields)]
 pub struct HubConfig {
     /// IoT hub host name, e.g. `myhub.azure-devices.net`: used in usernames and SAS scopes.
-    pub hostname: String,
+    /// Optional with `[provisioning]`, which assigns each device its hub.
+    pub hostname: Option<String>,
     /// Connect here instead (an IoT Edge parent) while still authenticating to `hostname`.
     pub gateway_hostname: Option<String>,
     /// Extra trusted root certificate(s), PEM; the system roots are always trusted too.
@@ -116,6 +118,26 @@ pub struct TwinConfig {
     pub max_gets_per_s: u32,
     #[serde(default = "defaults::max_patches_per_s")]
     pub max_patches_per_s: u32,
+}
+
+/// `[provisioning]`: devices register with the Device Provisioning Service to learn their hub.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisioningConfig {
+    pub id_scope: String,
+    #[serde(default = "defaults::global_endpoint")]
+    pub global_endpoint: String,
+    #[serde(default = "defaults::port")]
+    pub port: u16,
+    /// An enrollment group's symmetric key: each device's key is derived from it.
+    pub group_key: Option<Secret>,
+    pub group_key_file: Option<PathBuf>,
+    #[serde(default = "defaults::max_registrations_per_s")]
+    pub max_registrations_per_s: u32,
+    #[serde(default = "defaults::registration_timeout_s")]
+    pub timeout_s: u64,
+    #[serde(default = "defaults::provisioning_cache")]
+    pub cache: String,
 }
 
 /// `[c2d]`: every device takes cloud-to-device messages that name one of its methods.
@@ -286,6 +308,21 @@ pub(crate) mod defaults {
     }
     pub fn websocket_port() -> u16 {
         443
+    }
+    pub fn global_endpoint() -> String {
+        "global.azure-devices-provisioning.net".to_owned()
+    }
+    /// DPS counts registrations per minute per unit (the smallest limits are in the low
+    /// hundreds a minute); 2/s stays well below.
+    pub fn max_registrations_per_s() -> u32 {
+        2
+    }
+    pub fn registration_timeout_s() -> u64 {
+        60
+    }
+    /// In the unit's `StateDirectory=`.
+    pub fn provisioning_cache() -> String {
+        "/var/lib/leafgate/provisioning".into()
     }
     pub fn keep_alive_s() -> u64 {
         120

@@ -164,6 +164,11 @@ fn new_shared(
         hub: hub.clone(),
         tls,
         pacer: Pacer::new(hub.max_connects_per_s),
+        registrations: Pacer::new(
+            hub.provisioning
+                .as_ref()
+                .map_or(1, |p| p.max_registrations_per_s),
+        ),
         connected: connected.clone(),
         draining: draining.child_token(),
     })
@@ -304,6 +309,7 @@ impl Gateway {
             device_id: id,
             auth: config.auth.clone(),
             transport: config.transport.unwrap_or(self.shared.hub.transport),
+            provisioned: config.provisioned,
             model_id: config.model_id.as_deref().map(Arc::from),
         };
         let tasks = self.sessions.clone();

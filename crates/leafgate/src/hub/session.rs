@@ -27,6 +27,7 @@ use tokio_util::task::TaskTracker;
 
 use super::Settings;
 use super::auth::{self, Auth, X509Source};
+use super::dps::{self, Assignment};
 use super::limiter::Pacer;
 use super::outbound::{Ack, Delivery, Label, Outbound, Outlet, Work};
 use super::sas::{self, Key};
@@ -56,6 +57,8 @@ pub struct Shared {
     pub hub: Settings,
     pub tls: Trust,
     pub pacer: Pacer,
+    /// Paces DPS registrations gateway-wide (`[provisioning] max_registrations_per_s`).
+    pub registrations: Pacer,
     /// Sessions currently connected and subscribed (for status lines). Shared with the sessions
     /// of earlier configs that are still draining after a reload.
     pub connected: Arc<AtomicUsize>,
@@ -70,6 +73,8 @@ pub struct Credentials {
     pub auth: Auth,
     /// MQTT over TLS, or over WebSockets.
     pub transport: Transport,
+    /// Registers with DPS (`[provisioning]`) to learn its hub.
+    pub provisioned: bool,
     /// The device's IoT Plug and Play model (DTMI), announced in the username.
     pub model_id: Option<Arc<str>>,
 }
@@ -89,7 +94,7 @@ pub fn username(hostname: &str, device_id: &str, model_id: Option<&str>) -> Stri
     name
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -120,6 +125,20 @@ enum DeviceAuth {
     X509(Box<X509Source>),
 }
 
+/// A provisioned device's assignment, once known, and the digest its cache entry is kept
+/// under.
+struct Provisioned {
+    assignment: Option<Assignment>,
+    fingerprint: String,
+}
+
+/// Which hub a connect goes to, and where the TCP/TLS connection goes (the hub, or an IoT
+/// Edge parent).
+struct Route {
+    hub: String,
+    connect: String,
+}
+
 /// What one connect attempt presents: its TLS settings and, on a certificate, its facts.
 struct Dial {
     tls: Arc<rustls::ClientConfig>,
@@ -137,6 +156,8 @@ struct Device {
     id: Arc<str>,
     auth: DeviceAuth,
     transport: Transport,
+    /// Where DPS put it, for a provisioned device.
+    provisioned: Option<Box<Provisioned>>,
     model_id: Option<Arc<str>>,
     services: Vec<Box<dyn Service>>,
     /// QoS 1 messages that may await their PUBACK at once: the largest any service asks for.
@@ -237,10 +258,17 @@ impl Session {
             Auth::Sas(key) => DeviceAuth::Sas(key),
             Auth::X509(files) => DeviceAuth::X509(Box::new(X509Source::new(files))),
         };
+        let provisioned = credentials.provisioned.then(|| {
+            Box::new(Provisioned {
+                assignment: None,
+                fingerprint: String::new(),
+            })
+        });
         let device = Device {
             id: credentials.device_id,
             auth,
             transport: credentials.transport,
+            provisioned,
             model_id: credentials.model_id,
             services,
             window,
@@ -271,11 +299,43 @@ async fn run(mut device: Device, mut work: Work, shared: Arc<Shared>, shutdown: 
                 }
             }
         };
+        let route = tokio::select! {
+            () = shutdown.cancelled() => break,
+            route = route(&mut device, &shared, &dial) => route,
+        };
+        let route = match route {
+            Ok(route) => route,
+            Err(error) => {
+                let delay = backoff.next_delay().max(backoff::jitter(
+                    Duration::from_secs(10),
+                    Duration::from_secs(15),
+                ));
+                log::error!(device_id = &*id; "device {id}: {error}; trying again in {} ms", delay.as_millis());
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(delay) => continue,
+                }
+            }
+        };
         tokio::select! {
             () = shutdown.cancelled() => break,
             () = shared.pacer.acquire() => {}
         }
-        let (ended, up_for) = connect_once(&device, &shared, &shutdown, &mut work, dial).await;
+        let (ended, up_for) =
+            connect_once(&device, &shared, &shutdown, &mut work, dial, &route).await;
+        if let (Ended::Failed { refused: true, .. }, Some(provisioned)) =
+            (&ended, device.provisioned.as_mut())
+        {
+            // The hub DPS named refuses the device: it may have been moved, or disabled there.
+            // Ask DPS again (paced, and after the backoff below).
+            provisioned.assignment = None;
+            if let Some(dir) = hub_cache(&shared.hub)
+                && let Err(e) = super::provisioning::forget(dir, &id)
+            {
+                log::warn!(device_id = &*id; "device {id}: cannot remove its cached DPS assignment: {e}");
+            }
+            log::warn!(device_id = &*id; "device {id}: hub {} refused it; it registers with DPS again before its next connect", route.hub);
+        }
         match ended {
             Ended::Shutdown => break,
             Ended::Renew => {
@@ -322,6 +382,87 @@ async fn run(mut device: Device, mut work: Work, shared: Arc<Shared>, shutdown: 
             );
         }
     }
+}
+
+fn hub_cache(hub: &Settings) -> Option<&std::path::Path> {
+    hub.provisioning.as_ref().and_then(|p| p.cache.as_deref())
+}
+
+/// Where the next connect goes: `[hub] hostname`, or for a provisioned device the hub DPS
+/// assigned it: from memory, else from the cache, else by registering (paced gateway-wide).
+async fn route(device: &mut Device, shared: &Shared, dial: &Dial) -> Result<Route, String> {
+    let hub = &shared.hub;
+    let id = device.id.clone();
+    let route = |host: &str| Route {
+        hub: host.to_owned(),
+        connect: hub.connect_host(host).to_owned(),
+    };
+    let (Some(provisioned), Some(settings)) = (device.provisioned.as_mut(), &hub.provisioning)
+    else {
+        return hub
+            .hostname
+            .as_deref()
+            .map(route)
+            .ok_or_else(|| "no [hub] hostname to connect to".to_owned());
+    };
+    if let Some(assignment) = &provisioned.assignment {
+        return Ok(route(&assignment.hub));
+    }
+    let credentials = match &device.auth {
+        DeviceAuth::Sas(key) => key.as_bytes().to_vec(),
+        DeviceAuth::X509(_) => dial
+            .certificate
+            .as_ref()
+            .map(|c| c.thumbprint.as_bytes().to_vec())
+            .unwrap_or_default(),
+    };
+    provisioned.fingerprint = super::provisioning::fingerprint(settings, &credentials);
+    if let Some(dir) = &settings.cache {
+        match super::provisioning::load(dir, &id, &provisioned.fingerprint) {
+            Ok(Some(assignment)) => {
+                log::info!(device_id = &*id; "device {id}: assigned to hub {} (cached from DPS)", assignment.hub);
+                let found = route(&assignment.hub);
+                provisioned.assignment = Some(assignment);
+                return Ok(found);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                log::warn!(device_id = &*id; "device {id}: ignoring its cached DPS assignment: {e}");
+            }
+        }
+    }
+    shared.registrations.acquire().await;
+    let attestation = match &device.auth {
+        DeviceAuth::Sas(key) => dps::Attestation::Key(key),
+        DeviceAuth::X509(_) => dps::Attestation::Certificate,
+    };
+    let started = Instant::now();
+    log::info!(device_id = &*id; "device {id}: registering with DPS {}:{} (id scope {})", settings.endpoint, settings.port, settings.id_scope);
+    let assignment = dps::register(
+        settings,
+        hub.proxy.as_ref(),
+        &id,
+        attestation,
+        Arc::clone(&dial.tls),
+    )
+    .await
+    .map_err(|e| format!("DPS registration failed: {e}"))?;
+    if assignment.device_id != *id {
+        return Err(format!(
+            "DPS assigned it the device id {:?} in hub {}; leafgate needs the device id to be the registration id (set the enrollment's device id to {id:?})",
+            logtext::clip(&assignment.device_id),
+            assignment.hub
+        ));
+    }
+    log::info!(device_id = &*id; "device {id}: registered with DPS in {} ms: assigned to hub {}", started.elapsed().as_millis(), assignment.hub);
+    if let Some(dir) = &settings.cache
+        && let Err(e) = super::provisioning::store(dir, &id, &provisioned.fingerprint, &assignment)
+    {
+        log::warn!(device_id = &*id; "device {id}: cannot cache its DPS assignment in {}: {e}; it registers again after a restart", dir.display());
+    }
+    let found = route(&assignment.hub);
+    provisioned.assignment = Some(assignment);
+    Ok(found)
 }
 
 /// The TLS settings for the next connect: the shared ones for SAS, the device's own (read again
@@ -401,13 +542,13 @@ impl Drop for Acks {
 }
 
 /// A device is connected and hears all it subscribed to: count it and say so.
-fn announce(shared: &Shared, device: &Device) {
+fn announce(shared: &Shared, device: &Device, route: &Route) {
     for service in &device.services {
         service.on_subscribed();
     }
     let id = &*device.id;
     let n = shared.connected.fetch_add(1, Ordering::Relaxed) + 1;
-    log::info!(device_id = id; "device {id}: connected to {} and listening for {} ({n} connected)", route(&shared.hub, device.transport), device.listening_for());
+    log::info!(device_id = id; "device {id}: connected to {} and listening for {} ({n} connected)", shown_route(&shared.hub, &route.connect, device.transport), device.listening_for());
 }
 
 /// rumqttc's options for a connection to the hub (or its IoT Edge parent) over `transport`,
@@ -415,20 +556,21 @@ fn announce(shared: &Shared, device: &Device) {
 fn mqtt_options(
     id: &str,
     hub: &Settings,
+    connect: &str,
     transport: Transport,
     tls: Arc<rustls::ClientConfig>,
 ) -> MqttOptions {
     let tls = TlsConfiguration::Rustls(tls);
     let mut options = match transport {
         Transport::Mqtt => {
-            let mut options = MqttOptions::new(id, &hub.connect_host, hub.port);
+            let mut options = MqttOptions::new(id, connect, hub.port);
             options.set_transport(rumqttc::Transport::tls_with_config(tls));
             options
         }
         Transport::Websocket => {
             let mut options = MqttOptions::new(
                 id,
-                websocket_url(&hub.connect_host, hub.websocket_port),
+                websocket_url(connect, hub.websocket_port),
                 hub.websocket_port,
             );
             options.set_transport(rumqttc::Transport::wss_with_config(tls));
@@ -436,21 +578,26 @@ fn mqtt_options(
         }
     };
     if let Some(proxy) = &hub.proxy {
-        let auth = match (&proxy.username, &proxy.password) {
-            (Some(username), Some(password)) => rumqttc::ProxyAuth::Basic {
-                username: username.clone(),
-                password: password.clone(),
-            },
-            _ => rumqttc::ProxyAuth::None,
-        };
-        options.set_proxy(rumqttc::Proxy {
-            ty: rumqttc::ProxyType::Http,
-            auth,
-            addr: proxy.host.clone(),
-            port: proxy.port,
-        });
+        options.set_proxy(rumqttc_proxy(proxy));
     }
     options
+}
+
+/// An HTTP CONNECT proxy as rumqttc takes it.
+pub(crate) fn rumqttc_proxy(proxy: &super::settings::Proxy) -> rumqttc::Proxy {
+    let auth = match (&proxy.username, &proxy.password) {
+        (Some(username), Some(password)) => rumqttc::ProxyAuth::Basic {
+            username: username.clone(),
+            password: password.clone(),
+        },
+        _ => rumqttc::ProxyAuth::None,
+    };
+    rumqttc::Proxy {
+        ty: rumqttc::ProxyType::Http,
+        auth,
+        addr: proxy.host.clone(),
+        port: proxy.port,
+    }
 }
 
 /// IoT Hub's WebSocket endpoint (`iothub-protocol.md` 1.1).
@@ -465,12 +612,12 @@ pub fn websocket_url(host: &str, port: u16) -> String {
 
 /// Where a session connects, for log lines: `host:port`, the transport when it is not plain
 /// MQTT, and the proxy.
-fn route(hub: &Settings, transport: Transport) -> String {
+fn shown_route(hub: &Settings, connect: &str, transport: Transport) -> String {
     let port = match transport {
         Transport::Mqtt => hub.port,
         Transport::Websocket => hub.websocket_port,
     };
-    let mut route = format!("{}:{port}", hub.connect_host);
+    let mut route = format!("{connect}:{port}");
     if transport == Transport::Websocket {
         route.push_str(" over WebSockets");
     }
@@ -532,6 +679,7 @@ fn describe_proxy(
 fn describe(
     error: &ConnectionError,
     hub: &Settings,
+    connect: &str,
     transport: Transport,
     certificate: bool,
 ) -> (String, bool) {
@@ -541,7 +689,7 @@ fn describe(
                 Transport::Mqtt => hub.port,
                 Transport::Websocket => hub.websocket_port,
             };
-            let target = format!("{}:{port}", hub.connect_host);
+            let target = format!("{connect}:{port}");
             (describe_proxy(error, hub, &target), false)
         }
         ConnectionError::ConnectionRefused(code) => {
@@ -572,24 +720,25 @@ async fn connect_once(
     shutdown: &CancellationToken,
     work: &mut Work,
     dial: Dial,
+    route: &Route,
 ) -> (Ended, Option<Duration>) {
     let hub = &shared.hub;
     let id = device.id.clone();
     // A certificate authenticates in the TLS handshake: no password at all (1.6).
     let password = match &device.auth {
         DeviceAuth::Sas(key) => sas::token(
-            &sas::device_resource(&hub.hostname, &id),
+            &sas::device_resource(&route.hub, &id),
             key,
             unix_now() + hub.sas_ttl.as_secs(),
             None,
         ),
         DeviceAuth::X509(_) => String::new(),
     };
-    let mut options = mqtt_options(&id, hub, device.transport, dial.tls);
+    let mut options = mqtt_options(&id, hub, &route.connect, device.transport, dial.tls);
     let max_packet = hub.max_payload_bytes.max(256 * 1024) + 4096;
     options
         .set_credentials(
-            username(&hub.hostname, &id, device.model_id.as_deref()),
+            username(&route.hub, &id, device.model_id.as_deref()),
             password,
         )
         .set_keep_alive(hub.keep_alive)
@@ -695,7 +844,7 @@ async fn connect_once(
                         // Services that only publish: nothing to subscribe, nothing to await.
                         subscribed = true;
                         suback.as_mut().reset(renew_at);
-                        announce(shared, device);
+                        announce(shared, device, route);
                         continue;
                     }
                     suback.as_mut().reset(Instant::now() + hub.connect_timeout);
@@ -721,7 +870,7 @@ async fn connect_once(
                         // after connecting: leafgate-bench saw it as idle CPU). Move it to the
                         // renewal, which wakes the task anyway.
                         suback.as_mut().reset(renew_at);
-                        announce(shared, device);
+                        announce(shared, device, route);
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -737,7 +886,7 @@ async fn connect_once(
                 Ok(_) => {}
                 Err(e) => {
                     let certificate = matches!(device.auth, DeviceAuth::X509(_));
-                    let (error, refused) = describe(&e, hub, device.transport, certificate);
+                    let (error, refused) = describe(&e, hub, &route.connect, device.transport, certificate);
                     break Ended::Failed { error, refused };
                 }
             }

@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-/// `[hub]`, validated.
+/// `[hub]` (and `[provisioning]`), validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
-    pub hostname: String,
-    /// Where TCP/TLS goes: `gateway_hostname` if set, else `hostname`.
-    pub connect_host: String,
+    /// The IoT hub; `None` only when `[provisioning]` assigns every device its hub.
+    pub hostname: Option<String>,
+    /// Where TCP/TLS goes instead of the hub (an IoT Edge parent).
     pub gateway_hostname: Option<String>,
     /// MQTT over TLS (`transport = "mqtt"`).
     pub port: u16,
@@ -31,6 +31,31 @@ pub struct Settings {
     pub connect_timeout: Duration,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
+    /// Devices that register with the Device Provisioning Service to learn their hub.
+    pub provisioning: Option<Provisioning>,
+}
+
+impl Settings {
+    /// Where TCP/TLS goes for a device of `hub`: the IoT Edge parent if there is one.
+    #[must_use]
+    pub fn connect_host<'a>(&'a self, hub: &'a str) -> &'a str {
+        self.gateway_hostname.as_deref().unwrap_or(hub)
+    }
+}
+
+/// `[provisioning]`, validated: how devices register with DPS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provisioning {
+    pub id_scope: String,
+    /// The DPS host (`global.azure-devices-provisioning.net`) and its MQTT port.
+    pub endpoint: String,
+    pub port: u16,
+    /// Registrations started per second, gateway-wide.
+    pub max_registrations_per_s: u32,
+    /// A registration must end (assigned or failed) within this.
+    pub timeout: Duration,
+    /// Where assignments are kept across restarts (one file per device); `None`: memory only.
+    pub cache: Option<PathBuf>,
 }
 
 /// How MQTT reaches the hub (`iothub-protocol.md` 1.1).

@@ -10,6 +10,7 @@ use super::Problems;
 use super::bus::Units;
 use super::device_key::resolve_auth;
 use super::profile::Profiles;
+use super::provisioning::{check_registration_id, provisioned};
 use super::twin::{resolve_model_id, resolve_twin};
 use crate::config::schema::{BusKind, DeviceConfig};
 use crate::config::{C2d, Device, TwinSettings};
@@ -27,6 +28,10 @@ pub(super) struct BusRef {
 pub(super) struct Sections {
     pub(super) twin: Option<Arc<TwinSettings>>,
     pub(super) c2d: Option<Arc<C2d>>,
+    /// `[provisioning]` is there (valid or not).
+    pub(super) provisioning: bool,
+    /// Its enrollment group's key, if it has one.
+    pub(super) group_key: Option<crate::hub::sas::Key>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -42,7 +47,23 @@ pub(super) fn resolve_device(
 ) -> Option<Device> {
     let start = p.0.len();
     let kind = on.kind;
-    let auth = resolve_auth(file, path, d, hub, p);
+    let provisioned = provisioned(d, sections.provisioning);
+    if provisioned && let Err(msg) = check_registration_id(&d.id) {
+        p.add(file, format!("{path}.id"), msg);
+    }
+    if d.connection_string.is_some() && sections.provisioning && hub.is_none() {
+        p.add(
+            file,
+            format!("{path}.connection_string"),
+            "a device with a connection string connects without DPS, to [hub] hostname: set it",
+        );
+    }
+    let group_key = if provisioned {
+        sections.group_key.as_ref()
+    } else {
+        None
+    };
+    let auth = resolve_auth(file, path, d, hub, group_key, provisioned, p);
     let unit = match (on.units, d.unit) {
         (Units::None, Some(_)) => {
             p.add(
@@ -147,6 +168,7 @@ pub(super) fn resolve_device(
         id: d.id.clone(),
         auth: auth?,
         transport: d.transport,
+        provisioned,
         bus: d.bus.clone(),
         unit,
         raw_methods: d.raw_methods,

@@ -14,11 +14,16 @@ use crate::hub::sas::Key;
 
 /// `hub` is the trimmed (host name, gateway host name) when both are valid, even when other
 /// [hub] keys are bad. Host names compare without regard to case.
+///
+/// A device that registers with DPS (`provisioned`) and lists no credentials of its own gets
+/// its key derived from the enrollment group's `group_key`.
 pub(super) fn resolve_auth(
     file: &Path,
     path: &str,
     d: &DeviceConfig,
     hub: Option<(&str, Option<&str>)>,
+    group_key: Option<&Key>,
+    provisioned: bool,
     p: &mut Problems,
 ) -> Option<Auth> {
     let keys = [
@@ -31,10 +36,17 @@ pub(super) fn resolve_auth(
     .count();
     let certificate = d.certificate_file.is_some() || d.private_key_file.is_some();
     match (keys, certificate) {
-        (0, false) => {
-            p.add(file, path, "missing credentials: connection_string, shared_access_key or shared_access_key_file, or certificate_file and private_key_file");
-            None
-        }
+        (0, false) => match group_key {
+            Some(group) => Some(Auth::Sas(group.derive(&d.id))),
+            None if provisioned => {
+                p.add(file, path, "missing credentials: [provisioning] has no group_key (or group_key_file) to derive this device's key from; give the device its own shared_access_key(_file) (individual enrollment) or certificate_file and private_key_file");
+                None
+            }
+            None => {
+                p.add(file, path, "missing credentials: connection_string, shared_access_key or shared_access_key_file, or certificate_file and private_key_file");
+                None
+            }
+        },
         (0, true) => resolve_certificate(file, path, d, p).map(Auth::X509),
         (1, false) => resolve_key(file, path, d, hub, p).map(Auth::Sas),
         (_, true) => {

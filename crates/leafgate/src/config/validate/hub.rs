@@ -9,13 +9,31 @@ use std::time::Duration;
 use super::Problems;
 use crate::config::Hub;
 use crate::config::schema::HubConfig;
-use crate::hub::settings::Proxy;
+use crate::hub::settings::{Provisioning, Proxy};
 
-pub(super) fn resolve_hub(file: &Path, h: &HubConfig, p: &mut Problems) -> Option<Hub> {
+/// `provisioning` is `[provisioning]`, resolved: with it, `hostname` may be left out.
+pub(super) fn resolve_hub(
+    file: &Path,
+    h: &HubConfig,
+    provisioning: Option<Provisioning>,
+    p: &mut Problems,
+) -> Option<Hub> {
     let start = p.0.len();
-    let hostname = check_host("hostname", &h.hostname)
-        .map_err(|msg| p.add(file, "hub.hostname", msg))
-        .ok();
+    let hostname = match (&h.hostname, &provisioning) {
+        (Some(name), _) => check_host("hostname", name)
+            .map(Some)
+            .map_err(|msg| p.add(file, "hub.hostname", msg))
+            .ok(),
+        (None, Some(_)) => Some(None),
+        (None, None) => {
+            p.add(
+                file,
+                "hub.hostname",
+                "missing: your IoT hub's host name (e.g. myhub.azure-devices.net), or a [provisioning] section that assigns each device its hub",
+            );
+            None
+        }
+    };
     let gateway = match &h.gateway_hostname {
         Some(g) => check_host("gateway_hostname", g)
             .map(Some)
@@ -83,7 +101,6 @@ pub(super) fn resolve_hub(file: &Path, h: &HubConfig, p: &mut Problems) -> Optio
         return None;
     };
     (p.0.len() == start).then(|| Hub {
-        connect_host: gateway_hostname.clone().unwrap_or_else(|| hostname.clone()),
         hostname,
         gateway_hostname,
         port: h.port,
@@ -98,6 +115,7 @@ pub(super) fn resolve_hub(file: &Path, h: &HubConfig, p: &mut Problems) -> Optio
         connect_timeout: Duration::from_secs(h.connect_timeout_s),
         reconnect_min: Duration::from_millis(h.reconnect_min_ms),
         reconnect_max: Duration::from_millis(h.reconnect_max_ms),
+        provisioning,
     })
 }
 
@@ -442,9 +460,12 @@ mod tests {
         let toml = "[hub]\nhostname = \" myhub.azure-devices.net \"\ngateway_hostname = \" edge.local\\n\"\n";
         let cfg: FileConfig = parse(toml).unwrap();
         let cfg = validate(vec![(PathBuf::from("leafgate.toml"), cfg)]).unwrap();
-        assert_eq!(cfg.hub.hostname, "myhub.azure-devices.net");
+        assert_eq!(cfg.hub.hostname.as_deref(), Some("myhub.azure-devices.net"));
         assert_eq!(cfg.hub.gateway_hostname.as_deref(), Some("edge.local"));
-        assert_eq!(cfg.hub.connect_host, "edge.local");
+        assert_eq!(
+            cfg.hub.connect_host("myhub.azure-devices.net"),
+            "edge.local"
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod device_key;
 mod hub;
 mod permissions;
 mod profile;
+mod provisioning;
 mod sections;
 #[cfg(test)]
 mod testing;
@@ -72,10 +73,21 @@ pub fn validate(files: Vec<(PathBuf, FileConfig)>) -> Result<Config, Vec<Problem
         .map(|(file, t)| std::sync::Arc::new(twin::resolve_twin_settings(file, t, &mut p)));
     let c2d = single(&files, "c2d", |f| f.c2d.as_ref(), &mut p)
         .map(|(file, c)| std::sync::Arc::new(twin::resolve_c2d(file, c, &mut p)));
-    let sections = Sections { twin, c2d };
+    let provisioning = single(&files, "provisioning", |f| f.provisioning.as_ref(), &mut p)
+        .map(|(file, c)| provisioning::resolve_provisioning(file, c, &mut p));
+    // Present but wrong: its devices are not resolved against it (the problem is reported).
+    let provisioning_present = provisioning.is_some();
+    let provisioning = provisioning.flatten();
+    let group_key = provisioning.as_ref().and_then(|r| r.group_key.clone());
+    let sections = Sections {
+        twin,
+        c2d,
+        provisioning: provisioning_present,
+        group_key,
+    };
     let hub_raw = hub;
     let hub = match hub {
-        Some((file, h)) => resolve_hub(file, h, &mut p),
+        Some((file, h)) => resolve_hub(file, h, provisioning.map(|r| r.settings), &mut p),
         None => {
             p.add(
                 &base,
@@ -149,7 +161,7 @@ pub fn validate(files: Vec<(PathBuf, FileConfig)>) -> Result<Config, Vec<Problem
     // Connection strings are compared with the [hub] names even when other [hub] keys are bad,
     // but not with names that are themselves reported as bad.
     let hub_names = hub_raw.and_then(|(_, h)| {
-        let host = check_host("hostname", &h.hostname).ok()?;
+        let host = check_host("hostname", h.hostname.as_deref()?).ok()?;
         let gateway = match &h.gateway_hostname {
             Some(g) => Some(check_host("gateway_hostname", g).ok()?),
             None => None,

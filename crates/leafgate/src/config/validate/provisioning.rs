@@ -1,0 +1,161 @@
+//! The `[provisioning]` section: the DPS id scope and endpoint, the enrollment group's key, the
+//! pace and the cache; and which devices register with it.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::Problems;
+use super::hub::check_host;
+use crate::config::schema::{DeviceConfig, ProvisioningConfig};
+use crate::hub::sas::Key;
+use crate::hub::settings::Provisioning;
+
+/// `[provisioning]` validated, and its group key if it has one.
+pub(super) struct Resolved {
+    pub(super) settings: Provisioning,
+    pub(super) group_key: Option<Key>,
+}
+
+pub(super) fn resolve_provisioning(
+    file: &Path,
+    c: &ProvisioningConfig,
+    p: &mut Problems,
+) -> Option<Resolved> {
+    let start = p.0.len();
+    let id_scope = c.id_scope.trim();
+    if id_scope.is_empty()
+        || id_scope.len() > 64
+        || !id_scope.chars().all(|ch| ch.is_ascii_alphanumeric())
+    {
+        p.add(
+            file,
+            "provisioning.id_scope",
+            format!("{:?} is not an id scope (letters and digits, as the DPS overview shows it, e.g. 0ne00A1B2C3)", c.id_scope),
+        );
+    }
+    let endpoint = check_host("global_endpoint", &c.global_endpoint)
+        .map_err(|msg| p.add(file, "provisioning.global_endpoint", msg))
+        .ok();
+    if c.port == 0 {
+        p.add(file, "provisioning.port", "must not be 0");
+    }
+    if !(1..=100).contains(&c.max_registrations_per_s) {
+        p.add(
+            file,
+            "provisioning.max_registrations_per_s",
+            format!("{} is outside 1..=100", c.max_registrations_per_s),
+        );
+    }
+    if !(5..=600).contains(&c.timeout_s) {
+        p.add(
+            file,
+            "provisioning.timeout_s",
+            format!("{} is outside 5..=600", c.timeout_s),
+        );
+    }
+    let cache = (!c.cache.is_empty()).then(|| std::path::PathBuf::from(&c.cache));
+    if cache.as_ref().is_some_and(|c| !c.is_absolute()) {
+        p.add(
+            file,
+            "provisioning.cache",
+            format!(
+                "{:?} is not an absolute path (\"\" keeps assignments in memory only)",
+                c.cache
+            ),
+        );
+    }
+    let group_key = match (&c.group_key, &c.group_key_file) {
+        (Some(_), Some(_)) => {
+            p.add(
+                file,
+                "provisioning",
+                "give only one of group_key and group_key_file",
+            );
+            None
+        }
+        (Some(k), None) => Key::from_base64(&k.0)
+            .map_err(|e| p.add(file, "provisioning.group_key", e.to_string()))
+            .ok(),
+        (None, Some(path)) => match crate::regular_file::read_limited(path, 4096) {
+            Ok(text) => Key::from_base64(text.trim())
+                .map_err(|e| {
+                    p.add(
+                        file,
+                        "provisioning.group_key_file",
+                        format!("{}: {e}", path.display()),
+                    );
+                })
+                .ok(),
+            Err(e) => {
+                p.add(
+                    file,
+                    "provisioning.group_key_file",
+                    format!("cannot read {}: {e}", path.display()),
+                );
+                None
+            }
+        },
+        (None, None) => None,
+    };
+    if p.0.len() != start {
+        return None;
+    }
+    Some(Resolved {
+        settings: Provisioning {
+            id_scope: id_scope.to_owned(),
+            endpoint: endpoint?,
+            port: c.port,
+            max_registrations_per_s: c.max_registrations_per_s,
+            timeout: Duration::from_secs(c.timeout_s),
+            cache,
+        },
+        group_key,
+    })
+}
+
+/// Whether a device registers with DPS: with `[provisioning]`, every device but those with a
+/// connection string (which names its hub).
+pub(super) fn provisioned(d: &DeviceConfig, provisioning: bool) -> bool {
+    provisioning && d.connection_string.is_none()
+}
+
+/// DPS registration ids: up to 128 letters, digits and `- . _ :`, not starting or ending with
+/// one of those (`iothub-protocol.md` 9a). The device id is the registration id.
+pub(super) fn check_registration_id(id: &str) -> Result<(), String> {
+    let special = |c: char| matches!(c, '-' | '.' | '_' | ':');
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || special(c))
+        && !id.starts_with(special)
+        && !id.ends_with(special);
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{id:?} cannot be a DPS registration id (up to 128 letters, digits and - . _ :, not first or last); give this device a connection_string to connect without DPS"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registration_ids_follow_dps_rules() {
+        for ok in ["pump-1", "a", "line1.meter_2:x", &"a".repeat(128)] {
+            assert_eq!(check_registration_id(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "-pump",
+            "pump.",
+            "pump 1",
+            "pümp",
+            &"a".repeat(129),
+            "a/b",
+        ] {
+            assert!(check_registration_id(bad).is_err(), "{bad}");
+        }
+    }
+}
