@@ -40,6 +40,10 @@ mod hub_hostile;
 /// an IoT Edge parent.
 mod firewall;
 
+/// Zero-touch provisioning through the emulator's DPS: group and individual keys, the cache
+/// across a restart, a move to another hub, 429s.
+mod provisioning;
+
 /// Device twins end to end: the gateway, the emulator's twins and service API, a simulated PLC.
 mod twin;
 

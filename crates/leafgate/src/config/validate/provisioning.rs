@@ -158,4 +158,139 @@ mod tests {
             assert!(check_registration_id(bad).is_err(), "{bad}");
         }
     }
+
+    mod sections {
+        use super::super::super::testing::problems;
+        use crate::config::load::parse;
+        use crate::config::schema::FileConfig;
+        use crate::config::validate::validate;
+        use crate::hub::auth::Auth;
+        use crate::hub::sas::Key;
+        use std::path::PathBuf;
+
+        const GROUP: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+        const BUS: &str =
+            "[[bus]]\nid = \"plc\"\nkind = \"modbus_tcp\"\naddress = \"10.0.0.6:502\"\n";
+
+        fn site(provisioning: &str, devices: &str) -> String {
+            format!("[hub]\n{provisioning}\n{BUS}{devices}")
+        }
+
+        fn device(id: &str, creds: &str) -> String {
+            format!(
+                "[[device]]\nid = \"{id}\"\nbus = \"plc\"\nunit = 1\nraw_methods = true\n{creds}\n"
+            )
+        }
+
+        #[test]
+        fn a_device_of_the_group_is_one_line_and_gets_the_derived_key() {
+            let text = site(
+                &format!("[provisioning]\nid_scope = \"0ne00A1B2C3\"\ngroup_key = \"{GROUP}\""),
+                &format!(
+                    "{}{}",
+                    device("pump-1", ""),
+                    device(
+                        "direct-1",
+                        "connection_string = \"HostName=h.azure-devices.net;DeviceId=direct-1;SharedAccessKey=AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\""
+                    )
+                ),
+            )
+            .replacen("[hub]\n", "[hub]\nhostname = \"h.azure-devices.net\"\n", 1);
+            assert_eq!(problems(&text), Vec::<String>::new());
+            let cfg: FileConfig = parse(&text).unwrap();
+            let cfg = validate(vec![(PathBuf::from("leafgate.toml"), cfg)]).unwrap();
+            let pump = &cfg.devices[0];
+            assert!(pump.provisioned);
+            let derived = Key::from_base64(GROUP).unwrap().derive("pump-1");
+            assert_eq!(pump.auth, Auth::Sas(derived));
+            assert!(
+                !cfg.devices[1].provisioned,
+                "a connection string names its hub"
+            );
+            let settings = cfg.hub.provisioning.unwrap();
+            assert_eq!(settings.endpoint, "global.azure-devices-provisioning.net");
+            assert_eq!(settings.port, 8883);
+            assert_eq!(
+                settings.cache.as_deref(),
+                Some(std::path::Path::new("/var/lib/leafgate/provisioning"))
+            );
+        }
+
+        #[test]
+        fn bad_combinations_are_named() {
+            let dir = tempfile::tempdir().unwrap();
+            let cases: Vec<(String, &str)> = vec![
+                (
+                    site("", &device("pump-1", "")),
+                    "hub.hostname: missing: your IoT hub's host name",
+                ),
+                (
+                    site(
+                        "[provisioning]\nid_scope = \"\"",
+                        &device(
+                            "pump-1",
+                            "shared_access_key = \"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\"",
+                        ),
+                    ),
+                    "provisioning.id_scope: \"\" is not an id scope",
+                ),
+                (
+                    site(
+                        &format!(
+                            "[provisioning]\nid_scope = \"0ne1\"\ngroup_key_file = \"{}\"",
+                            dir.path().join("gone.key").display()
+                        ),
+                        &device("pump-1", ""),
+                    ),
+                    "provisioning.group_key_file: cannot read",
+                ),
+                (
+                    site("[provisioning]\nid_scope = \"0ne1\"", &device("pump-1", "")),
+                    "device[0]: missing credentials: [provisioning] has no group_key",
+                ),
+                (
+                    site(
+                        &format!("[provisioning]\nid_scope = \"0ne1\"\ngroup_key = \"{GROUP}\""),
+                        &device("-pump", ""),
+                    ),
+                    "device[0].id: \"-pump\" cannot be a DPS registration id",
+                ),
+                (
+                    site(
+                        &format!("[provisioning]\nid_scope = \"0ne1\"\ngroup_key = \"{GROUP}\""),
+                        &device(
+                            "d1",
+                            "connection_string = \"HostName=h.azure-devices.net;DeviceId=d1;SharedAccessKey=AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\"",
+                        ),
+                    ),
+                    "device[0].connection_string: a device with a connection string connects without DPS",
+                ),
+                (
+                    site(
+                        &format!(
+                            "[provisioning]\nid_scope = \"0ne1\"\ngroup_key = \"{GROUP}\"\ngroup_key_file = \"/k\""
+                        ),
+                        &device("pump-1", ""),
+                    ),
+                    "provisioning: give only one of group_key and group_key_file",
+                ),
+                (
+                    site(
+                        &format!(
+                            "[provisioning]\nid_scope = \"0ne1\"\ngroup_key = \"{GROUP}\"\ncache = \"state\"\nmax_registrations_per_s = 0"
+                        ),
+                        &device("pump-1", ""),
+                    ),
+                    "provisioning.max_registrations_per_s: 0 is outside 1..=100",
+                ),
+            ];
+            for (text, want) in cases {
+                let got = problems(&text);
+                assert!(
+                    got.iter().any(|p| p.starts_with(want)),
+                    "want {want:?}, got {got:?}"
+                );
+            }
+        }
+    }
 }

@@ -1,0 +1,305 @@
+//! Zero-touch provisioning: the real binary registers its devices with the emulator's Device
+//! Provisioning Service (group-derived and individual keys), keeps the assignment across a
+//! restart, registers again when its hub refuses it and follows DPS to another hub, and waits
+//! out DPS's 429s.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use leafgate::hub::sas::Key;
+use leafgate_emulator::{
+    Attestation, DpsConfig, DpsRequest, DpsRequestKind, Emulator, EmulatorConfig, ServiceClient,
+};
+use leafgate_sim::modbus::{Registers, TcpServer};
+use serde_json::json;
+
+use crate::firewall::run;
+
+/// The enrollment group's key (32 bytes, base64).
+const GROUP_KEY: &str = "Z3JvdXAta2V5LWZvci1sZWFmZ2F0ZS10ZXN0cy0wMDE=";
+const WAIT: Duration = Duration::from_secs(30);
+
+fn group_key() -> Key {
+    Key::from_base64(GROUP_KEY).unwrap()
+}
+
+fn dps(registrations_per_s: Option<u32>) -> EmulatorConfig {
+    EmulatorConfig {
+        dps: Some(DpsConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            id_scope: "0ne00FACADE".to_owned(),
+            retry_after_s: 1,
+            registrations_per_s,
+        }),
+        ..EmulatorConfig::default()
+    }
+}
+
+/// A DPS-and-hub emulator, a PLC, and the config directory.
+struct Fleet {
+    emu: Emulator,
+    client: ServiceClient,
+    dir: tempfile::TempDir,
+    plc: TcpServer,
+}
+
+impl Fleet {
+    async fn start(emulator: EmulatorConfig) -> Fleet {
+        let emu = Emulator::start(emulator).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), emu.ca_pem()).unwrap();
+        let regs = Registers::with_units([1]);
+        regs.set_holding(1, 0, &[42]);
+        let plc = TcpServer::start(regs).await.unwrap();
+        let client = ServiceClient::new(emu.http_addr(), &emu.service_connection_string()).unwrap();
+        Fleet {
+            emu,
+            client,
+            dir,
+            plc,
+        }
+    }
+
+    fn cache(&self) -> PathBuf {
+        self.dir.path().join("provisioning")
+    }
+
+    /// `[hub]` without a host name, `[provisioning]` at the emulator's DPS (`extra` added to
+    /// it), and `devices` (id, own keys), each with a `get` method.
+    fn config(&self, extra: &str, devices: &[(&str, &str)]) -> PathBuf {
+        let mut text = format!(
+            "[hub]\nport = {}\nca_file = \"{}\"\nreconnect_min_ms = 100\nreconnect_max_ms = 1000\nmax_connects_per_s = 1000\n\
+             [provisioning]\nid_scope = \"{}\"\nglobal_endpoint = \"localhost\"\nport = {}\ngroup_key = \"{GROUP_KEY}\"\ncache = \"{}\"\nmax_registrations_per_s = 50\ntimeout_s = 20\n{extra}\n\
+             [[bus]]\nid = \"plc\"\nkind = \"modbus_tcp\"\naddress = \"{}\"\n",
+            self.emu.mqtt_addr().port(),
+            self.dir.path().join("ca.pem").display(),
+            self.emu.dps_id_scope().unwrap(),
+            self.emu.dps_addr().unwrap().port(),
+            self.cache().display(),
+            self.plc.addr(),
+        );
+        for (id, keys) in devices {
+            text.push_str(&format!(
+                "[[device]]\nid = \"{id}\"\nbus = \"plc\"\nunit = 1\n{keys}\n[[device.method]]\nname = \"get\"\n[[device.method.step]]\nop = \"read\"\ntable = \"holding\"\naddress = 0\nfields = [{{ name = \"v\" }}]\n"
+            ));
+        }
+        let path = self.dir.path().join("leafgate.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    async fn get(&self, device: &str) -> u64 {
+        let (http, body) = self
+            .client
+            .invoke(device, "get", json!({}), 10)
+            .await
+            .unwrap();
+        assert_eq!(http, 200, "{body}");
+        assert_eq!(body["payload"], json!({"v": 42}), "{body}");
+        body["status"].as_u64().unwrap()
+    }
+}
+
+fn requests_of<'a>(
+    requests: &'a [DpsRequest],
+    id: &'a str,
+    kind: DpsRequestKind,
+) -> impl Iterator<Item = &'a DpsRequest> + 'a {
+    requests
+        .iter()
+        .filter(move |r| r.registration_id == id && r.kind == kind)
+}
+
+/// A device listed with only its id (and bus, unit, methods) registers through the group,
+/// with the key leafgate derives, lands on the hub DPS names and serves a method; a device with
+/// its own key registers through its individual enrollment. After a restart both connect from
+/// the cache, without asking DPS again.
+#[tokio::test]
+async fn devices_register_with_dps_and_a_restart_uses_the_cache() {
+    let fleet = Fleet::start(dps(None)).await;
+    let individual = Key::from_base64("AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=").unwrap();
+    fleet
+        .emu
+        .dps_add_group("plant", group_key(), fleet.emu.hub_link());
+    fleet.emu.dps_add_individual(
+        "meter-9",
+        Attestation::SymmetricKey(individual),
+        fleet.emu.hub_link(),
+    );
+    let config = fleet.config(
+        "",
+        &[
+            ("pump-1", ""),
+            (
+                "meter-9",
+                "shared_access_key = \"AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=\"",
+            ),
+        ],
+    );
+    let mut daemon = run(&config);
+    for id in ["pump-1", "meter-9"] {
+        fleet
+            .emu
+            .wait_method_ready(id, WAIT)
+            .await
+            .unwrap_or_else(|e| panic!("{id}: {e}\n{}", daemon.log()));
+        assert_eq!(fleet.get(id).await, 200);
+        let line = daemon
+            .wait_line(&format!("device {id}: registered with DPS in"), WAIT)
+            .await
+            .unwrap();
+        assert!(line.contains("assigned to hub localhost"), "{line}");
+        assert!(fleet.cache().join(format!("{id}.json")).is_file());
+    }
+    // The hub accepted pump-1 with the key derived from the group key, as DPS derived it.
+    let requests = fleet.emu.dps_requests();
+    for id in ["pump-1", "meter-9"] {
+        assert_eq!(
+            requests_of(&requests, id, DpsRequestKind::Register).count(),
+            1
+        );
+        assert!(requests_of(&requests, id, DpsRequestKind::Poll).any(|r| r.status == 200));
+    }
+    daemon.stop(Duration::from_secs(10)).unwrap();
+    let before = fleet.emu.dps_requests().len();
+    let accepted = fleet.emu.device_stats("pump-1").connects_accepted;
+
+    let daemon = run(&config);
+    fleet
+        .emu
+        .wait_for("pump-1", WAIT, |s| {
+            s.connects_accepted > accepted && s.methods_subscribed
+        })
+        .await
+        .unwrap();
+    fleet.emu.wait_method_ready("meter-9", WAIT).await.unwrap();
+    assert_eq!(fleet.get("pump-1").await, 200);
+    daemon
+        .wait_line(
+            "device pump-1: assigned to hub localhost (cached from DPS)",
+            WAIT,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        fleet.emu.dps_requests().len(),
+        before,
+        "{:?}",
+        fleet.emu.dps_requests()
+    );
+}
+
+/// The operator moves the device to another hub: DPS now assigns it there, and the old hub no
+/// longer knows it. leafgate's cached hub refuses it, so it registers again, follows DPS to the
+/// new hub and serves methods there.
+#[tokio::test]
+async fn a_device_refused_by_its_hub_registers_again_and_follows_dps() {
+    let fleet = Fleet::start(dps(None)).await;
+    // The second hub: another emulator on another loopback address, same port (leafgate's
+    // [hub] port is the port of every hub), host name = its address.
+    let port = fleet.emu.mqtt_addr().port();
+    let second = Emulator::start(EmulatorConfig {
+        host_name: "127.0.0.2".to_owned(),
+        mqtt_addr: SocketAddr::from(([127, 0, 0, 2], port)),
+        ..EmulatorConfig::default()
+    })
+    .await
+    .unwrap();
+    std::fs::write(
+        fleet.dir.path().join("ca.pem"),
+        format!("{}{}", fleet.emu.ca_pem(), second.ca_pem()),
+    )
+    .unwrap();
+    fleet
+        .emu
+        .dps_add_group("plant", group_key(), fleet.emu.hub_link());
+    let config = fleet.config("", &[("pump-1", "")]);
+    let daemon = run(&config);
+    fleet.emu.wait_method_ready("pump-1", WAIT).await.unwrap();
+
+    assert!(fleet.emu.dps_set_hub("plant", second.hub_link()));
+    assert!(fleet.emu.remove_device("pump-1"));
+    second
+        .wait_method_ready("pump-1", WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", daemon.log()));
+    let client =
+        ServiceClient::new(second.http_addr(), &second.service_connection_string()).unwrap();
+    let (http, body) = client.invoke("pump-1", "get", json!({}), 10).await.unwrap();
+    assert_eq!((http, body["status"].as_u64()), (200, Some(200)), "{body}");
+    let log = daemon.log();
+    assert!(
+        log.contains("device pump-1: hub localhost refused it; it registers with DPS again"),
+        "{log}"
+    );
+    assert!(log.contains("assigned to hub 127.0.0.2"), "{log}");
+    let cached = std::fs::read_to_string(fleet.cache().join("pump-1.json")).unwrap();
+    assert!(cached.contains("127.0.0.2"), "{cached}");
+    let registers = fleet.emu.dps_requests();
+    assert_eq!(
+        requests_of(&registers, "pump-1", DpsRequestKind::Register).count(),
+        2
+    );
+}
+
+/// DPS answers 429 beyond its rate: leafgate waits the `retry-after` it was given and asks
+/// again, and every device is assigned in the end.
+#[tokio::test]
+async fn dps_throttling_is_waited_out() {
+    let fleet = Fleet::start(dps(Some(2))).await;
+    fleet
+        .emu
+        .dps_add_group("plant", group_key(), fleet.emu.hub_link());
+    let ids: Vec<String> = (1..=6).map(|n| format!("pump-{n}")).collect();
+    let devices: Vec<(&str, &str)> = ids.iter().map(|id| (id.as_str(), "")).collect();
+    let config = fleet.config("", &devices);
+    let daemon = run(&config);
+    for id in &ids {
+        fleet
+            .emu
+            .wait_method_ready(id, WAIT)
+            .await
+            .unwrap_or_else(|e| panic!("{id}: {e}\n{}", daemon.log()));
+    }
+    let requests = fleet.emu.dps_requests();
+    let throttled: Vec<&DpsRequest> = requests.iter().filter(|r| r.status == 429).collect();
+    assert!(!throttled.is_empty(), "no 429: {requests:?}");
+    // Each throttled device asked again no sooner than the retry-after (1 s).
+    for t in &throttled {
+        let next = requests
+            .iter()
+            .find(|r| {
+                r.registration_id == t.registration_id
+                    && r.at > t.at
+                    && r.kind != DpsRequestKind::Connect
+            })
+            .unwrap_or_else(|| panic!("{} never asked again: {requests:?}", t.registration_id));
+        assert!(
+            next.at - t.at >= Duration::from_millis(950),
+            "{} asked again after {:?}",
+            t.registration_id,
+            next.at - t.at
+        );
+    }
+    assert!(daemon.log().contains("DPS is throttling (429)"));
+}
+
+/// A wrong group key: DPS refuses the registration, and the journal says what to check.
+#[tokio::test]
+async fn a_registration_dps_refuses_is_named() {
+    let fleet = Fleet::start(dps(None)).await;
+    let other = Key::from_base64("b3RoZXItZ3JvdXAta2V5LWZvci1sZWFmZ2F0ZS0wMDE=").unwrap();
+    fleet
+        .emu
+        .dps_add_group("plant", other, fleet.emu.hub_link());
+    let config = fleet.config("", &[("pump-1", "")]);
+    let daemon = run(&config);
+    let line = daemon
+        .wait_line("device pump-1: DPS registration failed", WAIT)
+        .await
+        .unwrap();
+    assert!(line.contains("DPS refused the connection"), "{line}");
+    assert!(line.contains("check the id scope"), "{line}");
+    assert_eq!(fleet.emu.device_stats("pump-1").connects_accepted, 0);
+}
