@@ -24,6 +24,13 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[cfg_attr(
+    feature = "demo",
+    expect(
+        clippy::large_enum_variant,
+        reason = "parsed once at start; the emulator's options are the large one"
+    )
+)]
 enum Command {
     /// Run the gateway.
     Run {

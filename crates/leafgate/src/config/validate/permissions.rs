@@ -31,6 +31,9 @@ pub(super) fn key_file_warnings(files: &[(PathBuf, FileConfig)]) -> Vec<Problem>
         if f.device
             .iter()
             .any(|d| d.connection_string.is_some() || d.shared_access_key.is_some())
+            || f.provisioning
+                .as_ref()
+                .is_some_and(|p| p.group_key.is_some())
         {
             check(file, String::new(), file, "device keys");
         }
@@ -51,6 +54,18 @@ pub(super) fn key_file_warnings(files: &[(PathBuf, FileConfig)]) -> Vec<Problem>
                     "a device's private key",
                 );
             }
+        }
+        if let Some(key_file) = f
+            .provisioning
+            .as_ref()
+            .and_then(|p| p.group_key_file.as_ref())
+        {
+            check(
+                file,
+                "provisioning.group_key_file".to_owned(),
+                key_file,
+                "the enrollment group's key",
+            );
         }
         if let Some(password) = f.hub.as_ref().and_then(|h| h.proxy_password_file.as_ref()) {
             check(
