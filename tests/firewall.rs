@@ -564,3 +564,46 @@ async fn an_expired_or_unknown_certificate_is_named_in_the_journal() {
     );
     assert!(!daemon.log().contains("PRIVATE KEY"));
 }
+
+/// A leaf behind an IoT Edge parent: TCP and the TLS name are the parent's
+/// (`gateway_hostname`), the username and the SAS scope stay the hub's. The "parent" here is
+/// an emulator whose certificate names only `localhost`, not the hub: a session that checked
+/// the hub's name in the TLS handshake, or signed for the parent, would be refused.
+#[tokio::test]
+async fn a_leaf_reaches_the_hub_through_an_iot_edge_parent() {
+    let hub = "myhub.azure-devices.net";
+    let site = Site::start(
+        EmulatorConfig {
+            host_name: hub.to_owned(),
+            certificate_names: Some(vec!["localhost".to_owned()]),
+            ..EmulatorConfig::default()
+        },
+        &["leaf-1"],
+    )
+    .await;
+    let config = site.config("gateway_hostname = \"localhost\"", &[("leaf-1", &sas(""))]);
+    let daemon = run(&config);
+    site.emu
+        .wait_method_ready("leaf-1", WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", daemon.log()));
+    assert_eq!(site.get("leaf-1").await, (200, json!({"v": 42})));
+    let record = site.emu.device_stats("leaf-1").last_connect.unwrap();
+    assert!(
+        record
+            .username
+            .as_deref()
+            .is_some_and(|u| u.starts_with("myhub.azure-devices.net/leaf-1/?api-version=")),
+        "{record:?}"
+    );
+    let token = record.password.unwrap().unwrap();
+    assert_eq!(token.sr, "myhub.azure-devices.net%2Fdevices%2Fleaf-1");
+    let line = daemon
+        .wait_line("device leaf-1: connected to", WAIT)
+        .await
+        .unwrap();
+    assert!(
+        line.contains(&format!("localhost:{}", site.emu.mqtt_addr().port())),
+        "{line}"
+    );
+}

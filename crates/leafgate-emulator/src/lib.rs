@@ -328,6 +328,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub struct EmulatorConfig {
     /// The IoT hub host name devices use in usernames and SAS scopes, e.g. `localhost`.
     pub host_name: String,
+    /// The names the server certificate carries, if not the loopback names and `host_name`:
+    /// to play an IoT Edge parent, whose certificate names the parent and not the hub.
+    pub certificate_names: Option<Vec<String>>,
     /// MQTT-over-TLS device listener; port 0 picks a free one.
     pub mqtt_addr: SocketAddr,
     /// If set, MQTT over WebSockets (`wss://…/$iothub/websocket`, subprotocol `mqtt`) on this
@@ -374,6 +377,7 @@ impl Default for EmulatorConfig {
         let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
         EmulatorConfig {
             host_name: "localhost".to_owned(),
+            certificate_names: None,
             mqtt_addr: loopback,
             ws_addr: None,
             http_addr: loopback,
@@ -483,7 +487,13 @@ impl Emulator {
     /// When the host name cannot go into a certificate, a listener cannot bind, or the CA cannot
     /// be written to `ca_path`.
     pub async fn start(config: EmulatorConfig) -> Result<Emulator, Error> {
-        let certs = tls::generate(&config.host_name)?;
+        let certs = match &config.certificate_names {
+            Some(names) => tls::generate_for(
+                names.clone(),
+                names.first().map_or(&config.host_name, |n| n),
+            )?,
+            None => tls::generate(&config.host_name)?,
+        };
         if let Some(path) = &config.ca_path {
             tokio::fs::write(path, &certs.ca_pem)
                 .await

@@ -58,6 +58,15 @@ fn subject_alt_names(host_name: &str) -> Vec<String> {
 /// # Errors
 /// When `host_name` cannot go in a certificate, or rustls refuses the result.
 pub fn generate(host_name: &str) -> Result<Certificates, Error> {
+    generate_for(subject_alt_names(host_name), host_name)
+}
+
+/// As [`generate`], with a server certificate that names exactly `names` (subject CN
+/// `common_name`): an IoT Edge parent's certificate names the parent, not the hub.
+///
+/// # Errors
+/// When a name cannot go in a certificate, or rustls refuses the result.
+pub fn generate_for(names: Vec<String>, common_name: &str) -> Result<Certificates, Error> {
     let ca_key = KeyPair::generate().map_err(Error::Certificate)?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(Error::Certificate)?;
     ca_params
@@ -72,11 +81,10 @@ pub fn generate(host_name: &str) -> Result<Certificates, Error> {
     let ca_cert = ca_params.self_signed(&ca_key).map_err(Error::Certificate)?;
     let issuer = Issuer::new(ca_params, ca_key);
 
-    let mut server_params =
-        CertificateParams::new(subject_alt_names(host_name)).map_err(Error::Certificate)?;
+    let mut server_params = CertificateParams::new(names).map_err(Error::Certificate)?;
     server_params
         .distinguished_name
-        .push(DnType::CommonName, host_name);
+        .push(DnType::CommonName, common_name);
     server_params.is_ca = IsCa::ExplicitNoCa;
     server_params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     server_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
