@@ -68,6 +68,18 @@ async fn demo_once_answers_every_round_trip_as_expected() {
     );
     assert_ne!(meter(1)["voltage"], meter(2)["voltage"]);
     assert!(out.contains("Telemetry (device-to-cloud)"), "{out}");
+    // meter-2 came through DPS with a group-derived key, psu-1 over WebSockets.
+    let reach: Vec<(&str, bool)> = summary
+        .reach
+        .iter()
+        .map(|r| (r.device.as_str(), r.ok))
+        .collect();
+    assert_eq!(reach, [("meter-2", true), ("psu-1", true)]);
+    assert!(out.contains("ok   meter-2  registered with DPS"), "{out}");
+    assert!(
+        out.contains("ok   psu-1    connected over MQTT over WebSockets"),
+        "{out}"
+    );
 }
 
 #[test]

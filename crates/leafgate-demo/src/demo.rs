@@ -11,7 +11,8 @@ use tokio::time::Instant;
 
 use leafgate::config::{self, Config};
 use leafgate::gateway::Gateway;
-use leafgate_emulator::{Emulator, EmulatorConfig, ServiceClient};
+use leafgate::hub::sas::Key;
+use leafgate_emulator::{DpsConfig, Emulator, EmulatorConfig, ServiceClient};
 use leafgate_sim::Site;
 
 use crate::script::{Call, check, script};
@@ -22,6 +23,12 @@ use crate::template::{CONFIG_TEMPLATE, Placeholders, render};
 use crate::{Error, Options};
 
 /// How long each device may take to come online in the emulator.
+/// The emulated DPS's ID scope.
+const ID_SCOPE: &str = "0ne0DEMO001";
+/// Its enrollment group "demo"'s key: DEMO-ONLY and public (it decodes to "demo-only group
+/// key; public key!"). meter-2's key is derived from it.
+const GROUP_KEY: &str = "ZGVtby1vbmx5IGdyb3VwIGtleTsgcHVibGljIGtleSE=";
+
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// `responseTimeoutInSeconds` of every call (each method's own deadline is 2 s).
 const RESPONSE_TIMEOUT_S: u64 = 10;
@@ -65,14 +72,26 @@ impl Demo {
         let site = Site::start().await.map_err(Error::Site)?;
         seed(&site);
         let ca_file = dir.0.join("ca.pem");
+        let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
         let emulator = Emulator::start(EmulatorConfig {
             mqtt_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, options.hub_port)),
             http_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, options.http_port)),
+            ws_addr: Some(loopback),
+            dps: Some(DpsConfig {
+                addr: loopback,
+                id_scope: ID_SCOPE.to_owned(),
+                retry_after_s: 1,
+                registrations_per_s: None,
+            }),
             ca_path: Some(ca_file.clone()),
             ..EmulatorConfig::default()
         })
         .await
         .map_err(Error::Emulator)?;
+        // The enrollment group the config's [provisioning] derives meter-2's key from.
+        if let Ok(group) = Key::from_base64(GROUP_KEY) {
+            emulator.dps_add_group("demo", group, emulator.hub_link());
+        }
         let text = render(
             CONFIG_TEMPLATE,
             &Placeholders {
@@ -82,6 +101,10 @@ impl Demo {
                 rtu_path: site.rtu_line.path(),
                 psu_path: site.psu_line.path(),
                 store: &dir.0.join("telemetry.db"),
+                ws_port: emulator.ws_addr().map_or(0, |a| a.port()),
+                dps_port: emulator.dps_addr().map_or(0, |a| a.port()),
+                id_scope: ID_SCOPE,
+                group_key: GROUP_KEY,
             },
         );
         let path = dir.0.join("leafgate.toml");
@@ -93,7 +116,9 @@ impl Demo {
             path: path.clone(),
             source,
         })?;
-        for device in &config.devices {
+        // Devices with connection strings are registered in the hub by hand, as an operator
+        // would; a provisioned one is registered there by DPS when it asks.
+        for device in config.devices.iter().filter(|d| !d.provisioned) {
             if let leafgate::hub::auth::Auth::Sas(key) = &device.auth {
                 emulator.add_device(&device.id, key.clone());
             }
@@ -122,6 +147,23 @@ impl Demo {
     #[must_use]
     pub fn hub_addr(&self) -> SocketAddr {
         self.emulator.mqtt_addr()
+    }
+
+    /// The emulated hub's MQTT-over-WebSockets listener.
+    #[must_use]
+    pub fn ws_addr(&self) -> Option<SocketAddr> {
+        self.emulator.ws_addr()
+    }
+
+    /// The emulated DPS's MQTT listener.
+    #[must_use]
+    pub fn dps_addr(&self) -> Option<SocketAddr> {
+        self.emulator.dps_addr()
+    }
+
+    #[must_use]
+    pub fn id_scope(&self) -> &str {
+        ID_SCOPE
     }
 
     /// The emulated hub's service API (plain HTTP).
@@ -166,7 +208,53 @@ impl Demo {
             round_trips,
             telemetry: self.telemetry().await,
             twin: Some(self.twin().await),
+            reach: self.reach(),
         }
+    }
+
+    /// How the devices that do not use plain MQTT to a configured hub got there: over
+    /// WebSockets (the emulator's record of the CONNECT), through DPS (its registrations).
+    fn reach(&self) -> Vec<crate::summary::Reach> {
+        let mut reach = Vec::new();
+        for device in &self.config.devices {
+            let id = device.id.as_str();
+            if device.transport == Some(leafgate::hub::settings::Transport::Websocket) {
+                let transport = self
+                    .emulator
+                    .device_stats(id)
+                    .last_connect
+                    .map(|c| c.transport.as_str());
+                reach.push(crate::summary::Reach {
+                    device: id.to_owned(),
+                    seen: match transport {
+                        Some("websocket") => format!(
+                            "connected over MQTT over WebSockets (wss://127.0.0.1:{}/$iothub/websocket)",
+                            self.emulator.ws_addr().map_or(0, |a| a.port())
+                        ),
+                        Some(t) => format!("connected over {t}, not WebSockets"),
+                        None => "never connected".to_owned(),
+                    },
+                    ok: transport == Some("websocket"),
+                });
+            }
+            if device.provisioned {
+                let assigned = self.emulator.dps_requests().iter().any(|r| {
+                    r.registration_id == id
+                        && r.kind == leafgate_emulator::DpsRequestKind::Poll
+                        && r.status == 200
+                });
+                reach.push(crate::summary::Reach {
+                    device: id.to_owned(),
+                    seen: if assigned {
+                        format!("registered with DPS (enrollment group \"demo\", its key derived from the group key) → assigned to hub {}", self.emulator.host_name())
+                    } else {
+                        "not assigned by DPS".to_owned()
+                    },
+                    ok: assigned,
+                });
+            }
+        }
+        reach
     }
 
     /// The PLC's speed as `getStatus` reads it.

@@ -25,6 +25,20 @@ pub(crate) fn header(demo: &Demo) -> String {
             "IoT Hub (MQTT/TLS)",
             format!("{} (host name localhost)", demo.hub_addr()),
         ),
+        (
+            "IoT Hub (WebSockets)",
+            demo.ws_addr().map_or_else(
+                || "off".to_owned(),
+                |a| format!("wss://{a}/$iothub/websocket"),
+            ),
+        ),
+        (
+            "DPS (MQTT/TLS)",
+            demo.dps_addr().map_or_else(
+                || "off".to_owned(),
+                |a| format!("{a} (id scope {})", demo.id_scope()),
+            ),
+        ),
         ("service API", format!("http://{}", demo.service_addr())),
         (
             "Modbus TCP PLC",
@@ -47,7 +61,7 @@ pub(crate) fn header(demo: &Demo) -> String {
             format!("{} ({})", devices.len(), devices.join(", ")),
         ),
     ] {
-        let _ = writeln!(text, "  {what:<20}{where_}");
+        let _ = writeln!(text, "  {what:<22}{where_}");
     }
     text.push('\n');
     text
@@ -193,6 +207,13 @@ pub(crate) fn table(summary: &Summary) -> String {
             None => {
                 let _ = writeln!(text, "FAIL reported health: none");
             }
+        }
+    }
+    if !summary.reach.is_empty() {
+        let _ = writeln!(text, "\nReaching the hub:");
+        for r in &summary.reach {
+            let mark = if r.ok { "ok  " } else { "FAIL" };
+            let _ = writeln!(text, "{mark} {:<8} {}", r.device, r.seen);
         }
     }
     text

@@ -61,12 +61,23 @@ pub struct Twin {
     pub problems: Vec<String>,
 }
 
+/// How one device reached the hub, as the emulator saw it: over WebSockets, or through DPS.
+#[derive(Debug, Clone)]
+pub struct Reach {
+    pub device: String,
+    /// What the emulator saw, as a sentence.
+    pub seen: String,
+    /// Whether that is what the config asks for.
+    pub ok: bool,
+}
+
 /// Every round trip of one demo run, and what telemetry arrived.
 #[derive(Debug, Clone, Default)]
 pub struct Summary {
     pub round_trips: Vec<RoundTrip>,
     pub telemetry: Vec<Telemetry>,
     pub twin: Option<Twin>,
+    pub reach: Vec<Reach>,
 }
 
 impl Summary {
@@ -76,6 +87,7 @@ impl Summary {
         self.round_trips.iter().all(RoundTrip::passed)
             && self.telemetry.iter().all(|t| t.body.is_some())
             && self.twin.as_ref().is_none_or(|t| t.problems.is_empty())
+            && self.reach.iter().all(|r| r.ok)
     }
 
     /// One line per failed round trip: `#3 meter-1 getReadings: expected status 200, got 504`.
@@ -98,6 +110,12 @@ impl Summary {
                 self.twin
                     .iter()
                     .flat_map(|t| t.problems.iter().map(|p| format!("{} twin: {p}", t.device))),
+            )
+            .chain(
+                self.reach
+                    .iter()
+                    .filter(|r| !r.ok)
+                    .map(|r| format!("{}: {}", r.device, r.seen)),
             )
             .collect()
     }

@@ -25,6 +25,14 @@ pub struct Placeholders<'a> {
     pub psu_path: &'a Path,
     /// `@STORE@`
     pub store: &'a Path,
+    /// `@WS_PORT@`
+    pub ws_port: u16,
+    /// `@DPS_PORT@`
+    pub dps_port: u16,
+    /// `@ID_SCOPE@`
+    pub id_scope: &'a str,
+    /// `@GROUP_KEY@`
+    pub group_key: &'a str,
 }
 
 /// Substitutes every placeholder in `template` outside comment lines (the header comment that
@@ -40,6 +48,10 @@ pub fn render(template: &str, values: &Placeholders<'_>) -> String {
         ("@RTU_PATH@", path(values.rtu_path)),
         ("@PSU_PATH@", path(values.psu_path)),
         ("@STORE@", path(values.store)),
+        ("@WS_PORT@", values.ws_port.to_string()),
+        ("@DPS_PORT@", values.dps_port.to_string()),
+        ("@ID_SCOPE@", toml_escape(values.id_scope)),
+        ("@GROUP_KEY@", toml_escape(values.group_key)),
     ];
     let mut out = String::with_capacity(template.len());
     for line in template.split_inclusive('\n') {
@@ -87,6 +99,10 @@ mod tests {
             rtu_path: dir,
             psu_path: Path::new("/dev/pts/7"),
             store: Path::new("/tmp/demo/telemetry.db"),
+            ws_port: 18443,
+            dps_port: 18884,
+            id_scope: "0ne0DEMO001",
+            group_key: "ZGVtby1vbmx5IGdyb3VwIGtleTsgcHVibGljIGtleSE=",
         }
     }
 
@@ -108,6 +124,9 @@ mod tests {
         assert!(text.contains(r#"address = "127.0.0.1:1502""#));
         assert!(text.contains(r#"path = "/dev/pts/3""#));
         assert!(text.contains(r#"path = "/dev/pts/7""#));
+        assert!(text.contains("websocket_port = 18443\n"));
+        assert!(text.contains("port = 18884\n"));
+        assert!(text.contains(r#"id_scope = "0ne0DEMO001""#));
     }
 
     #[test]
