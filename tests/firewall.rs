@@ -508,9 +508,10 @@ async fn every_transport_and_credential_connects_and_serves_a_method() {
 
 /// An expired certificate is not even presented: the journal says which file and when it
 /// expired, and the hub never sees the device. A certificate the hub does not know (another
-/// thumbprint) is refused by the hub, and the journal says what to check.
+/// thumbprint) is refused by the hub, and the journal says what to check. One in its last 30
+/// days connects, with a warning.
 #[tokio::test]
-async fn an_expired_or_unknown_certificate_is_named_in_the_journal() {
+async fn expired_unknown_and_expiring_certificates_are_named_in_the_journal() {
     let site = Site::start(EmulatorConfig::default(), &[]).await;
     let (from, to) = validity(-400, -2);
     let (expired, expired_key) = tls::self_signed("old-1", KeyKind::EcdsaP256, from, to).unwrap();
@@ -531,9 +532,19 @@ async fn an_expired_or_unknown_certificate_is_named_in_the_journal() {
             secondary: None,
         },
     );
+    let (from, to) = validity(-300, 10);
+    let (soon, soon_key) = tls::self_signed("soon-1", KeyKind::EcdsaP256, from, to).unwrap();
+    site.emu.add_device_x509(
+        "soon-1",
+        X509Auth::Thumbprint {
+            primary: tls::thumbprint_sha1(&soon).unwrap(),
+            secondary: None,
+        },
+    );
     let old = certificate_keys(&site, "old-1", &expired, &expired_key);
     let odd = certificate_keys(&site, "odd-1", &cert, &key);
-    let config = site.config("", &[("old-1", &old), ("odd-1", &odd)]);
+    let soon = certificate_keys(&site, "soon-1", &soon, &soon_key);
+    let config = site.config("", &[("old-1", &old), ("odd-1", &odd), ("soon-1", &soon)]);
     let daemon = run(&config);
     let line = daemon
         .wait_line("device old-1: cannot connect: its certificate", WAIT)
@@ -554,6 +565,18 @@ async fn an_expired_or_unknown_certificate_is_named_in_the_journal() {
         "{line}"
     );
     assert_eq!(site.emu.device_stats("old-1").connects_refused, 0);
+    // Close to its end: it connects, and the journal says how long it has left.
+    let line = daemon
+        .wait_line("device soon-1: its certificate", WAIT)
+        .await
+        .unwrap();
+    assert!(
+        line.contains("soon-1.pem expires at")
+            && (line.contains("(10 days left); renew it")
+                || line.contains("(9 days left); renew it")),
+        "{line}"
+    );
+    site.emu.wait_method_ready("soon-1", WAIT).await.unwrap();
     assert!(site.emu.device_stats("odd-1").connects_refused >= 1);
     assert!(
         site.emu

@@ -303,3 +303,55 @@ async fn a_registration_dps_refuses_is_named() {
     assert!(line.contains("check the id scope"), "{line}");
     assert_eq!(fleet.emu.device_stats("pump-1").connects_accepted, 0);
 }
+
+/// An X.509 individual enrollment: the device's certificate opens DPS's TLS handshake (no
+/// password) and then the hub's, where DPS registered its thumbprint.
+#[tokio::test]
+async fn a_device_with_a_certificate_registers_through_its_x509_enrollment() {
+    use leafgate_emulator::tls::{self, KeyKind};
+    use std::os::unix::fs::PermissionsExt as _;
+    let fleet = Fleet::start(dps(None)).await;
+    let now = std::time::SystemTime::now();
+    let (cert, key) = tls::self_signed(
+        "cam-3",
+        KeyKind::EcdsaP256,
+        now - Duration::from_secs(86_400),
+        now + Duration::from_secs(365 * 86_400),
+    )
+    .unwrap();
+    fleet.emu.dps_add_individual(
+        "cam-3",
+        Attestation::X509Thumbprint(tls::thumbprint_sha256(&cert).unwrap()),
+        fleet.emu.hub_link(),
+    );
+    let cert_path = fleet.dir.path().join("cam-3.pem");
+    let key_path = fleet.dir.path().join("cam-3.key");
+    std::fs::write(&cert_path, cert).unwrap();
+    std::fs::write(&key_path, key).unwrap();
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = fleet.config(
+        "",
+        &[(
+            "cam-3",
+            &format!(
+                "certificate_file = \"{}\"\nprivate_key_file = \"{}\"",
+                cert_path.display(),
+                key_path.display()
+            ),
+        )],
+    );
+    let daemon = run(&config);
+    fleet
+        .emu
+        .wait_method_ready("cam-3", WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", daemon.log()));
+    assert_eq!(fleet.get("cam-3").await, 200);
+    let record = fleet.emu.device_stats("cam-3").last_connect.unwrap();
+    assert!(
+        record.client_cert && record.password.is_none(),
+        "{record:?}"
+    );
+    let requests = fleet.emu.dps_requests();
+    assert!(requests_of(&requests, "cam-3", DpsRequestKind::Poll).any(|r| r.status == 200));
+}

@@ -47,7 +47,22 @@ pub(super) fn resolve_auth(
                 None
             }
         },
-        (0, true) => resolve_certificate(file, path, d, p).map(Auth::X509),
+        (0, true) => {
+            let files = resolve_certificate(file, path, d, p)?;
+            if provisioned && files.common_name.as_deref() != Some(d.id.as_str()) {
+                p.add(
+                    file,
+                    format!("{path}.certificate_file"),
+                    format!(
+                        "registers with DPS, which takes the certificate's CN as the registration id: the CN is {:?}, the device id {:?}",
+                        files.common_name.as_deref().unwrap_or(""),
+                        d.id
+                    ),
+                );
+                return None;
+            }
+            Some(Auth::X509(files.files))
+        }
         (1, false) => resolve_key(file, path, d, hub, p).map(Auth::Sas),
         (_, true) => {
             p.add(
@@ -72,12 +87,18 @@ pub(super) fn resolve_auth(
 /// CA-signed certificate's subject CN must be the device id; a self-signed one is registered by
 /// its thumbprint, whatever its CN. Expiry is a warning (within 30 days, or already): one
 /// device's certificate must not stop the others.
+/// A device's certificate files, and the certificate's subject CN.
+struct Certificate {
+    files: X509Files,
+    common_name: Option<String>,
+}
+
 fn resolve_certificate(
     file: &Path,
     path: &str,
     d: &DeviceConfig,
     p: &mut Problems,
-) -> Option<X509Files> {
+) -> Option<Certificate> {
     let (Some(cert), Some(key)) = (&d.certificate_file, &d.private_key_file) else {
         let missing = if d.certificate_file.is_none() {
             "certificate_file"
@@ -163,10 +184,13 @@ fn resolve_certificate(
             ),
         ),
     }
-    Some(X509Files {
-        certificate: cert.clone(),
-        key: key.clone(),
-        thumbprint: info.thumbprint.clone(),
+    Some(Certificate {
+        files: X509Files {
+            certificate: cert.clone(),
+            key: key.clone(),
+            thumbprint: info.thumbprint.clone(),
+        },
+        common_name: info.common_name.clone(),
     })
 }
 

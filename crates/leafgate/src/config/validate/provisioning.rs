@@ -219,6 +219,15 @@ mod tests {
         #[test]
         fn bad_combinations_are_named() {
             let dir = tempfile::tempdir().unwrap();
+            let signing = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, "someone-else");
+            let cert = dir.path().join("c.pem");
+            let key = dir.path().join("k.pem");
+            std::fs::write(&cert, params.self_signed(&signing).unwrap().pem()).unwrap();
+            std::fs::write(&key, signing.serialize_pem()).unwrap();
             let cases: Vec<(String, &str)> = vec![
                 (
                     site("", &device("pump-1", "")),
@@ -282,6 +291,20 @@ mod tests {
                         &device("pump-1", ""),
                     ),
                     "provisioning.max_registrations_per_s: 0 is outside 1..=100",
+                ),
+                (
+                    site(
+                        &format!("[provisioning]\nid_scope = \"0ne1\"\ngroup_key = \"{GROUP}\""),
+                        &device(
+                            "pump-1",
+                            &format!(
+                                "certificate_file = {:?}\nprivate_key_file = {:?}",
+                                cert.display().to_string(),
+                                key.display().to_string()
+                            ),
+                        ),
+                    ),
+                    "device[0].certificate_file: registers with DPS, which takes the certificate's CN as the registration id: the CN is \"someone-else\"",
                 ),
             ];
             for (text, want) in cases {
