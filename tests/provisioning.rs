@@ -14,7 +14,7 @@ use leafgate_emulator::{
 use leafgate_sim::modbus::{Registers, TcpServer};
 use serde_json::json;
 
-use crate::firewall::run;
+use crate::firewall::{ProxyRules, TinyProxy, run};
 
 /// The enrollment group's key (32 bytes, base64).
 const GROUP_KEY: &str = "Z3JvdXAta2V5LWZvci1sZWFmZ2F0ZS10ZXN0cy0wMDE=";
@@ -305,7 +305,7 @@ async fn a_registration_dps_refuses_is_named() {
 }
 
 /// An X.509 individual enrollment: the device's certificate opens DPS's TLS handshake (no
-/// password) and then the hub's, where DPS registered its thumbprint.
+/// password) and then the hub's, where DPS registered its thumbprint; both through the proxy.
 #[tokio::test]
 async fn a_device_with_a_certificate_registers_through_its_x509_enrollment() {
     use leafgate_emulator::tls::{self, KeyKind};
@@ -340,6 +340,14 @@ async fn a_device_with_a_certificate_registers_through_its_x509_enrollment() {
             ),
         )],
     );
+    // Through an HTTP proxy, DPS and hub alike.
+    let mut proxy = TinyProxy::start(ProxyRules::default()).await;
+    let text = std::fs::read_to_string(&config).unwrap().replacen(
+        "[hub]\n",
+        &format!("[hub]\nproxy = \"http://127.0.0.1:{}\"\n", proxy.port),
+        1,
+    );
+    std::fs::write(&config, text).unwrap();
     let daemon = run(&config);
     fleet
         .emu
@@ -354,4 +362,16 @@ async fn a_device_with_a_certificate_registers_through_its_x509_enrollment() {
     );
     let requests = fleet.emu.dps_requests();
     assert!(requests_of(&requests, "cam-3", DpsRequestKind::Poll).any(|r| r.status == 200));
+    proxy
+        .wait_log(&format!(
+            "CONNECT localhost:{}",
+            fleet.emu.dps_addr().unwrap().port()
+        ))
+        .await;
+    proxy
+        .wait_log(&format!(
+            "CONNECT localhost:{}",
+            fleet.emu.mqtt_addr().port()
+        ))
+        .await;
 }

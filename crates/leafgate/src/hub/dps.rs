@@ -166,7 +166,7 @@ pub async fn register(
             TlsConfiguration::Rustls(tls),
         ));
     if let Some(proxy) = proxy {
-        options.set_proxy(super::session::rumqttc_proxy(proxy));
+        options.set_proxy(super::transport::rumqttc_proxy(proxy));
     }
     let (client, mut eventloop) = AsyncClient::new(options, 4);
     let mut net = eventloop.network_options();

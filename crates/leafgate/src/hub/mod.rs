@@ -18,6 +18,7 @@ pub mod session;
 pub mod settings;
 pub mod tls;
 pub mod topics;
+pub mod transport;
 pub mod twin;
 
 pub use settings::Settings;

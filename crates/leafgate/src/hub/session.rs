@@ -16,10 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rumqttc::{
-    AsyncClient, ConnectReturnCode, ConnectionError, Event, MqttOptions, Packet, QoS,
-    SubscribeFilter, SubscribeReasonCode, TlsConfiguration,
-};
+use rumqttc::{AsyncClient, Event, Packet, QoS, SubscribeFilter, SubscribeReasonCode};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -34,6 +31,7 @@ use super::sas::{self, Key};
 use super::service::{Context, Filter, Service};
 use super::settings::Transport;
 use super::tls::Trust;
+use super::transport::{describe, mqtt_options, shown_route};
 use crate::backoff::{self, Backoff};
 use crate::logtext;
 
@@ -148,7 +146,13 @@ struct Dial {
 enum Ended {
     Shutdown,
     Renew,
-    Failed { error: String, refused: bool },
+    Failed {
+        error: String,
+        /// The hub refused the CONNECT (or the subscription): back off as throttled.
+        refused: bool,
+        /// It refused the device's identity (CONNACK 5 or 4), not only its load.
+        unauthorized: bool,
+    },
 }
 
 /// A device's session and the services it carries.
@@ -323,8 +327,12 @@ async fn run(mut device: Device, mut work: Work, shared: Arc<Shared>, shutdown: 
         }
         let (ended, up_for) =
             connect_once(&device, &shared, &shutdown, &mut work, dial, &route).await;
-        if let (Ended::Failed { refused: true, .. }, Some(provisioned)) =
-            (&ended, device.provisioned.as_mut())
+        if let (
+            Ended::Failed {
+                unauthorized: true, ..
+            },
+            Some(provisioned),
+        ) = (&ended, device.provisioned.as_mut())
         {
             // The hub DPS named refuses the device: it may have been moved, or disabled there.
             // Ask DPS again (paced, and after the backoff below).
@@ -342,7 +350,7 @@ async fn run(mut device: Device, mut work: Work, shared: Arc<Shared>, shutdown: 
                 log::info!(device_id = &*id; "device {id}: reconnecting to renew its SAS token");
                 backoff.reset();
             }
-            Ended::Failed { error, refused } => {
+            Ended::Failed { error, refused, .. } => {
                 // A connection that stayed up for a while was healthy: start backoff afresh.
                 if up_for.is_some_and(|up| up >= stable_after(hub)) {
                     backoff.reset();
@@ -551,167 +559,6 @@ fn announce(shared: &Shared, device: &Device, route: &Route) {
     log::info!(device_id = id; "device {id}: connected to {} and listening for {} ({n} connected)", shown_route(&shared.hub, &route.connect, device.transport), device.listening_for());
 }
 
-/// rumqttc's options for a connection to the hub (or its IoT Edge parent) over `transport`,
-/// through the proxy if there is one.
-fn mqtt_options(
-    id: &str,
-    hub: &Settings,
-    connect: &str,
-    transport: Transport,
-    tls: Arc<rustls::ClientConfig>,
-) -> MqttOptions {
-    let tls = TlsConfiguration::Rustls(tls);
-    let mut options = match transport {
-        Transport::Mqtt => {
-            let mut options = MqttOptions::new(id, connect, hub.port);
-            options.set_transport(rumqttc::Transport::tls_with_config(tls));
-            options
-        }
-        Transport::Websocket => {
-            let mut options = MqttOptions::new(
-                id,
-                websocket_url(connect, hub.websocket_port),
-                hub.websocket_port,
-            );
-            options.set_transport(rumqttc::Transport::wss_with_config(tls));
-            options
-        }
-    };
-    if let Some(proxy) = &hub.proxy {
-        options.set_proxy(rumqttc_proxy(proxy));
-    }
-    options
-}
-
-/// An HTTP CONNECT proxy as rumqttc takes it.
-pub(crate) fn rumqttc_proxy(proxy: &super::settings::Proxy) -> rumqttc::Proxy {
-    let auth = match (&proxy.username, &proxy.password) {
-        (Some(username), Some(password)) => rumqttc::ProxyAuth::Basic {
-            username: username.clone(),
-            password: password.clone(),
-        },
-        _ => rumqttc::ProxyAuth::None,
-    };
-    rumqttc::Proxy {
-        ty: rumqttc::ProxyType::Http,
-        auth,
-        addr: proxy.host.clone(),
-        port: proxy.port,
-    }
-}
-
-/// IoT Hub's WebSocket endpoint (`iothub-protocol.md` 1.1).
-#[must_use]
-pub fn websocket_url(host: &str, port: u16) -> String {
-    if host.contains(':') {
-        format!("wss://[{host}]:{port}/$iothub/websocket")
-    } else {
-        format!("wss://{host}:{port}/$iothub/websocket")
-    }
-}
-
-/// Where a session connects, for log lines: `host:port`, the transport when it is not plain
-/// MQTT, and the proxy.
-fn shown_route(hub: &Settings, connect: &str, transport: Transport) -> String {
-    let port = match transport {
-        Transport::Mqtt => hub.port,
-        Transport::Websocket => hub.websocket_port,
-    };
-    let mut route = format!("{connect}:{port}");
-    if transport == Transport::Websocket {
-        route.push_str(" over WebSockets");
-    }
-    if let Some(proxy) = &hub.proxy {
-        route.push_str(" through proxy ");
-        route.push_str(&proxy.address());
-    }
-    route
-}
-
-/// A proxy's failure as an operator can act on it. rumqttc wraps the proxy client's error; its
-/// HTTP status is in the source chain.
-fn describe_proxy(
-    error: &(dyn std::error::Error + 'static),
-    hub: &Settings,
-    target: &str,
-) -> String {
-    let proxy = hub
-        .proxy
-        .as_ref()
-        .map_or_else(String::new, super::settings::Proxy::address);
-    let mut source = error.source();
-    while let Some(e) = source {
-        if let Some(http) = e.downcast_ref::<async_http_proxy::HttpError>() {
-            return match http {
-                // 407 is the standard answer; tinyproxy answers a wrong password with 401.
-                async_http_proxy::HttpError::HttpCode200(code @ (401 | 407)) => {
-                    let hint = if hub.proxy.as_ref().is_some_and(|p| p.username.is_some()) {
-                        "it did not accept the user and password (hub.proxy, hub.proxy_password_file)"
-                    } else {
-                        "name the user in hub.proxy (http://user@host:port) and its password in hub.proxy_password_file"
-                    };
-                    format!(
-                        "proxy {proxy} demands authentication ({code}) for CONNECT {target}: {hint}"
-                    )
-                }
-                async_http_proxy::HttpError::HttpCode200(403) => format!(
-                    "proxy {proxy} refused CONNECT {target} (403 Forbidden): the proxy must allow CONNECT to that host and port"
-                ),
-                async_http_proxy::HttpError::HttpCode200(code) => {
-                    format!("proxy {proxy} answered {code} to CONNECT {target}")
-                }
-                async_http_proxy::HttpError::IoError(io) => {
-                    format!("proxy {proxy} connection failed during CONNECT {target}: {io}")
-                }
-                other => {
-                    format!("proxy {proxy} gave no usable answer to CONNECT {target}: {other}")
-                }
-            };
-        }
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            return format!("cannot reach proxy {proxy}: {io}");
-        }
-        source = e.source();
-    }
-    format!("proxy {proxy}: {error}")
-}
-
-fn describe(
-    error: &ConnectionError,
-    hub: &Settings,
-    connect: &str,
-    transport: Transport,
-    certificate: bool,
-) -> (String, bool) {
-    match error {
-        ConnectionError::Proxy(_) => {
-            let port = match transport {
-                Transport::Mqtt => hub.port,
-                Transport::Websocket => hub.websocket_port,
-            };
-            let target = format!("{connect}:{port}");
-            (describe_proxy(error, hub, &target), false)
-        }
-        ConnectionError::ConnectionRefused(code) => {
-            let hint = match (code, certificate) {
-                (
-                    ConnectReturnCode::NotAuthorized | ConnectReturnCode::BadUserNamePassword,
-                    false,
-                ) => " (check the device id and key, and that the device is enabled in IoT Hub)",
-                (
-                    ConnectReturnCode::NotAuthorized | ConnectReturnCode::BadUserNamePassword,
-                    true,
-                ) => {
-                    " (check that the device's certificate (its thumbprint, or its CA) is registered for this device id in IoT Hub, that a CA-signed certificate's CN is the device id, and that the device is enabled)"
-                }
-                _ => "",
-            };
-            (format!("{error}{hint}"), true)
-        }
-        other => (other.to_string(), false),
-    }
-}
-
 /// One connection, from the attempt to its end; also returns how long it was up, if it got a
 /// CONNACK.
 async fn connect_once(
@@ -803,6 +650,7 @@ async fn connect_once(
             break Ended::Failed {
                 error,
                 refused: false,
+                unauthorized: false,
             };
         }
         tokio::select! {
@@ -827,6 +675,7 @@ async fn connect_once(
                 break Ended::Failed {
                     error: format!("the hub did not answer SUBSCRIBE to {} within {} s", filter_names(), hub.connect_timeout.as_secs()),
                     refused: false,
+                    unauthorized: false,
                 };
             }
             // Not before CONNACK: a poll dropped while connecting would connect afresh, past
@@ -852,7 +701,7 @@ async fn connect_once(
                     // hears everything it should.
                     let subscribe = filters.iter().map(|f| SubscribeFilter::new(f.topic.clone(), f.qos));
                     if let Err(e) = client.try_subscribe_many(subscribe) {
-                        break Ended::Failed { error: format!("cannot subscribe to {}: {e}", filter_names()), refused: false };
+                        break Ended::Failed { error: format!("cannot subscribe to {}: {e}", filter_names()), refused: false, unauthorized: false };
                     }
                 }
                 Ok(Event::Incoming(Packet::SubAck(ack))) => {
@@ -861,7 +710,7 @@ async fn connect_once(
                         .map(|(_, filter)| filter.topic.as_str())
                         .collect();
                     if !refused.is_empty() {
-                        break Ended::Failed { error: format!("hub refused the subscription to {}", refused.join(", ")), refused: true };
+                        break Ended::Failed { error: format!("hub refused the subscription to {}", refused.join(", ")), refused: true, unauthorized: false };
                     }
                     if !subscribed {
                         subscribed = true;
@@ -879,6 +728,7 @@ async fn connect_once(
                         break Ended::Failed {
                             error: format!("the hub delivered more than {MAX_UNACKED} messages that are not acknowledged yet"),
                             refused: false,
+                            unauthorized: false,
                         };
                     }
                 }
@@ -887,7 +737,14 @@ async fn connect_once(
                 Err(e) => {
                     let certificate = matches!(device.auth, DeviceAuth::X509(_));
                     let (error, refused) = describe(&e, hub, &route.connect, device.transport, certificate);
-                    break Ended::Failed { error, refused };
+                    let unauthorized = matches!(
+                        e,
+                        rumqttc::ConnectionError::ConnectionRefused(
+                            rumqttc::ConnectReturnCode::NotAuthorized
+                                | rumqttc::ConnectReturnCode::BadUserNamePassword
+                        )
+                    );
+                    break Ended::Failed { error, refused, unauthorized };
                 }
             }
         }

@@ -1,0 +1,171 @@
+//! How a session reaches the hub: rumqttc's options for MQTT over TLS or over WebSockets,
+//! through an HTTP proxy if there is one, and a failed connection described so an operator can
+//! act on it (the proxy's answer, the hub's refusal with what to check).
+
+use std::sync::Arc;
+
+use rumqttc::{ConnectReturnCode, ConnectionError, MqttOptions, TlsConfiguration};
+
+use super::Settings;
+use super::settings::{Proxy, Transport};
+
+/// rumqttc's options for a connection to the hub (or its IoT Edge parent) over `transport`,
+/// through the proxy if there is one.
+pub(super) fn mqtt_options(
+    id: &str,
+    hub: &Settings,
+    connect: &str,
+    transport: Transport,
+    tls: Arc<rustls::ClientConfig>,
+) -> MqttOptions {
+    let tls = TlsConfiguration::Rustls(tls);
+    let mut options = match transport {
+        Transport::Mqtt => {
+            let mut options = MqttOptions::new(id, connect, hub.port);
+            options.set_transport(rumqttc::Transport::tls_with_config(tls));
+            options
+        }
+        Transport::Websocket => {
+            let mut options = MqttOptions::new(
+                id,
+                websocket_url(connect, hub.websocket_port),
+                hub.websocket_port,
+            );
+            options.set_transport(rumqttc::Transport::wss_with_config(tls));
+            options
+        }
+    };
+    if let Some(proxy) = &hub.proxy {
+        options.set_proxy(rumqttc_proxy(proxy));
+    }
+    options
+}
+
+/// An HTTP CONNECT proxy as rumqttc takes it.
+pub(crate) fn rumqttc_proxy(proxy: &Proxy) -> rumqttc::Proxy {
+    let auth = match (&proxy.username, &proxy.password) {
+        (Some(username), Some(password)) => rumqttc::ProxyAuth::Basic {
+            username: username.clone(),
+            password: password.clone(),
+        },
+        _ => rumqttc::ProxyAuth::None,
+    };
+    rumqttc::Proxy {
+        ty: rumqttc::ProxyType::Http,
+        auth,
+        addr: proxy.host.clone(),
+        port: proxy.port,
+    }
+}
+
+/// IoT Hub's WebSocket endpoint (`iothub-protocol.md` 1.1).
+#[must_use]
+pub fn websocket_url(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("wss://[{host}]:{port}/$iothub/websocket")
+    } else {
+        format!("wss://{host}:{port}/$iothub/websocket")
+    }
+}
+
+/// Where a session connects, for log lines: `host:port`, the transport when it is not plain
+/// MQTT, and the proxy.
+pub(super) fn shown_route(hub: &Settings, connect: &str, transport: Transport) -> String {
+    let port = match transport {
+        Transport::Mqtt => hub.port,
+        Transport::Websocket => hub.websocket_port,
+    };
+    let mut route = format!("{connect}:{port}");
+    if transport == Transport::Websocket {
+        route.push_str(" over WebSockets");
+    }
+    if let Some(proxy) = &hub.proxy {
+        route.push_str(" through proxy ");
+        route.push_str(&proxy.address());
+    }
+    route
+}
+
+/// A proxy's failure as an operator can act on it. rumqttc wraps the proxy client's error; its
+/// HTTP status is in the source chain.
+fn describe_proxy(
+    error: &(dyn std::error::Error + 'static),
+    hub: &Settings,
+    target: &str,
+) -> String {
+    let proxy = hub
+        .proxy
+        .as_ref()
+        .map_or_else(String::new, super::settings::Proxy::address);
+    let mut source = error.source();
+    while let Some(e) = source {
+        if let Some(http) = e.downcast_ref::<async_http_proxy::HttpError>() {
+            return match http {
+                // 407 is the standard answer; tinyproxy answers a wrong password with 401.
+                async_http_proxy::HttpError::HttpCode200(code @ (401 | 407)) => {
+                    let hint = if hub.proxy.as_ref().is_some_and(|p| p.username.is_some()) {
+                        "it did not accept the user and password (hub.proxy, hub.proxy_password_file)"
+                    } else {
+                        "name the user in hub.proxy (http://user@host:port) and its password in hub.proxy_password_file"
+                    };
+                    format!(
+                        "proxy {proxy} demands authentication ({code}) for CONNECT {target}: {hint}"
+                    )
+                }
+                async_http_proxy::HttpError::HttpCode200(403) => format!(
+                    "proxy {proxy} refused CONNECT {target} (403 Forbidden): the proxy must allow CONNECT to that host and port"
+                ),
+                async_http_proxy::HttpError::HttpCode200(code) => {
+                    format!("proxy {proxy} answered {code} to CONNECT {target}")
+                }
+                async_http_proxy::HttpError::IoError(io) => {
+                    format!("proxy {proxy} connection failed during CONNECT {target}: {io}")
+                }
+                other => {
+                    format!("proxy {proxy} gave no usable answer to CONNECT {target}: {other}")
+                }
+            };
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return format!("cannot reach proxy {proxy}: {io}");
+        }
+        source = e.source();
+    }
+    format!("proxy {proxy}: {error}")
+}
+
+pub(super) fn describe(
+    error: &ConnectionError,
+    hub: &Settings,
+    connect: &str,
+    transport: Transport,
+    certificate: bool,
+) -> (String, bool) {
+    match error {
+        ConnectionError::Proxy(_) => {
+            let port = match transport {
+                Transport::Mqtt => hub.port,
+                Transport::Websocket => hub.websocket_port,
+            };
+            let target = format!("{connect}:{port}");
+            (describe_proxy(error, hub, &target), false)
+        }
+        ConnectionError::ConnectionRefused(code) => {
+            let hint = match (code, certificate) {
+                (
+                    ConnectReturnCode::NotAuthorized | ConnectReturnCode::BadUserNamePassword,
+                    false,
+                ) => " (check the device id and key, and that the device is enabled in IoT Hub)",
+                (
+                    ConnectReturnCode::NotAuthorized | ConnectReturnCode::BadUserNamePassword,
+                    true,
+                ) => {
+                    " (check that the device's certificate (its thumbprint, or its CA) is registered for this device id in IoT Hub, that a CA-signed certificate's CN is the device id, and that the device is enabled)"
+                }
+                _ => "",
+            };
+            (format!("{error}{hint}"), true)
+        }
+        other => (other.to_string(), false),
+    }
+}
