@@ -92,7 +92,7 @@ pub fn username(hostname: &str, device_id: &str, model_id: Option<&str>) -> Stri
     name
 }
 
-pub(crate) fn unix_now() -> u64 {
+fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
