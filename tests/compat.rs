@@ -10,12 +10,13 @@
 //! emulator, leafgate and the peers on loopback, drives the peers over stdin/stdout, and awaits
 //! events on both sides (no sleeps).
 //!
-//! Ports: the device SDK hard-codes 8883 and the service SDK 443 (`https://{HostName}`). Rather
-//! than binding fixed ports, which would serialize these tests and collide with anything else
-//! on the machine using 8883, each peer dials its emulator's ephemeral port through a one-line
-//! shim documented in the peer (paho's `connect` port, the REST client's base URL); host names,
-//! TLS settings and every byte on the wire stay the SDKs' own, and a test asserts the SDK asked
-//! for `localhost:8883`.
+//! Ports: the device SDK hard-codes 8883 (443 over WebSockets) and the service SDK 443
+//! (`https://{HostName}`). Rather than binding fixed ports, which would serialize these tests
+//! and collide with anything else on the machine using 8883, each peer dials its emulator's
+//! ephemeral port through a one-line shim documented in the peer (paho's `connect` port, the
+//! REST client's base URL); host names, TLS settings and every byte on the wire stay the SDKs'
+//! own, and a test asserts the SDK asked for `localhost:8883` (`localhost:443` over
+//! WebSockets).
 
 /// Python peers as child processes, and their venvs.
 mod peer;
@@ -45,6 +46,10 @@ mod twin;
 /// Cloud-to-device messages: the device SDK's message handler against the emulator (the
 /// service SDK's AMQP send is not emulated; its HTTP plumbing uses the REST stand-in).
 mod c2d;
+
+/// The device SDK as a locked-down site's device: MQTT over WebSockets on 443, and X.509
+/// certificates (by thumbprint, CA-signed, a stranger refused) instead of keys.
+mod firewall;
 
 use leafgate::hub::sas::Key;
 use leafgate_emulator::{Emulator, EmulatorConfig};
