@@ -16,7 +16,8 @@
 //! ephemeral port through a one-line shim documented in the peer (paho's `connect` port, the
 //! REST client's base URL); host names, TLS settings and every byte on the wire stay the SDKs'
 //! own, and a test asserts the SDK asked for `localhost:8883` (`localhost:443` over
-//! WebSockets).
+//! WebSockets). Where one peer dials two services on one port (the hub and DPS on 8883), the
+//! shim routes by host as well: see `device_peer.py`.
 
 /// Python peers as child processes, and their venvs.
 mod peer;
@@ -50,6 +51,11 @@ mod c2d;
 /// The device SDK as a locked-down site's device: MQTT over WebSockets on 443, and X.509
 /// certificates (by thumbprint, CA-signed, a stranger refused) instead of keys.
 mod firewall;
+
+/// The emulator's DPS against the device SDK's `ProvisioningDeviceClient`: group-derived keys
+/// (the Azure formula in Python against `derive_device_key`), individual enrollments by key and
+/// by certificate, then `IoTHubDeviceClient` on the assigned hub.
+mod provisioning;
 
 use leafgate::hub::sas::Key;
 use leafgate_emulator::{Emulator, EmulatorConfig};
