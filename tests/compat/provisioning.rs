@@ -99,7 +99,7 @@ async fn assert_assigned(sdk: &mut Sdk, result: &Value, registration_id: &str) {
     assert_eq!(
         dial,
         json!({"event": "dial", "host": DPS_HOST, "port": 8883, "transport": "tcp",
-               "ws_path": "/mqtt"})
+               "ws_path": null})
     );
 }
 

@@ -35,7 +35,7 @@ WebSockets and X.509, provisioning.rs for DPS; line protocol in jsonl.py). Comma
   sync                     a round trip: every line printed before its reply has been read
 
 Events: {"event": "dial", host, port, transport, ws_path}: the SDK asked paho for this host and
-port (transport "tcp" or "websockets", and the path paho will request over WebSockets);
+port (transport "tcp" or "websockets"; ws_path, over WebSockets, the path paho will request);
 {"event": "state", client, connected}: the SDK's connection-state callback;
 {"event": "method", client, method, payload, rid}: a method request reached the handler;
 {"event": "responded", client, rid}: send_method_response returned (the hub's PUBACK came);
@@ -93,8 +93,13 @@ _paho_connect = paho.Client.connect
 
 
 def _connect(self, host, port=1883, *args, **kwargs):
+    websockets = self._transport == "websockets"
     jsonl.emit(
-        event="dial", host=host, port=port, transport=self._transport, ws_path=self._websocket_path
+        event="dial",
+        host=host,
+        port=port,
+        transport=self._transport,
+        ws_path=self._websocket_path if websockets else None,
     )
     to = ROUTES.get((host, port), ROUTES.get(("*", port)))
     if to is None:
