@@ -10,12 +10,14 @@
 //! emulator, leafgate and the peers on loopback, drives the peers over stdin/stdout, and awaits
 //! events on both sides (no sleeps).
 //!
-//! Ports: the device SDK hard-codes 8883 and the service SDK 443 (`https://{HostName}`). Rather
-//! than binding fixed ports, which would serialize these tests and collide with anything else
-//! on the machine using 8883, each peer dials its emulator's ephemeral port through a one-line
-//! shim documented in the peer (paho's `connect` port, the REST client's base URL); host names,
-//! TLS settings and every byte on the wire stay the SDKs' own, and a test asserts the SDK asked
-//! for `localhost:8883`.
+//! Ports: the device SDK hard-codes 8883 (443 over WebSockets) and the service SDK 443
+//! (`https://{HostName}`). Rather than binding fixed ports, which would serialize these tests
+//! and collide with anything else on the machine using 8883, each peer dials its emulator's
+//! ephemeral port through a one-line shim documented in the peer (paho's `connect` port, the
+//! REST client's base URL); host names, TLS settings and every byte on the wire stay the SDKs'
+//! own, and a test asserts the SDK asked for `localhost:8883` (`localhost:443` over
+//! WebSockets). Where one peer dials two services on one port (the hub and DPS on 8883), the
+//! shim routes by host as well: see `device_peer.py`.
 
 /// Python peers as child processes, and their venvs.
 mod peer;
@@ -45,6 +47,15 @@ mod twin;
 /// Cloud-to-device messages: the device SDK's message handler against the emulator (the
 /// service SDK's AMQP send is not emulated; its HTTP plumbing uses the REST stand-in).
 mod c2d;
+
+/// The device SDK as a locked-down site's device: MQTT over WebSockets on 443, and X.509
+/// certificates (by thumbprint, CA-signed, a stranger refused) instead of keys.
+mod firewall;
+
+/// The emulator's DPS against the device SDK's `ProvisioningDeviceClient`: group-derived keys
+/// (the Azure formula in Python against `derive_device_key`), individual enrollments by key and
+/// by certificate, then `IoTHubDeviceClient` on the assigned hub.
+mod provisioning;
 
 use leafgate::hub::sas::Key;
 use leafgate_emulator::{Emulator, EmulatorConfig};
