@@ -150,7 +150,7 @@ pub struct Site {
     pub client: ServiceClient,
     pub dir: tempfile::TempDir,
     _plc: TcpServer,
-    plc_addr: std::net::SocketAddr,
+    pub plc_addr: std::net::SocketAddr,
 }
 
 impl Site {
@@ -513,34 +513,25 @@ async fn every_transport_and_credential_connects_and_serves_a_method() {
 #[tokio::test]
 async fn expired_unknown_and_expiring_certificates_are_named_in_the_journal() {
     let site = Site::start(EmulatorConfig::default(), &[]).await;
-    let (from, to) = validity(-400, -2);
-    let (expired, expired_key) = tls::self_signed("old-1", KeyKind::EcdsaP256, from, to).unwrap();
-    site.emu.add_device_x509(
-        "old-1",
-        X509Auth::Thumbprint {
-            primary: tls::thumbprint_sha256(&expired).unwrap(),
-            secondary: None,
-        },
-    );
-    let (from, to) = validity(-1, 365);
-    let (cert, key) = tls::self_signed("odd-1", KeyKind::EcdsaP256, from, to).unwrap();
-    let (registered, _) = tls::self_signed("odd-1", KeyKind::EcdsaP256, from, to).unwrap();
-    site.emu.add_device_x509(
-        "odd-1",
-        X509Auth::Thumbprint {
-            primary: tls::thumbprint_sha256(&registered).unwrap(),
-            secondary: None,
-        },
-    );
-    let (from, to) = validity(-300, 10);
-    let (soon, soon_key) = tls::self_signed("soon-1", KeyKind::EcdsaP256, from, to).unwrap();
-    site.emu.add_device_x509(
-        "soon-1",
-        X509Auth::Thumbprint {
-            primary: tls::thumbprint_sha1(&soon).unwrap(),
-            secondary: None,
-        },
-    );
+    let by_thumbprint = |id: &str, cert: &str| {
+        site.emu.add_device_x509(
+            id,
+            X509Auth::Thumbprint {
+                primary: tls::thumbprint_sha256(cert).unwrap(),
+                secondary: None,
+            },
+        );
+    };
+    let make = |id: &str, (from, to): (SystemTime, SystemTime)| {
+        tls::self_signed(id, KeyKind::EcdsaP256, from, to).unwrap()
+    };
+    let (expired, expired_key) = make("old-1", validity(-400, -2));
+    by_thumbprint("old-1", &expired);
+    // odd-1 presents a certificate of its own; the hub knows another one.
+    let (cert, key) = make("odd-1", validity(-1, 365));
+    by_thumbprint("odd-1", &make("odd-1", validity(-1, 365)).0);
+    let (soon, soon_key) = make("soon-1", validity(-300, 10));
+    by_thumbprint("soon-1", &soon);
     let old = certificate_keys(&site, "old-1", &expired, &expired_key);
     let odd = certificate_keys(&site, "odd-1", &cert, &key);
     let soon = certificate_keys(&site, "soon-1", &soon, &soon_key);

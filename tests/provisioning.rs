@@ -11,10 +11,9 @@ use leafgate::hub::sas::Key;
 use leafgate_emulator::{
     Attestation, DpsConfig, DpsRequest, DpsRequestKind, Emulator, EmulatorConfig, ServiceClient,
 };
-use leafgate_sim::modbus::{Registers, TcpServer};
 use serde_json::json;
 
-use crate::firewall::{ProxyRules, TinyProxy, run};
+use crate::firewall::{ProxyRules, Site, TinyProxy, run};
 
 /// The enrollment group's key (32 bytes, base64).
 const GROUP_KEY: &str = "Z3JvdXAta2V5LWZvci1sZWFmZ2F0ZS10ZXN0cy0wMDE=";
@@ -36,28 +35,22 @@ fn dps(registrations_per_s: Option<u32>) -> EmulatorConfig {
     }
 }
 
-/// A DPS-and-hub emulator, a PLC, and the config directory.
+/// A DPS-and-hub emulator, a PLC, and the config directory (a firewall [`Site`]).
 struct Fleet {
-    emu: Emulator,
-    client: ServiceClient,
-    dir: tempfile::TempDir,
-    plc: TcpServer,
+    site: Site,
+}
+
+impl std::ops::Deref for Fleet {
+    type Target = Site;
+    fn deref(&self) -> &Site {
+        &self.site
+    }
 }
 
 impl Fleet {
     async fn start(emulator: EmulatorConfig) -> Fleet {
-        let emu = Emulator::start(emulator).await.unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("ca.pem"), emu.ca_pem()).unwrap();
-        let regs = Registers::with_units([1]);
-        regs.set_holding(1, 0, &[42]);
-        let plc = TcpServer::start(regs).await.unwrap();
-        let client = ServiceClient::new(emu.http_addr(), &emu.service_connection_string()).unwrap();
         Fleet {
-            emu,
-            client,
-            dir,
-            plc,
+            site: Site::start(emulator, &[]).await,
         }
     }
 
@@ -77,7 +70,7 @@ impl Fleet {
             self.emu.dps_id_scope().unwrap(),
             self.emu.dps_addr().unwrap().port(),
             self.cache().display(),
-            self.plc.addr(),
+            self.plc_addr,
         );
         for (id, keys) in devices {
             text.push_str(&format!(
@@ -90,14 +83,9 @@ impl Fleet {
     }
 
     async fn get(&self, device: &str) -> u64 {
-        let (http, body) = self
-            .client
-            .invoke(device, "get", json!({}), 10)
-            .await
-            .unwrap();
-        assert_eq!(http, 200, "{body}");
-        assert_eq!(body["payload"], json!({"v": 42}), "{body}");
-        body["status"].as_u64().unwrap()
+        let (status, payload) = self.site.get(device).await;
+        assert_eq!(payload, json!({"v": 42}));
+        status
     }
 }
 

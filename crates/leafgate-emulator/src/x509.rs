@@ -15,6 +15,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use leafgate::hub::certificate::{self, Info};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
@@ -57,32 +58,9 @@ fn thumbprint_matches(registered: &str, der: &[u8]) -> bool {
     hex_upper(ring::digest::digest(algorithm, der).as_ref()) == want
 }
 
-/// What the emulator reads from a leaf certificate.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Leaf {
-    common_name: Option<String>,
-    /// Validity, Unix seconds.
-    not_before: i64,
-    not_after: i64,
-}
-
-fn parse_leaf(der: &[u8]) -> Option<Leaf> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let common_name = cert
-        .subject()
-        .iter_common_name()
-        .next()
-        .and_then(|cn| cn.as_str().ok())
-        .map(str::to_owned);
-    let validity = cert.validity();
-    Some(Leaf {
-        common_name,
-        not_before: validity.not_before.timestamp(),
-        not_after: validity.not_after.timestamp(),
-    })
-}
-
-fn check_validity(leaf: &Leaf, now: u64) -> Result<(), RefusalReason> {
+/// What the emulator reads from a leaf certificate is what leafgate's `check` reads: the
+/// subject CN and the validity period.
+fn check_validity(leaf: &Info, now: u64) -> Result<(), RefusalReason> {
     let now = i64::try_from(now).unwrap_or(i64::MAX);
     if now < leaf.not_before {
         return Err(RefusalReason::CertificateNotYetValid);
@@ -180,7 +158,7 @@ pub(crate) fn authenticate(
     let leaf_der = chain
         .first()
         .ok_or(RefusalReason::MissingClientCertificate)?;
-    let leaf = parse_leaf(leaf_der).ok_or(RefusalReason::BadClientCertificate)?;
+    let leaf = certificate::info(leaf_der).map_err(|_| RefusalReason::BadClientCertificate)?;
     match auth {
         X509Auth::Thumbprint { primary, secondary } => {
             let matches = std::iter::once(primary)

@@ -260,15 +260,7 @@ pub async fn register(
             }
         }
     };
-    let _ = client.try_disconnect();
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        while let Ok(event) = eventloop.poll().await {
-            if matches!(event, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
-                break;
-            }
-        }
-    })
-    .await;
+    super::transport::disconnect(&client, &mut eventloop).await;
     result
 }
 

@@ -31,7 +31,7 @@ use super::sas::{self, Key};
 use super::service::{Context, Filter, Service};
 use super::settings::Transport;
 use super::tls::Trust;
-use super::transport::{describe, mqtt_options, shown_route};
+use super::transport::{describe, disconnect, mqtt_options, shown_route};
 use crate::backoff::{self, Backoff};
 use crate::logtext;
 
@@ -287,29 +287,15 @@ async fn run(mut device: Device, mut work: Work, shared: Arc<Shared>, shutdown: 
     let mut backoff = Backoff::new(hub.reconnect_min, hub.reconnect_max);
     let mut warned_expiry: Option<Instant> = None;
     loop {
-        let dial = match dial(&mut device, &shared.tls, &mut warned_expiry) {
-            Ok(dial) => dial,
-            Err(error) => {
-                // Nothing the hub would accept: look again (the files may be replaced) at the
-                // pace of a refused connect.
-                let delay = backoff.next_delay().max(backoff::jitter(
-                    Duration::from_secs(10),
-                    Duration::from_secs(15),
-                ));
-                log::error!(device_id = &*id; "device {id}: cannot connect: {error}; trying again in {} ms", delay.as_millis());
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    () = tokio::time::sleep(delay) => continue,
-                }
-            }
-        };
-        let route = tokio::select! {
+        let prepared = tokio::select! {
             () = shutdown.cancelled() => break,
-            route = route(&mut device, &shared, &dial) => route,
+            prepared = prepare(&mut device, &shared, &mut warned_expiry) => prepared,
         };
-        let route = match route {
-            Ok(route) => route,
+        let (dial, route) = match prepared {
+            Ok(prepared) => prepared,
             Err(error) => {
+                // Nothing the hub would accept, or no hub to go to: look again (files may be
+                // replaced, DPS may answer) at the pace of a refused connect.
                 let delay = backoff.next_delay().max(backoff::jitter(
                     Duration::from_secs(10),
                     Duration::from_secs(15),
@@ -390,6 +376,18 @@ async fn run(mut device: Device, mut work: Work, shared: Arc<Shared>, shutdown: 
             );
         }
     }
+}
+
+/// What the next connect needs: the TLS settings to present, and where to go.
+async fn prepare(
+    device: &mut Device,
+    shared: &Shared,
+    warned_expiry: &mut Option<Instant>,
+) -> Result<(Dial, Route), String> {
+    let dial =
+        dial(device, &shared.tls, warned_expiry).map_err(|e| format!("cannot connect: {e}"))?;
+    let route = route(device, shared, &dial).await?;
+    Ok((dial, route))
 }
 
 fn hub_cache(hub: &Settings) -> Option<&std::path::Path> {
@@ -826,19 +824,6 @@ async fn drain(
     {
         disconnect(client, eventloop).await;
     }
-}
-
-/// Sends DISCONNECT (after whatever is queued) so the hub sees a clean close.
-async fn disconnect(client: &AsyncClient, eventloop: &mut rumqttc::EventLoop) {
-    let _ = client.try_disconnect();
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        while let Ok(event) = eventloop.poll().await {
-            if matches!(event, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
-                break;
-            }
-        }
-    })
-    .await;
 }
 
 /// Writes every message in `outbox` to the connection and flushes once.

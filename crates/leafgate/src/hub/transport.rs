@@ -1,10 +1,13 @@
 //! How a session reaches the hub: rumqttc's options for MQTT over TLS or over WebSockets,
 //! through an HTTP proxy if there is one, and a failed connection described so an operator can
-//! act on it (the proxy's answer, the hub's refusal with what to check).
+//! act on it (the proxy's answer, the hub's refusal with what to check), and a clean close.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use rumqttc::{ConnectReturnCode, ConnectionError, MqttOptions, TlsConfiguration};
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, MqttOptions, TlsConfiguration,
+};
 
 use super::Settings;
 use super::settings::{Proxy, Transport};
@@ -168,4 +171,17 @@ pub(super) fn describe(
         }
         other => (other.to_string(), false),
     }
+}
+
+/// Sends DISCONNECT (after whatever is queued) so the hub sees a clean close.
+pub(super) async fn disconnect(client: &AsyncClient, eventloop: &mut rumqttc::EventLoop) {
+    let _ = client.try_disconnect();
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while let Ok(event) = eventloop.poll().await {
+            if matches!(event, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
