@@ -11,6 +11,7 @@
 //! target/release/leafgate-bench telemetry rtu --json telemetry-rtu.json
 //! target/release/leafgate-bench twin --devices 10000 --json twin.json
 //! target/release/leafgate-bench transport --devices 10000 --transport mqtt,websocket --json transport.json
+//! target/release/leafgate-bench dps --devices 1000 --registrations-per-s 20 --json dps.json
 //! scripts/soak.sh            # leafgate-bench soak: 200 devices, 30 minutes of faults
 //! ```
 //!
@@ -22,6 +23,7 @@
 
 mod baseline;
 mod child;
+mod dps;
 mod floor;
 mod load;
 mod rtu;
@@ -71,6 +73,9 @@ enum Command {
     /// N devices over MQTT/TLS and over MQTT over WebSockets, one after the other: connect
     /// time, CPU while connecting and idle, idle RSS per device, and the ratios.
     Transport(transport::Args),
+    /// Devices registered through the Device Provisioning Service at leafgate's pace, then a
+    /// restart that connects them from the cache.
+    Dps(dps::Args),
 }
 
 fn main() -> ExitCode {
@@ -167,6 +172,11 @@ fn run(command: Command) -> Result<bool> {
                 transport::render(&report),
                 report.passed,
             )
+        }
+        Command::Dps(args) => {
+            let json = args.site.json.clone();
+            let report = runtime.block_on(dps::run(args))?;
+            finish(&context, json, &report, dps::render(&report), report.passed)
         }
         Command::Telemetry(args) => {
             let json = args.mode.json();

@@ -1,8 +1,8 @@
 //! The benchmark harness end to end at toy size, so it cannot rot: `leafgate-bench scale` with
 //! 20 devices, `leafgate-bench rtu` on one line, `leafgate-bench telemetry steady` and
-//! `outage` with a handful of meters, `twin` and `transport` (MQTT and WebSockets) with 20
-//! devices, each for a few seconds, against the real `leafgate` binary. Full runs are not part
-//! of the test suite (README, "Performance").
+//! `outage` with a handful of meters, `twin`, `transport` (MQTT and WebSockets) and `dps` with
+//! 20 devices, each for a few seconds, against the real `leafgate` binary. Full runs are not
+//! part of the test suite (README, "Performance").
 
 // Test code: unwrapping is how a test reports.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -221,4 +221,30 @@ fn the_transport_harness_measures_mqtt_and_websockets_side_by_side() {
         assert_eq!(run["leafgate_exit_code"], 0);
     }
     assert!(report["ratios"]["rss_per_device"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn the_dps_harness_registers_at_the_pace_and_restarts_from_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = run(
+        &[
+            "dps",
+            "--devices",
+            "20",
+            "--units-per-endpoint",
+            "8",
+            "--registrations-per-s",
+            "20",
+        ],
+        &dir.path().join("dps.json"),
+    );
+    assert_eq!(report["devices_assigned"], 20, "{report}");
+    assert_eq!(report["registers"], 20, "{report}");
+    assert_eq!(report["throttled"], 0, "{report}");
+    assert_eq!(report["cached"], 20, "{report}");
+    assert!(
+        report["peak_registers_per_s"].as_u64().unwrap() <= 21,
+        "{report}"
+    );
+    assert_eq!(report["restart_dps_requests"], 0, "{report}");
 }
