@@ -285,10 +285,9 @@ pub fn render(r: &Report) -> String {
         ),
         (
             "leafgate exit codes after SIGTERM",
-            format!(
-                "{:?} / {:?}",
-                r.first.leafgate_exit_code, r.restart.leafgate_exit_code
-            ),
+            [r.first.leafgate_exit_code, r.restart.leafgate_exit_code]
+                .map(|c| c.map_or("killed".to_owned(), |c| c.to_string()))
+                .join(" / "),
         ),
     ];
     for (name, value) in rows {
