@@ -10,6 +10,8 @@
 //! target/release/leafgate-bench telemetry outage --devices 1000 --outage-s 600 --json outage.json
 //! target/release/leafgate-bench telemetry rtu --json telemetry-rtu.json
 //! target/release/leafgate-bench twin --devices 10000 --json twin.json
+//! target/release/leafgate-bench transport --devices 10000 --transport mqtt,websocket --json transport.json
+//! target/release/leafgate-bench dps --devices 1000 --registrations-per-s 20 --json dps.json
 //! scripts/soak.sh            # leafgate-bench soak: 200 devices, 30 minutes of faults
 //! ```
 //!
@@ -21,6 +23,7 @@
 
 mod baseline;
 mod child;
+mod dps;
 mod floor;
 mod load;
 mod rtu;
@@ -28,9 +31,10 @@ mod scale;
 mod soak;
 mod stats;
 mod telemetry;
+mod transport;
 mod twin;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
@@ -66,6 +70,12 @@ enum Command {
     /// Device twins: idle memory with every twin kept, and the twin reads of a hub-wide
     /// reconnect against the configured pace and the hub's throttle.
     Twin(twin::Args),
+    /// N devices over MQTT/TLS and over MQTT over WebSockets, one after the other: connect
+    /// time, CPU while connecting and idle, idle RSS per device, and the ratios.
+    Transport(transport::Args),
+    /// Devices registered through the Device Provisioning Service at leafgate's pace, then a
+    /// restart that connects them from the cache.
+    Dps(dps::Args),
 }
 
 fn main() -> ExitCode {
@@ -104,48 +114,90 @@ fn run(command: Command) -> Result<bool> {
     );
     match command {
         Command::Scale(args) => {
-            let json = args.json.clone();
+            let json = args.site.json.clone();
             let report = runtime.block_on(scale::run(args))?;
-            println!("{context}\n\n{}", scale::render(&report));
-            write_json(json.as_deref(), &report)?;
-            Ok(report.passed)
+            finish(
+                &context,
+                json,
+                &report,
+                scale::render(&report),
+                report.passed,
+            )
         }
         Command::Baseline(args) => {
             let json = args.json.clone();
             let report = runtime.block_on(baseline::run(args))?;
-            println!("{context}\n\n{}", baseline::render(&report));
-            write_json(json.as_deref(), &report)?;
-            Ok(report.passed)
+            finish(
+                &context,
+                json,
+                &report,
+                baseline::render(&report),
+                report.passed,
+            )
         }
         Command::Rtu(args) => {
             let json = args.json.clone();
             let report = runtime.block_on(rtu::run(args))?;
-            println!("{context}\n\n{}", rtu::render(&report));
-            write_json(json.as_deref(), &report)?;
-            Ok(report.passed)
+            finish(&context, json, &report, rtu::render(&report), report.passed)
         }
         Command::Soak(args) => {
             let json = args.json.clone();
             let report = runtime.block_on(soak::run(args))?;
-            println!("{context}\n\n{}", soak::render(&report));
-            write_json(json.as_deref(), &report)?;
-            Ok(report.passed)
+            finish(
+                &context,
+                json,
+                &report,
+                soak::render(&report),
+                report.passed,
+            )
         }
         Command::Twin(args) => {
-            let json = args.json.clone();
+            let json = args.site.json.clone();
             let report = runtime.block_on(twin::run(args))?;
-            println!("{context}\n\n{}", twin::render(&report));
-            write_json(json.as_deref(), &report)?;
-            Ok(report.passed)
+            finish(
+                &context,
+                json,
+                &report,
+                twin::render(&report),
+                report.passed,
+            )
+        }
+        Command::Transport(args) => {
+            let json = args.site.json.clone();
+            let report = runtime.block_on(transport::run(args))?;
+            finish(
+                &context,
+                json,
+                &report,
+                transport::render(&report),
+                report.passed,
+            )
+        }
+        Command::Dps(args) => {
+            let json = args.site.json.clone();
+            let report = runtime.block_on(dps::run(args))?;
+            finish(&context, json, &report, dps::render(&report), report.passed)
         }
         Command::Telemetry(args) => {
             let json = args.mode.json();
             let outcome = runtime.block_on(telemetry::run(args))?;
-            println!("{context}\n\n{}", outcome.text);
-            write_json(json.as_deref(), &outcome.json)?;
-            Ok(outcome.passed)
+            finish(&context, json, &outcome.json, outcome.text, outcome.passed)
         }
     }
+}
+
+/// Prints a mode's report under the machine line, writes it as JSON when asked, and returns
+/// whether the run passed.
+fn finish(
+    context: &str,
+    json: Option<PathBuf>,
+    report: &impl serde::Serialize,
+    text: String,
+    passed: bool,
+) -> Result<bool> {
+    println!("{context}\n\n{text}");
+    write_json(json.as_deref(), report)?;
+    Ok(passed)
 }
 
 fn write_json(path: Option<&Path>, report: &impl serde::Serialize) -> Result<()> {

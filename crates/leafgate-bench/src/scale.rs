@@ -21,14 +21,60 @@ use crate::load::{self, Run};
 use crate::stats::{Summary, ms};
 use leafgate_testkit::procfs::{self, Machine, Memory, Snapshot};
 
+/// The site every mode built on `scale`'s (`scale`, `twin`, `transport`, `dps`) is described
+/// by: N devices on Modbus TCP endpoints, leafgate's connect pace and sessions.
 #[derive(Debug, Clone, clap::Args)]
-pub struct Args {
-    /// Leaf devices (N), each its own MQTT/TLS connection from leafgate to the hub.
+pub struct SiteArgs {
+    /// Leaf devices (N), each its own connection from leafgate to the hub.
     #[arg(long, default_value_t = 1000)]
     pub devices: usize,
     /// leafgate's `max_connects_per_s`.
     #[arg(long, default_value_t = 500)]
     pub connect_rate: u32,
+    /// Modbus units behind each simulated Modbus TCP endpoint (1..=247); one leafgate bus each.
+    #[arg(long, default_value_t = 50)]
+    pub units_per_endpoint: usize,
+    /// MQTT keep-alive of leafgate's sessions (`keep_alive_s`).
+    #[arg(long, default_value_t = 120)]
+    pub keep_alive_s: u64,
+    /// leafgate's log level (method lines are logged at info, as shipped).
+    #[arg(long, default_value = "info")]
+    pub leafgate_log_level: String,
+    /// The leafgate binary (default: `leafgate` next to this binary).
+    #[arg(long)]
+    pub leafgate: Option<PathBuf>,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+impl SiteArgs {
+    /// `--leafgate`, or `leafgate` next to this binary.
+    pub fn binary(&self) -> PathBuf {
+        self.leafgate
+            .clone()
+            .unwrap_or_else(|| leafgate_testkit::binary("leafgate"))
+    }
+
+    /// Fails unless N > 0 and the units per endpoint within 1..=247.
+    pub fn check(&self) -> Result<()> {
+        if self.devices == 0 || !(1..=247).contains(&self.units_per_endpoint) {
+            bail!("--devices must be > 0 and --units-per-endpoint within 1..=247");
+        }
+        Ok(())
+    }
+
+    /// How long N devices may take to connect at `rate` per second: three times the paced
+    /// time, and a minute.
+    pub fn connect_wait(&self, rate: f64) -> Duration {
+        Duration::from_secs_f64(self.devices as f64 / rate.max(1.0) * 3.0) + Duration::from_secs(60)
+    }
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub site: SiteArgs,
     /// Idle phase length (keep-alives only), seconds.
     #[arg(long, default_value_t = 60.0)]
     pub idle_s: f64,
@@ -45,21 +91,6 @@ pub struct Args {
     /// Floor responders (at most N).
     #[arg(long, default_value_t = 100)]
     pub floor_devices: usize,
-    /// Modbus units behind each simulated Modbus TCP endpoint (1..=247); one leafgate bus each.
-    #[arg(long, default_value_t = 50)]
-    pub units_per_endpoint: usize,
-    /// MQTT keep-alive of leafgate's sessions (`keep_alive_s`).
-    #[arg(long, default_value_t = 120)]
-    pub keep_alive_s: u64,
-    /// leafgate's log level (method lines are logged at info, as shipped).
-    #[arg(long, default_value = "info")]
-    pub leafgate_log_level: String,
-    /// The leafgate binary (default: `leafgate` next to this binary).
-    #[arg(long)]
-    pub leafgate: Option<PathBuf>,
-    /// Also write the report as JSON here.
-    #[arg(long)]
-    pub json: Option<PathBuf>,
     /// Keep the work directory (config, CA, leafgate's log) instead of deleting it.
     #[arg(long)]
     pub keep: bool,
@@ -203,8 +234,16 @@ fields = [
 /// `[hub]` for the emulator, with the CA written beside the config.
 pub fn hub_section(emu: &Emulator, ca: &Path, connect_rate: u32, keep_alive_s: u64) -> String {
     format!(
-        "[hub]\nhostname = \"{}\"\nport = {}\nca_file = \"{}\"\nmax_connects_per_s = {connect_rate}\nkeep_alive_s = {keep_alive_s}\n",
+        "[hub]\nhostname = \"{}\"\n{}",
         emu.host_name(),
+        hub_settings(emu, ca, connect_rate, keep_alive_s)
+    )
+}
+
+/// The keys of [`hub_section`] but the host name (which DPS assigns with `[provisioning]`).
+pub fn hub_settings(emu: &Emulator, ca: &Path, connect_rate: u32, keep_alive_s: u64) -> String {
+    format!(
+        "port = {}\nca_file = \"{}\"\nmax_connects_per_s = {connect_rate}\nkeep_alive_s = {keep_alive_s}\n",
         emu.mqtt_addr().port(),
         ca.display()
     )
@@ -220,19 +259,134 @@ pub fn add_devices(
 ) -> Result<Vec<String>> {
     let mut ids = Vec::with_capacity(n);
     for i in 0..n {
-        let id = format!("dev-{i:05}");
         let key = leafgate_emulator::random_key();
-        emu.add_device(&id, key.clone());
-        writeln!(
+        let id = add_device_entry(
             config,
-            "\n[[device]]\nid = \"{id}\"\nshared_access_key = \"{}\"\nbus = \"tcp-{}\"\nunit = {}\nprofile = \"bench\"",
-            key_text(&key),
-            i / upe,
-            i % upe + 1
+            i,
+            upe,
+            &format!("shared_access_key = \"{}\"\n", key_text(&key)),
         )?;
+        emu.add_device(&id, key);
         ids.push(id);
     }
     Ok(ids)
+}
+
+/// Adds device `i` (`dev-{i:05}`, on the `bench` profile, unit `i % upe + 1` of bus
+/// `tcp-{i / upe}`) to `config` with `credential` (key lines, or nothing for a device that
+/// registers through a DPS enrollment group). Returns its id.
+pub fn add_device_entry(
+    config: &mut String,
+    i: usize,
+    upe: usize,
+    credential: &str,
+) -> Result<String> {
+    let id = format!("dev-{i:05}");
+    writeln!(
+        config,
+        "\n[[device]]\nid = \"{id}\"\n{credential}bus = \"tcp-{}\"\nunit = {}\nprofile = \"bench\"",
+        i / upe,
+        i % upe + 1
+    )?;
+    Ok(id)
+}
+
+/// Starts `n.div_ceil(upe)` simulated Modbus TCP endpoints with units 1..=`upe` (the last one
+/// fewer), unit u holding `values(u)` from holding register 0 ([`register_values`] for the
+/// `bench` profile), and adds a bus `tcp-{e}` for each to `config`.
+pub async fn add_endpoints(
+    config: &mut String,
+    n: usize,
+    upe: usize,
+    values: impl Fn(u8) -> Vec<u16>,
+) -> Result<Vec<(TcpServer, Registers)>> {
+    let endpoints = n.div_ceil(upe);
+    let mut servers = Vec::with_capacity(endpoints);
+    for e in 0..endpoints {
+        let units = (n - e * upe).min(upe);
+        let registers = Registers::new();
+        for unit in 1..=units {
+            let unit = u8::try_from(unit)?;
+            registers.set_holding(unit, 0, &values(unit));
+        }
+        let server = TcpServer::start(registers.clone()).await?;
+        writeln!(
+            config,
+            "\n[[bus]]\nid = \"tcp-{e}\"\nkind = \"modbus_tcp\"\naddress = \"{}\"\ntimeout_ms = 1000\nqueue_capacity = 256",
+            server.addr()
+        )?;
+        servers.push((server, registers));
+    }
+    Ok(servers)
+}
+
+/// The simulators and devices of a site, and leafgate's config for it.
+pub struct Site {
+    pub servers: Vec<(TcpServer, Registers)>,
+    pub ids: Vec<String>,
+    pub config: PathBuf,
+}
+
+/// Completes `config` (its `[hub]`, and whatever else the mode wants) with the `bench` profile,
+/// the endpoints of [`add_endpoints`] and `n` devices registered with `emu` ([`add_devices`]),
+/// and writes it to `dir/leafgate.toml`.
+pub async fn write_site(
+    emu: &Emulator,
+    dir: &Path,
+    mut config: String,
+    n: usize,
+    upe: usize,
+) -> Result<Site> {
+    config.push_str(PROFILE);
+    let servers = add_endpoints(&mut config, n, upe, register_values).await?;
+    let ids = add_devices(emu, &mut config, n, upe)?;
+    let path = dir.join("leafgate.toml");
+    write_private(&path, &config)?;
+    Ok(Site {
+        servers,
+        ids,
+        config: path,
+    })
+}
+
+/// The last line of a report: `Result: PASS (what passing means)` or `Result: FAIL`.
+pub fn result_line(out: &mut String, passed: bool, meaning: &str) {
+    let _ = if passed {
+        writeln!(out, "\nResult: PASS ({meaning})")
+    } else {
+        writeln!(out, "\nResult: FAIL")
+    };
+}
+
+/// Reconnects over the whole run: every CONNECT of `ids` the hub accepted beyond the first per
+/// device.
+pub fn reconnects(emu: &Emulator, ids: &[String]) -> u64 {
+    let stats = emu.stats();
+    ids.iter()
+        .filter_map(|id| stats.get(id))
+        .map(|s| s.connects_accepted.saturating_sub(1))
+        .sum()
+}
+
+/// The idle phase: `idle_s` seconds of keep-alives only, leafgate (`pid`, serving `n`
+/// devices) measured over it. `reconnects` is left 0 for the caller to fill in.
+pub async fn idle(pid: u32, n: usize, idle_s: f64) -> Result<Idle> {
+    let before = Snapshot::take();
+    let cpu0 = procfs::cpu_seconds(pid)?;
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs_f64(idle_s)).await;
+    let cpu1 = procfs::cpu_seconds(pid)?;
+    let duration_s = t0.elapsed().as_secs_f64();
+    let after = Snapshot::take();
+    let memory = procfs::memory(pid)?;
+    Ok(Idle {
+        duration_s,
+        leafgate_memory: memory,
+        rss_per_device_kib: memory.rss_kib as f64 / n as f64,
+        leafgate_cpu_pct: (cpu1 - cpu0) / duration_s * 100.0,
+        reconnects: 0,
+        machine: Machine::between(&before, &after, Some(pid)),
+    })
 }
 
 pub fn key_text(key: &leafgate::hub::sas::Key) -> String {
@@ -260,24 +414,20 @@ pub fn work_dir(name: &str) -> Result<PathBuf> {
 }
 
 pub async fn run(args: Args) -> Result<Report> {
-    let n = args.devices;
-    if n == 0 || !(1..=247).contains(&args.units_per_endpoint) {
-        bail!("--devices must be > 0 and --units-per-endpoint within 1..=247");
-    }
+    let site = &args.site;
+    site.check()?;
+    let n = site.devices;
     // The limit is per process and the child inherits it. leafgate: one socket per device and
     // per endpoint. The harness: the emulator's end of each device connection, both ends of each
     // floor connection, the simulators' listeners and connections. Plus slack for the rest.
-    let want = (n + 2 * args.floor_devices + 2 * n.div_ceil(args.units_per_endpoint) + 1024) as u64;
+    let want = (n + 2 * args.floor_devices + 2 * n.div_ceil(site.units_per_endpoint) + 1024) as u64;
     let nofile = child::raise_nofile(want)?;
     if nofile < want {
         bail!(
             "RLIMIT_NOFILE is {nofile}, {want} needed for {n} devices; run as root or raise the hard limit"
         );
     }
-    let binary = match &args.leafgate {
-        Some(path) => path.clone(),
-        None => leafgate_testkit::binary("leafgate"),
-    };
+    let binary = site.binary();
     let binary_bytes = std::fs::metadata(&binary)
         .with_context(|| format!("no leafgate binary at {}", binary.display()))?
         .len();
@@ -289,34 +439,17 @@ pub async fn run(args: Args) -> Result<Report> {
     std::fs::write(&ca, emu.ca_pem())?;
 
     // The hardware: `endpoints` Modbus TCP servers with up to `units_per_endpoint` units each.
-    let upe = args.units_per_endpoint;
+    let upe = site.units_per_endpoint;
     let endpoints = n.div_ceil(upe);
-    let mut servers = Vec::with_capacity(endpoints);
-    let mut config = hub_section(&emu, &ca, args.connect_rate, args.keep_alive_s);
-    config.push_str(PROFILE);
-    for e in 0..endpoints {
-        let units = (n - e * upe).min(upe);
-        let registers = Registers::new();
-        for unit in 1..=units {
-            let unit = u8::try_from(unit)?;
-            registers.set_holding(unit, 0, &register_values(unit));
-        }
-        let server = TcpServer::start(registers.clone()).await?;
-        writeln!(
-            config,
-            "\n[[bus]]\nid = \"tcp-{e}\"\nkind = \"modbus_tcp\"\naddress = \"{}\"\ntimeout_ms = 1000\nqueue_capacity = 256",
-            server.addr()
-        )?;
-        servers.push((server, registers));
-    }
-    let ids = add_devices(&emu, &mut config, n, upe)?;
-    let config_path = dir.join("leafgate.toml");
-    write_private(&config_path, &config)?;
+    let config = hub_section(&emu, &ca, site.connect_rate, site.keep_alive_s);
+    let Site {
+        servers,
+        ids,
+        config: config_path,
+    } = write_site(&emu, &dir, config, n, upe).await?;
 
     // Connect phase: watchers first, so no connection is missed.
-    let connect_wait =
-        Duration::from_secs_f64(n as f64 / f64::from(args.connect_rate.max(1)) * 3.0)
-            + Duration::from_secs(60);
+    let connect_wait = site.connect_wait(f64::from(site.connect_rate));
     let mut watchers = JoinSet::new();
     for id in &ids {
         let emu = Arc::clone(&emu);
@@ -331,7 +464,7 @@ pub async fn run(args: Args) -> Result<Report> {
     let before = Snapshot::take();
     let log_path = dir.join("leafgate.log");
     let mut gate =
-        child::spawn_leafgate(&binary, &config_path, &args.leafgate_log_level, &log_path)?;
+        child::spawn_leafgate(&binary, &config_path, &site.leafgate_log_level, &log_path)?;
     let pid = gate.pid();
     let mut ready = Vec::with_capacity(n);
     let mut failures = 0usize;
@@ -365,11 +498,11 @@ pub async fn run(args: Args) -> Result<Report> {
         f64::NAN
     };
     let connect = Connect {
-        configured_rate: args.connect_rate,
+        configured_rate: site.connect_rate,
         time_to_all_s: last.duration_since(gate.started()).as_secs_f64(),
         first_s: first.duration_since(gate.started()).as_secs_f64(),
         achieved_rate: achieved,
-        achieved_pct_of_configured: achieved / f64::from(args.connect_rate) * 100.0,
+        achieved_pct_of_configured: achieved / f64::from(site.connect_rate) * 100.0,
         leafgate_cpu_s: connect_cpu,
         leafgate_memory: procfs::memory(pid)?,
         machine: Machine::between(&before, &after, Some(pid)),
@@ -380,23 +513,8 @@ pub async fn run(args: Args) -> Result<Report> {
     );
 
     // Idle phase: only keep-alives.
-    let before = Snapshot::take();
-    let cpu0 = procfs::cpu_seconds(pid)?;
-    let t0 = Instant::now();
-    tokio::time::sleep(Duration::from_secs_f64(args.idle_s)).await;
-    let cpu1 = procfs::cpu_seconds(pid)?;
-    let idle_elapsed = t0.elapsed().as_secs_f64();
-    let after = Snapshot::take();
+    let idle = idle(pid, n, args.idle_s).await?;
     gate.check_alive()?;
-    let memory = procfs::memory(pid)?;
-    let idle = Idle {
-        duration_s: idle_elapsed,
-        leafgate_memory: memory,
-        rss_per_device_kib: memory.rss_kib as f64 / n as f64,
-        leafgate_cpu_pct: (cpu1 - cpu0) / idle_elapsed * 100.0,
-        reconnects: 0,
-        machine: Machine::between(&before, &after, Some(pid)),
-    };
 
     // Floor responders, then the load phases.
     let floor_count = args.floor_devices.clamp(1, n);
@@ -442,14 +560,10 @@ pub async fn run(args: Args) -> Result<Report> {
     }
     floor.stop();
 
-    // Reconnects over the whole run: every accepted CONNECT beyond the first per device.
-    let stats = emu.stats();
-    let reconnects = gate_ids
-        .iter()
-        .filter_map(|id| stats.get(id))
-        .map(|s| s.connects_accepted.saturating_sub(1))
-        .sum();
-    let idle = Idle { reconnects, ..idle };
+    let idle = Idle {
+        reconnects: reconnects(&emu, &gate_ids),
+        ..idle
+    };
     let harness_memory = procfs::memory(std::process::id())?;
     let exit = gate.stop(Duration::from_secs(30))?;
     drop(servers);
@@ -461,8 +575,8 @@ pub async fn run(args: Args) -> Result<Report> {
         devices: n,
         endpoints,
         units_per_endpoint: upe,
-        keep_alive_s: args.keep_alive_s,
-        leafgate_log_level: args.leafgate_log_level.clone(),
+        keep_alive_s: site.keep_alive_s,
+        leafgate_log_level: site.leafgate_log_level.clone(),
         nofile_limit: nofile,
         leafgate_binary: binary.display().to_string(),
         leafgate_binary_bytes: binary_bytes,

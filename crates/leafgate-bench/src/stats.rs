@@ -70,6 +70,19 @@ pub fn ms(us: f64) -> String {
     format!("{:.3}", us / 1000.0)
 }
 
+/// The most of `times` (in order) that fall in any one-second window.
+pub fn peak_per_s(times: &[tokio::time::Instant]) -> usize {
+    let mut peak = 0;
+    let mut start = 0;
+    for (end, at) in times.iter().enumerate() {
+        while at.duration_since(times[start]) >= Duration::from_secs(1) {
+            start += 1;
+        }
+        peak = peak.max(end + 1 - start);
+    }
+    peak
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,5 +98,25 @@ mod tests {
         let one = Summary::of_micros(vec![7.0]);
         assert_eq!((one.p50_us, one.p999_us), (7.0, 7.0));
         assert!(Summary::of_micros(vec![]).p50_us.is_nan());
+    }
+
+    #[test]
+    fn the_peak_counts_the_fullest_one_second_window() {
+        let t0 = tokio::time::Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let times = [
+            at(0),
+            at(100),
+            at(999),
+            at(1000),
+            at(1500),
+            at(1900),
+            at(1950),
+            at(3000),
+        ];
+        // 999, 1000, 1500, 1900, 1950 lie within [999, 1999).
+        assert_eq!(peak_per_s(&times), 5);
+        assert_eq!(peak_per_s(&[]), 0);
+        assert_eq!(peak_per_s(&times[..1]), 1);
     }
 }

@@ -5,7 +5,6 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,14 +16,14 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::child;
-use crate::scale::{PROFILE, add_devices, hub_section, register_values, work_dir, write_private};
+use crate::scale::{
+    PROFILE, SiteArgs, add_devices, hub_section, register_values, work_dir, write_private,
+};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
-    #[arg(long, default_value_t = 1000)]
-    pub devices: usize,
-    #[arg(long, default_value_t = 500)]
-    pub connect_rate: u32,
+    #[command(flatten)]
+    pub site: SiteArgs,
     /// `[twin] max_gets_per_s`.
     #[arg(long, default_value_t = 50)]
     pub gets_per_s: u32,
@@ -37,15 +36,9 @@ pub struct Args {
     /// Idle phase length, seconds.
     #[arg(long, default_value_t = 60.0)]
     pub idle_s: f64,
-    #[arg(long, default_value_t = 50)]
-    pub units_per_endpoint: usize,
     /// The same site without `[twin]` (the figure to compare with).
     #[arg(long)]
     pub without_twin: bool,
-    #[arg(long)]
-    pub leafgate: Option<PathBuf>,
-    #[arg(long)]
-    pub json: Option<PathBuf>,
 }
 
 #[derive(Debug, Serialize)]
@@ -101,13 +94,11 @@ fn devices_with(
 }
 
 pub async fn run(args: Args) -> Result<Report> {
-    let n = args.devices;
-    let upe = args.units_per_endpoint.clamp(1, 247);
+    let site = &args.site;
+    let n = site.devices;
+    let upe = site.units_per_endpoint.clamp(1, 247);
     child::nofile_for_devices(n, upe)?;
-    let binary = args
-        .leafgate
-        .clone()
-        .unwrap_or_else(|| leafgate_testkit::binary("leafgate"));
+    let binary = site.binary();
     let dir = work_dir("twin")?;
     let emu = Arc::new(
         Emulator::start(EmulatorConfig {
@@ -118,7 +109,7 @@ pub async fn run(args: Args) -> Result<Report> {
     );
     let ca = dir.join("ca.pem");
     std::fs::write(&ca, emu.ca_pem())?;
-    let mut config = hub_section(&emu, &ca, args.connect_rate, 120);
+    let mut config = hub_section(&emu, &ca, site.connect_rate, site.keep_alive_s);
     let twin = !args.without_twin;
     if twin {
         writeln!(
@@ -148,18 +139,14 @@ pub async fn run(args: Args) -> Result<Report> {
     write_private(&config_path, &config)?;
 
     let log_path = dir.join("leafgate.log");
-    let mut gate = child::spawn_leafgate(&binary, &config_path, "info", &log_path)?;
+    let mut gate =
+        child::spawn_leafgate(&binary, &config_path, &site.leafgate_log_level, &log_path)?;
     let pid = gate.pid();
-    let wait = Duration::from_secs_f64(
-        n as f64
-            / f64::from(
-                args.connect_rate
-                    .min(args.gets_per_s)
-                    .min(args.patches_per_s)
-                    .max(1),
-            )
-            * 3.0,
-    ) + Duration::from_secs(60);
+    let wait = site.connect_wait(f64::from(
+        site.connect_rate
+            .min(args.gets_per_s)
+            .min(args.patches_per_s),
+    ));
     child::wait_ready(&emu, &ids, wait, || gate.check_alive()).await?;
     if twin {
         let reported = devices_with(n, |r| {
@@ -203,14 +190,8 @@ pub async fn run(args: Args) -> Result<Report> {
         for r in &gets {
             *per_device.entry(r.device.as_str()).or_default() += 1;
         }
-        let mut peak = 0;
-        for (i, r) in gets.iter().enumerate() {
-            let window = gets[i..]
-                .iter()
-                .take_while(|s| s.at.duration_since(r.at) < Duration::from_secs(1))
-                .count();
-            peak = peak.max(window);
-        }
+        let times: Vec<_> = gets.iter().map(|r| r.at).collect();
+        let peak = crate::stats::peak_per_s(&times);
         Some(Reconnect {
             all_read_s,
             max_gets_per_device: per_device.values().copied().max().unwrap_or(0),

@@ -1,7 +1,8 @@
 //! The benchmark harness end to end at toy size, so it cannot rot: `leafgate-bench scale` with
-//! 20 devices, `leafgate-bench rtu` on one line, and `leafgate-bench telemetry steady` and
-//! `outage` with a handful of meters, each for a few seconds, against the real `leafgate`
-//! binary. Full runs are not part of the test suite (README, "Performance").
+//! 20 devices, `leafgate-bench rtu` on one line, `leafgate-bench telemetry steady` and
+//! `outage` with a handful of meters, `twin`, `transport` (MQTT and WebSockets) and `dps` with
+//! 20 devices, each for a few seconds, against the real `leafgate` binary. Full runs are not
+//! part of the test suite (README, "Performance").
 
 // Test code: unwrapping is how a test reports.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -193,4 +194,57 @@ fn the_twin_harness_reads_every_twin_once_after_a_hub_wide_drop() {
     assert_eq!(reconnect["max_gets_per_device"], 1, "{report}");
     assert_eq!(reconnect["throttled"], 0, "{report}");
     assert!(report["rss_per_device_kib"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn the_transport_harness_measures_mqtt_and_websockets_side_by_side() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = run(
+        &[
+            "transport",
+            "--devices",
+            "20",
+            "--units-per-endpoint",
+            "8",
+            "--idle-s",
+            "1",
+        ],
+        &dir.path().join("transport.json"),
+    );
+    let runs = report["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2, "{report}");
+    for (run, transport) in runs.iter().zip(["mqtt", "websocket"]) {
+        assert_eq!(run["transport"], transport);
+        assert_eq!(run["wrong_transport"], 0, "{run}");
+        assert!(run["connect_s"].as_f64().unwrap() > 0.0, "{run}");
+        assert!(run["idle"]["rss_per_device_kib"].as_f64().unwrap() > 0.0);
+        assert_eq!(run["leafgate_exit_code"], 0);
+    }
+    assert!(report["ratios"]["rss_per_device"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn the_dps_harness_registers_at_the_pace_and_restarts_from_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = run(
+        &[
+            "dps",
+            "--devices",
+            "20",
+            "--units-per-endpoint",
+            "8",
+            "--registrations-per-s",
+            "20",
+        ],
+        &dir.path().join("dps.json"),
+    );
+    assert_eq!(report["devices_assigned"], 20, "{report}");
+    assert_eq!(report["registers"], 20, "{report}");
+    assert_eq!(report["throttled"], 0, "{report}");
+    assert_eq!(report["cached"], 20, "{report}");
+    assert!(
+        report["peak_registers_per_s"].as_u64().unwrap() <= 21,
+        "{report}"
+    );
+    assert_eq!(report["restart_dps_requests"], 0, "{report}");
 }

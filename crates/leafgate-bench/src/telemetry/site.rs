@@ -13,7 +13,7 @@ use leafgate_emulator::{Emulator, EmulatorConfig};
 use leafgate_sim::modbus::{Registers, TcpServer};
 use tokio::task::JoinSet;
 
-use crate::scale::{hub_section, key_text, write_private};
+use crate::scale::{add_endpoints, hub_section, key_text, write_private};
 
 /// What the site looks like.
 #[derive(Debug, Clone)]
@@ -100,24 +100,12 @@ impl Site {
         )?;
         config.push_str(&profile(spec.registers, spec.interval_ms));
         let endpoints = n.div_ceil(upe);
-        let mut servers = Vec::with_capacity(endpoints);
-        for e in 0..endpoints {
-            let registers = Registers::new();
-            for unit in 1..=(n - e * upe).min(upe) {
-                let unit = u8::try_from(unit)?;
-                let values: Vec<u16> = (0..spec.registers)
-                    .map(|i| u16::from(unit) * 100 + i)
-                    .collect();
-                registers.set_holding(unit, 0, &values);
-            }
-            let server = TcpServer::start(registers.clone()).await?;
-            writeln!(
-                config,
-                "\n[[bus]]\nid = \"tcp-{e}\"\nkind = \"modbus_tcp\"\naddress = \"{}\"\ntimeout_ms = 1000\nqueue_capacity = 256",
-                server.addr()
-            )?;
-            servers.push((server, registers));
-        }
+        let servers = add_endpoints(&mut config, n, upe, |unit| {
+            (0..spec.registers)
+                .map(|i| u16::from(unit) * 100 + i)
+                .collect()
+        })
+        .await?;
         let mut ids = Vec::with_capacity(n);
         for i in 0..n {
             let id = format!("meter-{i:05}");
