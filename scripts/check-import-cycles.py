@@ -39,7 +39,8 @@ LAYERS = {
     },
 }
 
-SKIP_DIRS = {"target", ".git", "fuzz", "node_modules", ".venv"}
+# vendor/: third-party crates carried with a patch (vendor/README.md), not ours to lay out.
+SKIP_DIRS = {"target", ".git", "fuzz", "node_modules", ".venv", "vendor"}
 IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 
 
