@@ -147,9 +147,12 @@ impl EventLoop {
     /// **NOTE** Don't block this while iterating
     pub async fn poll(&mut self) -> Result<Event, ConnectionError> {
         if self.network.is_none() {
+            // leafgate's patch: boxed, so the state of a connect (TLS, WebSocket and proxy
+            // handshakes: about 10 KB with the websocket feature) lives on the heap while it
+            // runs, instead of inline in every `poll()` future, and so in every idle session.
             let (network, connack) = match time::timeout(
                 Duration::from_secs(self.network_options.connection_timeout()),
-                connect(&self.mqtt_options, self.network_options.clone()),
+                Box::pin(connect(&self.mqtt_options, self.network_options.clone())),
             )
             .await
             {
