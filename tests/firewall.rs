@@ -501,6 +501,16 @@ async fn every_transport_and_credential_connects_and_serves_a_method() {
             assert_eq!(record.client_cert, !matches!(cred, Cred::Sas), "{id}");
             // A certificate is the only credential: no password goes with it.
             assert_eq!(record.password.is_some(), matches!(cred, Cred::Sas), "{id}");
+            // A request far larger than a WebSocket read buffer (4 KiB) arrives whole and is
+            // answered (400: `get` takes no such field), on the same connection.
+            let big = json!({ "padding": "x".repeat(100 * 1024) });
+            let (http, body) = site.client.invoke(id, "get", big, 10).await.unwrap();
+            assert_eq!(
+                (http, body["status"].as_u64()),
+                (200, Some(400)),
+                "{id}: {body}"
+            );
+            assert_eq!(site.emu.device_stats(id).connects_accepted, 1, "{id}");
         }
         drop(daemon);
     }

@@ -323,10 +323,10 @@ async fn connect(
 /// leafgate's patch: the WebSocket settings of every connection. tungstenite 0.26 reads into a
 /// 128 KiB buffer by default, which it keeps (and zero-fills) for the life of a connection: at
 /// 10,000 idle devices that was 3.7 times the memory of MQTT over TLS. An MQTT session over
-/// WebSockets reads small frames; 8 KiB is ample and the buffer still grows for a larger one.
+/// WebSockets reads small frames; 4 KiB is ample and the buffer still grows for a larger one.
 #[cfg(feature = "websocket")]
 fn websocket_config() -> async_tungstenite::tungstenite::protocol::WebSocketConfig {
-    async_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(8 * 1024)
+    async_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4 * 1024)
 }
 
 async fn network_connect(
