@@ -401,10 +401,13 @@ async fn a_method_in_flight_at_sigterm_gets_its_answer_and_new_requests_get_503(
     regs.wait_requests(1).await;
     let t = Instant::now();
     daemon.signal(libc::SIGTERM).unwrap();
-    daemon
+    let line = daemon
         .wait_line("stopping: new requests get 503", WAIT)
         .await
         .unwrap();
+    // The estimate is the longest configured method (5,000 ms) plus 2 s to disconnect: raw
+    // methods are off, so their 10 s deadline does not count.
+    assert!(line.contains("(at most 7000 ms)"), "{line}");
     // While draining: a new request is refused at once, without touching the hardware.
     let (status, body) = hub.call("pump-1", "get").await;
     assert_eq!(

@@ -314,11 +314,20 @@ impl Gateway {
         };
         let tasks = self.sessions.clone();
         let telemetry = self.telemetry.1.clone();
+        // What a stop may have to wait for: its methods, its desired-property writes, and the
+        // raw methods' deadline only when it has them.
         let longest_method = config
             .methods
             .values()
             .map(|m| m.timeout)
-            .fold(crate::mapping::raw::TIMEOUT, Duration::max);
+            .chain(
+                config
+                    .twin
+                    .iter()
+                    .flat_map(|t| t.desired.values().map(|m| m.timeout)),
+            )
+            .chain(config.raw_methods.then_some(crate::mapping::raw::TIMEOUT))
+            .fold(Duration::ZERO, Duration::max);
         let stop = CancellationToken::new();
         let polling = leaf.as_ref().map(|_| stop.child_token());
         let done = CancellationToken::new();
@@ -561,7 +570,7 @@ impl Gateway {
         self.devices
             .values()
             .map(|d| d.longest_method)
-            .fold(crate::mapping::raw::TIMEOUT, Duration::max)
+            .fold(Duration::ZERO, Duration::max)
             + DISCONNECT_TIME
     }
 
