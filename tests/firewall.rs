@@ -105,6 +105,11 @@ impl TinyProxy {
         self.wait_log("Accepting connections").await;
     }
 
+    /// The `[hub]` key that sends leafgate through this proxy, without a user.
+    pub fn hub_key(&self) -> String {
+        format!("proxy = \"http://127.0.0.1:{}\"", self.port)
+    }
+
     /// Waits until the proxy's log holds `text`.
     pub async fn wait_log(&mut self, text: &str) -> String {
         let found = tokio::time::timeout(WAIT, self.log.wait_for(|log| log.contains(text)))
@@ -226,10 +231,7 @@ pub fn run(config: &Path) -> Scanned {
 async fn a_method_reaches_its_device_through_an_http_proxy() {
     let site = Site::start(EmulatorConfig::default(), &["pump-1"]).await;
     let mut proxy = TinyProxy::start(ProxyRules::default()).await;
-    let config = site.config(
-        &format!("proxy = \"http://127.0.0.1:{}\"", proxy.port),
-        &[("pump-1", &sas(""))],
-    );
+    let config = site.config(&proxy.hub_key(), &[("pump-1", &sas(""))]);
     let daemon = run(&config);
     site.emu.wait_method_ready("pump-1", WAIT).await.unwrap();
     assert_eq!(site.get("pump-1").await, (200, json!({"v": 42})));
@@ -265,10 +267,7 @@ async fn a_proxy_that_needs_authentication_is_answered_from_the_password_file() 
     })
     .await;
 
-    let anonymous = site.config(
-        &format!("proxy = \"http://127.0.0.1:{}\"", proxy.port),
-        &[("pump-1", &sas(""))],
-    );
+    let anonymous = site.config(&proxy.hub_key(), &[("pump-1", &sas(""))]);
     let mut daemon = run(&anonymous);
     let line = daemon
         .wait_line("demands authentication (407)", WAIT)
@@ -324,10 +323,7 @@ async fn a_proxy_that_refuses_the_tunnel_is_named_and_retried() {
         ..ProxyRules::default()
     })
     .await;
-    let config = site.config(
-        &format!("proxy = \"http://127.0.0.1:{}\"", proxy.port),
-        &[("pump-1", &sas(""))],
-    );
+    let config = site.config(&proxy.hub_key(), &[("pump-1", &sas(""))]);
     let daemon = run(&config);
     let port = site.emu.mqtt_addr().port();
     let refused = format!("refused CONNECT localhost:{port} (403 Forbidden)");
@@ -349,10 +345,7 @@ async fn a_proxy_that_refuses_the_tunnel_is_named_and_retried() {
 async fn a_proxy_that_goes_away_mid_session_is_reconnected_through_when_back() {
     let site = Site::start(EmulatorConfig::default(), &["pump-1"]).await;
     let mut proxy = TinyProxy::start(ProxyRules::default()).await;
-    let config = site.config(
-        &format!("proxy = \"http://127.0.0.1:{}\"", proxy.port),
-        &[("pump-1", &sas(""))],
-    );
+    let config = site.config(&proxy.hub_key(), &[("pump-1", &sas(""))]);
     let daemon = run(&config);
     site.emu.wait_method_ready("pump-1", WAIT).await.unwrap();
     proxy.kill().await;
@@ -480,7 +473,7 @@ async fn every_transport_and_credential_connects_and_serves_a_method() {
             }
         }
         let proxy_line = if via_proxy {
-            format!("proxy = \"http://127.0.0.1:{}\"\n", proxy.port)
+            format!("{}\n", proxy.hub_key())
         } else {
             String::new()
         };

@@ -332,7 +332,7 @@ async fn a_device_with_a_certificate_registers_through_its_x509_enrollment() {
     let mut proxy = TinyProxy::start(ProxyRules::default()).await;
     let text = std::fs::read_to_string(&config).unwrap().replacen(
         "[hub]\n",
-        &format!("[hub]\nproxy = \"http://127.0.0.1:{}\"\n", proxy.port),
+        &format!("[hub]\n{}\n", proxy.hub_key()),
         1,
     );
     std::fs::write(&config, text).unwrap();
