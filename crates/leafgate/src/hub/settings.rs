@@ -70,16 +70,6 @@ pub enum Transport {
     Websocket,
 }
 
-impl Transport {
-    #[must_use]
-    pub fn name(self) -> &'static str {
-        match self {
-            Transport::Mqtt => "mqtt",
-            Transport::Websocket => "websocket",
-        }
-    }
-}
-
 /// An HTTP proxy reached with CONNECT, optionally with basic authentication.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Proxy {
