@@ -434,6 +434,7 @@ async fn a_minute_long_hub_outage_loses_no_reading_of_a_hundred_devices() {
     for i in 0..METERS {
         site.emu.wait_telemetry(&meter(i), 1, WAIT).await.unwrap();
     }
+    let polled_before = site.regs.request_count();
     let away = site
         .emu
         .inject_fault(Fault::Hangup(Target::All), None)
@@ -447,6 +448,13 @@ async fn a_minute_long_hub_outage_loses_no_reading_of_a_hundred_devices() {
     site.emu.clear_fault(away).await;
     // Wait until every meter has sent what it took during the outage and a little more.
     let taken_by_now = polled / METERS;
+    // The bus, not the wall clock, sets how many readings the minute held: a loaded machine
+    // polls a hundred meters more slowly than once a second.
+    let during = (polled - polled_before) / METERS;
+    assert!(
+        during >= 10,
+        "the outage held readings to buffer: {during} per meter"
+    );
     for i in 0..METERS {
         let id = meter(i);
         let until = tokio::time::Instant::now() + WAIT;
@@ -488,7 +496,10 @@ async fn a_minute_long_hub_outage_loses_no_reading_of_a_hundred_devices() {
             (firsts[0]..=last).collect::<Vec<_>>(),
             "{id}: every reading, once, in order"
         );
-        assert!(last >= 60, "{id}: the outage's readings are there: {last}");
+        assert!(
+            last as usize > taken_by_now,
+            "{id}: the outage's readings are there: {last} of {taken_by_now}"
+        );
         assert!(
             site.emu.device_stats(&id).connects_accepted >= 2,
             "{id}: the outage dropped its connection"
