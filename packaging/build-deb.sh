@@ -4,6 +4,7 @@
 #
 #     bash packaging/build-deb.sh                                     # for this machine (amd64)
 #     bash packaging/build-deb.sh --target aarch64-unknown-linux-gnu  # arm64, cross-built
+#     bash packaging/build-deb.sh --profile dev                       # quick, for checks only
 #
 # Prints the .deb's path on its last line, as cargo deb does. Honours CARGO_TARGET_DIR.
 #
@@ -44,17 +45,22 @@ with_libc6() {
 
 main() {
     cd "$(dirname "$0")/.."
-    local target=()
-    case "${1:-}" in
-        "") ;;
-        --target) [ -n "${2:-}" ] || { echo "usage: $0 [--target TRIPLE]" >&2; exit 2; }
-                  target=(--target "$2") ;;
-        *) echo "usage: $0 [--target TRIPLE]" >&2; exit 2 ;;
-    esac
+    local options=() usage="usage: $0 [--target TRIPLE] [--profile PROFILE]"
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --target) [ -n "${2:-}" ] || { echo "$usage" >&2; exit 2; }
+                      options+=(--target "$2"); shift 2 ;;
+            # A profile other than release builds a package for checking the packaging only
+            # (files, modes, account, unit): not for shipping, so it is compressed fast.
+            --profile) [ -n "${2:-}" ] || { echo "$usage" >&2; exit 2; }
+                       [ "$2" = release ] || options+=(--profile "$2" --fast); shift 2 ;;
+            *) echo "$usage" >&2; exit 2 ;;
+        esac
+    done
     command -v readelf >/dev/null || { echo "build-deb: readelf missing (apt install binutils)" >&2; exit 1; }
 
     local deb
-    deb=$(cargo deb --locked "${target[@]}" | tail -n 1)
+    deb=$(cargo deb --locked "${options[@]}" | tail -n 1)
     [ -f "$deb" ] || { echo "build-deb: cargo deb did not print the package path (got: $deb)" >&2; exit 1; }
 
     # Unpack, edit the control file, pack again. umask: an unpacking non-root user must not

@@ -12,6 +12,9 @@
 # libc6-dev-arm64-cross`); CHECK_DEB_ARM64=yes requires it, =no skips it. CI has no cross
 # toolchain, so it checks amd64 only.
 #
+# CHECK_DEB_PROFILE=dev packages the unoptimised binary instead of the release one (CI does:
+# the release build takes minutes and what is checked here is the packaging, not the code).
+#
 # Honours CARGO_TARGET_DIR. systemd need not be running (it is not PID 1 in CI): the unit is
 # checked offline, and the service behaviour (notify socket, signals, reload) is tested through
 # the binary by `cargo test` (tests/service.rs).
@@ -29,6 +32,7 @@ CONFIG=/etc/leafgate/leafgate.toml
 OLDEST_GLIBC=2.35
 ARM64_TARGET=aarch64-unknown-linux-gnu
 CHECK_DEB_ARM64=${CHECK_DEB_ARM64:-auto}
+CHECK_DEB_PROFILE=${CHECK_DEB_PROFILE:-release}
 
 step() { printf '\n== %s (%ds)\n' "$*" "$SECONDS"; }
 fail() { echo "check-deb: FAIL: $*" >&2; exit 1; }
@@ -113,7 +117,7 @@ contents() {
 }
 
 step "build"
-deb=$(bash packaging/build-deb.sh | tail -n 1)
+deb=$(bash packaging/build-deb.sh --profile "$CHECK_DEB_PROFILE" | tail -n 1)
 [ -f "$deb" ] || fail "build-deb.sh did not print the package path (got: $deb)"
 echo "$deb"
 
@@ -285,7 +289,7 @@ $expected"
 fi
 
 step "figures"
-echo "package:        $(basename "$deb")"
+echo "package:        $(basename "$deb") (profile $CHECK_DEB_PROFILE)"
 echo "deb size:       $(stat -c %s "$deb") bytes"
 echo "installed size: $(field Installed-Size) KiB"
 echo "exposure:       $score (threshold $SECURITY_THRESHOLD/10)"
