@@ -531,6 +531,7 @@ async fn a_serial_instrument_answers_line_framed_exchanges_and_recovers_from_gar
         BusSpec::Serial {
             line: line(psu_line.path()),
             framing: SerialFraming::Terminator(b"\r\n".to_vec()),
+            line_ending: None,
         },
         300,
     );
@@ -539,6 +540,7 @@ async fn a_serial_instrument_answers_line_framed_exchanges_and_recovers_from_gar
     let send = |text: &str| Op::Serial {
         request: text.as_bytes().to_vec(),
         reply: true,
+        text: true,
     };
     let r = run(
         &h,
@@ -564,6 +566,50 @@ async fn a_serial_instrument_answers_line_framed_exchanges_and_recovers_from_gar
         .await
         .unwrap();
     assert_eq!(r, vec![Output::Reply(b"LEAFGATE,PSU-1,0001,1.0".to_vec())]);
+}
+
+/// A bus with a line ending ends text requests with it, once, and leaves raw bytes as given.
+#[tokio::test]
+async fn a_serial_line_ending_ends_text_requests_and_frames_replies() {
+    let psu = Psu::new();
+    let psu_line = SerialLine::instrument(psu.clone()).unwrap();
+    let cfg = bus(
+        "psu",
+        BusSpec::Serial {
+            line: line(psu_line.path()),
+            framing: SerialFraming::Terminator(b"\r\n".to_vec()),
+            line_ending: Some(b"\r\n".to_vec()),
+        },
+        300,
+    );
+    let (h, _task) = bus::start(&cfg, CancellationToken::new());
+    up(&h).await;
+    let op = |request: &str, text: bool| Op::Serial {
+        request: request.as_bytes().to_vec(),
+        reply: true,
+        text,
+    };
+    let r = run(
+        &h,
+        vec![op("VOLT 5.000", true), op("VOLT?\r\n", true)],
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        r,
+        vec![
+            Output::Reply(b"OK".to_vec()),
+            Output::Reply(b"VOLT 5.000".to_vec())
+        ]
+    );
+    let lines: Vec<String> = psu.commands().into_iter().map(|c| c.line).collect();
+    assert_eq!(lines, ["VOLT 5.000", "VOLT?"]);
+    // Raw bytes are sent as they are: without a line end the instrument never answers.
+    assert!(matches!(
+        run(&h, vec![op("VOLT?", false)], Duration::from_secs(2)).await,
+        Err(Error::Timeout(_))
+    ));
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@ use leafgate::gateway::Gateway;
 use leafgate::hub::sas::Key;
 use leafgate_emulator::{Emulator, EmulatorConfig, ServiceClient};
 use leafgate_sim::modbus::{Fault, Garbage, Registers, TcpServer};
-use leafgate_sim::{SerialLine, instrument::Psu};
+use leafgate_sim::{SerialLine, instrument, instrument::Psu};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -548,6 +548,63 @@ async fn a_reply_still_reaches_the_caller_when_the_hub_connection_drops_mid_meth
         .unwrap();
     let (status, body) = call.await.unwrap();
     assert_eq!((status, body["speed"].as_f64()), (200, Some(25.0)));
+}
+
+/// A serial bus's line ending is written once, after templates and raw text alike, and the raw
+/// methods answer 504 at their configured deadline.
+#[tokio::test]
+async fn a_serial_line_ending_is_written_once_and_raw_methods_keep_their_deadline() {
+    let psu = Psu::new();
+    let psu_line = SerialLine::instrument(psu.clone()).unwrap();
+    let rest = format!(
+        r#"
+[[bus]]
+id = "psu"
+kind = "serial"
+path = "{psu_path}"
+line_ending = "\r\n"
+timeout_ms = 2000
+
+{psu_dev}
+[[device.method]]
+name = "setVoltage"
+[[device.method.step]]
+op = "send"
+request = "VOLT {{volts:.3}}"
+params = [{{ name = "volts", type = "f64", min = 0, max = 30 }}]
+expect = '^OK$'
+"#,
+        psu_path = psu_line.path().display(),
+        psu_dev = device(
+            "psu-1",
+            "psu",
+            "raw_methods = true\nraw_methods_timeout_ms = 700"
+        ),
+    );
+    let rig = Rig::start(&["psu-1"], "", &rest).await;
+    let (status, body) = rig.call("psu-1", "setVoltage", json!({"volts": 5.5})).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = rig
+        .call("psu-1", "serial.send", json!({"text": "VOLT?"}))
+        .await;
+    assert_eq!(
+        (status, body["reply"].as_str()),
+        (200, Some("VOLT 5.500")),
+        "{body}"
+    );
+    let lines: Vec<String> = psu.commands().into_iter().map(|c| c.line).collect();
+    assert_eq!(lines, ["VOLT 5.500", "VOLT?"]);
+    // Silent for longer than the raw deadline: 504 names the configured 700 ms.
+    psu.set_fault_times(instrument::Fault::Silent, 10);
+    let (status, body) = rig
+        .call("psu-1", "serial.send", json!({"text": "VOLT?"}))
+        .await;
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(
+        (&body["timeout"], &body["timeout_ms"]),
+        (&json!("method"), &json!(700)),
+        "{body}"
+    );
 }
 
 #[tokio::test]

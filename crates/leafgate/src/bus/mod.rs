@@ -78,11 +78,16 @@ pub fn start_after(
                 gate,
             )
         }
-        BusSpec::Serial { line, framing } => {
+        BusSpec::Serial {
+            line,
+            framing,
+            line_ending,
+        } => {
             let endpoint = line_io::Endpoint::Serial(line.clone());
             actor::spawn_after(
                 bus,
-                serial::SerialLink::new(endpoint, framing.clone(), bus.timeout),
+                serial::SerialLink::new(endpoint, framing.clone(), bus.timeout)
+                    .with_line_ending(line_ending.clone()),
                 shutdown,
                 gate,
             )

@@ -52,7 +52,12 @@ pub enum Op {
         data: WriteData,
     },
     /// A raw serial exchange: send `request`, then (unless `reply` is false) read one framed reply.
-    Serial { request: Vec<u8>, reply: bool },
+    /// A `text` request is a line: the bus's line ending follows it.
+    Serial {
+        request: Vec<u8>,
+        reply: bool,
+        text: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -19,6 +19,7 @@ const MAX_REPLY: usize = 4096;
 pub struct SerialLink {
     endpoint: Endpoint,
     framing: SerialFraming,
+    line_ending: Option<Vec<u8>>,
     guard: Duration,
     stream: Option<Box<dyn Stream>>,
     sent: bool,
@@ -30,9 +31,28 @@ impl SerialLink {
         SerialLink {
             endpoint,
             framing,
+            line_ending: None,
             guard: guard_time(bus_timeout),
             stream: None,
             sent: false,
+        }
+    }
+
+    /// Ends every text request with `ending`, so templates need not repeat it.
+    #[must_use]
+    pub fn with_line_ending(mut self, ending: Option<Vec<u8>>) -> Self {
+        self.line_ending = ending;
+        self
+    }
+
+    /// What goes on the wire for `request`: a text request gets the line ending unless it
+    /// already ends with it (a template written before the bus had one keeps working).
+    fn wire<'a>(&self, request: &'a [u8], text: bool) -> std::borrow::Cow<'a, [u8]> {
+        match &self.line_ending {
+            Some(ending) if text && !request.ends_with(ending) => {
+                std::borrow::Cow::Owned([request, ending].concat())
+            }
+            _ => std::borrow::Cow::Borrowed(request),
         }
     }
 
@@ -145,12 +165,18 @@ impl Link for SerialLink {
 
     async fn execute(&mut self, op: &Op, wait: Wait) -> Result<Output, Error> {
         self.sent = false;
-        let Op::Serial { request, reply } = op else {
+        let Op::Serial {
+            request,
+            reply,
+            text,
+        } = op
+        else {
             return Err(Error::Protocol(
                 "modbus operation on a raw serial line".to_owned(),
             ));
         };
-        let result = match tokio::time::timeout(wait.limit, self.exchange(request, *reply)).await {
+        let request = self.wire(request, *text);
+        let result = match tokio::time::timeout(wait.limit, self.exchange(&request, *reply)).await {
             Ok(result) => result,
             Err(_) => Err(wait.expired()),
         };
@@ -176,12 +202,42 @@ impl Link for SerialLink {
 
     fn overhead(&self, op: &Op) -> Duration {
         match op {
-            Op::Serial { request, .. } => self.overhead_bytes(request.len()),
+            Op::Serial { request, text, .. } => {
+                self.overhead_bytes(self.wire(request, *text).len())
+            }
             _ => Duration::ZERO,
         }
     }
 
     fn close(&mut self) {
         self.stream = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::{Line, Parity};
+
+    #[test]
+    fn the_line_ending_follows_text_once_and_never_raw_bytes() {
+        let line = Line {
+            path: "/dev/null".into(),
+            baud_rate: 9600,
+            parity: Parity::None,
+            data_bits: 8,
+            stop_bits: 1,
+        };
+        let link = SerialLink::new(
+            Endpoint::Serial(line),
+            SerialFraming::IdleGap(Duration::from_millis(5)),
+            Duration::from_millis(100),
+        );
+        assert_eq!(&*link.wire(b"MEAS?", true), b"MEAS?");
+        let link = link.with_line_ending(Some(b"\r\n".to_vec()));
+        assert_eq!(&*link.wire(b"MEAS?", true), b"MEAS?\r\n");
+        assert_eq!(&*link.wire(b"MEAS?\r\n", true), b"MEAS?\r\n");
+        assert_eq!(&*link.wire(b"MEAS?\r", true), b"MEAS?\r\r\n");
+        assert_eq!(&*link.wire(b"MEAS?", false), b"MEAS?");
     }
 }

@@ -83,6 +83,8 @@ pub enum BusSpec {
     Serial {
         line: Line,
         framing: SerialFraming,
+        /// Written after each text request that does not already end with it.
+        line_ending: Option<Vec<u8>>,
     },
 }
 

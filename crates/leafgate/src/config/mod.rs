@@ -68,7 +68,8 @@ pub struct Device {
     pub bus: String,
     /// Modbus unit id (0 for serial devices).
     pub unit: u8,
-    pub raw_methods: bool,
+    /// The raw methods' deadline when they are on.
+    pub raw_methods: Option<std::time::Duration>,
     pub methods: BTreeMap<String, Arc<Method>>,
     /// Telemetry groups: the profile's, then the device's own (which replace the profile's of
     /// the same name).

@@ -177,7 +177,10 @@ pub struct BusConfig {
     pub stop_bits: Option<u8>,
     // modbus_rtu
     pub frame_gap_us: Option<u64>,
-    // serial framing: exactly one of these
+    // serial: written after each text request, and the replies' terminator unless another
+    // framing is given
+    pub line_ending: Option<String>,
+    // serial framing: exactly one of these (or line_ending alone)
     pub terminator: Option<String>,
     pub reply_length: Option<usize>,
     pub idle_gap_ms: Option<u64>,
@@ -208,6 +211,8 @@ pub struct DeviceConfig {
     pub profile: Option<String>,
     #[serde(default)]
     pub raw_methods: bool,
+    /// The raw methods' deadline (default `mapping::raw::TIMEOUT`).
+    pub raw_methods_timeout_ms: Option<u64>,
     pub model_id: Option<String>,
     #[serde(default)]
     pub method: Vec<MethodConfig>,

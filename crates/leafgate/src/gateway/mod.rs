@@ -326,7 +326,7 @@ impl Gateway {
                     .iter()
                     .flat_map(|t| t.desired.values().map(|m| m.timeout)),
             )
-            .chain(config.raw_methods.then_some(crate::mapping::raw::TIMEOUT))
+            .chain(config.raw_methods)
             .fold(Duration::ZERO, Duration::max);
         let stop = CancellationToken::new();
         let polling = leaf.as_ref().map(|_| stop.child_token());

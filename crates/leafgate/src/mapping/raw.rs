@@ -184,11 +184,12 @@ fn write(unit: u8, payload: &Value) -> Result<Op, RequestError> {
 fn send(payload: &Value) -> Result<Op, RequestError> {
     let args = payload_object(payload)?;
     allow_only(args, &["text", "hex", "reply"])?;
-    let request = match (args.get("text"), args.get("hex")) {
-        (Some(Value::String(t)), None) => t.as_bytes().to_vec(),
-        (None, Some(Value::String(h))) => {
-            parse_hex(h).map_err(|e| RequestError::new(Some("hex"), e))?
-        }
+    let (request, text) = match (args.get("text"), args.get("hex")) {
+        (Some(Value::String(t)), None) => (t.as_bytes().to_vec(), true),
+        (None, Some(Value::String(h))) => (
+            parse_hex(h).map_err(|e| RequestError::new(Some("hex"), e))?,
+            false,
+        ),
         _ => {
             return Err(RequestError::new(
                 Some("text"),
@@ -204,7 +205,11 @@ fn send(payload: &Value) -> Result<Op, RequestError> {
         Some(Value::Bool(b)) => *b,
         Some(_) => return Err(RequestError::new(Some("reply"), "expected true or false")),
     };
-    Ok(Op::Serial { request, reply })
+    Ok(Op::Serial {
+        request,
+        reply,
+        text,
+    })
 }
 
 /// The reply object for a raw method's output.
@@ -318,7 +323,19 @@ mod tests {
             s.1,
             Op::Serial {
                 request: b"*I".to_vec(),
-                reply: true
+                reply: true,
+                text: false
+            }
+        );
+        let s = prepare(SERIAL_SEND, BusKind::Serial, 0, &json!({"text":"*I"}))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            s.1,
+            Op::Serial {
+                request: b"*I".to_vec(),
+                reply: true,
+                text: true
             }
         );
         assert_eq!(

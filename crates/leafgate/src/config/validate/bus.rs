@@ -45,6 +45,7 @@ pub(super) fn resolve_bus(file: &Path, path: &str, b: &BusConfig, p: &mut Proble
         b.frame_gap_us.is_some() && kind != BusKind::ModbusRtu,
     );
     for (key, present) in [
+        ("line_ending", b.line_ending.is_some()),
         ("terminator", b.terminator.is_some()),
         ("reply_length", b.reply_length.is_some()),
         ("idle_gap_ms", b.idle_gap_ms.is_some()),
@@ -158,7 +159,22 @@ pub(super) fn resolve_bus(file: &Path, path: &str, b: &BusConfig, p: &mut Proble
             }
         }),
         BusKind::Serial => {
-            let framing = match (&b.terminator, b.reply_length, b.idle_gap_ms) {
+            let line_ending = match b.line_ending.as_deref() {
+                Some("") => {
+                    p.add(file, format!("{path}.line_ending"), "must not be empty");
+                    None
+                }
+                other => other,
+            };
+            // The line ending frames replies too, unless the bus says otherwise.
+            let terminator = b
+                .terminator
+                .as_deref()
+                .or(match (b.reply_length, b.idle_gap_ms) {
+                    (None, None) => line_ending,
+                    _ => None,
+                });
+            let framing = match (terminator, b.reply_length, b.idle_gap_ms) {
                 (Some(t), None, None) if !t.is_empty() => {
                     Some(SerialFraming::Terminator(t.as_bytes().to_vec()))
                 }
@@ -166,11 +182,13 @@ pub(super) fn resolve_bus(file: &Path, path: &str, b: &BusConfig, p: &mut Proble
                 (None, None, Some(ms)) if (1..=10_000).contains(&ms) => {
                     Some(SerialFraming::IdleGap(Duration::from_millis(ms)))
                 }
+                // An empty line ending is its own problem, already recorded.
+                (None, None, None) if b.line_ending.is_some() => None,
                 (None, None, None) => {
                     p.add(
                         file,
                         path,
-                        "serial buses need one framing: terminator, reply_length or idle_gap_ms",
+                        "serial buses need one framing: line_ending, terminator, reply_length or idle_gap_ms",
                     );
                     None
                 }
@@ -203,8 +221,11 @@ pub(super) fn resolve_bus(file: &Path, path: &str, b: &BusConfig, p: &mut Proble
                     None
                 }
             };
-            line.zip(framing)
-                .map(|(line, framing)| BusSpec::Serial { line, framing })
+            line.zip(framing).map(|(line, framing)| BusSpec::Serial {
+                line,
+                framing,
+                line_ending: line_ending.map(|e| e.as_bytes().to_vec()),
+            })
         }
     };
     if p.0.len() != start {
@@ -329,5 +350,65 @@ mod tests {
         );
         let got = problems(&rtu_bus("frame_gap_us = 9223372036854775807"));
         assert!(got[0].starts_with("bus[0].frame_gap_us: "), "{got:?}");
+    }
+
+    fn serial_bus(extra: &str) -> String {
+        format!("{HUB}[[bus]]\nid = \"psu\"\nkind = \"serial\"\npath = \"/dev/ttyUSB1\"\n{extra}\n")
+    }
+
+    fn serial_spec(extra: &str) -> BusSpec {
+        let cfg = crate::config::load::parse(&serial_bus(extra)).unwrap();
+        let config = super::super::validate(vec![(PathBuf::from("leafgate.toml"), cfg)]).unwrap();
+        config.buses[0].spec.clone()
+    }
+
+    #[test]
+    fn a_line_ending_ends_requests_and_frames_replies_unless_another_framing_is_given() {
+        let BusSpec::Serial {
+            framing,
+            line_ending,
+            ..
+        } = serial_spec("line_ending = \"\\r\\n\"")
+        else {
+            panic!("not a serial bus")
+        };
+        assert_eq!(framing, SerialFraming::Terminator(b"\r\n".to_vec()));
+        assert_eq!(line_ending, Some(b"\r\n".to_vec()));
+        // An instrument that takes "\r" and answers "\r\n".
+        let BusSpec::Serial {
+            framing,
+            line_ending,
+            ..
+        } = serial_spec("line_ending = \"\\r\"\nterminator = \"\\r\\n\"")
+        else {
+            panic!("not a serial bus")
+        };
+        assert_eq!(framing, SerialFraming::Terminator(b"\r\n".to_vec()));
+        assert_eq!(line_ending, Some(b"\r".to_vec()));
+        let BusSpec::Serial { framing, .. } =
+            serial_spec("line_ending = \"\\n\"\nreply_length = 8")
+        else {
+            panic!("not a serial bus")
+        };
+        assert_eq!(framing, SerialFraming::Length(8));
+        let got = problems(&serial_bus("line_ending = \"\""));
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(
+            got[0].ends_with("line_ending: must not be empty"),
+            "{got:?}"
+        );
+        let got = problems(&rtu_bus("line_ending = \"\\r\\n\""));
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(
+            got[0].ends_with("line_ending: does not apply to kind = \"modbus_rtu\""),
+            "{got:?}"
+        );
+        let got = problems(&serial_bus(""));
+        assert!(
+            got[0].ends_with(
+                "serial buses need one framing: line_ending, terminator, reply_length or idle_gap_ms"
+            ),
+            "{got:?}"
+        );
     }
 }

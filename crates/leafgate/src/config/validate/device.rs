@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::Problems;
 use super::bus::Units;
@@ -16,6 +17,7 @@ use crate::config::schema::{BusKind, DeviceConfig};
 use crate::config::{C2d, Device, TwinSettings};
 use crate::mapping::Method;
 use crate::mapping::group::Group;
+use crate::mapping::raw;
 
 /// The bus a device is on, as far as resolving the device needs it.
 #[derive(Debug, Clone, Copy)]
@@ -96,6 +98,7 @@ pub(super) fn resolve_device(
             0
         }
     };
+    let raw_methods = raw_methods(file, path, d, p);
     let mut methods: BTreeMap<String, Arc<Method>> = BTreeMap::new();
     if let Some(profile_id) = &d.profile {
         // Profile methods are compiled for this device's bus kind: the same profile on a serial
@@ -171,7 +174,7 @@ pub(super) fn resolve_device(
         provisioned,
         bus: d.bus.clone(),
         unit,
-        raw_methods: d.raw_methods,
+        raw_methods: raw_methods?,
         methods,
         telemetry,
         model_id,
@@ -242,4 +245,86 @@ fn resolve_groups(
         }
     }
     groups
+}
+
+/// The raw methods' deadline: `Some` when they are on (`raw_methods_timeout_ms`, else
+/// [`raw::TIMEOUT`]), `None` when off; the outer `None` is a problem, already recorded.
+fn raw_methods(
+    file: &Path,
+    path: &str,
+    d: &DeviceConfig,
+    p: &mut Problems,
+) -> Option<Option<Duration>> {
+    match (d.raw_methods, d.raw_methods_timeout_ms) {
+        (false, None) => Some(None),
+        (false, Some(_)) => {
+            p.add(
+                file,
+                format!("{path}.raw_methods_timeout_ms"),
+                "applies only with raw_methods = true",
+            );
+            None
+        }
+        (true, None) => Some(Some(raw::TIMEOUT)),
+        (true, Some(ms)) if (100..=300_000).contains(&ms) => Some(Some(Duration::from_millis(ms))),
+        (true, Some(ms)) => {
+            p.add(
+                file,
+                format!("{path}.raw_methods_timeout_ms"),
+                format!("{ms} is outside 100..=300000"),
+            );
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::super::testing::{HUB, problems};
+    use super::*;
+
+    fn with_device(extra: &str) -> String {
+        format!(
+            "{HUB}[[bus]]\nid = \"plc\"\nkind = \"modbus_tcp\"\naddress = \"127.0.0.1:502\"\n\
+             [[device]]\nid = \"d\"\nshared_access_key = \"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\"\n\
+             bus = \"plc\"\nunit = 1\n{extra}\n"
+        )
+    }
+
+    fn raw_deadline(extra: &str) -> Option<Duration> {
+        let cfg = crate::config::load::parse(&with_device(extra)).unwrap();
+        let config = super::super::validate(vec![(PathBuf::from("leafgate.toml"), cfg)]).unwrap();
+        config.devices[0].raw_methods
+    }
+
+    #[test]
+    fn raw_methods_have_a_configurable_deadline_only_when_they_are_on() {
+        assert_eq!(raw_deadline("raw_methods = true"), Some(raw::TIMEOUT));
+        assert_eq!(
+            raw_deadline("raw_methods = true\nraw_methods_timeout_ms = 30000"),
+            Some(Duration::from_secs(30))
+        );
+        let got = problems(&with_device(
+            "raw_methods = true\nraw_methods_timeout_ms = 50",
+        ));
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(
+            got[0].ends_with("raw_methods_timeout_ms: 50 is outside 100..=300000"),
+            "{got:?}"
+        );
+        let got = problems(&with_device(
+            "[[device.method]]\nname = \"m\"\n[[device.method.step]]\nop = \"read\"\ntable = \"holding\"\naddress = 0\nfields = [{ name = \"v\", type = \"u16\" }]\n",
+        ));
+        assert_eq!(got, Vec::<String>::new());
+        let got = problems(&with_device(
+            "raw_methods_timeout_ms = 3000\nraw_methods = false\n[[device.method]]\nname = \"m\"\n[[device.method.step]]\nop = \"read\"\ntable = \"holding\"\naddress = 0\nfields = [{ name = \"v\", type = \"u16\" }]\n",
+        ));
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(
+            got[0].ends_with("raw_methods_timeout_ms: applies only with raw_methods = true"),
+            "{got:?}"
+        );
+    }
 }

@@ -242,7 +242,8 @@ mod tests {
             ops,
             vec![Op::Serial {
                 request: b"VOLT 12.500;LABEL x\r\n".to_vec(),
-                reply: true
+                reply: true,
+                text: true
             }]
         );
         let reply = m

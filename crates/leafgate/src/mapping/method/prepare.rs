@@ -63,6 +63,7 @@ impl Method {
                 } => Op::Serial {
                     request: render_request(request, params, args)?,
                     reply: *reply != ReplyKind::None,
+                    text: matches!(request, Request::Text(_)),
                 },
             });
         }

@@ -21,7 +21,8 @@ pub struct Device {
     pub bus_kind: BusKind,
     pub bus: bus::Handle,
     pub methods: BTreeMap<String, Arc<Method>>,
-    pub raw_methods: bool,
+    /// The raw methods' deadline, when they are on.
+    pub raw_methods: Option<Duration>,
     pub max_payload_bytes: usize,
     /// Counts of the device's requests by status, for its twin's reported health; `None` when
     /// nothing reports them.
@@ -67,7 +68,7 @@ impl Device {
     #[must_use]
     pub fn method_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.methods.keys().cloned().collect();
-        if self.raw_methods {
+        if self.raw_methods.is_some() {
             names.extend(raw::names(self.bus_kind).iter().map(|s| (*s).to_owned()));
         }
         names.sort();
@@ -77,7 +78,13 @@ impl Device {
     /// Handles one request received at `received`. Always returns a response; never panics on
     /// what the network sent.
     pub async fn call(&self, name: &str, rid: &str, payload: &[u8], received: Instant) -> Response {
-        let timeout = self.methods.get(name).map_or(raw::TIMEOUT, |m| m.timeout);
+        // An unknown name is answered at once; the raw deadline only bounds the raw methods.
+        let timeout = self
+            .methods
+            .get(name)
+            .map(|m| m.timeout)
+            .or(self.raw_methods)
+            .unwrap_or(raw::TIMEOUT);
         let deadline = received + timeout;
         let result = self.run(name, rid, payload, received, timeout).await;
         let elapsed = received.elapsed();
@@ -161,7 +168,10 @@ impl Device {
         }
         let plan = match self.methods.get(name) {
             Some(m) => Plan::Configured(m.clone()),
-            None => match (self.raw_methods, raw::names(self.bus_kind).contains(&name)) {
+            None => match (
+                self.raw_methods.is_some(),
+                raw::names(self.bus_kind).contains(&name),
+            ) {
                 (true, true) => Plan::Raw(raw::Raw::Read), // replaced below with the real kind
                 _ => {
                     return Err(Failure::UnknownMethod {
