@@ -3,19 +3,23 @@
 //! authorized" error far from the key that caused it.
 
 use std::net::Ipv6Addr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::Problems;
 use crate::config::Hub;
-use crate::config::schema::HubConfig;
+use crate::config::schema::{FileConfig, HubConfig};
+use crate::hub::connstr::ConnectionString;
 use crate::hub::settings::{Provisioning, Proxy};
 
 /// `provisioning` is `[provisioning]`, resolved: with it, `hostname` may be left out.
+/// `from_devices` is what the devices' connection strings say instead of a missing `hostname`
+/// ([`host_of_connection_strings`]).
 pub(super) fn resolve_hub(
     file: &Path,
     h: &HubConfig,
     provisioning: Option<Provisioning>,
+    from_devices: Result<String, String>,
     p: &mut Problems,
 ) -> Option<Hub> {
     let start = p.0.len();
@@ -25,14 +29,17 @@ pub(super) fn resolve_hub(
             .map_err(|msg| p.add(file, "hub.hostname", msg))
             .ok(),
         (None, Some(_)) => Some(None),
-        (None, None) => {
-            p.add(
-                file,
-                "hub.hostname",
-                "missing: your IoT hub's host name (e.g. myhub.azure-devices.net), or a [provisioning] section that assigns each device its hub",
-            );
-            None
-        }
+        (None, None) => match from_devices {
+            Ok(host) => Some(Some(host)),
+            Err(why) => {
+                p.add(
+                    file,
+                    "hub.hostname",
+                    format!("missing: your IoT hub's host name (e.g. myhub.azure-devices.net), a [provisioning] section that assigns each device its hub, or a connection string on every device, all naming one host ({why})"),
+                );
+                None
+            }
+        },
     };
     let gateway = match &h.gateway_hostname {
         Some(g) => check_host("gateway_hostname", g)
@@ -250,6 +257,41 @@ fn read_password(path: &Path) -> Result<String, String> {
     Ok(password.to_owned())
 }
 
+/// The hub every device's connection string names, standing in for a missing `hostname`.
+/// `Err` says why there is none (for the missing-hostname problem).
+pub(super) fn host_of_connection_strings(
+    files: &[(PathBuf, FileConfig)],
+) -> Result<String, String> {
+    let mut hosts: Vec<String> = Vec::new();
+    let mut devices = 0;
+    for d in files.iter().flat_map(|(_, f)| &f.device) {
+        devices += 1;
+        let Some(cs) = &d.connection_string else {
+            return Err(format!("device {:?} has no connection string", d.id));
+        };
+        // An unreadable one is reported at the device; it names no host.
+        let Ok(cs) = cs.0.parse::<ConnectionString>() else {
+            return Err(format!(
+                "device {:?}'s connection string cannot be read",
+                d.id
+            ));
+        };
+        if !hosts.iter().any(|h| h.eq_ignore_ascii_case(&cs.host_name)) {
+            hosts.push(cs.host_name);
+        }
+    }
+    match hosts.as_slice() {
+        [one] => check_host("hostname", one),
+        [] if devices == 0 => Err("there is no device".to_owned()),
+        [] => Err("no device has a connection string".to_owned()),
+        _ => Err(format!(
+            "the connection strings name {} hosts: {}",
+            hosts.len(),
+            hosts.join(", ")
+        )),
+    }
+}
+
 /// `hostname` and `gateway_hostname` are bare host names: they become the TLS server name and
 /// the TCP peer, and `hostname` also goes into MQTT usernames and SAS scopes, where a scheme, a
 /// port or a path would fail only at connect time (or as "not authorized"). Surrounding
@@ -348,6 +390,67 @@ mod tests {
     use crate::config::load::parse;
     use crate::config::schema::FileConfig;
     use crate::config::validate::validate;
+
+    /// `[hub]` without a hostname, a Modbus bus, and a device per (id, connection string host).
+    fn hostless(devices: &[(&str, Option<&str>)]) -> String {
+        let mut toml =
+            "[hub]\n[[bus]]\nid = \"plc\"\nkind = \"modbus_tcp\"\naddress = \"127.0.0.1:502\"\n"
+                .to_owned();
+        for (i, (id, host)) in devices.iter().enumerate() {
+            toml += &format!(
+                "[[device]]\nid = \"{id}\"\nbus = \"plc\"\nunit = {}\nraw_methods = true\n",
+                i + 1
+            );
+            toml += &match host {
+                Some(h) => format!(
+                    "connection_string = \"HostName={h};DeviceId={id};SharedAccessKey=AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\"\n"
+                ),
+                None => "shared_access_key = \"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\"\n"
+                    .to_owned(),
+            };
+        }
+        toml
+    }
+
+    #[test]
+    fn connection_strings_that_all_name_one_hub_stand_in_for_the_hostname() {
+        let toml = hostless(&[
+            ("a", Some("myhub.azure-devices.net")),
+            ("b", Some("MyHub.azure-devices.net")),
+        ]);
+        let cfg = validate(vec![(
+            PathBuf::from("leafgate.toml"),
+            parse(&toml).unwrap(),
+        )])
+        .unwrap();
+        assert_eq!(cfg.hub.hostname.as_deref(), Some("myhub.azure-devices.net"));
+
+        let got = problems(&hostless(&[
+            ("a", Some("one.azure-devices.net")),
+            ("b", Some("two.azure-devices.net")),
+        ]));
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(
+            got[0].starts_with("hub.hostname: missing: ")
+                && got[0].ends_with("(the connection strings name 2 hosts: one.azure-devices.net, two.azure-devices.net)"),
+            "{got:?}"
+        );
+        let got = problems(&hostless(&[
+            ("a", Some("one.azure-devices.net")),
+            ("b", None),
+        ]));
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(
+            got[0].ends_with("(device \"b\" has no connection string)"),
+            "{got:?}"
+        );
+        let got = problems(&hostless(&[("a", Some("https://one.azure-devices.net"))]));
+        assert!(
+            got.iter()
+                .any(|p| p.starts_with("hub.hostname: missing: ") && p.contains("has a scheme")),
+            "{got:?}"
+        );
+    }
 
     fn hub_with(extra: &str) -> String {
         format!("{HUB}{extra}\n")

@@ -24,14 +24,16 @@ use std::time::Duration;
 
 use self::bus::{Units, resolve_bus};
 use self::device::{BusRef, Sections, resolve_device};
-use self::hub::{check_host, resolve_hub};
+use self::hub::{check_host, host_of_connection_strings, resolve_hub};
 use self::permissions::key_file_warnings;
 use self::profile::Profiles;
 use self::sections::{indexed, single};
 use crate::config::Config;
 use crate::config::Telemetry;
 use crate::config::error::Problem;
-use crate::config::schema::{BusConfig, DeviceConfig, FileConfig, ProfileConfig, TelemetryConfig};
+use crate::config::schema::{
+    BusConfig, DeviceConfig, FileConfig, HubConfig, ProfileConfig, TelemetryConfig,
+};
 
 /// What validation found: problems (`.0`), which stop leafgate, and warnings (`.1`), which
 /// are worth fixing but do not.
@@ -85,9 +87,29 @@ pub fn validate(files: Vec<(PathBuf, FileConfig)>) -> Result<Config, Vec<Problem
         provisioning: provisioning_present,
         group_key,
     };
+    // Without a hostname, and without DPS to assign one, the devices' connection strings may
+    // all name the hub: then they are the hostname.
+    let from_devices = host_of_connection_strings(&files);
+    let derived = match (hub, &from_devices, provisioning_present) {
+        (Some((file, h)), Ok(host), false) if h.hostname.is_none() => Some((
+            file,
+            HubConfig {
+                hostname: Some(host.clone()),
+                ..h.clone()
+            },
+        )),
+        _ => None,
+    };
+    let hub = derived.as_ref().map(|(f, h)| (*f, h)).or(hub);
     let hub_raw = hub;
     let hub = match hub {
-        Some((file, h)) => resolve_hub(file, h, provisioning.map(|r| r.settings), &mut p),
+        Some((file, h)) => resolve_hub(
+            file,
+            h,
+            provisioning.map(|r| r.settings),
+            from_devices,
+            &mut p,
+        ),
         None => {
             p.add(
                 &base,
