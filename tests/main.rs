@@ -18,6 +18,10 @@ mod bus;
 /// The IoT Hub emulator against rumqttc devices over TLS and the HTTP service client.
 mod emulator;
 
+/// `leafgate emulator` for users: its `[hub]` snippet runs leafgate, its `curl` line calls a
+/// method.
+mod emulator_cli;
+
 /// The whole gateway end to end: emulator + simulated hardware + leafgate from a config file.
 mod gateway;
 

@@ -3,12 +3,12 @@
 //! anyhow is used here only, as CLI glue (house style: libraries return typed errors).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use base64::Engine as _;
 
-use super::{DpsConfig, Emulator, EmulatorConfig};
+use super::{DpsConfig, Emulator, EmulatorConfig, ServiceClient};
 use crate::sas::Key;
 
 /// Options of the emulator CLI.
@@ -80,8 +80,8 @@ fn parse_device(text: &str) -> Result<DeviceArg, String> {
     })
 }
 
-/// Starts the emulator from `args`, prints its addresses and connection string, and serves
-/// until Ctrl-C.
+/// Starts the emulator from `args`, prints its addresses, a `[hub]` snippet for a leafgate
+/// config and a `curl` line, and serves until Ctrl-C.
 ///
 /// # Errors
 /// When a key does not decode, the emulator cannot start, or Ctrl-C cannot be awaited.
@@ -90,13 +90,22 @@ pub async fn run_cli(args: EmulatorArgs) -> anyhow::Result<()> {
         Some(text) => Key::from_base64(text).context("--service-key")?,
         None => super::random_key(),
     };
+    // The snippet's ca_file needs a file: without --ca-out, one of this run's own, removed at
+    // the end.
+    let (ca_path, ca_is_ours) = match &args.ca_out {
+        Some(path) => (path.clone(), false),
+        None => (
+            std::env::temp_dir().join(format!("leafgate-emulator-{}-ca.pem", std::process::id())),
+            true,
+        ),
+    };
     let config = EmulatorConfig {
         host_name: args.host_name.clone(),
         mqtt_addr: args.mqtt_addr,
         ws_addr: args.ws_addr,
         http_addr: args.http_addr,
         https_addr: args.https_addr,
-        ca_path: args.ca_out.clone(),
+        ca_path: Some(ca_path.clone()),
         service_policy: (args.service_policy.clone(), service_key),
         telemetry_per_device: args.telemetry_per_device,
         dps: args.dps_addr.map(|addr| DpsConfig {
@@ -115,41 +124,106 @@ pub async fn run_cli(args: EmulatorArgs) -> anyhow::Result<()> {
     for group in &args.dps_groups {
         emulator.dps_add_group(&group.id, group.key.clone(), emulator.hub_link());
     }
-    println!("IoT Hub emulator for host {}", args.host_name);
-    println!("  mqtt (tls):  {}", emulator.mqtt_addr());
-    if let Some(addr) = emulator.ws_addr() {
-        println!("  mqtt (wss):  wss://{addr}/$iothub/websocket");
+    let client = ServiceClient::new(emulator.http_addr(), &emulator.service_connection_string())
+        .context("could not make a service token")?;
+    print!("{}", banner(&emulator, &args, &ca_path, &client.token()));
+    println!("press Ctrl-C to stop");
+    let waited = stop_signal().await;
+    emulator.shutdown().await;
+    if ca_is_ours {
+        let _ = std::fs::remove_file(&ca_path);
     }
-    println!("  service api: http://{}", emulator.http_addr());
+    waited
+}
+
+/// Ctrl-C, or SIGTERM (a service manager, `timeout`, `kill`): either ends the run cleanly.
+async fn stop_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("could not wait for SIGTERM")?;
+    tokio::select! {
+        ctrl_c = tokio::signal::ctrl_c() => ctrl_c.context("could not wait for Ctrl-C"),
+        _ = term.recv() => Ok(()),
+    }
+}
+
+/// What `leafgate emulator` prints: where it listens, a `[hub]` section (and a `[[device]]` per
+/// registered device) to paste into a leafgate config, and a method call with a live token.
+fn banner(emulator: &Emulator, args: &EmulatorArgs, ca_path: &Path, token: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let mut line = |text: String| {
+        out.push_str(&text);
+        out.push('\n');
+    };
+    line(format!("IoT Hub emulator for host {}", args.host_name));
+    line(format!("  mqtt (tls):  {}", emulator.mqtt_addr()));
+    if let Some(addr) = emulator.ws_addr() {
+        line(format!("  mqtt (wss):  wss://{addr}/$iothub/websocket"));
+    }
+    line(format!("  service api: http://{}", emulator.http_addr()));
     if let Some(addr) = emulator.https_addr() {
-        println!("  service api: https://{addr}");
+        line(format!("  service api: https://{addr}"));
     }
     if let Some(addr) = emulator.dps_addr() {
-        println!("  dps (tls):   {addr}, id scope {}", args.dps_id_scope);
+        line(format!(
+            "  dps (tls):   {addr}, id scope {}",
+            args.dps_id_scope
+        ));
     }
-    match &args.ca_out {
-        Some(path) => println!("  ca:          {}", path.display()),
-        None => println!("  ca (pem):\n{}", emulator.ca_pem()),
-    }
+    line(format!("  ca:          {}", ca_path.display()));
+    let key = |k: &Key| base64::engine::general_purpose::STANDARD.encode(k.as_bytes());
     for device in &args.devices {
-        println!(
+        line(format!(
             "  device:      HostName={};DeviceId={};SharedAccessKey={}",
             args.host_name,
             device.id,
-            base64::engine::general_purpose::STANDARD.encode(device.key.as_bytes())
-        );
+            key(&device.key)
+        ));
     }
-    println!("  service:     {}", emulator.service_connection_string());
-    println!(
+    line(format!(
+        "  service:     {}",
+        emulator.service_connection_string()
+    ));
+    line(format!(
         "  telemetry:   GET http://{}/emulator/devices/{{id}}/messages?since=0 (service token)",
         emulator.http_addr()
+    ));
+    line(String::new());
+    line(
+        "# For a leafgate config (a [hub] to replace yours; each device still needs its".to_owned(),
     );
-    println!("press Ctrl-C to stop");
-    tokio::signal::ctrl_c()
-        .await
-        .context("could not wait for Ctrl-C")?;
-    emulator.shutdown().await;
-    Ok(())
+    line("# bus, unit and methods):".to_owned());
+    line("[hub]".to_owned());
+    line(format!("hostname = {:?}", args.host_name));
+    line(format!("port = {}", emulator.mqtt_addr().port()));
+    if let Some(addr) = emulator.ws_addr() {
+        line(format!("websocket_port = {}", addr.port()));
+    }
+    line(format!("ca_file = {:?}", ca_path.display().to_string()));
+    for device in &args.devices {
+        line(String::new());
+        line("[[device]]".to_owned());
+        line(format!("id = {:?}", device.id));
+        line(format!("shared_access_key = {:?}", key(&device.key)));
+    }
+    line(String::new());
+    let device = args.devices.first().map_or("DEVICE", |d| d.id.as_str());
+    line(format!(
+        "# Call a method (replace METHOD{}; the token is valid for an hour):",
+        if args.devices.is_empty() {
+            " and DEVICE"
+        } else {
+            ""
+        }
+    ));
+    let _ = writeln!(
+        out,
+        "curl -s -X POST 'http://{}/twins/{device}/methods?api-version=2021-04-12' \\\n  \
+         -H 'Authorization: {token}' -H 'Content-Type: application/json' \\\n  \
+         -d '{{\"methodName\": \"METHOD\", \"payload\": {{}}, \"responseTimeoutInSeconds\": 30}}'",
+        emulator.http_addr()
+    );
+    out
 }
 
 #[cfg(test)]
