@@ -74,7 +74,8 @@ enum Command {
         output: Option<PathBuf>,
     },
     /// Run everything on this machine: an emulated IoT Hub, simulated Modbus and serial
-    /// hardware, and leafgate with config/demo.toml; call a few methods and show the answers.
+    /// hardware, and leafgate with the demo site's config (config/demo.toml in the source,
+    /// built into the binary); call a few methods and show the answers.
     ///
     /// Exit codes: 0 every round trip answered as expected; 1 one did not (with --once);
     /// 2 the demo could not start.
@@ -90,7 +91,7 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         http_port: u16,
         /// Log level of the gateway and the emulator, on stderr (off, error, warn, info, debug,
-        /// trace).
+        /// trace); info shows a line for every method call leafgate serves.
         #[arg(long, default_value = "warn")]
         log_level: log::LevelFilter,
     },

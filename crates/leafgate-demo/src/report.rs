@@ -254,6 +254,10 @@ pub(crate) fn invitation(demo: &Demo) -> String {
         demo.service_addr(),
         demo.token()
     );
+    let _ = writeln!(
+        text,
+        "leafgate logs each call it serves (device, method, status, time) when the demo runs with\n  --log-level info\n"
+    );
     let _ = writeln!(text, "Press Ctrl-C to stop.");
     text
 }
