@@ -34,6 +34,8 @@ LAYERS = {
         "mapping": ["config", "hub", "services", "gateway"],
         "hub": ["config", "mapping", "services", "gateway"],
         "services": ["gateway"],
+        # The registry every layer records into: it knows none of them.
+        "metrics": ["config", "bus", "mapping", "hub", "services", "gateway"],
         # `leafgate model`: the config as validated, described; nothing that runs.
         "model": ["bus", "hub", "services", "gateway"],
     },

@@ -56,6 +56,7 @@ fn shipped_sample_config_loads_and_documents_every_key() {
         "reconnect_min_ms",
         "reconnect_max_ms",
         "level",
+        "listen",
         "kind",
         "address",
         "framing",

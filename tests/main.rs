@@ -18,6 +18,9 @@ mod bus;
 /// The IoT Hub emulator against rumqttc devices over TLS and the HTTP service client.
 mod emulator;
 
+/// `[metrics]`: the scrape against promtool and a real Prometheus; hostile scrapers.
+mod metrics;
+
 /// `leafgate emulator` for users: its `[hub]` snippet runs leafgate, its `curl` line calls a
 /// method.
 mod emulator_cli;

@@ -28,6 +28,7 @@ pub mod gateway;
 pub mod hub;
 pub mod logtext;
 pub mod mapping;
+pub mod metrics;
 pub mod model;
 pub mod regular_file;
 pub mod services;

@@ -27,6 +27,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +38,7 @@ use super::link::{Link, Wait};
 use super::spec::Bus;
 use super::{Error, Limit, Op, Output, Timeout};
 use crate::backoff::Backoff;
+use crate::metrics;
 
 /// The least time an operation may have to wait for its reply; with less left before the
 /// deadline it is not sent at all.
@@ -50,6 +54,8 @@ pub struct Label {
 
 pub struct Job {
     pub ops: Vec<Op>,
+    /// When it was queued: its wait is measured ([`Handles`]).
+    pub queued: Instant,
     pub deadline: Instant,
     pub label: Label,
     pub reply: oneshot::Sender<Result<Vec<Output>, Error>>,
@@ -80,6 +86,41 @@ pub struct Handle {
     down: watch::Receiver<BTreeSet<u8>>,
     /// Moving average of how long a successful job held the bus, in µs (0: none yet).
     job_us: Arc<AtomicU64>,
+    /// Jobs waiting, when metrics are on.
+    depth: Option<Gauge>,
+}
+
+/// This bus's series in the metrics registry, made once when the actor starts (so no
+/// transaction looks a label up).
+#[derive(Debug, Clone)]
+struct Handles {
+    up: Gauge,
+    depth: Gauge,
+    queue_seconds: Histogram,
+    wire_seconds: Histogram,
+    busy_seconds: Counter<f64, AtomicU64>,
+    transactions: Counter,
+    timeouts: Counter,
+    retries: Counter,
+    units_down: Gauge,
+}
+
+impl Handles {
+    fn new(bus: &str) -> Option<Handles> {
+        let m = metrics::get()?;
+        let labels = m.bus(bus);
+        Some(Handles {
+            up: m.bus_up.get_or_create(&labels).clone(),
+            depth: m.bus_queue_depth.get_or_create(&labels).clone(),
+            queue_seconds: m.bus_queue_seconds.get_or_create(&labels).clone(),
+            wire_seconds: m.bus_wire_seconds.get_or_create(&labels).clone(),
+            busy_seconds: m.bus_busy_seconds.get_or_create(&labels).clone(),
+            transactions: m.bus_transactions.get_or_create(&labels).clone(),
+            timeouts: m.bus_timeouts.get_or_create(&labels).clone(),
+            retries: m.bus_retries.get_or_create(&labels).clone(),
+            units_down: m.bus_units_down.get_or_create(&labels).clone(),
+        })
+    }
 }
 
 impl Handle {
@@ -126,11 +167,15 @@ impl Handle {
         let (reply, rx) = oneshot::channel();
         let job = Job {
             ops,
+            queued: Instant::now(),
             deadline,
             label,
             reply,
         };
         self.tx.try_send(job).map_err(|e| self.refused(&e))?;
+        if let Some(depth) = &self.depth {
+            depth.inc();
+        }
         rx.await.unwrap_or(Err(Error::ShuttingDown))
     }
 
@@ -217,6 +262,7 @@ pub fn spawn_after<L: Link>(
     let (up_tx, up) = watch::channel(false);
     let (down_tx, down) = watch::channel(BTreeSet::new());
     let job_us = Arc::new(AtomicU64::new(0));
+    let metrics = Handles::new(&id);
     let handle = Handle {
         id: id.clone(),
         tx,
@@ -225,6 +271,7 @@ pub fn spawn_after<L: Link>(
         up,
         down,
         job_us: Arc::clone(&job_us),
+        depth: metrics.as_ref().map(|m| m.depth.clone()),
     };
     let actor = Actor {
         backoff: Backoff::new(bus.reconnect_min, bus.reconnect_max),
@@ -237,6 +284,7 @@ pub fn spawn_after<L: Link>(
         down: down_tx,
         units: std::collections::HashMap::new(),
         job_us,
+        metrics,
     };
     let task = tokio::spawn(async move {
         tokio::select! {
@@ -264,6 +312,7 @@ struct Actor<L> {
     units: std::collections::HashMap<u8, UnitHealth>,
     /// Shared with the handles: see [`Handle::admit`].
     job_us: Arc<AtomicU64>,
+    metrics: Option<Handles>,
 }
 
 /// Consecutive timeouts of one unit, and until when it is considered down.
@@ -315,6 +364,7 @@ impl<L: Link> Actor<L> {
         }
         rx.close();
         while let Ok(job) = rx.try_recv() {
+            self.dequeued(&job);
             let _ = job.reply.send(Err(Error::ShuttingDown));
         }
         polls.close();
@@ -322,8 +372,15 @@ impl<L: Link> Actor<L> {
             let _ = poll.reply.send(Err(Error::ShuttingDown));
         }
         self.link.close();
-        self.up.send_replace(false);
+        self.set_up(false);
         log::debug!(bus = &*self.id; "bus {} stopped", self.id);
+    }
+
+    fn set_up(&self, up: bool) {
+        self.up.send_replace(up);
+        if let Some(m) = &self.metrics {
+            m.up.set(i64::from(up));
+        }
     }
 
     async fn try_open(&mut self) {
@@ -337,7 +394,7 @@ impl<L: Link> Actor<L> {
             Ok(Ok(())) => {
                 log::info!(bus = id; "bus {id} is up");
                 self.backoff.reset();
-                self.up.send_replace(true);
+                self.set_up(true);
             }
             result => {
                 // The reason alone: jobs meanwhile are answered `Unavailable` with `last_error`, which
@@ -362,7 +419,7 @@ impl<L: Link> Actor<L> {
 
     fn mark_down(&mut self, error: &Error) {
         self.link.close();
-        self.up.send_replace(false);
+        self.set_up(false);
         // The reason alone, as in `try_open`: it is wrapped in `Unavailable` again for each job.
         self.last_error = error.reason();
         let delay = self.backoff.next_delay();
@@ -371,12 +428,23 @@ impl<L: Link> Actor<L> {
         log::warn!(bus = id; "bus {id} lost its link: {}; reconnecting in {} ms", self.last_error, delay.as_millis());
     }
 
+    /// A job left the queue: one fewer waiting, and how long it waited.
+    fn dequeued(&self, job: &Job) {
+        if let Some(m) = &self.metrics {
+            m.depth.dec();
+            m.queue_seconds
+                .observe(metrics::seconds(job.queued.elapsed()));
+        }
+    }
+
     async fn run_job(&mut self, job: Job) {
+        self.dequeued(&job);
         let Job {
             ops,
             deadline,
             label,
             reply,
+            ..
         } = job;
         let bus = &*self.id;
         if reply.is_closed() {
@@ -407,6 +475,9 @@ impl<L: Link> Actor<L> {
             }
         }
         self.record_health(unit, result.as_ref().err(), &label);
+        if let Some(m) = &self.metrics {
+            m.wire_seconds.observe(metrics::seconds(started.elapsed()));
+        }
         if result.is_ok() {
             self.record_duration(started.elapsed());
         }
@@ -519,6 +590,10 @@ impl<L: Link> Actor<L> {
                 if threshold > 0 && health.timeouts >= threshold {
                     health.down_until = Some(Instant::now() + self.settings.down_for);
                     self.down.send_if_modified(|down| down.insert(unit));
+                    if let Some(m) = &self.metrics {
+                        m.units_down
+                            .set(i64::try_from(self.down.borrow().len()).unwrap_or(0));
+                    }
                     log::warn!(bus = bus, unit = unit, device_id = &*label.device;
                         "unit {unit} on bus {bus} marked down after {} consecutive timeouts; requests fail fast (503) for {} ms",
                         health.timeouts, self.settings.down_for.as_millis());
@@ -527,6 +602,10 @@ impl<L: Link> Actor<L> {
             None | Some(Error::Exception { .. } | Error::Protocol(_)) => {
                 if health.down_until.take().is_some() {
                     self.down.send_if_modified(|down| down.remove(&unit));
+                    if let Some(m) = &self.metrics {
+                        m.units_down
+                            .set(i64::try_from(self.down.borrow().len()).unwrap_or(0));
+                    }
                     log::info!(bus = bus, unit = unit, device_id = &*label.device; "unit {unit} on bus {bus} answers again");
                 }
                 health.timeouts = 0;
@@ -588,7 +667,19 @@ impl<L: Link> Actor<L> {
                 }
             };
             let limit = wait.limit;
-            match self.link.execute(op, wait).await {
+            let sent = Instant::now();
+            let result = self.link.execute(op, wait).await;
+            if let Some(m) = &self.metrics {
+                m.transactions.inc();
+                m.busy_seconds.inc_by(metrics::seconds(sent.elapsed()));
+                if matches!(result, Err(Error::Timeout(_))) {
+                    m.timeouts.inc();
+                }
+                if garbled > 0 || reconnected {
+                    m.retries.inc();
+                }
+            }
+            match result {
                 Ok(out) => return Ok(out),
                 Err(Error::Protocol(msg))
                     if garbled < self.settings.retries && (repeatable || !self.link.sent()) =>
@@ -636,7 +727,7 @@ mod tests {
     /// `queue_capacity`): keep them true.
     #[test]
     fn a_waiting_job_stays_small() {
-        assert!(size_of::<Job>() <= 96, "{}", size_of::<Job>());
+        assert!(size_of::<Job>() <= 112, "{}", size_of::<Job>());
         assert!(size_of::<Op>() <= 40, "{}", size_of::<Op>());
         assert!(
             size_of::<Result<Vec<Output>, Error>>() <= 32,

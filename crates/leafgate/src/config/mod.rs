@@ -30,6 +30,8 @@ pub const DEFAULT_PATH: &str = "/etc/leafgate/leafgate.toml";
 pub struct Config {
     pub hub: Hub,
     pub telemetry: Telemetry,
+    /// Where to serve Prometheus metrics (`[metrics] listen`), when the section is there.
+    pub metrics: Option<std::net::SocketAddr>,
     pub log_level: log::LevelFilter,
     pub buses: Vec<Bus>,
     pub devices: Vec<Device>,

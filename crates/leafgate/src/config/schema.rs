@@ -26,6 +26,7 @@ pub struct FileConfig {
     pub twin: Option<TwinConfig>,
     pub c2d: Option<C2dConfig>,
     pub provisioning: Option<ProvisioningConfig>,
+    pub metrics: Option<MetricsConfig>,
     #[serde(default)]
     pub bus: Vec<BusConfig>,
     #[serde(default)]
@@ -69,6 +70,14 @@ pub struct HubConfig {
     pub reconnect_min_ms: u64,
     #[serde(default = "defaults::reconnect_max_ms")]
     pub reconnect_max_ms: u64,
+}
+
+/// `[metrics]`: the Prometheus endpoint, off unless the section is there.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `ip:port` to serve `GET /metrics` on (default 127.0.0.1:9464).
+    pub listen: Option<String>,
 }
 
 /// `[telemetry]`: how readings travel, for every device that has telemetry groups.

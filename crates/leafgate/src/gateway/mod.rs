@@ -80,6 +80,12 @@ impl Prepared {
     pub fn log_level(&self) -> log::LevelFilter {
         self.config.log_level
     }
+
+    /// The new config's `[metrics] listen`.
+    #[must_use]
+    pub fn metrics(&self) -> Option<std::net::SocketAddr> {
+        self.config.metrics
+    }
 }
 
 /// A running gateway.

@@ -21,9 +21,11 @@ use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::oneshot;
 use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
 
 use super::{Gateway, HubIdentity, Prepared};
 use crate::config::{self, Config};
+use crate::services::metrics;
 use crate::systemd;
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +34,12 @@ pub enum Error {
     Signals(#[source] std::io::Error),
     #[error("cannot start the gateway")]
     Start(#[source] super::Error),
+    #[error("cannot serve metrics on {addr} ([metrics] listen)")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// How the daemon was started.
@@ -72,6 +80,19 @@ pub async fn run(config: Config, options: &Options) -> Result<(), Error> {
     let mut term = signal(SignalKind::terminate()).map_err(Error::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(Error::Signals)?;
     let mut hup = signal(SignalKind::hangup()).map_err(Error::Signals)?;
+    // Before the gateway: buses and sessions look their series up as they start.
+    let metrics_stop = CancellationToken::new();
+    let _metrics_guard = metrics_stop.clone().drop_guard();
+    if let Some(addr) = config.metrics {
+        let registry = crate::metrics::enable();
+        let listener = metrics::bind(addr)
+            .await
+            .map_err(|source| Error::Metrics { addr, source })?;
+        // The bound address: port 0 in the config gets one from the kernel.
+        let at = listener.local_addr().unwrap_or(addr);
+        log::info!(service = "metrics"; "metrics: serving Prometheus metrics at http://{at}/metrics");
+        tokio::spawn(metrics::serve(listener, registry, metrics_stop.clone()));
+    }
     let mut gateway = Gateway::start(&config).map_err(Error::Start)?;
     let mut status = status_line(&gateway);
     systemd::notify_ready(&status);
@@ -119,7 +140,7 @@ pub async fn run(config: Config, options: &Options) -> Result<(), Error> {
             }
             outcome = Reload::finished(&mut reloading), if reloading.is_some() => {
                 reloading = None;
-                finish_reload(&mut gateway, options, outcome);
+                finish_reload(&mut gateway, options, config.metrics, outcome);
                 status = status_line(&gateway);
                 if std::mem::take(&mut again) {
                     reloading = Reload::start(&gateway, options);
@@ -234,10 +255,18 @@ impl Reload {
 }
 
 /// Applies what a reload found, or keeps the running config and says why; then `READY=1`.
-fn finish_reload(gateway: &mut Gateway, options: &Options, outcome: Outcome) {
+fn finish_reload(
+    gateway: &mut Gateway,
+    options: &Options,
+    metrics: Option<std::net::SocketAddr>,
+    outcome: Outcome,
+) {
     let path = &options.config_path;
     let why = match outcome {
         Outcome::Ready(prepared) => {
+            if prepared.metrics() != metrics {
+                log::warn!(service = "metrics"; "reload: [metrics] changed; it takes effect at the next restart");
+            }
             let level = prepared.log_level();
             let plan = gateway.apply(*prepared);
             systemd::set_level(options.log_level.unwrap_or(level));

@@ -34,6 +34,7 @@ use super::tls::Trust;
 use super::transport::{describe, disconnect, mqtt_options, shown_route};
 use crate::backoff::{self, Backoff};
 use crate::logtext;
+use crate::metrics;
 
 /// The API version IoT Hub recommends; see iothub-protocol.md 1.2.
 pub const API_VERSION: &str = "2021-04-12";
@@ -553,6 +554,15 @@ fn announce(shared: &Shared, device: &Device, route: &Route) {
         service.on_subscribed();
     }
     let id = &*device.id;
+    if let Some(m) = metrics::get() {
+        let labels = m.device(id);
+        // The gauge exists from the first connection on: any later one is a reconnect.
+        let reconnects = m.device_reconnects.get_or_create(&labels);
+        if m.device_connected.get(&labels).is_some() {
+            reconnects.inc();
+        }
+        m.device_connected.get_or_create(&labels).set(1);
+    }
     let n = shared.connected.fetch_add(1, Ordering::Relaxed) + 1;
     log::info!(device_id = id; "device {id}: connected to {} and listening for {} ({n} connected)", shown_route(&shared.hub, &route.connect, device.transport), device.listening_for());
 }
@@ -749,6 +759,11 @@ async fn connect_once(
     };
     if subscribed {
         shared.connected.fetch_sub(1, Ordering::Relaxed);
+        if let Some(m) = metrics::get() {
+            m.device_connected
+                .get_or_create(&m.device(&device.id))
+                .set(0);
+        }
         for service in &device.services {
             service.on_disconnected();
         }

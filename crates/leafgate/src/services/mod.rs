@@ -10,5 +10,6 @@
 
 pub mod c2d;
 pub mod methods;
+pub mod metrics;
 pub mod telemetry;
 pub mod twin;

@@ -67,6 +67,8 @@ pub fn validate(files: Vec<(PathBuf, FileConfig)>) -> Result<Config, Vec<Problem
 
     let hub = single(&files, "hub", |f| f.hub.as_ref(), &mut p);
     let log = single(&files, "log", |f| f.log.as_ref(), &mut p);
+    let metrics = single(&files, "metrics", |f| f.metrics.as_ref(), &mut p)
+        .and_then(|(file, m)| sections::resolve_metrics(file, m, &mut p));
     let telemetry = match single(&files, "telemetry", |f| f.telemetry.as_ref(), &mut p) {
         Some((file, t)) => resolve_telemetry(file, t, &mut p),
         None => resolve_telemetry(&base, &TelemetryConfig::default(), &mut p),
@@ -243,6 +245,7 @@ pub fn validate(files: Vec<(PathBuf, FileConfig)>) -> Result<Config, Vec<Problem
     Ok(Config {
         hub,
         telemetry,
+        metrics,
         log_level,
         buses,
         devices,

@@ -3,7 +3,7 @@
 //! drop-ins. Checked before any section's own keys, so later checks can look items up by id.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::Problems;
 use crate::config::schema::FileConfig;
@@ -84,4 +84,33 @@ fn check_id(id: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// The port Prometheus registered for leafgate's exporter.
+pub(super) const METRICS_DEFAULT: &str = "127.0.0.1:9464";
+
+/// `[metrics]`: where to listen. Off the loopback interface it is a warning, not a problem: the
+/// endpoint has no authentication, and an operator may mean it (a firewalled management LAN).
+pub(super) fn resolve_metrics(
+    file: &Path,
+    m: &crate::config::schema::MetricsConfig,
+    p: &mut Problems,
+) -> Option<std::net::SocketAddr> {
+    let listen = m.listen.as_deref().unwrap_or(METRICS_DEFAULT);
+    match listen.trim().parse::<std::net::SocketAddr>() {
+        Ok(addr) => {
+            if !addr.ip().is_loopback() {
+                p.warn(file, "metrics.listen", format!("{addr} is reachable from other machines, and the endpoint has no authentication: keep it on a management network or behind a firewall"));
+            }
+            Some(addr)
+        }
+        Err(_) => {
+            p.add(
+                file,
+                "metrics.listen",
+                format!("{listen:?} is not an ip:port (e.g. {METRICS_DEFAULT:?})"),
+            );
+            None
+        }
+    }
 }

@@ -14,6 +14,7 @@ use crate::chain::chain;
 use crate::config::schema::BusKind;
 use crate::logtext;
 use crate::mapping::{Failure, Method, raw, respond};
+use crate::metrics::{self, MethodLabels};
 
 pub struct Device {
     pub id: Arc<str>,
@@ -108,6 +109,19 @@ impl Device {
             }
         };
         self.count(status, name);
+        if let Some(m) = metrics::get() {
+            // 501: a name the device does not have, whatever the hub sent, is one label.
+            m.methods
+                .get_or_create(&MethodLabels {
+                    device: self.id.to_string(),
+                    method: metrics::method_label(name, status != 501),
+                    status,
+                })
+                .inc();
+            m.method_seconds
+                .get_or_create(&m.device(&self.id))
+                .observe(metrics::seconds(elapsed));
+        }
         Response {
             status,
             body,

@@ -25,6 +25,7 @@ use crate::logtext;
 use crate::mapping::group::{Group, MAX_MESSAGE_BYTES, TIMESTAMP_KEY};
 use crate::mapping::method::ReadFields;
 use crate::mapping::plan::{self, Read};
+use crate::metrics;
 
 /// At most one "poll failed/skipped" line per group this often; the others are counted.
 const LOG_EVERY: Duration = Duration::from_secs(60);
@@ -176,6 +177,11 @@ impl Poller {
                 (encode_topic(id, group, &mid, &ts), body)
             });
             if dropped > 0 {
+                if let Some(m) = metrics::get() {
+                    m.telemetry_dropped
+                        .get_or_create(&m.device(id))
+                        .inc_by(dropped);
+                }
                 log::warn!(device_id = id; "device {id}: telemetry backlog full; dropped the oldest reading");
             }
             // Only report-on-change compares with the last reading; keeping it otherwise would

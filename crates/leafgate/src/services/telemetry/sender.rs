@@ -17,6 +17,7 @@ use super::Shared;
 use super::backlog::{Backlog, Next};
 use super::store::Store;
 use crate::hub::service::{Delivery, Message, Outbound, Outlet};
+use crate::metrics;
 
 /// How long to wait before reading the store again after it failed.
 const RETRY: std::time::Duration = std::time::Duration::from_secs(5);
@@ -77,6 +78,9 @@ impl Sender {
                 }
                 cursor = Some(next.seq);
                 in_flight.push_back((next.seq, rx));
+                if let Some(m) = metrics::get() {
+                    m.telemetry_sent.get_or_create(&m.device(id)).inc();
+                }
             }
             let window_has_room = !resend && in_flight.len() < window;
             let Some((_, oldest)) = in_flight.front_mut() else {
@@ -101,7 +105,12 @@ impl Sender {
                 continue;
             };
             match delivery {
-                Ok(Delivery::Acked) => self.backlog.remove(seq),
+                Ok(Delivery::Acked) => {
+                    self.backlog.remove(seq);
+                    if let Some(m) = metrics::get() {
+                        m.telemetry_acknowledged.get_or_create(&m.device(id)).inc();
+                    }
+                }
                 // Unconfirmed, or dropped unsent by a stopping session.
                 Ok(Delivery::Unconfirmed) | Err(_) => {
                     if !resend {

@@ -1,0 +1,214 @@
+//! `[metrics]` with the real binary: the scrape passes `promtool check metrics`, a real
+//! Prometheus (Debian's, installed by .ci/run) scrapes leafgate and answers a query for the
+//! methods this test called, and clients that send nothing or garbage do not stop a scrape.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use leafgate::hub::sas::Key;
+use leafgate_emulator::{Emulator, EmulatorConfig, ServiceClient};
+use leafgate_sim::modbus::{Registers, TcpServer};
+use leafgate_testkit::daemon::Log;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::logscan::{Scanned, run_command};
+
+const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+const WAIT: Duration = Duration::from_secs(30);
+
+/// One HTTP/1.1 request with `Connection: close`; the status and the body.
+async fn http(addr: &str, request_line: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            format!("{request_line}\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, body.to_owned())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn a_real_prometheus_scrapes_the_methods_this_test_called() {
+    for tool in ["/usr/bin/prometheus", "/usr/bin/promtool"] {
+        assert!(
+            Path::new(tool).is_file(),
+            "{tool} is needed (apt install prometheus; .ci/run installs it)"
+        );
+    }
+    let emu = Emulator::start(EmulatorConfig::default()).await.unwrap();
+    emu.add_device("pump-7", Key::from_base64(KEY).unwrap());
+    let regs = Registers::with_units([1]);
+    regs.set_holding(1, 0, &[1234]);
+    let plc = TcpServer::start(regs.clone()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), emu.ca_pem()).unwrap();
+    let config = dir.path().join("leafgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[hub]\nhostname = \"localhost\"\nport = {}\nca_file = \"{}\"\n\n\
+             [metrics]\nlisten = \"127.0.0.1:0\"\n\n\
+             [[bus]]\nid = \"plc\"\nkind = \"modbus_tcp\"\naddress = \"{}\"\n\n\
+             [[device]]\nid = \"pump-7\"\nshared_access_key = \"{KEY}\"\nbus = \"plc\"\nunit = 1\n\
+             [[device.method]]\nname = \"getSpeed\"\n[[device.method.step]]\nop = \"read\"\n\
+             table = \"holding\"\naddress = 0\nfields = [{{ name = \"speed\", type = \"u16\" }}]\n",
+            emu.mqtt_addr().port(),
+            dir.path().join("ca.pem").display(),
+            plc.addr()
+        ),
+    )
+    .unwrap();
+    let daemon = Scanned::spawn(run_command(&config), Log::Capture);
+    let line = daemon
+        .wait_line("metrics: serving Prometheus metrics at http://", WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", daemon.tail(20)));
+    let endpoint = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap()
+        .to_owned();
+    daemon
+        .wait_line("device pump-7: connected to", WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", daemon.tail(20)));
+
+    let client = ServiceClient::new(emu.http_addr(), &emu.service_connection_string()).unwrap();
+    for _ in 0..3 {
+        let (http_status, body) = client
+            .invoke("pump-7", "getSpeed", json!({}), 10)
+            .await
+            .unwrap();
+        assert_eq!((http_status, &body["status"]), (200, &json!(200)), "{body}");
+    }
+    // A name the device does not have, twice: one bounded label, not one per name.
+    for name in ["noSuchMethod", "another-unknown"] {
+        let (_, body) = client.invoke("pump-7", name, json!({}), 10).await.unwrap();
+        assert_eq!(body["status"], 501, "{body}");
+    }
+
+    // Clients that hold a connection without a request, or send garbage, do not stop a scrape.
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(TcpStream::connect(&endpoint).await.unwrap());
+    }
+    let (status, _) = http(&endpoint, "BREW /coffee HTCPCP/1.0").await;
+    assert_eq!(status, 400);
+    let (status, _) = http(&endpoint, "GET /secrets HTTP/1.1").await;
+    assert_eq!(status, 404);
+    let (status, scrape) = http(&endpoint, "GET /metrics HTTP/1.1").await;
+    assert_eq!(status, 200, "{scrape}");
+    drop(idle);
+    for want in [
+        "leafgate_methods_total{device=\"pump-7\",method=\"getSpeed\",status=\"200\"} 3",
+        "leafgate_methods_total{device=\"pump-7\",method=\"(unknown)\",status=\"501\"} 2",
+        "leafgate_method_seconds_count{device=\"pump-7\"} 5",
+        "leafgate_device_connected{device=\"pump-7\"} 1",
+        "leafgate_bus_up{bus=\"plc\"} 1",
+        "leafgate_bus_transactions_total{bus=\"plc\"} 3",
+        "leafgate_bus_wire_seconds_count{bus=\"plc\"} 3",
+    ] {
+        assert!(scrape.contains(want), "missing {want:?} in:\n{scrape}");
+    }
+    assert!(!scrape.contains("noSuchMethod"), "{scrape}");
+
+    // promtool, the Prometheus project's own linter of the format.
+    let mut promtool = tokio::process::Command::new("/usr/bin/promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = promtool.stdin.take().unwrap();
+    stdin.write_all(scrape.as_bytes()).await.unwrap();
+    drop(stdin);
+    let checked = promtool.wait_with_output().await.unwrap();
+    // promtool lints the classic text format, where a counter's HELP names its `_total` sample;
+    // OpenMetrics (what leafgate serves, as its content type says) names the family without
+    // it. That one finding, for a counter that has its HELP, is the format's; any other fails.
+    let findings = String::from_utf8_lossy(&checked.stdout).into_owned()
+        + &String::from_utf8_lossy(&checked.stderr);
+    for finding in findings.lines().filter(|l| !l.trim().is_empty()) {
+        let counter = finding
+            .strip_suffix("_total no help text")
+            .filter(|family| {
+                scrape.contains(&format!("# TYPE {family} counter\n"))
+                    && scrape.contains(&format!("# HELP {family} "))
+            });
+        assert!(
+            counter.is_some(),
+            "promtool check metrics: {finding}\n{findings}"
+        );
+    }
+
+    // A real Prometheus scraping it every second; its query API answers what this test called.
+    let web = format!("127.0.0.1:{}", free_port());
+    let prom_dir = dir.path().join("prometheus");
+    std::fs::create_dir(&prom_dir).unwrap();
+    let prom_config = prom_dir.join("prometheus.yml");
+    std::fs::write(
+        &prom_config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: leafgate\n    static_configs:\n      - targets: ['{endpoint}']\n"
+        ),
+    )
+    .unwrap();
+    let _prometheus = tokio::process::Command::new("/usr/bin/prometheus")
+        .arg(format!("--config.file={}", prom_config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            prom_dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address={web}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let query = "GET /api/v1/query?query=leafgate_methods_total%7Bdevice%3D%22pump-7%22%2Cmethod%3D%22getSpeed%22%2Cstatus%3D%22200%22%7D HTTP/1.1";
+    let until = tokio::time::Instant::now() + Duration::from_secs(60);
+    let value = loop {
+        // Prometheus has no event to await: its API is asked again until the scrape landed.
+        if TcpStream::connect(&web).await.is_ok() {
+            let (status, body) = http(&web, query).await;
+            if status == 200 {
+                let answer: Value = serde_json::from_str(&body).unwrap();
+                if let Some(v) = answer["data"]["result"][0]["value"][1].as_str() {
+                    break v.to_owned();
+                }
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "Prometheus never scraped leafgate's method count"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(value, "3");
+    let (_, targets) = http(&web, "GET /api/v1/targets HTTP/1.1").await;
+    assert!(targets.contains("\"health\":\"up\""), "{targets}");
+}
