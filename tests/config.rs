@@ -221,3 +221,48 @@ modle_id = "dtmi:com:example:Meter;1"
     assert_eq!(code, Some(78), "{stderr}");
     assert!(!stderr.contains(KEY), "{stderr}");
 }
+
+/// `'READ?\r\n'` sends a backslash and an r: `check` says so, and still passes the config;
+/// the same request in double quotes sends CR LF and is not mentioned.
+#[test]
+fn check_warns_of_a_literal_string_request_holding_escapes_and_still_passes() {
+    let config = |request: &str| {
+        format!(
+            r#"[hub]
+hostname = "h.azure-devices.net"
+
+[[bus]]
+id = "psu-line"
+kind = "serial"
+path = "/dev/ttyS9"
+terminator = "\r\n"
+
+[[device]]
+id = "psu"
+shared_access_key = "{KEY}"
+bus = "psu-line"
+
+[[device.method]]
+name = "volts"
+[[device.method.step]]
+op = "send"
+request = {request}
+expect = '^(?P<volts>\d+\.\d+)$'
+"#
+        )
+    };
+    let (_dir, path, code, stderr) = check(&config(r"'READ?\r\n'"));
+    assert_eq!(
+        stderr.lines().collect::<Vec<_>>(),
+        [format!(
+            "warning: {}: device \"psu\".method \"volts\".step[0].request: `\\r`, `\\n` in a single-quoted (literal) string are sent as written, as two characters each; write the value in double quotes (\"...\") to send the characters they stand for",
+            path.display()
+        )],
+        "{stderr}"
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+
+    let (_dir, _, code, stderr) = check(&config(r#""READ?\r\n""#));
+    assert_eq!(stderr, "", "{stderr}");
+    assert_eq!(code, Some(0));
+}

@@ -137,7 +137,8 @@ pub fn parse_all(text: &str) -> Parsed {
         Ok(built) => built,
         Err(e) => return failed(describe(&e, text)),
     };
-    // The same parser the config crate used, keeping what it drops: where each key is.
+    // The same parser the config crate used, keeping what it drops: where each key is, and
+    // how each string was quoted.
     let doc = match toml::de::DeTable::parse(text) {
         Ok(doc) => doc.into_inner(),
         Err(e) => return failed(syntax_error(&e.to_string(), text)),
@@ -152,7 +153,9 @@ pub fn parse_all(text: &str) -> Parsed {
         problems: (read.problems.into_iter())
             .map(|f| problem(f.path, f.message))
             .collect(),
-        warnings: Vec::new(),
+        warnings: (super::literal::warnings(text, &doc).into_iter())
+            .map(|(path, message)| problem(path, message))
+            .collect(),
         withdrawn: read.withdrawn,
         meant: read.meant,
     }

@@ -6,6 +6,7 @@
 
 pub mod error;
 mod lenient;
+mod literal;
 pub mod load;
 pub mod path;
 pub mod schema;
