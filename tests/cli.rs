@@ -41,7 +41,7 @@ fn check_accepts_the_sample_and_exits_78_listing_every_problem() {
     assert_eq!(stderr.lines().count(), 9, "{stderr}");
     assert!(
         stderr.contains(&format!(
-            "{}: device[1].bus: bus \"missing\" is not defined",
+            "{}: device \"m3\".bus: bus \"missing\" is not defined",
             case.display()
         )),
         "{stderr}"
@@ -320,7 +320,10 @@ async fn check_refuses_a_fifo_key_file_at_once() {
         ),
     )
     .unwrap();
-    let what = format!("{}: device[0].shared_access_key_file: ", config.display());
+    let what = format!(
+        "{}: device \"d\".shared_access_key_file: ",
+        config.display()
+    );
     check_refuses(&config, &what, &key).await;
     let (code, stderr) = leafgate_within_10s(&["run"], &config).await;
     assert_eq!(code, Some(78), "{stderr}");
@@ -383,6 +386,9 @@ async fn check_refuses_a_key_file_linked_to_a_terminal_at_once() {
         ),
     )
     .unwrap();
-    let what = format!("{}: device[0].shared_access_key_file: ", config.display());
+    let what = format!(
+        "{}: device \"d\".shared_access_key_file: ",
+        config.display()
+    );
     check_refuses(&config, &what, &key).await;
 }

@@ -152,3 +152,120 @@ fn a_toml_syntax_error_on_a_key_line_never_prints_the_key() {
         assert!(!format!("{err:?}").contains(key), "{line}: {err:?}");
     }
 }
+
+const BIN: &str = env!("CARGO_BIN_EXE_leafgate");
+/// A device key in the configs below: it must never be printed.
+const KEY: &str = "c2VjcmV0LWtleS1tYXRlcmlhbC1kby1ub3QtcHJpbnQ=";
+
+/// `leafgate check -c FILE` on `text`: the file, the exit code and stderr.
+fn check(text: &str) -> (tempfile::TempDir, std::path::PathBuf, Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("leafgate.toml");
+    std::fs::write(&path, text).unwrap();
+    // Readable by its owner only: a config holding keys readable by all is a warning.
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (dir, path, out.status.code(), stderr)
+}
+
+/// A misspelt key no longer hides the rest: unknown keys (with the key meant), a reference to a
+/// bus that does not exist (with the one meant) and a value out of range come in one run, each
+/// naming its entry by id.
+#[test]
+fn check_reports_unknown_keys_and_the_rest_in_one_run_naming_entries_by_id() {
+    let text = format!(
+        r#"[hub]
+hostname = "h.azure-devices.net"
+
+[[bus]]
+id = "rs485"
+kind = "modbus_rtu"
+path = "/dev/ttyUSB0"
+baudrate = 19200
+
+[[device]]
+id = "meter-a"
+shared_access_key = "{KEY}"
+bus = "rs458"
+unit = 1
+raw_methods = true
+
+[[device]]
+id = "meter-b"
+shared_access_key = "{KEY}"
+bus = "rs485"
+unit = 0
+raw_methods = true
+modle_id = "dtmi:com:example:Meter;1"
+"#
+    );
+    let (_dir, path, code, stderr) = check(&text);
+    let file = path.display();
+    let expected = [
+        format!(
+            "{file}: bus \"rs485\".baudrate: unknown field `baudrate`; did you mean `baud_rate`?"
+        ),
+        format!(
+            "{file}: device \"meter-b\".modle_id: unknown field `modle_id`; did you mean `model_id`?"
+        ),
+        format!(
+            "{file}: device \"meter-a\".bus: bus \"rs458\" is not defined (defined: rs485); did you mean \"rs485\"?"
+        ),
+        format!(
+            "{file}: device \"meter-b\".unit: 0 is outside 1..=247 (0 is broadcast, which never answers)"
+        ),
+    ];
+    assert_eq!(stderr.lines().collect::<Vec<_>>(), expected, "{stderr}");
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(!stderr.contains(KEY), "{stderr}");
+}
+
+/// `'READ?\r\n'` sends a backslash and an r: `check` says so, and still passes the config;
+/// the same request in double quotes sends CR LF and is not mentioned.
+#[test]
+fn check_warns_of_a_literal_string_request_holding_escapes_and_still_passes() {
+    let config = |request: &str| {
+        format!(
+            r#"[hub]
+hostname = "h.azure-devices.net"
+
+[[bus]]
+id = "psu-line"
+kind = "serial"
+path = "/dev/ttyS9"
+terminator = "\r\n"
+
+[[device]]
+id = "psu"
+shared_access_key = "{KEY}"
+bus = "psu-line"
+
+[[device.method]]
+name = "volts"
+[[device.method.step]]
+op = "send"
+request = {request}
+expect = '^(?P<volts>\d+\.\d+)$'
+"#
+        )
+    };
+    let (_dir, path, code, stderr) = check(&config(r"'READ?\r\n'"));
+    assert_eq!(
+        stderr.lines().collect::<Vec<_>>(),
+        [format!(
+            "warning: {}: device \"psu\".method \"volts\".step[0].request: `\\r`, `\\n` in a single-quoted (literal) string are sent as written, as two characters each; write the value in double quotes (\"...\") to send the characters they stand for",
+            path.display()
+        )],
+        "{stderr}"
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+
+    let (_dir, _, code, stderr) = check(&config(r#""READ?\r\n""#));
+    assert_eq!(stderr, "", "{stderr}");
+    assert_eq!(code, Some(0));
+}

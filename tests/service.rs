@@ -600,7 +600,7 @@ async fn a_reload_reading_a_fifo_is_refused_and_the_main_loop_keeps_serving_sign
     // READY=1 and the log lines travel separately: wait for the lines.
     daemon
         .wait_line(&format!(
-            "{}: device[0].shared_access_key_file: cannot read {}: is a FIFO (named pipe), not a regular file",
+            "{}: device \"pump-1\".shared_access_key_file: cannot read {}: is a FIFO (named pipe), not a regular file",
             config.display(),
             key_file.display()
         ), WAIT)

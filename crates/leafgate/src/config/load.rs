@@ -2,6 +2,7 @@
 //! crate, one file at a time so each problem can name its file. Reads regular files only, opens
 //! nothing else.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use super::error::Problem;
@@ -53,42 +54,111 @@ pub fn files(base: &Path) -> Result<Vec<PathBuf>, Problem> {
 /// points at an endless device (`/dev/zero`) must not exhaust memory.
 pub const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
 
+/// One file as read: its config (`None` when a problem left nothing to validate, such as a
+/// syntax error), every problem found in it, in file order, its warnings, and the entries taken
+/// out because a key they cannot do without is wrong, as `(section, id)`, and the keys suggested
+/// for misspelt ones.
+#[derive(Debug, Default)]
+pub struct Parsed {
+    pub config: Option<FileConfig>,
+    pub problems: Vec<Problem>,
+    pub warnings: Vec<Problem>,
+    pub withdrawn: BTreeSet<(String, String)>,
+    /// Key paths a "did you mean" names: that they are missing is no news.
+    pub meant: BTreeSet<String>,
+}
+
+/// Reads and parses one file against the closed schema, reporting every unknown key and wrong
+/// value in it (see [`super::lenient`]).
+#[must_use]
+pub fn read(path: &Path) -> Parsed {
+    let mut parsed = match read_limited(path, MAX_CONFIG_BYTES) {
+        Ok(text) => parse_all(&text),
+        Err(e) => Parsed {
+            problems: vec![Problem {
+                file: PathBuf::new(),
+                path: String::new(),
+                message: format!("cannot read: {e}"),
+            }],
+            ..Parsed::default()
+        },
+    };
+    for p in parsed.problems.iter_mut().chain(&mut parsed.warnings) {
+        p.file = path.to_path_buf();
+    }
+    parsed
+}
+
 /// Parses one file against the closed schema.
 ///
 /// # Errors
-/// The file's problem with the key path where deserialization stopped.
+/// The file's first problem.
 pub fn file(path: &Path) -> Result<FileConfig, Problem> {
-    let text = read_limited(path, MAX_CONFIG_BYTES).map_err(|e| Problem {
-        file: path.to_path_buf(),
-        path: String::new(),
-        message: format!("cannot read: {e}"),
-    })?;
-    parse(&text).map_err(|p| Problem {
-        file: path.to_path_buf(),
-        ..p
-    })
+    first(read(path))
 }
 
 /// Parses TOML text against the closed schema; the problem's `file` is left empty. Tests and
 /// benchmarks use it for config snippets.
 ///
 /// # Errors
-/// The problem with the key path where deserialization stopped.
+/// The first problem in the text.
 pub fn parse(text: &str) -> Result<FileConfig, Problem> {
+    first(parse_all(text))
+}
+
+fn first(parsed: Parsed) -> Result<FileConfig, Problem> {
+    match (parsed.problems.into_iter().next(), parsed.config) {
+        (None, Some(config)) => Ok(config),
+        (Some(problem), _) => Err(problem),
+        (None, None) => Err(Problem {
+            file: PathBuf::new(),
+            path: String::new(),
+            message: "cannot be read".to_owned(),
+        }),
+    }
+}
+
+/// Parses TOML text with every problem in it, like [`read`]; `file` is left empty.
+#[must_use]
+pub fn parse_all(text: &str) -> Parsed {
     let problem = |key: String, message: String| Problem {
         file: PathBuf::new(),
         path: key,
         message,
     };
-    let built = config::Config::builder()
+    let failed = |message: String| Parsed {
+        problems: vec![problem(String::new(), message)],
+        ..Parsed::default()
+    };
+    let built = match config::Config::builder()
         .add_source(config::File::from_str(text, config::FileFormat::Toml))
         .build()
-        .map_err(|e| problem(String::new(), describe(&e, text)))?;
-    serde_path_to_error::deserialize::<_, FileConfig>(built).map_err(|e| {
-        let key = e.path().to_string();
-        let key = if key == "." { String::new() } else { key };
-        problem(key, describe(e.inner(), text))
-    })
+    {
+        Ok(built) => built,
+        Err(e) => return failed(describe(&e, text)),
+    };
+    // The same parser the config crate used, keeping what it drops: where each key is, and
+    // how each string was quoted.
+    let doc = match toml::de::DeTable::parse(text) {
+        Ok(doc) => doc.into_inner(),
+        Err(e) => return failed(syntax_error(&e.to_string(), text)),
+    };
+    let root = match config::Source::collect(&built) {
+        Ok(table) => config::Value::new(None, config::ValueKind::Table(table)),
+        Err(e) => return failed(describe(&e, text)),
+    };
+    let read = super::lenient::read(&doc, root, |e| describe(e, text));
+    Parsed {
+        config: read.config,
+        problems: (read.problems.into_iter())
+            .map(|f| problem(f.path, f.message))
+            .collect(),
+        warnings: (super::literal::warnings(text, &doc).into_iter())
+            .map(|(path, message)| problem(path, message))
+            .collect(),
+        withdrawn: read.withdrawn,
+        meant: read.meant,
+    }
 }
 
 /// The config crate's messages repeat the key and origin we already print; keep the core.
@@ -99,8 +169,22 @@ fn describe(error: &config::ConfigError, text: &str) -> String {
             unexpected,
             expected,
             ..
-        } => format!("invalid type: {unexpected}, expected {expected}"),
+        } => {
+            // A string's text may be a key pasted into the wrong place: name its kind only.
+            let unexpected = unexpected.to_string();
+            let unexpected = if unexpected.starts_with("string ") {
+                "a string"
+            } else {
+                &unexpected
+            };
+            format!("invalid type: {unexpected}, expected {expected}")
+        }
         config::ConfigError::At { error, .. } => describe(error, text),
+        // The config crate's key is the whole path run together (`bus[1]kind`).
+        config::ConfigError::NotFound(key) => {
+            let field = key.rsplit([']', '.']).next().unwrap_or(key);
+            format!("missing field `{field}`")
+        }
         config::ConfigError::FileParse { cause, .. } => syntax_error(&cause.to_string(), text),
         other => other.to_string(),
     }
@@ -180,6 +264,122 @@ mod tests {
                 "{}: cannot read: is a FIFO (named pipe), not a regular file",
                 conf_d.join("10-a.toml").display()
             )
+        );
+    }
+
+    fn all(text: &str) -> Vec<String> {
+        parse_all(text)
+            .problems
+            .iter()
+            .map(|p| format!("{}: {}", p.path, p.message))
+            .collect()
+    }
+
+    const HUB: &str = "[hub]\nhostname = \"h.azure-devices.net\"\n";
+    const KEY: &str = "shared_access_key = \"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\"\n";
+
+    #[test]
+    fn every_unknown_key_and_wrong_value_is_reported_in_file_order_by_id() {
+        let text = format!(
+            "colour = 1\n{HUB}[[bus]]\nid = \"rs485\"\nkind = \"modbus_rtu\"\npath = \"/dev/ttyUSB0\"\nbaudrate = 9600\n\
+             [[device]]\nid = \"meter-a\"\nbus = \"rs485\"\nunit = \"s3cr3t\"\nraw_method = true\n\
+             [[device.method]]\nname = \"get\"\n[[device.method.step]]\nop = \"read\"\ntable = \"input\"\nadress = 1\n"
+        );
+        let parsed = parse_all(&text);
+        assert!(parsed.config.is_some());
+        let got = all(&text);
+        assert_eq!(
+            got,
+            [
+                "colour: unknown field `colour`, expected one of `hub`, `log`, `telemetry`, `twin`, `c2d`, `provisioning`, `metrics`, `bus`, `device`, `profile`",
+                "bus \"rs485\".baudrate: unknown field `baudrate`; did you mean `baud_rate`?",
+                "device \"meter-a\".unit: invalid type: a string, expected an integer",
+                "device \"meter-a\".raw_method: unknown field `raw_method`; did you mean `raw_methods`?",
+                "device \"meter-a\".method \"get\".step[0].adress: unknown field `adress`; did you mean `address`?",
+            ]
+        );
+        assert!(!format!("{got:?}").contains("s3cr3t"), "{got:?}");
+        // The strict entry point gives the first.
+        assert_eq!(parse(&text).unwrap_err().path, "colour");
+    }
+
+    #[test]
+    fn an_entry_without_a_key_it_needs_is_taken_out_and_named() {
+        let text = format!(
+            "{HUB}[[bus]]\nid = \"plc\"\nkind = \"modbus_tpc\"\n[[bus]]\nid = \"ok\"\nkind = \"modbus_tcp\"\naddress = \"10.0.0.1:502\"\ntimeout_ms = \"x\"\n\
+             [[device]]\nid = \"nobus\"\nunit = 1\n[[device]]\nid = \"m\"\nbus = \"ok\"\nunit = 1\n"
+        );
+        let parsed = parse_all(&text);
+        let config = parsed.config.unwrap();
+        assert_eq!(
+            (config.bus.iter().map(|b| b.id.as_str()).collect::<Vec<_>>()),
+            ["ok"]
+        );
+        assert_eq!(config.device.len(), 1);
+        assert_eq!(
+            parsed.withdrawn,
+            [
+                ("bus".to_owned(), "plc".to_owned()),
+                ("device".to_owned(), "nobus".to_owned())
+            ]
+            .into()
+        );
+        assert_eq!(
+            all(&text),
+            [
+                "bus \"plc\".kind: enum BusKind does not have variant constructor modbus_tpc",
+                "bus \"ok\".timeout_ms: invalid type: a string, expected an integer",
+                "device \"nobus\": missing field `bus`",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_section_of_the_wrong_kind_ends_the_reading_with_what_was_found() {
+        let parsed = parse_all(
+            "hub = 5\n[provisioning]\nglobal_endpoint = \"x\"\n[[bus]]\nid = \"b\"\nkind = \"serial\"\nbaudrate = 1\n",
+        );
+        assert!(parsed.config.is_none());
+        let got: Vec<String> = (parsed.problems.iter())
+            .map(|p| format!("{}: {}", p.path, p.message))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "hub: invalid type: integer `5`, expected struct HubConfig",
+                "provisioning: missing field `id_scope`",
+                "bus \"b\".baudrate: unknown field `baudrate`; did you mean `baud_rate`?",
+            ]
+        );
+    }
+
+    #[test]
+    fn problems_and_the_validation_of_the_rest_come_in_one_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("leafgate.toml");
+        let text = format!(
+            "{HUB}[[bus]]\nid = \"rs485\"\nkind = \"modbus_rtu\"\npath = \"/dev/ttyUSB0\"\nbaudrate = 9600\n[[bus]]\nid = \"gone\"\nkind = \"nope\"\n\
+             [[device]]\nid = \"meter-a\"\nbus = \"rs458\"\nunit = 1\nraw_methods = true\n{KEY}\
+             [[device]]\nid = \"meter-b\"\nbus = \"rs485\"\nunit = 0\nraw_methods = true\nprofile = \"meters\"\n{KEY}\
+             [[device]]\nid = \"meter-c\"\nbus = \"gone\"\nunit = 2\nraw_methods = true\n{KEY}\
+             [[profile]]\nid = \"meter\"\nmodel_id = \"dtmi:com:example:Meter;1\"\n"
+        );
+        std::fs::write(&path, text).unwrap();
+        let err = crate::config::load(&path).unwrap_err();
+        let got: Vec<String> = err
+            .problems
+            .iter()
+            .map(|p| format!("{}: {}", p.path, p.message))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "bus \"rs485\".baudrate: unknown field `baudrate`; did you mean `baud_rate`?",
+                "bus \"gone\".kind: enum BusKind does not have variant constructor nope",
+                "device \"meter-a\".bus: bus \"rs458\" is not defined (defined: rs485); did you mean \"rs485\"?",
+                "device \"meter-b\".unit: 0 is outside 1..=247 (0 is broadcast, which never answers)",
+                "device \"meter-b\".profile: profile \"meters\" is not defined; did you mean \"meter\"?",
+            ]
         );
     }
 

@@ -5,8 +5,12 @@
 //! `FILE: path.to.key: message`.
 
 pub mod error;
+mod lenient;
+mod literal;
 pub mod load;
+pub mod path;
 pub mod schema;
+pub mod suggest;
 pub mod validate;
 
 use std::collections::BTreeMap;
@@ -133,19 +137,49 @@ pub struct C2d {
 /// Loads and validates the base file and its drop-ins.
 ///
 /// # Errors
-/// Every problem found, each naming its file and key.
+/// Every problem found, each naming its file and key: every unknown key and wrong value in
+/// every file, and what the validation of the rest finds.
 pub fn load(path: &Path) -> Result<Config, Error> {
     let files = load::files(path).map_err(|p| Error { problems: vec![p] })?;
     let mut parsed = Vec::new();
     let mut problems = Vec::new();
-    for file in files {
-        match load::file(&file) {
-            Ok(cfg) => parsed.push((file, cfg)),
-            Err(p) => problems.push(p),
+    let mut warnings = Vec::new();
+    let mut withdrawn = std::collections::BTreeSet::new();
+    // Key paths already accounted for: reported as wrong, or suggested for a misspelt key.
+    let mut reported = std::collections::BTreeSet::new();
+    let mut complete = true;
+    for file in &files {
+        let read = load::read(file);
+        reported.extend((read.problems.iter()).map(|p| (file.clone(), p.path.clone())));
+        reported.extend(read.meant.into_iter().map(|path| (file.clone(), path)));
+        problems.extend(read.problems);
+        warnings.extend(read.warnings);
+        withdrawn.extend(read.withdrawn);
+        match read.config {
+            Some(cfg) => parsed.push((file.clone(), cfg)),
+            // Without one file, the others' references to what it defines would all fail.
+            None => complete = false,
         }
     }
-    if !problems.is_empty() {
+    if !complete {
         return Err(Error { problems });
     }
-    validate::validate(parsed).map_err(|problems| Error { problems })
+    match validate::validate_with(parsed, &withdrawn) {
+        Ok(mut cfg) if problems.is_empty() => {
+            cfg.warnings.append(&mut warnings);
+            Ok(cfg)
+        }
+        Ok(_) => Err(Error { problems }),
+        Err(found) => {
+            // A key reported as wrong was left out: its absence is not news.
+            problems.extend(
+                found
+                    .into_iter()
+                    .filter(|p| !reported.contains(&(p.file.clone(), p.path.clone()))),
+            );
+            // In file order; within a file, what reading found, then what validation found.
+            problems.sort_by_key(|p| files.iter().position(|f| *f == p.file));
+            Err(Error { problems })
+        }
+    }
 }

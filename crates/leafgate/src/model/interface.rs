@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 
 use super::Error;
 use super::dtdl::{self, Described, MAX_CONTENTS, NAME_RULE};
+use crate::config::path::entry;
 use crate::config::schema::{
     BusKind, FieldConfig, MethodConfig, ProfileConfig, StepConfig, StepOp,
 };
@@ -166,19 +167,43 @@ impl Compiled {
         let (file, path) = at;
         let mut problems: Vec<Problem> = Vec::new();
         let methods: Vec<Option<Method>> = (profile.method.iter().enumerate())
-            .map(|(i, m)| Method::compile(m, kind, &format!("{path}.method[{i}]")))
+            .map(|(i, m)| {
+                Method::compile(
+                    m,
+                    kind,
+                    &format!("{path}.{}", entry("method", Some(&m.name), i)),
+                )
+            })
             .map(|r| keep(r, &mut problems))
             .collect();
         let groups: Vec<Option<Group>> = (profile.telemetry.iter().enumerate())
-            .map(|(i, g)| Group::compile(g, kind, &format!("{path}.telemetry[{i}]")))
+            .map(|(i, g)| {
+                Group::compile(
+                    g,
+                    kind,
+                    &format!("{path}.{}", entry("telemetry", Some(&g.name), i)),
+                )
+            })
             .map(|r| keep(r, &mut problems))
             .collect();
         let desired: Vec<Option<Method>> = (profile.desired.iter().enumerate())
-            .map(|(i, m)| Method::compile(m, kind, &format!("{path}.desired[{i}]")))
+            .map(|(i, m)| {
+                Method::compile(
+                    m,
+                    kind,
+                    &format!("{path}.{}", entry("desired", Some(&m.name), i)),
+                )
+            })
             .map(|r| keep(r, &mut problems))
             .collect();
         let properties: Vec<Option<Method>> = (profile.property.iter().enumerate())
-            .map(|(i, p)| Method::compile(&p.as_method(), kind, &format!("{path}.property[{i}]")))
+            .map(|(i, p)| {
+                Method::compile(
+                    &p.as_method(),
+                    kind,
+                    &format!("{path}.{}", entry("property", Some(&p.name), i)),
+                )
+            })
             .map(|r| keep(r, &mut problems))
             .collect();
         if !problems.is_empty() {
@@ -651,7 +676,7 @@ request = "*IDN?\r\n"
         assert!(
             problems[0]
                 .to_string()
-                .starts_with("conf.d/10-pumps.toml: profile[2].method[0].step[0]"),
+                .starts_with("conf.d/10-pumps.toml: profile[2].method \"getStatus\".step[0]"),
             "{problems:?}"
         );
         let text = PUMP.replace(

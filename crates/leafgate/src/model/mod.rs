@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::config;
+use crate::config::path::entry;
 use crate::config::schema::{BusKind, FileConfig, ProfileConfig, StepConfig, StepOp};
 
 /// A profile's interface, and what it had to leave out or could not say.
@@ -197,7 +198,7 @@ fn find<'f>(
 ) -> Option<(&'f PathBuf, String, &'f ProfileConfig)> {
     files.iter().find_map(|(file, f)| {
         let i = f.profile.iter().position(|p| p.id == id)?;
-        Some((file, format!("profile[{i}]"), &f.profile[i]))
+        Some((file, entry("profile", Some(id), i), &f.profile[i]))
     })
 }
 
@@ -272,7 +273,7 @@ mod tests {
         let err = model(&[("leafgate.toml", format!("{BASE}{bad_id}"))], None).unwrap_err();
         let text = err.to_string();
         assert!(
-            text.contains("leafgate.toml: profile[0].model_id: \"psu-model\" is not a DTMI"),
+            text.contains("leafgate.toml: profile \"psu\".model_id: \"psu-model\" is not a DTMI"),
             "{text}"
         );
         let broken = model(
@@ -285,7 +286,7 @@ mod tests {
         assert!(
             broken.problems()[0]
                 .to_string()
-                .ends_with("device[0].unit: does not apply to devices on a serial bus"),
+                .ends_with("device \"psu-1\".unit: does not apply to devices on a serial bus"),
             "{broken:?}"
         );
     }

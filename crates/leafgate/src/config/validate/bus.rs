@@ -345,11 +345,14 @@ mod tests {
         let got = problems(&rtu_bus("frame_gap_us = 200001"));
         assert_eq!(got.len(), 1, "{got:?}");
         assert!(
-            got[0].starts_with("bus[0].frame_gap_us: 200001 is outside 0..=200000"),
+            got[0].starts_with("bus \"rs485\".frame_gap_us: 200001 is outside 0..=200000"),
             "{got:?}"
         );
         let got = problems(&rtu_bus("frame_gap_us = 9223372036854775807"));
-        assert!(got[0].starts_with("bus[0].frame_gap_us: "), "{got:?}");
+        assert!(
+            got[0].starts_with("bus \"rs485\".frame_gap_us: "),
+            "{got:?}"
+        );
     }
 
     fn serial_bus(extra: &str) -> String {

@@ -13,7 +13,9 @@ use super::device_key::resolve_auth;
 use super::profile::Profiles;
 use super::provisioning::{check_registration_id, provisioned};
 use super::twin::{resolve_model_id, resolve_twin};
+use crate::config::path::entry;
 use crate::config::schema::{BusKind, DeviceConfig};
+use crate::config::suggest::nearest;
 use crate::config::{C2d, Device, TwinSettings};
 use crate::mapping::Method;
 use crate::mapping::group::Group;
@@ -122,20 +124,26 @@ pub(super) fn resolve_device(
                     }
                 }
             }
-            None => p.add(
-                file,
-                format!("{path}.profile"),
-                format!("profile {profile_id:?} is not defined"),
-            ),
+            None => {
+                let near = nearest(profile_id, profiles.defs.keys().copied())
+                    .map(|near| format!("; did you mean {near:?}?"))
+                    .unwrap_or_default();
+                p.add(
+                    file,
+                    format!("{path}.profile"),
+                    format!("profile {profile_id:?} is not defined{near}"),
+                );
+            }
         }
     }
     let mut own = std::collections::BTreeSet::new();
     for (i, m) in d.method.iter().enumerate() {
-        let mpath = format!("{path}.method[{i}]");
+        let mpath = format!("{path}.{}", entry("method", Some(&m.name), i));
         if !own.insert(m.name.clone()) {
+            // Named by its index: its name names the first.
             p.add(
                 file,
-                format!("{mpath}.name"),
+                format!("{path}.method[{i}].name"),
                 format!("method {:?} is defined twice", m.name),
             );
             continue;
@@ -223,11 +231,12 @@ fn resolve_groups(
     }
     let mut own = std::collections::BTreeSet::new();
     for (i, g) in d.telemetry.iter().enumerate() {
-        let gpath = format!("{path}.telemetry[{i}]");
+        let gpath = format!("{path}.{}", entry("telemetry", Some(&g.name), i));
         if !own.insert(g.name.clone()) {
+            // Named by its index: its name names the first.
             p.add(
                 file,
-                format!("{gpath}.name"),
+                format!("{path}.telemetry[{i}].name"),
                 format!("telemetry group {:?} is defined twice", g.name),
             );
             continue;

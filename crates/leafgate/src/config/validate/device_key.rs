@@ -377,7 +377,7 @@ mod tests {
             let got = problems(&device("d1", &cert_keys(&cert, &key)));
             assert_eq!(got.len(), 1, "{got:?}");
             assert!(
-                got[0].starts_with("device[0].certificate_file: "),
+                got[0].starts_with("device \"d1\".certificate_file: "),
                 "{got:?}"
             );
             assert!(
@@ -396,25 +396,25 @@ mod tests {
                 cert_keys(&cert, &key)
             );
             let cases: Vec<(String, &str)> = vec![
-                (key_too, "device[0]: give either a key"),
+                (key_too, "device \"d1\": give either a key"),
                 (
                     format!("certificate_file = {:?}\n", cert.display().to_string()),
-                    "device[0].private_key_file: missing: a certificate needs both",
+                    "device \"d1\".private_key_file: missing: a certificate needs both",
                 ),
                 (
                     format!("private_key_file = {:?}\n", key.display().to_string()),
-                    "device[0].certificate_file: missing",
+                    "device \"d1\".certificate_file: missing",
                 ),
                 (
                     cert_keys(&cert, &other_key),
-                    "device[0].private_key_file: the private key in",
+                    "device \"d1\".private_key_file: the private key in",
                 ),
                 (
                     cert_keys(&cert, &dir.path().join("gone.key")),
-                    "device[0].private_key_file: cannot read",
+                    "device \"d1\".private_key_file: cannot read",
                 ),
-                (cert_keys(&key, &key), "device[0].certificate_file: "),
-                (String::new(), "device[0]: missing credentials"),
+                (cert_keys(&key, &key), "device \"d1\".certificate_file: "),
+                (String::new(), "device \"d1\": missing credentials"),
             ];
             for (creds, want) in cases {
                 let got = problems(&device("d1", &creds));
@@ -437,7 +437,7 @@ mod tests {
                 let warnings: Vec<_> = cfg
                     .warnings
                     .iter()
-                    .filter(|w| w.path == "device[0].certificate_file")
+                    .filter(|w| w.path == "device \"d1\".certificate_file")
                     .collect();
                 assert_eq!(warnings.len(), 1, "{:?}", cfg.warnings);
                 assert!(warnings[0].message.contains(want), "{:?}", warnings[0]);
@@ -448,7 +448,7 @@ mod tests {
             assert!(
                 cfg.warnings
                     .iter()
-                    .all(|w| w.path != "device[0].certificate_file"),
+                    .all(|w| w.path != "device \"d1\".certificate_file"),
                 "{:?}",
                 cfg.warnings
             );

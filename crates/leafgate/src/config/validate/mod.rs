@@ -16,9 +16,10 @@ mod sections;
 mod testing;
 mod twin;
 
+pub(crate) use sections::check_id;
 pub use twin::{HEALTH_KEY, MAX_REPORTED_BYTES, dtmi, twin_key};
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -34,6 +35,7 @@ use crate::config::error::Problem;
 use crate::config::schema::{
     BusConfig, DeviceConfig, FileConfig, HubConfig, ProfileConfig, TelemetryConfig,
 };
+use crate::config::suggest::nearest;
 
 /// What validation found: problems (`.0`), which stop leafgate, and warnings (`.1`), which
 /// are worth fixing but do not.
@@ -62,6 +64,21 @@ impl Problems {
 /// # Errors
 /// Every problem found.
 pub fn validate(files: Vec<(PathBuf, FileConfig)>) -> Result<Config, Vec<Problem>> {
+    validate_with(files, &BTreeSet::new())
+}
+
+/// Like [`validate`], for files whose reading took out entries (`(section, id)`, see
+/// [`crate::config::load::Parsed`]): their problems are reported, so a device on a bus or with a
+/// profile taken out is not checked further, and a reference to one is not "not defined".
+///
+/// # Errors
+/// Every problem found.
+pub fn validate_with(
+    files: Vec<(PathBuf, FileConfig)>,
+    withdrawn: &BTreeSet<(String, String)>,
+) -> Result<Config, Vec<Problem>> {
+    let taken_out =
+        |section: &str, id: &str| withdrawn.contains(&(section.to_owned(), id.to_owned()));
     let mut p = Problems(Vec::new(), Vec::new());
     let base = files.first().map(|(f, _)| f.clone()).unwrap_or_default();
 
@@ -196,12 +213,22 @@ pub fn validate(files: Vec<(PathBuf, FileConfig)>) -> Result<Config, Vec<Problem
     let mut units_seen: BTreeMap<(String, u8), String> = BTreeMap::new();
     let mut profiles = Profiles::new(profiles);
     for (file, path, d) in &devices_in {
+        if taken_out("bus", &d.bus)
+            || d.profile
+                .as_ref()
+                .is_some_and(|pr| taken_out("profile", pr))
+        {
+            continue;
+        }
         let Some((kind, units)) = bus_kinds.get(&d.bus).copied() else {
             let known = bus_kinds.keys().cloned().collect::<Vec<_>>().join(", ");
+            let near = nearest(&d.bus, bus_kinds.keys().map(String::as_str))
+                .map(|near| format!("; did you mean {near:?}?"))
+                .unwrap_or_default();
             p.add(
                 file,
                 format!("{path}.bus"),
-                format!("bus {:?} is not defined (defined: {known})", d.bus),
+                format!("bus {:?} is not defined (defined: {known}){near}", d.bus),
             );
             continue;
         };
@@ -318,7 +345,7 @@ mod telemetry_tests {
         let got = problems(&meter(&format!("{GROUP}{GROUP}")));
         assert_eq!(
             got,
-            ["device[0].telemetry[1].name: telemetry group \"power\" is defined twice"]
+            ["device \"m\".telemetry[1].name: telemetry group \"power\" is defined twice"]
         );
         let got = problems(&meter(""));
         assert!(
@@ -356,9 +383,9 @@ mod telemetry_tests {
         );
         let got = problems(&text);
         assert!(
-            got.iter().any(|p| p
-                .starts_with("profile[0].telemetry[0].step[0].op: send steps need a serial bus")
-                && p.contains("(used by device \"m\")")),
+            got.iter().any(|p| p.starts_with(
+                "profile \"p\".telemetry \"g\".step[0].op: send steps need a serial bus"
+            ) && p.contains("(used by device \"m\")")),
             "{got:?}"
         );
     }

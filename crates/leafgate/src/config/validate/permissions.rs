@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::config::error::Problem;
+use crate::config::path::entry;
 use crate::config::schema::FileConfig;
 
 /// Files holding device keys (config files with inline keys, key files) should be readable by
@@ -41,7 +42,7 @@ pub(super) fn key_file_warnings(files: &[(PathBuf, FileConfig)]) -> Vec<Problem>
             if let Some(key_file) = &d.shared_access_key_file {
                 check(
                     file,
-                    format!("device[{i}].shared_access_key_file"),
+                    format!("{}.shared_access_key_file", entry("device", Some(&d.id), i)),
                     key_file,
                     "a device key",
                 );
@@ -49,7 +50,7 @@ pub(super) fn key_file_warnings(files: &[(PathBuf, FileConfig)]) -> Vec<Problem>
             if let Some(key_file) = &d.private_key_file {
                 check(
                     file,
-                    format!("device[{i}].private_key_file"),
+                    format!("{}.private_key_file", entry("device", Some(&d.id), i)),
                     key_file,
                     "a device's private key",
                 );

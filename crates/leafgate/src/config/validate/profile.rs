@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::config::path::entry;
 use crate::config::schema::{BusKind, ProfileConfig};
 use crate::mapping::Method;
 use crate::mapping::group::Group;
@@ -75,7 +76,12 @@ impl<'a> Profiles<'a> {
         let compiled = cached(&mut self.methods, id, kind, || {
             (profile.method.iter().enumerate())
                 .map(|(i, m)| {
-                    Method::compile(m, kind, &format!("{path}.method[{i}]")).map(Arc::new)
+                    Method::compile(
+                        m,
+                        kind,
+                        &format!("{path}.{}", entry("method", Some(&m.name), i)),
+                    )
+                    .map(Arc::new)
                 })
                 .collect()
         });
@@ -92,7 +98,12 @@ impl<'a> Profiles<'a> {
         let compiled = cached(&mut self.groups, id, kind, || {
             (profile.telemetry.iter().enumerate())
                 .map(|(i, g)| {
-                    Group::compile(g, kind, &format!("{path}.telemetry[{i}]")).map(Arc::new)
+                    Group::compile(
+                        g,
+                        kind,
+                        &format!("{path}.{}", entry("telemetry", Some(&g.name), i)),
+                    )
+                    .map(Arc::new)
                 })
                 .collect()
         });
@@ -109,7 +120,12 @@ impl<'a> Profiles<'a> {
         let compiled = cached(&mut self.desired, id, kind, || {
             (profile.desired.iter().enumerate())
                 .map(|(i, m)| {
-                    Method::compile(m, kind, &format!("{path}.desired[{i}]")).map(Arc::new)
+                    Method::compile(
+                        m,
+                        kind,
+                        &format!("{path}.{}", entry("desired", Some(&m.name), i)),
+                    )
+                    .map(Arc::new)
                 })
                 .collect()
         });
@@ -126,8 +142,12 @@ impl<'a> Profiles<'a> {
         let compiled = cached(&mut self.properties, id, kind, || {
             (profile.property.iter().enumerate())
                 .map(|(i, m)| {
-                    Method::compile(&m.as_method(), kind, &format!("{path}.property[{i}]"))
-                        .map(Arc::new)
+                    Method::compile(
+                        &m.as_method(),
+                        kind,
+                        &format!("{path}.{}", entry("property", Some(&m.name), i)),
+                    )
+                    .map(Arc::new)
                 })
                 .collect()
         });

@@ -255,14 +255,14 @@ mod tests {
                 ),
                 (
                     site("[provisioning]\nid_scope = \"0ne1\"", &device("pump-1", "")),
-                    "device[0]: missing credentials: [provisioning] has no group_key",
+                    "device \"pump-1\": missing credentials: [provisioning] has no group_key",
                 ),
                 (
                     site(
                         &format!("[provisioning]\nid_scope = \"0ne1\"\ngroup_key = \"{GROUP}\""),
                         &device("-pump", ""),
                     ),
-                    "device[0].id: \"-pump\" cannot be a DPS registration id",
+                    "device \"-pump\".id: \"-pump\" cannot be a DPS registration id",
                 ),
                 (
                     site(
@@ -272,7 +272,7 @@ mod tests {
                             "connection_string = \"HostName=h.azure-devices.net;DeviceId=d1;SharedAccessKey=AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\"",
                         ),
                     ),
-                    "device[0].connection_string: a device with a connection string connects without DPS",
+                    "device \"d1\".connection_string: a device with a connection string connects without DPS",
                 ),
                 (
                     site(
@@ -304,7 +304,7 @@ mod tests {
                             ),
                         ),
                     ),
-                    "device[0].certificate_file: registers with DPS, which takes the certificate's CN as the registration id: the CN is \"someone-else\"",
+                    "device \"pump-1\".certificate_file: registers with DPS, which takes the certificate's CN as the registration id: the CN is \"someone-else\"",
                 ),
             ];
             for (text, want) in cases {

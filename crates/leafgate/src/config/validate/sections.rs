@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::Problems;
+use crate::config::path::entry;
 use crate::config::schema::FileConfig;
 
 /// A section that may appear in one file only.
@@ -33,7 +34,8 @@ pub(super) fn single<'a, T>(
 
 pub(super) type Indexed<'a, T> = Vec<(&'a PathBuf, String, &'a T)>;
 
-/// Flattens `[[name]]` items across files, with their paths, refusing ids defined twice.
+/// Flattens `[[name]]` items across files, with their paths (`device "meter-a"`), refusing ids
+/// defined twice.
 pub(super) fn indexed<'a, T>(
     files: &'a [(PathBuf, FileConfig)],
     items: impl Fn(&'a FileConfig) -> &'a Vec<T>,
@@ -45,16 +47,17 @@ pub(super) fn indexed<'a, T>(
     let mut out = Vec::new();
     for (file, f) in files {
         for (i, item) in items(f).iter().enumerate() {
-            let path = format!("{name}[{i}]");
+            let at = format!("{name}[{i}]");
             let item_id = id(item);
             if let Err(msg) = check_id(item_id) {
-                p.add(file, format!("{path}.id"), msg);
+                p.add(file, format!("{at}.id"), msg);
                 continue;
             }
+            // A second entry with one id is named by its index: the id names the first.
             if let Some((first_file, first_path)) = seen.get(item_id.as_str()) {
                 p.add(
                     file,
-                    format!("{path}.id"),
+                    format!("{at}.id"),
                     format!(
                         "{name} {item_id:?} is already defined at {}: {first_path}",
                         first_file.display()
@@ -62,8 +65,8 @@ pub(super) fn indexed<'a, T>(
                 );
                 continue;
             }
-            seen.insert(item_id, (file, path.clone()));
-            out.push((file, path, item));
+            seen.insert(item_id, (file, at));
+            out.push((file, entry(name, Some(item_id), i), item));
         }
     }
     out
@@ -71,7 +74,7 @@ pub(super) fn indexed<'a, T>(
 
 /// IoT Hub device ids: up to 128 of `a-z A-Z 0-9 - . % _ * ? ! ( ) , : = @ $ '`. We use the same
 /// rule for bus and profile ids.
-fn check_id(id: &str) -> Result<(), String> {
+pub(crate) fn check_id(id: &str) -> Result<(), String> {
     if id.is_empty() || id.len() > 128 {
         return Err("must be 1 to 128 characters".to_owned());
     }

@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use super::Problems;
 use super::profile::{Compiled, Profiles};
+use crate::config::path::entry;
 use crate::config::schema::{BusKind, C2dConfig, DeviceConfig, TwinConfig};
 use crate::config::{C2d, Property, Twin, TwinSettings};
 use crate::mapping::Method;
@@ -289,7 +290,7 @@ pub(super) fn resolve_twin(
     let desired = merge_entries(
         profiles.desired(&pid, kind),
         d.desired.iter().enumerate().map(|(i, m)| {
-            let at = format!("{path}.desired[{i}]");
+            let at = format!("{path}.{}", entry("desired", Some(&m.name), i));
             (at.clone(), Method::compile(m, kind, &at))
         }),
         file,
@@ -322,7 +323,7 @@ pub(super) fn resolve_twin(
         {
             p.add(
                 file,
-                format!("{path}.property[{i}].interval_s"),
+                format!("{path}.{}.interval_s", entry("property", Some(&pr.name), i)),
                 format!("{s} is outside 1..=604800"),
             );
         }
@@ -330,7 +331,7 @@ pub(super) fn resolve_twin(
     let properties = merge_entries(
         profiles.properties(&pid, kind),
         d.property.iter().enumerate().map(|(i, pr)| {
-            let at = format!("{path}.property[{i}]");
+            let at = format!("{path}.{}", entry("property", Some(&pr.name), i));
             (at.clone(), Method::compile(&pr.as_method(), kind, &at))
         }),
         file,
@@ -413,7 +414,7 @@ mod tests {
         let got = config("", SETPOINT);
         assert_eq!(got.len(), 1, "{got:?}");
         assert!(
-            got[0].starts_with("device[0]: device \"pump-1\" maps twin properties"),
+            got[0].starts_with("device \"pump-1\": device \"pump-1\" maps twin properties"),
             "{got:?}"
         );
     }
@@ -436,11 +437,11 @@ mod tests {
         let expected = [
             "twin.report_interval_ms: 10 is outside 100..=3600000",
             "c2d.method_property: \"$method\": a twin key may not hold '$'",
-            "device[0].model_id: \"pump\" is not a DTMI",
-            "device[0].reported.asset.tag: \"asset.tag\": a twin key may not hold '.'",
-            "device[0].desired[0].step: a desired property must change the hardware",
-            "device[0].desired[0]: reported property \"speedSetpoint\" is also device[0].reported.speedSetpoint",
-            "device[0].property[0].step: a property read from the hardware may not write",
+            "device \"pump-1\".model_id: \"pump\" is not a DTMI",
+            "device \"pump-1\".reported.asset.tag: \"asset.tag\": a twin key may not hold '.'",
+            "device \"pump-1\".desired \"speedSetpoint\".step: a desired property must change the hardware",
+            "device \"pump-1\".desired \"speedSetpoint\": reported property \"speedSetpoint\" is also device \"pump-1\".reported.speedSetpoint",
+            "device \"pump-1\".property \"identity\".step: a property read from the hardware may not write",
         ];
         for e in expected {
             assert!(
@@ -460,7 +461,7 @@ mod tests {
         );
         assert_eq!(got.len(), 1, "{got:?}");
         assert!(
-            got[0].starts_with("device[0].reported: static reported properties take 28"),
+            got[0].starts_with("device \"pump-1\".reported: static reported properties take 28"),
             "{got:?}"
         );
         let fits: String = (0..5).map(|i| format!("k{i} = \"{big}\"\n")).collect();
