@@ -81,8 +81,7 @@ pub(crate) fn name(doc: &toml::de::DeTable<'_>, path: &[Seg]) -> String {
                     };
                     let label = t.get(key)?.get_ref().as_str()?;
                     // An id the validation refuses names nothing: its problem names the index.
-                    (!top_level || crate::config::validate::check_id(label).is_ok())
-                        .then_some(label)
+                    (!top_level || check_id(label).is_ok()).then_some(label)
                 });
                 out.truncate(out.len() - section.len());
                 out.push_str(&entry(section, label, *i));
@@ -90,6 +89,23 @@ pub(crate) fn name(doc: &toml::de::DeTable<'_>, path: &[Seg]) -> String {
         }
     }
     out
+}
+
+/// IoT Hub device ids: up to 128 of `a-z A-Z 0-9 - . % _ * ? ! ( ) , : = @ $ '`. We use the same
+/// rule for bus and profile ids.
+pub(crate) fn check_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 128 {
+        return Err("must be 1 to 128 characters".to_owned());
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "-.%_*?!(),:=@$'".contains(*c)))
+    {
+        return Err(format!(
+            "{id:?} contains {c:?}; IoT Hub ids allow letters, digits and -.%_*?!(),:=@$'"
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

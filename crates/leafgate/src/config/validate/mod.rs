@@ -16,7 +16,6 @@ mod sections;
 mod testing;
 mod twin;
 
-pub(crate) use sections::check_id;
 pub use twin::{HEALTH_KEY, MAX_REPORTED_BYTES, dtmi, twin_key};
 
 use std::collections::{BTreeMap, BTreeSet};

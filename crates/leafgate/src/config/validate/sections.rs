@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::Problems;
-use crate::config::path::entry;
+use crate::config::path::{check_id, entry};
 use crate::config::schema::FileConfig;
 
 /// A section that may appear in one file only.
@@ -70,23 +70,6 @@ pub(super) fn indexed<'a, T>(
         }
     }
     out
-}
-
-/// IoT Hub device ids: up to 128 of `a-z A-Z 0-9 - . % _ * ? ! ( ) , : = @ $ '`. We use the same
-/// rule for bus and profile ids.
-pub(crate) fn check_id(id: &str) -> Result<(), String> {
-    if id.is_empty() || id.len() > 128 {
-        return Err("must be 1 to 128 characters".to_owned());
-    }
-    if let Some(c) = id
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || "-.%_*?!(),:=@$'".contains(*c)))
-    {
-        return Err(format!(
-            "{id:?} contains {c:?}; IoT Hub ids allow letters, digits and -.%_*?!(),:=@$'"
-        ));
-    }
-    Ok(())
 }
 
 /// The port Prometheus registered for leafgate's exporter.
