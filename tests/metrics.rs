@@ -127,6 +127,8 @@ async fn a_real_prometheus_scrapes_the_methods_this_test_called() {
         "leafgate_method_seconds_count{device=\"pump-7\"} 5",
         "leafgate_device_connected{device=\"pump-7\"} 1",
         "leafgate_bus_up{bus=\"plc\"} 1",
+        "leafgate_bus_queue_depth{bus=\"plc\"} 0",
+        "leafgate_bus_queue_seconds_count{bus=\"plc\"} 3",
         "leafgate_bus_transactions_total{bus=\"plc\"} 3",
         "leafgate_bus_wire_seconds_count{bus=\"plc\"} 3",
     ] {

@@ -11,7 +11,6 @@
 
 use std::sync::OnceLock;
 use std::sync::atomic::AtomicU64;
-use std::time::Duration;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -89,8 +88,7 @@ pub fn enable() -> &'static Metrics {
 
 impl Metrics {
     fn new() -> Metrics {
-        let mut registry = Registry::default();
-        let m = Metrics {
+        let mut m = Metrics {
             device_connected: Family::default(),
             device_reconnects: Family::default(),
             methods: Family::default(),
@@ -109,7 +107,7 @@ impl Metrics {
             telemetry_dropped: Family::default(),
             registry: Registry::default(),
         };
-        let r = &mut registry;
+        let r = &mut m.registry;
         r.register(
             "leafgate_device_connected",
             "1 while the device's hub connection is up and subscribed",
@@ -190,8 +188,8 @@ impl Metrics {
             "Readings dropped for room (backlog or store full, or older than its limit)",
             m.telemetry_dropped.clone(),
         );
-        registry.register_collector(Box::new(Process));
-        Metrics { registry, ..m }
+        r.register_collector(Box::new(Process));
+        m
     }
 
     /// The OpenMetrics text exposition format.
@@ -214,12 +212,6 @@ impl Metrics {
             bus: bus.to_owned(),
         }
     }
-}
-
-/// Seconds as Prometheus wants them.
-#[must_use]
-pub fn seconds(d: Duration) -> f64 {
-    d.as_secs_f64()
 }
 
 /// The process: RSS, CPU time, open file descriptors (sockets, serial lines, the store), read

@@ -172,9 +172,15 @@ impl Handle {
             label,
             reply,
         };
-        self.tx.try_send(job).map_err(|e| self.refused(&e))?;
+        // Counted before it is queued: the actor may take it (and count it out) at once.
         if let Some(depth) = &self.depth {
             depth.inc();
+        }
+        if let Err(e) = self.tx.try_send(job) {
+            if let Some(depth) = &self.depth {
+                depth.dec();
+            }
+            return Err(self.refused(&e));
         }
         rx.await.unwrap_or(Err(Error::ShuttingDown))
     }
@@ -432,8 +438,7 @@ impl<L: Link> Actor<L> {
     fn dequeued(&self, job: &Job) {
         if let Some(m) = &self.metrics {
             m.depth.dec();
-            m.queue_seconds
-                .observe(metrics::seconds(job.queued.elapsed()));
+            m.queue_seconds.observe(job.queued.elapsed().as_secs_f64());
         }
     }
 
@@ -476,7 +481,7 @@ impl<L: Link> Actor<L> {
         }
         self.record_health(unit, result.as_ref().err(), &label);
         if let Some(m) = &self.metrics {
-            m.wire_seconds.observe(metrics::seconds(started.elapsed()));
+            m.wire_seconds.observe(started.elapsed().as_secs_f64());
         }
         if result.is_ok() {
             self.record_duration(started.elapsed());
@@ -671,7 +676,7 @@ impl<L: Link> Actor<L> {
             let result = self.link.execute(op, wait).await;
             if let Some(m) = &self.metrics {
                 m.transactions.inc();
-                m.busy_seconds.inc_by(metrics::seconds(sent.elapsed()));
+                m.busy_seconds.inc_by(sent.elapsed().as_secs_f64());
                 if matches!(result, Err(Error::Timeout(_))) {
                     m.timeouts.inc();
                 }

@@ -292,6 +292,8 @@ impl Gateway {
             raw_methods: config.raw_methods,
             max_payload_bytes: self.shared.hub.max_payload_bytes,
             stats,
+            latency: crate::metrics::get()
+                .map(|m| m.method_seconds.get_or_create_owned(&m.device(&id))),
         });
         let c2d = config
             .c2d

@@ -85,7 +85,7 @@ pub async fn run(config: Config, options: &Options) -> Result<(), Error> {
     let _metrics_guard = metrics_stop.clone().drop_guard();
     if let Some(addr) = config.metrics {
         let registry = crate::metrics::enable();
-        let listener = metrics::bind(addr)
+        let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| Error::Metrics { addr, source })?;
         // The bound address: port 0 in the config gets one from the kernel.

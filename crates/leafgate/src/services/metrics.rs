@@ -4,7 +4,6 @@
 //! time, and at most [`MAX_CONNECTIONS`] scrapes are served at once (more are closed at once), so
 //! a hostile or broken client costs a socket for a few seconds, never a method's time.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,14 +54,6 @@ pub async fn serve(listener: TcpListener, metrics: &'static Metrics, stop: Cance
             drop(slot);
         });
     }
-}
-
-/// Binds the endpoint's socket.
-///
-/// # Errors
-/// The address is in use, not local, or not allowed.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
 }
 
 /// One request, one answer.
