@@ -332,11 +332,43 @@ async fn a_proxy_that_refuses_the_tunnel_is_named_and_retried() {
         line.contains("the proxy must allow CONNECT to that host and port; retrying in"),
         "{line}"
     );
-    // Retried: the proxy sees a second CONNECT.
+    // Retried: the proxy sees more CONNECTs. The third comes after the second attempt's line
+    // is written, so both lines are in the log now.
     proxy
-        .wait_count(&format!("CONNECT localhost:{port}"), 2)
+        .wait_count(&format!("CONNECT localhost:{port}"), 3)
         .await;
     assert_eq!(site.emu.device_stats("pump-1").connects_accepted, 0);
+    // With backoff, not in a tight loop: by the daemon's own clock, the second attempt failed
+    // no sooner than the delay the first one announced.
+    let log = daemon.log();
+    let failures: Vec<&str> = log.lines().filter(|l| l.contains(&refused)).collect();
+    assert!(failures.len() >= 2, "{log}");
+    let announced: u64 = failures[0]
+        .rsplit_once("retrying in ")
+        .and_then(|(_, rest)| rest.split_once(" ms"))
+        .map(|(ms, _)| ms)
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("no delay in {:?}", failures[0]));
+    let waited = ms_of_day(failures[1]) - ms_of_day(failures[0]);
+    assert!(
+        waited >= announced,
+        "retried after {waited} ms though {announced} ms were announced:\n{}\n{}",
+        failures[0],
+        failures[1]
+    );
+}
+
+/// Milliseconds since midnight of a log line's `YYYY-MM-DDTHH:MM:SS.mmmZ` timestamp.
+fn ms_of_day(line: &str) -> u64 {
+    let time = line
+        .split_whitespace()
+        .next()
+        .and_then(|t| t.split_once('T'))
+        .and_then(|(_, t)| t.strip_suffix('Z'))
+        .unwrap_or_else(|| panic!("no timestamp in {line:?}"));
+    let (hms, ms) = time.split_once('.').unwrap();
+    let parts: Vec<u64> = hms.split(':').map(|p| p.parse().unwrap()).collect();
+    ((parts[0] * 60 + parts[1]) * 60 + parts[2]) * 1000 + ms.parse::<u64>().unwrap()
 }
 
 /// The proxy dies under a connected device: the journal names the proxy, the device keeps

@@ -289,7 +289,20 @@ async fn a_registration_dps_refuses_is_named() {
         .unwrap();
     assert!(line.contains("DPS refused the connection"), "{line}");
     assert!(line.contains("check the id scope"), "{line}");
-    assert_eq!(fleet.emu.device_stats("pump-1").connects_accepted, 0);
+    // Refused at DPS's door: every request it saw from pump-1 is a CONNECT answered 5.
+    let requests: Vec<_> = fleet
+        .emu
+        .dps_requests()
+        .into_iter()
+        .filter(|r| r.registration_id == "pump-1")
+        .collect();
+    assert!(!requests.is_empty());
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.kind == DpsRequestKind::Connect && r.status == 5),
+        "{requests:?}"
+    );
 }
 
 /// An X.509 individual enrollment: the device's certificate opens DPS's TLS handshake (no

@@ -1,7 +1,8 @@
 //! In-crate end-to-end tests: a real emulator on `127.0.0.1:0` and real clients (rumqttc over
 //! TLS and WebSockets, raw WebSocket clients), for the listeners and authentication that the
 //! unit tests of each module cannot reach. The helpers here are the clients' side; every wait
-//! is on an emulator record or a client event, never a sleep.
+//! is on an emulator record or a client event, except the DPS client's, which waits out the
+//! `retry-after` it is given, as the protocol asks a device to.
 
 mod dps;
 mod websocket;
