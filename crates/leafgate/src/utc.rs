@@ -18,6 +18,21 @@ pub fn utc(t: SystemTime) -> String {
     )
 }
 
+/// Seconds since 1970-01-01 now (0 if the clock is set before it): token expiries and
+/// certificate validity.
+#[must_use]
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// [`unix_now`] as x509's signed seconds.
+#[must_use]
+pub fn unix_now_signed() -> i64 {
+    i64::try_from(unix_now()).unwrap_or(i64::MAX)
+}
+
 /// Days since 1970-01-01 to a Gregorian (year, month, day): Howard Hinnant's
 /// `civil_from_days`, for non-negative days. Shared with the emulator's timestamps.
 #[must_use]

@@ -152,10 +152,7 @@ pub async fn register(
     let password = match attestation {
         Attestation::Key(key) => {
             let resource = format!("{}/registrations/{registration_id}", settings.id_scope);
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            let expiry = now + settings.timeout.as_secs() + 3600;
+            let expiry = crate::utc::unix_now() + settings.timeout.as_secs() + 3600;
             sas::token(&resource, key, expiry, Some("registration"))
         }
         Attestation::Certificate => String::new(),

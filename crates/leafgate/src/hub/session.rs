@@ -14,7 +14,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, Packet, QoS, SubscribeFilter, SubscribeReasonCode};
 use tokio::sync::{mpsc, oneshot};
@@ -35,6 +35,7 @@ use super::transport::{describe, disconnect, mqtt_options, shown_route};
 use crate::backoff::{self, Backoff};
 use crate::logtext;
 use crate::metrics;
+use crate::utc::{unix_now, unix_now_signed};
 
 /// The API version IoT Hub recommends; see iothub-protocol.md 1.2.
 pub const API_VERSION: &str = "2021-04-12";
@@ -91,12 +92,6 @@ pub fn username(hostname: &str, device_id: &str, model_id: Option<&str>) -> Stri
         name.push_str(&sas::percent_encode(model));
     }
     name
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// When to renew a token issued now with `ttl`: at 75–85 % of its life, spread per device so
@@ -489,7 +484,7 @@ fn dial(
         }
         DeviceAuth::X509(source) => source,
     };
-    let now = i64::try_from(unix_now()).unwrap_or(i64::MAX);
+    let now = unix_now_signed();
     let (tls, info) = source.tls(&trust.roots, now)?;
     let info = info.clone();
     if warned.is_none_or(|at| at.elapsed() >= CERTIFICATE_CHECK)
@@ -667,7 +662,7 @@ async fn connect_once(
                 let DeviceAuth::X509(source) = &device.auth else {
                     break Ended::Renew;
                 };
-                let now = i64::try_from(unix_now()).unwrap_or(i64::MAX);
+                let now = unix_now_signed();
                 if let Some(info) = &dial.certificate
                     && let Some(warning) = auth::expiry_warning(source.certificate(), info, now)
                 {

@@ -148,13 +148,7 @@ fn resolve_certificate(
         );
         return None;
     }
-    let now = i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |t| t.as_secs()),
-    )
-    .unwrap_or(i64::MAX);
-    match info.validity_at(now) {
+    match info.validity_at(crate::utc::unix_now_signed()) {
         Validity::Valid => {}
         Validity::ExpiresSoon { days } => p.warn(
             file,
