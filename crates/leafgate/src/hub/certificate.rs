@@ -136,10 +136,7 @@ impl Identity {
         &self,
         roots: Arc<rustls::RootCertStore>,
     ) -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])?
-            .with_root_certificates(roots)
+        let config = super::tls::client_builder(roots)?
             .with_client_auth_cert(self.chain.clone(), self.key.clone_key())?;
         Ok(Arc::new(config))
     }

@@ -113,16 +113,30 @@ pub fn trust(ca_file: Option<&Path>) -> Result<Trust, Error> {
         return Err(Error::NoRoots);
     }
     let roots = Arc::new(roots);
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])
+    let config = client_builder(Arc::clone(&roots))
         .map_err(Error::Config)?
-        .with_root_certificates(Arc::clone(&roots))
         .with_no_client_auth();
     Ok(Trust {
         roots,
         config: Arc::new(config),
     })
+}
+
+/// The one TLS policy of every hub connection (ring, TLS 1.2 and 1.3, verification against
+/// `roots`), finished with or without a client certificate.
+///
+/// # Errors
+/// When rustls refuses the protocol versions (only on a rustls change).
+pub fn client_builder(
+    roots: Arc<RootCertStore>,
+) -> Result<
+    rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>,
+    rustls::Error,
+> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])?
+        .with_root_certificates(roots))
 }
 
 /// The TLS settings of sessions without a client certificate (see [`trust`]).
