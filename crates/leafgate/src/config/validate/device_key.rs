@@ -241,20 +241,30 @@ fn resolve_key(
         };
     }
     let key_file = d.shared_access_key_file.as_ref()?;
-    let kpath = format!("{path}.shared_access_key_file");
+    read_key_file(file, &format!("{path}.shared_access_key_file"), key_file, p)
+}
+
+/// A base64 key alone in a file (a device's `shared_access_key_file`, DPS's `group_key_file`);
+/// its problem goes to `key_path`, naming the file, never its content.
+pub(super) fn read_key_file(
+    file: &Path,
+    key_path: &str,
+    key_file: &Path,
+    p: &mut Problems,
+) -> Option<Key> {
     // A key is 44 characters; 4 KiB leaves room for comments and never reads a device forever.
     match crate::regular_file::read_limited(key_file, 4096) {
         Ok(text) => match Key::from_base64(text.trim()) {
             Ok(k) => Some(k),
             Err(e) => {
-                p.add(file, kpath, format!("{}: {e}", key_file.display()));
+                p.add(file, key_path, format!("{}: {e}", key_file.display()));
                 None
             }
         },
         Err(e) => {
             p.add(
                 file,
-                kpath,
+                key_path,
                 format!("cannot read {}: {e}", key_file.display()),
             );
             None

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::Problems;
+use super::device_key::read_key_file;
 use super::hub::check_host;
 use crate::config::schema::{DeviceConfig, ProvisioningConfig};
 use crate::hub::sas::Key;
@@ -76,25 +77,7 @@ pub(super) fn resolve_provisioning(
         (Some(k), None) => Key::from_base64(&k.0)
             .map_err(|e| p.add(file, "provisioning.group_key", e.to_string()))
             .ok(),
-        (None, Some(path)) => match crate::regular_file::read_limited(path, 4096) {
-            Ok(text) => Key::from_base64(text.trim())
-                .map_err(|e| {
-                    p.add(
-                        file,
-                        "provisioning.group_key_file",
-                        format!("{}: {e}", path.display()),
-                    );
-                })
-                .ok(),
-            Err(e) => {
-                p.add(
-                    file,
-                    "provisioning.group_key_file",
-                    format!("cannot read {}: {e}", path.display()),
-                );
-                None
-            }
-        },
+        (None, Some(path)) => read_key_file(file, "provisioning.group_key_file", path, p),
         (None, None) => None,
     };
     if p.0.len() != start {
