@@ -3,7 +3,7 @@
 //! refusal is unit tested without a socket.
 
 use rumqttc::mqttbytes::Protocol;
-use rumqttc::mqttbytes::v4::{Connect, ConnectReturnCode};
+use rumqttc::mqttbytes::v4::{Connect, ConnectReturnCode, Login};
 
 use rustls::pki_types::CertificateDer;
 
@@ -103,59 +103,84 @@ pub(crate) fn authenticate<T>(
     client_cert: ClientCert<'_>,
     lookup: impl FnOnce(&str) -> Result<(T, Credential), RefusalReason>,
 ) -> Result<Accepted<T>, RefusalReason> {
+    let login = login(connect)?;
+    let username = parse_username(&login.username, host_name)?;
+    if username.device_id != connect.client_id {
+        return Err(RefusalReason::ClientIdMismatch);
+    }
+    let (handle, credential) = lookup(&connect.client_id)?;
+    let resource = sas::device_resource(host_name, &connect.client_id);
+    // A policy-signed token would have to be checked against that policy's key, and the emulator
+    // has no device-connect policies; verifying it against the device key would be wrong.
+    let token_expiry = check_credential(
+        &credential,
+        &login.password,
+        &connect.client_id,
+        &resource,
+        client_cert,
+        now,
+        None,
+    )?;
+    Ok(Accepted {
+        device_id: connect.client_id.clone(),
+        token_expiry,
+        handle,
+    })
+}
+
+/// What every CONNECT must have before its username is read, at the hub and at DPS: MQTT 3.1.1,
+/// a client id, a username. Returns its login.
+///
+/// # Errors
+/// The first of these that is missing.
+pub(crate) fn login(connect: &Connect) -> Result<&Login, RefusalReason> {
     if connect.protocol != Protocol::V4 {
         return Err(RefusalReason::ProtocolVersion(5));
     }
     if connect.client_id.is_empty() {
         return Err(RefusalReason::EmptyClientId);
     }
-    let login = connect
+    connect
         .login
         .as_ref()
         .filter(|login| !login.username.is_empty())
-        .ok_or(RefusalReason::MissingUsername)?;
-    let username = parse_username(&login.username, host_name)?;
-    if username.device_id != connect.client_id {
-        return Err(RefusalReason::ClientIdMismatch);
-    }
-    let (handle, credential) = lookup(&connect.client_id)?;
+        .ok_or(RefusalReason::MissingUsername)
+}
+
+/// Checks `id`'s `credential` against a CONNECT's password and TLS handshake: a SAS token for
+/// `resource`, signed with the key, not expired, whose `skn` is absent or `allowed_skn`
+/// (returns its `se`); or an X.509 certificate chain, with no password (returns `None`).
+///
+/// # Errors
+/// The first check that failed.
+pub(crate) fn check_credential(
+    credential: &Credential,
+    password: &str,
+    id: &str,
+    resource: &str,
+    client_cert: ClientCert<'_>,
+    now: u64,
+    allowed_skn: Option<&str>,
+) -> Result<Option<u64>, RefusalReason> {
     let key = match credential {
         Credential::Sas(key) => key,
+        Credential::X509(_) if !password.is_empty() => {
+            return Err(RefusalReason::PasswordForX509Device);
+        }
         Credential::X509(auth) => {
-            if !login.password.is_empty() {
-                return Err(RefusalReason::PasswordForX509Device);
-            }
-            x509::authenticate(
-                &auth,
-                &connect.client_id,
-                client_cert.chain,
-                client_cert.cas,
-                now,
-            )?;
-            return Ok(Accepted {
-                device_id: connect.client_id.clone(),
-                token_expiry: None,
-                handle,
-            });
+            x509::authenticate(auth, id, client_cert.chain, client_cert.cas, now)?;
+            return Ok(None);
         }
     };
-    if login.password.is_empty() {
+    if password.is_empty() {
         return Err(RefusalReason::MissingPassword);
     }
-    let parsed = sas::parse(&login.password).map_err(RefusalReason::Token)?;
-    // A policy-signed token would have to be checked against that policy's key, and the emulator
-    // has no device-connect policies; verifying it against the device key would be wrong.
-    if parsed.skn.is_some() {
+    let parsed = sas::parse(password).map_err(RefusalReason::Token)?;
+    if parsed.skn.is_some() && parsed.skn.as_deref() != allowed_skn {
         return Err(RefusalReason::PolicyToken);
     }
-    let resource = sas::device_resource(host_name, &connect.client_id);
-    let verified =
-        sas::verify(&login.password, &key, &resource, now).map_err(RefusalReason::Token)?;
-    Ok(Accepted {
-        device_id: connect.client_id.clone(),
-        token_expiry: Some(verified.se),
-        handle,
-    })
+    let verified = sas::verify(password, key, resource, now).map_err(RefusalReason::Token)?;
+    Ok(Some(verified.se))
 }
 
 #[cfg(test)]

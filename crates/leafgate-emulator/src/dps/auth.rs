@@ -6,15 +6,11 @@
 //! enrollment, the client certificate and no password. Every failure is CONNACK 5, as on DPS.
 //! Pure functions, like [`crate::connect`].
 
-use rumqttc::mqttbytes::Protocol;
 use rumqttc::mqttbytes::v4::Connect;
 
 use super::enrollment::Enrolled;
-use crate::connect::ClientCert;
-use crate::credential::Credential;
+use crate::connect::{self, ClientCert};
 use crate::registry::RefusalReason;
-use crate::sas;
-use crate::x509;
 
 /// The longest registration id DPS accepts.
 const MAX_REGISTRATION_ID: usize = 128;
@@ -94,17 +90,7 @@ pub(crate) fn authenticate(
     client_cert: ClientCert<'_>,
     candidates: impl FnOnce(&str) -> Vec<Enrolled>,
 ) -> Result<DpsAccepted, RefusalReason> {
-    if connect.protocol != Protocol::V4 {
-        return Err(RefusalReason::ProtocolVersion(5));
-    }
-    if connect.client_id.is_empty() {
-        return Err(RefusalReason::EmptyClientId);
-    }
-    let login = connect
-        .login
-        .as_ref()
-        .filter(|login| !login.username.is_empty())
-        .ok_or(RefusalReason::MissingUsername)?;
+    let login = connect::login(connect)?;
     let username = parse_username(&login.username)?;
     if username.id_scope != id_scope {
         return Err(RefusalReason::WrongIdScope);
@@ -123,18 +109,15 @@ pub(crate) fn authenticate(
     let resource = resource(id_scope, registration_id);
     let mut first_error = None;
     for enrolled in candidates {
-        let checked = match &enrolled.credential {
-            Credential::Sas(key) => check_token(&login.password, key, &resource, now).map(Some),
-            Credential::X509(auth) if login.password.is_empty() => x509::authenticate(
-                auth,
-                registration_id,
-                client_cert.chain,
-                client_cert.cas,
-                now,
-            )
-            .map(|()| None),
-            Credential::X509(_) => Err(RefusalReason::PasswordForX509Device),
-        };
+        let checked = connect::check_credential(
+            &enrolled.credential,
+            &login.password,
+            registration_id,
+            &resource,
+            client_cert,
+            now,
+            Some(REGISTRATION_SKN),
+        );
         match checked {
             Ok(token_expiry) => {
                 return Ok(DpsAccepted {
@@ -151,35 +134,13 @@ pub(crate) fn authenticate(
     Err(first_error.unwrap_or(RefusalReason::UnknownRegistration))
 }
 
-/// A registration's SAS token: present, `skn` absent or `registration`, scope and signature
-/// right, not expired. Returns its `se`.
-fn check_token(
-    password: &str,
-    key: &sas::Key,
-    resource: &str,
-    now: u64,
-) -> Result<u64, RefusalReason> {
-    if password.is_empty() {
-        return Err(RefusalReason::MissingPassword);
-    }
-    let parsed = sas::parse(password).map_err(RefusalReason::Token)?;
-    if parsed
-        .skn
-        .as_deref()
-        .is_some_and(|skn| skn != REGISTRATION_SKN)
-    {
-        return Err(RefusalReason::PolicyToken);
-    }
-    let verified = sas::verify(password, key, resource, now).map_err(RefusalReason::Token)?;
-    Ok(verified.se)
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::LazyLock;
 
     use super::*;
     use crate::dps::enrollment::{Attestation, Enrollments, HubLink};
+    use crate::sas;
     use crate::sas::{Key, TokenError};
     use crate::x509::VerifiedCas;
 
