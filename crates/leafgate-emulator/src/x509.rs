@@ -15,7 +15,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use leafgate::hub::certificate::{self, Info};
+use leafgate::hub::certificate::{self, Info, Validity};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
@@ -61,14 +61,11 @@ fn thumbprint_matches(registered: &str, der: &[u8]) -> bool {
 /// What the emulator reads from a leaf certificate is what leafgate's `check` reads: the
 /// subject CN and the validity period.
 fn check_validity(leaf: &Info, now: u64) -> Result<(), RefusalReason> {
-    let now = i64::try_from(now).unwrap_or(i64::MAX);
-    if now < leaf.not_before {
-        return Err(RefusalReason::CertificateNotYetValid);
+    match leaf.validity_at(i64::try_from(now).unwrap_or(i64::MAX)) {
+        Validity::NotYetValid => Err(RefusalReason::CertificateNotYetValid),
+        Validity::Expired => Err(RefusalReason::CertificateExpired),
+        Validity::Valid | Validity::ExpiresSoon { .. } => Ok(()),
     }
-    if now > leaf.not_after {
-        return Err(RefusalReason::CertificateExpired);
-    }
-    Ok(())
 }
 
 /// The CAs verified with the hub (the emulator skips the proof of possession) and a webpki

@@ -71,7 +71,8 @@ impl Info {
         let warn = i64::try_from(EXPIRY_WARNING.as_secs()).unwrap_or(i64::MAX);
         if now < self.not_before {
             Validity::NotYetValid
-        } else if now >= self.not_after {
+        } else if now > self.not_after {
+            // RFC 5280 4.1.2.5: valid through notAfter, inclusive.
             Validity::Expired
         } else if self.not_after - now <= warn {
             Validity::ExpiresSoon {
@@ -263,7 +264,15 @@ mod tests {
             id.info.validity_at(id.info.not_after - 3 * 86_400 - 5),
             Validity::ExpiresSoon { days: 3 }
         );
-        assert_eq!(id.info.validity_at(id.info.not_after), Validity::Expired);
+        // Valid through notAfter, as webpki and RFC 5280 count it; expired the second after.
+        assert_eq!(
+            id.info.validity_at(id.info.not_after),
+            Validity::ExpiresSoon { days: 0 }
+        );
+        assert_eq!(
+            id.info.validity_at(id.info.not_after + 1),
+            Validity::Expired
+        );
         assert_eq!(
             id.info.validity_at(id.info.not_before - 1),
             Validity::NotYetValid
