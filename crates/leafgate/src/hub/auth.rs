@@ -7,6 +7,8 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
 use std::time::SystemTime;
 
 use super::certificate::{self, Info, Validity};
@@ -50,6 +52,8 @@ type Stamp = (Option<SystemTime>, Option<SystemTime>);
 pub struct X509Source {
     files: X509Files,
     loaded: Option<(Stamp, Arc<rustls::ClientConfig>, Info)>,
+    /// When the journal last warned of the coming expiry (Unix seconds; `i64::MIN`: never).
+    warned_at: AtomicI64,
 }
 
 impl X509Source {
@@ -58,6 +62,7 @@ impl X509Source {
         Self {
             files,
             loaded: None,
+            warned_at: AtomicI64::new(i64::MIN),
         }
     }
 
@@ -100,22 +105,55 @@ impl X509Source {
             Validity::Valid | Validity::ExpiresSoon { .. } => Ok((Arc::clone(config), info)),
         }
     }
+}
 
-    #[must_use]
-    pub fn certificate(&self) -> &std::path::Path {
-        &self.files.certificate
+impl X509Source {
+    /// The warning a certificate close to its end deserves at `now`, if any, and at most once
+    /// per `every` for this device, whether it comes from a connect or from the daily look at
+    /// a connection that stays up.
+    pub fn expiry_warning(&self, info: &Info, now: i64, every: Duration) -> Option<String> {
+        let Validity::ExpiresSoon { days } = info.validity_at(now) else {
+            return None;
+        };
+        let every = i64::try_from(every.as_secs()).unwrap_or(i64::MAX);
+        let last = self.warned_at.load(Ordering::Relaxed);
+        if last != i64::MIN && now.saturating_sub(last) < every {
+            return None;
+        }
+        self.warned_at.store(now, Ordering::Relaxed);
+        Some(format!(
+            "its certificate {} expires at {} ({days} days left); renew it before then (leafgate reads a renewed certificate before the next connect)",
+            self.files.certificate.display(),
+            info.not_after_text()
+        ))
     }
 }
 
-/// The warning a certificate close to its end deserves at `now`, if any.
-#[must_use]
-pub fn expiry_warning(path: &std::path::Path, info: &Info, now: i64) -> Option<String> {
-    match info.validity_at(now) {
-        Validity::ExpiresSoon { days } => Some(format!(
-            "its certificate {} expires at {} ({days} days left); renew it before then (leafgate reads a renewed certificate before the next connect)",
-            path.display(),
-            info.not_after_text()
-        )),
-        _ => None,
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_expiry_warning_comes_at_most_once_per_period() {
+        const DAY: i64 = 86_400;
+        let source = X509Source::new(X509Files {
+            certificate: PathBuf::from("/etc/leafgate/meter-1.pem"),
+            key: PathBuf::from("/etc/leafgate/meter-1.key"),
+            thumbprint: String::new(),
+        });
+        let info = Info {
+            common_name: None,
+            self_signed: true,
+            not_before: 0,
+            not_after: 100 * DAY,
+            thumbprint: String::new(),
+        };
+        let every = Duration::from_secs(86_400);
+        // Far from its end: nothing, and nothing remembered.
+        assert_eq!(source.expiry_warning(&info, DAY, every), None);
+        let first = source.expiry_warning(&info, 80 * DAY, every).unwrap();
+        assert!(first.contains("meter-1.pem expires at") && first.contains("(20 days left)"));
+        assert_eq!(source.expiry_warning(&info, 80 * DAY + 3600, every), None);
+        assert!(source.expiry_warning(&info, 81 * DAY, every).is_some());
     }
 }

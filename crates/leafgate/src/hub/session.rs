@@ -281,11 +281,10 @@ async fn run(mut device: Device, mut work: Work, shared: Arc<Shared>, shutdown: 
     let id = device.id.clone();
     let hub = &shared.hub;
     let mut backoff = Backoff::new(hub.reconnect_min, hub.reconnect_max);
-    let mut warned_expiry: Option<Instant> = None;
     loop {
         let prepared = tokio::select! {
             () = shutdown.cancelled() => break,
-            prepared = prepare(&mut device, &shared, &mut warned_expiry) => prepared,
+            prepared = prepare(&mut device, &shared) => prepared,
         };
         let (dial, route) = match prepared {
             Ok(prepared) => prepared,
@@ -375,13 +374,8 @@ async fn run(mut device: Device, mut work: Work, shared: Arc<Shared>, shutdown: 
 }
 
 /// What the next connect needs: the TLS settings to present, and where to go.
-async fn prepare(
-    device: &mut Device,
-    shared: &Shared,
-    warned_expiry: &mut Option<Instant>,
-) -> Result<(Dial, Route), String> {
-    let dial =
-        dial(device, &shared.tls, warned_expiry).map_err(|e| format!("cannot connect: {e}"))?;
+async fn prepare(device: &mut Device, shared: &Shared) -> Result<(Dial, Route), String> {
+    let dial = dial(device, &shared.tls).map_err(|e| format!("cannot connect: {e}"))?;
     let route = route(device, shared, &dial).await?;
     Ok((dial, route))
 }
@@ -470,11 +464,7 @@ async fn route(device: &mut Device, shared: &Shared, dial: &Dial) -> Result<Rout
 /// The TLS settings for the next connect: the shared ones for SAS, the device's own (read again
 /// if its files changed) for a certificate, with a warning at most once a day when it is close
 /// to its end.
-fn dial(
-    device: &mut Device,
-    trust: &Trust,
-    warned: &mut Option<Instant>,
-) -> Result<Dial, auth::Unusable> {
+fn dial(device: &mut Device, trust: &Trust) -> Result<Dial, auth::Unusable> {
     let source = match &mut device.auth {
         DeviceAuth::Sas(_) => {
             return Ok(Dial {
@@ -487,12 +477,9 @@ fn dial(
     let now = unix_now_signed();
     let (tls, info) = source.tls(&trust.roots, now)?;
     let info = info.clone();
-    if warned.is_none_or(|at| at.elapsed() >= CERTIFICATE_CHECK)
-        && let Some(warning) = auth::expiry_warning(source.certificate(), &info, now)
-    {
+    if let Some(warning) = source.expiry_warning(&info, now, CERTIFICATE_CHECK) {
         let id = &*device.id;
         log::warn!(device_id = id; "device {id}: {warning}");
-        *warned = Some(Instant::now());
     }
     Ok(Dial {
         tls,
@@ -664,7 +651,7 @@ async fn connect_once(
                 };
                 let now = unix_now_signed();
                 if let Some(info) = &dial.certificate
-                    && let Some(warning) = auth::expiry_warning(source.certificate(), info, now)
+                    && let Some(warning) = source.expiry_warning(info, now, CERTIFICATE_CHECK)
                 {
                     log::warn!(device_id = &*id; "device {id}: {warning}");
                 }
