@@ -4,7 +4,6 @@
 //! this module is the emulator's whole SAS toolbox and a token leafgate signs and a token this
 //! module accepts go through the same HMAC code.
 
-use base64::Engine as _;
 
 pub use leafgate::hub::sas::{Key, KeyError, device_resource, percent_encode, signature, token};
 
@@ -14,14 +13,7 @@ pub use leafgate::hub::sas::{Key, KeyError, device_resource, percent_encode, sig
 /// only the group key and derives a device's key when the device registers.
 #[must_use]
 pub fn derive_device_key(group_key: &Key, registration_id: &str) -> Key {
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, group_key.as_bytes());
-    let tag = ring::hmac::sign(&key, registration_id.as_bytes());
-    let text = base64::engine::general_purpose::STANDARD.encode(tag.as_ref());
-    #[expect(
-        clippy::expect_used,
-        reason = "a 32-byte HMAC always encodes to valid, non-empty base64"
-    )]
-    Key::from_base64(&text).expect("base64 of 32 bytes decodes")
+    group_key.derive(registration_id)
 }
 
 /// Decodes `%XX` escapes (either case). `None` when an escape is malformed or the result is
@@ -280,6 +272,7 @@ mod tests {
     /// `base64.b64encode(hmac.new(base64.b64decode(KEY), b"dev-1", hashlib.sha256).digest())`.
     #[test]
     fn derives_group_device_keys_like_the_cli() {
+        use base64::Engine as _;
         let group = Key::from_base64(KEY).unwrap();
         let derived = |id| {
             base64::engine::general_purpose::STANDARD
