@@ -4,7 +4,6 @@
 //! this module is the emulator's whole SAS toolbox and a token leafgate signs and a token this
 //! module accepts go through the same HMAC code.
 
-
 pub use leafgate::hub::sas::{Key, KeyError, device_resource, percent_encode, signature, token};
 
 /// The key a device of a DPS symmetric-key group enrollment signs with (`iothub-protocol.md`

@@ -18,8 +18,7 @@ mod test_certs;
 pub(crate) use client_auth::OptionalClientCert;
 pub(crate) use test_certs::hex_upper;
 pub use test_certs::{
-    CertError, KeyKind, TestCa, rsa_key_pem, self_signed, self_signed_with_key, thumbprint_sha1,
-    thumbprint_sha256,
+    CertError, KeyKind, TestCa, rsa_key_pem, self_signed, thumbprint_sha1, thumbprint_sha256,
 };
 
 use std::sync::Arc;

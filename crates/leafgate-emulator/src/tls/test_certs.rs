@@ -180,21 +180,6 @@ pub fn self_signed(
     Ok((cert.pem(), key.serialize_pem()))
 }
 
-/// [`self_signed`] for an existing key (PKCS#8 PEM); returns the certificate PEM.
-///
-/// # Errors
-/// When the key does not parse or the certificate cannot be made.
-pub fn self_signed_with_key(
-    common_name: &str,
-    key_pem: &str,
-    not_before: SystemTime,
-    not_after: SystemTime,
-) -> Result<String, CertError> {
-    let key = KeyPair::from_pem(key_pem)?;
-    let cert = leaf_params(common_name, not_before, not_after)?.self_signed(&key)?;
-    Ok(cert.pem())
-}
-
 /// Upper-case hex of `bytes`, as the portal shows thumbprints.
 pub(crate) fn hex_upper(bytes: &[u8]) -> String {
     use std::fmt::Write as _;

@@ -41,6 +41,15 @@ impl Settings {
     pub fn connect_host<'a>(&'a self, hub: &'a str) -> &'a str {
         self.gateway_hostname.as_deref().unwrap_or(hub)
     }
+
+    /// The port a device on `transport` connects to.
+    #[must_use]
+    pub fn port(&self, transport: Transport) -> u16 {
+        match transport {
+            Transport::Mqtt => self.port,
+            Transport::Websocket => self.websocket_port,
+        }
+    }
 }
 
 /// `[provisioning]`, validated: how devices register with DPS.

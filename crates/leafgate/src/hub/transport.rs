@@ -24,16 +24,13 @@ pub(super) fn mqtt_options(
     let tls = TlsConfiguration::Rustls(tls);
     let mut options = match transport {
         Transport::Mqtt => {
-            let mut options = MqttOptions::new(id, connect, hub.port);
+            let mut options = MqttOptions::new(id, connect, hub.port(transport));
             options.set_transport(rumqttc::Transport::tls_with_config(tls));
             options
         }
         Transport::Websocket => {
-            let mut options = MqttOptions::new(
-                id,
-                websocket_url(connect, hub.websocket_port),
-                hub.websocket_port,
-            );
+            let port = hub.port(transport);
+            let mut options = MqttOptions::new(id, websocket_url(connect, port), port);
             options.set_transport(rumqttc::Transport::wss_with_config(tls));
             options
         }
@@ -63,7 +60,7 @@ pub(crate) fn rumqttc_proxy(proxy: &Proxy) -> rumqttc::Proxy {
 
 /// IoT Hub's WebSocket endpoint (`iothub-protocol.md` 1.1).
 #[must_use]
-pub fn websocket_url(host: &str, port: u16) -> String {
+fn websocket_url(host: &str, port: u16) -> String {
     if host.contains(':') {
         format!("wss://[{host}]:{port}/$iothub/websocket")
     } else {
@@ -74,11 +71,7 @@ pub fn websocket_url(host: &str, port: u16) -> String {
 /// Where a session connects, for log lines: `host:port`, the transport when it is not plain
 /// MQTT, and the proxy.
 pub(super) fn shown_route(hub: &Settings, connect: &str, transport: Transport) -> String {
-    let port = match transport {
-        Transport::Mqtt => hub.port,
-        Transport::Websocket => hub.websocket_port,
-    };
-    let mut route = format!("{connect}:{port}");
+    let mut route = format!("{connect}:{}", hub.port(transport));
     if transport == Transport::Websocket {
         route.push_str(" over WebSockets");
     }
@@ -146,11 +139,7 @@ pub(super) fn describe(
 ) -> (String, bool) {
     match error {
         ConnectionError::Proxy(_) => {
-            let port = match transport {
-                Transport::Mqtt => hub.port,
-                Transport::Websocket => hub.websocket_port,
-            };
-            let target = format!("{connect}:{port}");
+            let target = format!("{connect}:{}", hub.port(transport));
             (describe_proxy(error, hub, &target), false)
         }
         ConnectionError::ConnectionRefused(code) => {
