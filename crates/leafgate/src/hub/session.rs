@@ -24,7 +24,7 @@ use tokio_util::task::TaskTracker;
 
 use super::Settings;
 use super::auth::{self, Auth, X509Source};
-use super::dps::{self, Assignment};
+use super::dps;
 use super::limiter::Pacer;
 use super::outbound::{Ack, Delivery, Label, Outbound, Outlet, Work};
 use super::sas::{self, Key};
@@ -119,11 +119,10 @@ enum DeviceAuth {
     X509(Box<X509Source>),
 }
 
-/// A provisioned device's assignment, once known, and the digest its cache entry is kept
-/// under.
+/// A provisioned device: the hub DPS assigned it, once known (its device id there is its own:
+/// [`route`] refuses any other).
 struct Provisioned {
-    assignment: Option<Assignment>,
-    fingerprint: String,
+    hub: Option<Box<str>>,
 }
 
 /// Which hub a connect goes to, and where the TCP/TLS connection goes (the hub, or an IoT
@@ -258,12 +257,9 @@ impl Session {
             Auth::Sas(key) => DeviceAuth::Sas(key),
             Auth::X509(files) => DeviceAuth::X509(Box::new(X509Source::new(files))),
         };
-        let provisioned = credentials.provisioned.then(|| {
-            Box::new(Provisioned {
-                assignment: None,
-                fingerprint: String::new(),
-            })
-        });
+        let provisioned = credentials
+            .provisioned
+            .then(|| Box::new(Provisioned { hub: None }));
         let device = Device {
             id: credentials.device_id,
             auth,
@@ -317,7 +313,7 @@ async fn run(mut device: Device, mut work: Work, shared: Arc<Shared>, shutdown: 
         {
             // The hub DPS named refuses the device: it may have been moved, or disabled there.
             // Ask DPS again (paced, and after the backoff below).
-            provisioned.assignment = None;
+            provisioned.hub = None;
             if let Some(dir) = hub_cache(&shared.hub)
                 && let Err(e) = super::provisioning::forget(dir, &id)
             {
@@ -401,8 +397,8 @@ async fn route(device: &mut Device, shared: &Shared, dial: &Dial) -> Result<Rout
             .map(route)
             .ok_or_else(|| "no [hub] hostname to connect to".to_owned());
     };
-    if let Some(assignment) = &provisioned.assignment {
-        return Ok(route(&assignment.hub));
+    if let Some(assigned) = &provisioned.hub {
+        return Ok(route(assigned));
     }
     let credentials = match &device.auth {
         DeviceAuth::Sas(key) => key.as_bytes().to_vec(),
@@ -412,13 +408,13 @@ async fn route(device: &mut Device, shared: &Shared, dial: &Dial) -> Result<Rout
             .map(|c| c.thumbprint.as_bytes().to_vec())
             .unwrap_or_default(),
     };
-    provisioned.fingerprint = super::provisioning::fingerprint(settings, &credentials);
+    let fingerprint = super::provisioning::fingerprint(settings, &credentials);
     if let Some(dir) = &settings.cache {
-        match super::provisioning::load(dir, &id, &provisioned.fingerprint) {
+        match super::provisioning::load(dir, &id, &fingerprint) {
             Ok(Some(assignment)) => {
                 log::info!(device_id = &*id; "device {id}: assigned to hub {} (cached from DPS)", assignment.hub);
                 let found = route(&assignment.hub);
-                provisioned.assignment = Some(assignment);
+                provisioned.hub = Some(assignment.hub.into());
                 return Ok(found);
             }
             Ok(None) => {}
@@ -452,12 +448,12 @@ async fn route(device: &mut Device, shared: &Shared, dial: &Dial) -> Result<Rout
     }
     log::info!(device_id = &*id; "device {id}: registered with DPS in {} ms: assigned to hub {}", started.elapsed().as_millis(), assignment.hub);
     if let Some(dir) = &settings.cache
-        && let Err(e) = super::provisioning::store(dir, &id, &provisioned.fingerprint, &assignment)
+        && let Err(e) = super::provisioning::store(dir, &id, &fingerprint, &assignment)
     {
         log::warn!(device_id = &*id; "device {id}: cannot cache its DPS assignment in {}: {e}; it registers again after a restart", dir.display());
     }
     let found = route(&assignment.hub);
-    provisioned.assignment = Some(assignment);
+    provisioned.hub = Some(assignment.hub.into());
     Ok(found)
 }
 
