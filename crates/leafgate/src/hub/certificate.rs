@@ -25,6 +25,8 @@ pub enum Error {
     #[error("cannot read {path}: {source}")]
     Read {
         path: String,
+        /// The private key's file failed (else the certificate's; they may be one file).
+        key: bool,
         #[source]
         source: std::io::Error,
     },
@@ -151,13 +153,14 @@ impl Identity {
 pub fn load(certificate: &Path, key: &Path) -> Result<Identity, Error> {
     let cert_name = certificate.display().to_string();
     let key_name = key.display().to_string();
-    let read = |path: &Path, name: &str| {
+    let read = |path: &Path, name: &str, key: bool| {
         crate::regular_file::read_regular(path, MAX_PEM_BYTES).map_err(|source| Error::Read {
             path: name.to_owned(),
+            key,
             source,
         })
     };
-    let pem = read(certificate, &cert_name)?;
+    let pem = read(certificate, &cert_name, false)?;
     let mut chain = Vec::new();
     for (index, item) in rustls_pemfile::certs(&mut pem.as_slice()).enumerate() {
         let cert = item.map_err(|e| Error::BadCertificate {
@@ -175,7 +178,7 @@ pub fn load(certificate: &Path, key: &Path) -> Result<Identity, Error> {
         index: 1,
         reason,
     })?;
-    let key_pem = read(key, &key_name)?;
+    let key_pem = read(key, &key_name, true)?;
     let private = match rustls_pemfile::private_key(&mut key_pem.as_slice()) {
         Ok(Some(private)) => private,
         Ok(None) => return Err(Error::NoKey(key_name)),

@@ -116,12 +116,8 @@ fn resolve_certificate(
         Ok(identity) => identity,
         Err(e) => {
             let key_path = match &e {
-                certificate::Error::Read { path: shown, .. }
-                    if *shown == key.display().to_string() =>
-                {
-                    "private_key_file"
-                }
-                certificate::Error::NoKey(_)
+                certificate::Error::Read { key: true, .. }
+                | certificate::Error::NoKey(_)
                 | certificate::Error::MalformedKey { .. }
                 | certificate::Error::UnsupportedKey { .. }
                 | certificate::Error::KeyMismatch { .. } => "private_key_file",
@@ -418,6 +414,11 @@ mod tests {
                     "device \"d1\".private_key_file: cannot read",
                 ),
                 (cert_keys(&key, &key), "device \"d1\".certificate_file: "),
+                // One PEM file for both that cannot be read: the certificate is read first.
+                (
+                    cert_keys(&dir.path().join("both.pem"), &dir.path().join("both.pem")),
+                    "device \"d1\".certificate_file: cannot read",
+                ),
                 (String::new(), "device \"d1\": missing credentials"),
             ];
             for (creds, want) in cases {
