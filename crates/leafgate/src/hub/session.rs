@@ -31,7 +31,7 @@ use super::sas::{self, Key};
 use super::service::{Context, Filter, Service};
 use super::settings::Transport;
 use super::tls::Trust;
-use super::transport::{describe, disconnect, mqtt_options, shown_route};
+use super::transport::{Refusal, describe, disconnect, mqtt_options, shown_route};
 use crate::backoff::{self, Backoff};
 use crate::logtext;
 use crate::metrics;
@@ -141,13 +141,7 @@ struct Dial {
 enum Ended {
     Shutdown,
     Renew,
-    Failed {
-        error: String,
-        /// The hub refused the CONNECT (or the subscription): back off as throttled.
-        refused: bool,
-        /// It refused the device's identity (CONNACK 5 or 4), not only its load.
-        unauthorized: bool,
-    },
+    Failed { error: String, refusal: Refusal },
 }
 
 /// A device's session and the services it carries.
@@ -306,7 +300,8 @@ async fn run(mut device: Device, mut work: Work, shared: Arc<Shared>, shutdown: 
             connect_once(&device, &shared, &shutdown, &mut work, dial, &route).await;
         if let (
             Ended::Failed {
-                unauthorized: true, ..
+                refusal: Refusal::Identity,
+                ..
             },
             Some(provisioned),
         ) = (&ended, device.provisioned.as_mut())
@@ -327,12 +322,12 @@ async fn run(mut device: Device, mut work: Work, shared: Arc<Shared>, shutdown: 
                 log::info!(device_id = &*id; "device {id}: reconnecting to renew its SAS token");
                 backoff.reset();
             }
-            Ended::Failed { error, refused, .. } => {
+            Ended::Failed { error, refusal } => {
                 // A connection that stayed up for a while was healthy: start backoff afresh.
                 if up_for.is_some_and(|up| up >= stable_after(hub)) {
                     backoff.reset();
                 }
-                let delay = if refused {
+                let delay = if refusal != Refusal::None {
                     // The hub answers 5 for every identity problem and 3 when overloaded: back
                     // off at least 10 s ("throttled" profile in iothub-protocol.md 7).
                     backoff.next_delay().max(backoff::jitter(
@@ -635,8 +630,7 @@ async fn connect_once(
         {
             break Ended::Failed {
                 error,
-                refused: false,
-                unauthorized: false,
+                refusal: Refusal::None,
             };
         }
         tokio::select! {
@@ -660,8 +654,7 @@ async fn connect_once(
             () = &mut suback, if connected_at.is_some() && !subscribed => {
                 break Ended::Failed {
                     error: format!("the hub did not answer SUBSCRIBE to {} within {} s", filter_names(), hub.connect_timeout.as_secs()),
-                    refused: false,
-                    unauthorized: false,
+                    refusal: Refusal::None,
                 };
             }
             // Not before CONNACK: a poll dropped while connecting would connect afresh, past
@@ -687,7 +680,7 @@ async fn connect_once(
                     // hears everything it should.
                     let subscribe = filters.iter().map(|f| SubscribeFilter::new(f.topic.clone(), f.qos));
                     if let Err(e) = client.try_subscribe_many(subscribe) {
-                        break Ended::Failed { error: format!("cannot subscribe to {}: {e}", filter_names()), refused: false, unauthorized: false };
+                        break Ended::Failed { error: format!("cannot subscribe to {}: {e}", filter_names()), refusal: Refusal::None };
                     }
                 }
                 Ok(Event::Incoming(Packet::SubAck(ack))) => {
@@ -696,7 +689,7 @@ async fn connect_once(
                         .map(|(_, filter)| filter.topic.as_str())
                         .collect();
                     if !refused.is_empty() {
-                        break Ended::Failed { error: format!("hub refused the subscription to {}", refused.join(", ")), refused: true, unauthorized: false };
+                        break Ended::Failed { error: format!("hub refused the subscription to {}", refused.join(", ")), refusal: Refusal::Load };
                     }
                     if !subscribed {
                         subscribed = true;
@@ -713,8 +706,7 @@ async fn connect_once(
                     if work.unacked.len() > MAX_UNACKED {
                         break Ended::Failed {
                             error: format!("the hub delivered more than {MAX_UNACKED} messages that are not acknowledged yet"),
-                            refused: false,
-                            unauthorized: false,
+                            refusal: Refusal::None,
                         };
                     }
                 }
@@ -722,15 +714,8 @@ async fn connect_once(
                 Ok(_) => {}
                 Err(e) => {
                     let certificate = matches!(device.auth, DeviceAuth::X509(_));
-                    let (error, refused) = describe(&e, hub, &route.connect, device.transport, certificate);
-                    let unauthorized = matches!(
-                        e,
-                        rumqttc::ConnectionError::ConnectionRefused(
-                            rumqttc::ConnectReturnCode::NotAuthorized
-                                | rumqttc::ConnectReturnCode::BadUserNamePassword
-                        )
-                    );
-                    break Ended::Failed { error, refused, unauthorized };
+                    let (error, refusal) = describe(&e, hub, &route.connect, device.transport, certificate);
+                    break Ended::Failed { error, refusal };
                 }
             }
         }

@@ -130,17 +130,31 @@ fn describe_proxy(
     format!("proxy {proxy}: {error}")
 }
 
+/// How the hub turned a connection down: it sets the pace of the next try, and an identity
+/// refusal sends a provisioned device back to DPS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Refusal {
+    /// Not by the hub (a network, TLS or proxy failure, a timeout).
+    None,
+    /// The hub refused for its own reasons (CONNACK 3, a refused subscription): back off as
+    /// throttled.
+    Load,
+    /// The hub refused the device's identity (CONNACK 5 or 4): as throttled, too.
+    Identity,
+}
+
+/// An error's line for the journal, with the fix where one is known, and how the hub refused.
 pub(super) fn describe(
     error: &ConnectionError,
     hub: &Settings,
     connect: &str,
     transport: Transport,
     certificate: bool,
-) -> (String, bool) {
+) -> (String, Refusal) {
     match error {
         ConnectionError::Proxy(_) => {
             let target = format!("{connect}:{}", hub.port(transport));
-            (describe_proxy(error, hub, &target), false)
+            (describe_proxy(error, hub, &target), Refusal::None)
         }
         ConnectionError::ConnectionRefused(code) => {
             let hint = match (code, certificate) {
@@ -156,9 +170,15 @@ pub(super) fn describe(
                 }
                 _ => "",
             };
-            (format!("{error}{hint}"), true)
+            let refusal = match code {
+                ConnectReturnCode::NotAuthorized | ConnectReturnCode::BadUserNamePassword => {
+                    Refusal::Identity
+                }
+                _ => Refusal::Load,
+            };
+            (format!("{error}{hint}"), refusal)
         }
-        other => (other.to_string(), false),
+        other => (other.to_string(), Refusal::None),
     }
 }
 
