@@ -42,6 +42,7 @@ use tokio_rustls::TlsAcceptor;
 use super::Shared;
 use super::clock::{timestamp_utc, unix_now};
 use super::methods::{self, InvokeError, MAX_METHOD_PAYLOAD, MethodCall};
+use crate::accept::accept_until_shutdown;
 use crate::c2d::{C2dError, C2dSend};
 use crate::registry::{ServiceTwin, TwinUpdate};
 use crate::sas::{self, TokenError, percent_decode};
@@ -67,38 +68,21 @@ pub(crate) async fn run(
     shared: Arc<Shared>,
     done: mpsc::Sender<()>,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            biased;
-            () = shared.shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((tcp, peer)) => {
-                let shared = Arc::clone(&shared);
-                let done = done.clone();
-                let tls = tls.clone();
-                tokio::spawn(async move {
-                    match tls {
-                        None => serve(shared, tcp, peer).await,
-                        Some(acceptor) => {
-                            if let Some(stream) = handshake(&shared, &acceptor, tcp, peer).await {
-                                serve(shared, stream, peer).await;
-                            }
-                        }
+    accept_until_shutdown(listener, &shared, "http", done, |tcp, peer| {
+        let shared = Arc::clone(&shared);
+        let tls = tls.clone();
+        async move {
+            match tls {
+                None => serve(shared, tcp, peer).await,
+                Some(acceptor) => {
+                    if let Some(stream) = handshake(&shared, &acceptor, tcp, peer).await {
+                        serve(shared, stream, peer).await;
                     }
-                    drop(done);
-                });
-            }
-            Err(e) => {
-                log::warn!("emulator: http accept failed: {e}");
-                tokio::select! {
-                    () = shared.shutdown.cancelled() => break,
-                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
                 }
             }
         }
-    }
+    })
+    .await;
 }
 
 /// The TLS handshake of an HTTPS connection, bounded in time and by shutdown.

@@ -253,6 +253,7 @@
 //! - IoT Edge gateway semantics, the registry REST API (devices are added in process), ETags
 //!   and request-id headers, any other service API route.
 
+mod accept;
 mod c2d;
 mod cli;
 mod client;
@@ -518,36 +519,22 @@ impl Emulator {
             .await
             .map_err(bind_http)?;
         let http_addr = http_listener.local_addr().map_err(bind_http)?;
-        let https_listener = match config.https_addr {
-            Some(addr) => {
-                let bind_https = |source| Error::BindHttps { addr, source };
-                let listener = TcpListener::bind(addr).await.map_err(bind_https)?;
-                let local = listener.local_addr().map_err(bind_https)?;
-                Some((listener, local))
-            }
-            None => None,
-        };
+        let https_listener = accept::bind_optional(config.https_addr, |addr, source| {
+            Error::BindHttps { addr, source }
+        })
+        .await?;
         let https_addr = https_listener.as_ref().map(|(_, addr)| *addr);
-        let ws_listener = match config.ws_addr {
-            Some(addr) => {
-                let bind_ws = |source| Error::BindWs { addr, source };
-                let listener = TcpListener::bind(addr).await.map_err(bind_ws)?;
-                let local = listener.local_addr().map_err(bind_ws)?;
-                Some((listener, local))
-            }
-            None => None,
-        };
+        let ws_listener = accept::bind_optional(config.ws_addr, |addr, source| Error::BindWs {
+            addr,
+            source,
+        })
+        .await?;
         let ws_addr = ws_listener.as_ref().map(|(_, addr)| *addr);
-        let dps_listener = match &config.dps {
-            Some(dps) => {
-                let addr = dps.addr;
-                let bind_dps = |source| Error::BindDps { addr, source };
-                let listener = TcpListener::bind(addr).await.map_err(bind_dps)?;
-                let local = listener.local_addr().map_err(bind_dps)?;
-                Some((listener, local))
-            }
-            None => None,
-        };
+        let dps_listener =
+            accept::bind_optional(config.dps.as_ref().map(|d| d.addr), |addr, source| {
+                Error::BindDps { addr, source }
+            })
+            .await?;
         let dps_addr = dps_listener.as_ref().map(|(_, addr)| *addr);
 
         let shutdown = CancellationToken::new();
