@@ -1,16 +1,19 @@
 //! The `leafgate` binary: arguments, logging, signals, exit codes. The library does the work.
 
+mod control;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use leafgate::services::control::client::DEFAULT_SOCKET;
 use leafgate::{config, gateway, systemd};
 #[cfg(feature = "demo")]
 use leafgate_demo as demo;
 
 /// Exit code for a bad config (EX_CONFIG); the unit sets `RestartPreventExitStatus=78` so
 /// systemd does not restart-loop on it.
-const EXIT_CONFIG: u8 = 78;
+pub(crate) const EXIT_CONFIG: u8 = 78;
 
 #[derive(Parser)]
 #[command(
@@ -24,13 +27,6 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-#[cfg_attr(
-    feature = "demo",
-    expect(
-        clippy::large_enum_variant,
-        reason = "parsed once at start; the emulator's options are the large one"
-    )
-)]
 enum Command {
     /// Run the gateway.
     Run {
@@ -51,6 +47,50 @@ enum Command {
         /// the unit shows as failed instead of silently not running.
         #[arg(long)]
         has_devices: bool,
+    },
+    /// Run a method on a device now, as a direct method from the hub would (same checks,
+    /// deadline and statuses), through the running daemon's control socket; or read one of its
+    /// telemetry groups (--group). Prints {"status": ..., "payload": ...} as JSON.
+    ///
+    /// With --offline there is no daemon: the command opens the device's bus from the config
+    /// itself, for commissioning before the hub side exists; it refuses while a daemon runs
+    /// that bus or another process holds the serial line.
+    ///
+    /// Exit codes: 0 status 200; 1 another status; 2 nothing was run (no daemon, no permission,
+    /// --offline refused); 78 the config has problems (--offline).
+    Call {
+        /// The device's id ([[device]] id = "...").
+        device: String,
+        /// A configured method, or a raw method (modbus.read, modbus.write, serial.send) on a
+        /// device with raw_methods = true.
+        #[arg(required_unless_present = "group")]
+        method: Option<String>,
+        /// The method's payload, as JSON text (e.g. '{"speed": 12.5}').
+        payload: Option<String>,
+        /// Read this telemetry group once instead of calling a method (nothing is sent to the
+        /// hub).
+        #[arg(long, conflicts_with_all = ["method", "payload"])]
+        group: Option<String>,
+        /// Open the bus here instead of asking the running daemon.
+        #[arg(long)]
+        offline: bool,
+        /// The config file (--offline only).
+        #[arg(short, long, default_value = config::DEFAULT_PATH, requires = "offline")]
+        config: PathBuf,
+        /// The daemon's control socket ([control] socket).
+        #[arg(long, default_value = DEFAULT_SOCKET, conflicts_with = "offline")]
+        socket: PathBuf,
+    },
+    /// Show what the running daemon does: each device (connected or not, since when, its last
+    /// connection error), each bus (up, requests queued, units down) and the last warnings and
+    /// errors it logged. Exit codes: 0 shown; 2 no daemon answered.
+    Status {
+        /// The daemon's control socket ([control] socket).
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Print the daemon's answer as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Write the IoT Plug and Play model of a profile's devices: a DTDL v2 interface whose id is
     /// the profile's model_id, with its methods as commands, its telemetry fields, and its
@@ -121,6 +161,29 @@ fn main() -> ExitCode {
             has_devices,
         } => check(&config, has_devices),
         Command::Run { config, log_level } => run(&config, log_level),
+        Command::Call {
+            device,
+            method,
+            payload,
+            group,
+            offline,
+            config,
+            socket,
+        } => control::call(
+            &control::Call {
+                device: &device,
+                method: method.as_deref(),
+                payload: payload.as_deref(),
+                group: group.as_deref(),
+                offline,
+                config: &config,
+                socket: &socket,
+            },
+            |ask| block_on(control::ask(ask)),
+        ),
+        Command::Status { socket, json } => {
+            control::status(&socket, json, |ask| block_on(control::ask(ask)))
+        }
         Command::Model {
             profile,
             config,

@@ -57,6 +57,7 @@ fn shipped_sample_config_loads_and_documents_every_key() {
         "reconnect_max_ms",
         "level",
         "listen",
+        "socket",
         "kind",
         "address",
         "framing",

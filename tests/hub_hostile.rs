@@ -505,6 +505,7 @@ async fn qos1_messages_respect_the_window_and_only_a_puback_confirms_them() {
         transport: cfg.hub.transport,
         provisioned: false,
         model_id: None,
+        presence: Default::default(),
     };
     let task = tokio::spawn(session.run(
         credentials,

@@ -21,6 +21,10 @@ mod emulator;
 /// `[metrics]`: the scrape against promtool and a real Prometheus; hostile scrapers.
 mod metrics;
 
+/// `leafgate call` and `leafgate status`: the control socket of a running daemon, and
+/// `call --offline` on a line, refused while a daemon holds it.
+mod control;
+
 /// `leafgate emulator` for users: its `[hub]` snippet runs leafgate, its `curl` line calls a
 /// method.
 mod emulator_cli;

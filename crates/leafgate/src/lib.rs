@@ -18,6 +18,7 @@
 //! - [`logtext`]: untrusted text (method names, rids, topics, replies) bounded for log lines.
 //! - [`regular_file`]: bounded, non-blocking reads of the files an operator names (config, keys,
 //!   CA certificates).
+//! - [`recent`]: the last warnings and errors logged, for `leafgate status`.
 //! - [`backoff`]: jittered exponential backoff shared by sessions and buses.
 
 pub mod backoff;
@@ -30,6 +31,7 @@ pub mod logtext;
 pub mod mapping;
 pub mod metrics;
 pub mod model;
+pub mod recent;
 pub mod regular_file;
 pub mod services;
 pub mod systemd;

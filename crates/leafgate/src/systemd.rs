@@ -9,18 +9,20 @@ use log::kv::{Key, Value, VisitSource};
 
 /// Installs the logger: journald when stderr is connected to the journal (as under a systemd
 /// unit), stderr otherwise. Record key-values become journal fields (`device_id` → `DEVICE_ID`).
+/// Warnings and errors are also kept for `leafgate status` ([`crate::recent`]).
 ///
 /// # Errors
 /// When a logger is already installed or the journal socket cannot be opened.
 pub fn init_logging(level: log::LevelFilter) -> Result<(), String> {
-    if systemd_journal_logger::connected_to_journal() {
-        systemd_journal_logger::JournalLog::new()
-            .map_err(|e| format!("cannot open the journal: {e}"))?
-            .install()
-            .map_err(|e| e.to_string())?;
+    let logger: Box<dyn log::Log> = if systemd_journal_logger::connected_to_journal() {
+        Box::new(
+            systemd_journal_logger::JournalLog::new()
+                .map_err(|e| format!("cannot open the journal: {e}"))?,
+        )
     } else {
-        log::set_boxed_logger(Box::new(StderrLog)).map_err(|e| e.to_string())?;
-    }
+        Box::new(StderrLog)
+    };
+    log::set_boxed_logger(Box::new(Recent(logger))).map_err(|e| e.to_string())?;
     log::set_max_level(level);
     Ok(())
 }
@@ -29,6 +31,27 @@ pub fn init_logging(level: log::LevelFilter) -> Result<(), String> {
 /// errors are logged too).
 pub fn set_level(level: log::LevelFilter) {
     log::set_max_level(level);
+}
+
+/// Writes to the journal or stderr, and keeps warnings and errors for `leafgate status`
+/// ([`crate::recent`]).
+struct Recent(Box<dyn log::Log>);
+
+impl log::Log for Recent {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        self.0.enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if record.level() <= log::max_level() {
+            crate::recent::note(record);
+        }
+        self.0.log(record);
+    }
+
+    fn flush(&self) {
+        self.0.flush();
+    }
 }
 
 struct StderrLog;

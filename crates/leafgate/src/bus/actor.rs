@@ -148,6 +148,17 @@ impl Handle {
         self.down.clone()
     }
 
+    /// Jobs waiting in the method lane and polls waiting in the poll lane (not counting the
+    /// one on the wire).
+    #[must_use]
+    pub fn queued(&self) -> (usize, usize) {
+        let waiting = |max: usize, free: usize| max.saturating_sub(free);
+        (
+            waiting(self.tx.max_capacity(), self.tx.capacity()),
+            waiting(self.polls.max_capacity(), self.polls.capacity()),
+        )
+    }
+
     /// Queues `ops` and waits for the result.
     ///
     /// # Errors
@@ -223,7 +234,7 @@ impl Handle {
     /// are queued: a job that finds the queue empty always runs, so a bus whose recent jobs were
     /// slow can never refuse everything, and the estimate keeps learning.
     fn admit(&self, deadline: Instant) -> Result<(), Error> {
-        let queued = self.tx.max_capacity().saturating_sub(self.tx.capacity());
+        let queued = self.queued().0;
         let job_us = self.job_us.load(Ordering::Relaxed);
         if queued == 0 || job_us == 0 {
             return Ok(());

@@ -39,10 +39,18 @@ pub fn open(line: &Line) -> Result<SerialStream, Error> {
         .stop_bits(stop_bits)
         .open_native_async()
         .map_err(|e| {
-            let hint = refusal(&line.path)
-                .and_then(|(refusal, device)| refusal_hint(refusal, &device, under_systemd()))
-                .map(|hint| format!("; {hint}"))
-                .unwrap_or_default();
+            let held = {
+                let text = e.to_string().to_lowercase();
+                text.contains("exclusive lock") || text.contains("busy")
+            };
+            let hint = if held {
+                format!("; {HELD}")
+            } else {
+                refusal(&line.path)
+                    .and_then(|(refusal, device)| refusal_hint(refusal, &device, under_systemd()))
+                    .map(|hint| format!("; {hint}"))
+                    .unwrap_or_default()
+            };
             Error::unavailable(format!("cannot open {path}: {e}{hint}"))
         })?;
     // Bytes that arrived while the port was closed belong to nobody; a USB adapter drops them,
@@ -52,6 +60,12 @@ pub fn open(line: &Line) -> Result<SerialStream, Error> {
     }
     Ok(port)
 }
+
+/// What an open refused because another process has the line says. serialport (under
+/// tokio-serial) opens every port with `TIOCEXCL` and `flock(LOCK_EX | LOCK_NB)`, as terminal
+/// programs (picocom, minicom) do: a second leafgate, `leafgate call --offline`, or such a
+/// program on the same line is refused instead of interleaving its frames with ours.
+pub const HELD: &str = "another process holds this line (a running leafgate, `leafgate call --offline`, or a terminal program); find it with `fuser -v` on the device";
 
 /// Why the kernel refuses a device to this process, when it is a permission matter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

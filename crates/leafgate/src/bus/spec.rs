@@ -88,6 +88,17 @@ pub enum BusSpec {
     },
 }
 
+impl BusSpec {
+    #[must_use]
+    pub fn kind(&self) -> BusKind {
+        match self {
+            BusSpec::ModbusTcp { .. } => BusKind::ModbusTcp,
+            BusSpec::ModbusRtu { .. } => BusKind::ModbusRtu,
+            BusSpec::Serial { .. } => BusKind::Serial,
+        }
+    }
+}
+
 impl Bus {
     /// The serial device this bus owns, if any.
     #[must_use]

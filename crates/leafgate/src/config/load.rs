@@ -291,7 +291,7 @@ mod tests {
         assert_eq!(
             got,
             [
-                "colour: unknown field `colour`, expected one of `hub`, `log`, `telemetry`, `twin`, `c2d`, `provisioning`, `metrics`, `bus`, `device`, `profile`",
+                "colour: unknown field `colour`, expected one of `hub`, `log`, `telemetry`, `twin`, `c2d`, `provisioning`, `metrics`, `control`, `bus`, `device`, `profile`",
                 "bus \"rs485\".baudrate: unknown field `baudrate`; did you mean `baud_rate`?",
                 "device \"meter-a\".unit: invalid type: a string, expected an integer",
                 "device \"meter-a\".raw_method: unknown field `raw_method`; did you mean `raw_methods`?",

@@ -36,6 +36,8 @@ pub struct Config {
     pub telemetry: Telemetry,
     /// Where to serve Prometheus metrics (`[metrics] listen`), when the section is there.
     pub metrics: Option<std::net::SocketAddr>,
+    /// The control socket (`[control] socket`), unless turned off.
+    pub control: Option<PathBuf>,
     pub log_level: log::LevelFilter,
     pub buses: Vec<Bus>,
     pub devices: Vec<Device>,

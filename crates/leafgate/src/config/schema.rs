@@ -27,6 +27,7 @@ pub struct FileConfig {
     pub c2d: Option<C2dConfig>,
     pub provisioning: Option<ProvisioningConfig>,
     pub metrics: Option<MetricsConfig>,
+    pub control: Option<ControlConfig>,
     #[serde(default)]
     pub bus: Vec<BusConfig>,
     #[serde(default)]
@@ -78,6 +79,15 @@ pub struct HubConfig {
 pub struct MetricsConfig {
     /// `ip:port` to serve `GET /metrics` on (default 127.0.0.1:9464).
     pub listen: Option<String>,
+}
+
+/// `[control]`: the local socket `leafgate call` and `leafgate status` talk to. On by default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    /// An absolute path; `""` turns the socket off.
+    #[serde(default = "defaults::control_socket")]
+    pub socket: String,
 }
 
 /// `[telemetry]`: how readings travel, for every device that has telemetry groups.
@@ -304,6 +314,10 @@ pub(crate) mod defaults {
         1000
     }
     /// In the unit's `StateDirectory=`.
+    /// In the unit's `RuntimeDirectory=leafgate`.
+    pub fn control_socket() -> String {
+        "/run/leafgate/control.sock".into()
+    }
     pub fn store() -> String {
         "/var/lib/leafgate/telemetry.db".into()
     }

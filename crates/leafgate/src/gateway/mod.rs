@@ -24,10 +24,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::bus;
 use crate::config::schema::BusKind;
-use crate::config::{self, BusSpec, Config};
+use crate::config::{self, Config};
 use crate::hub::limiter::Pacer;
+use crate::hub::presence::Presence;
 use crate::hub::service::Service;
 use crate::hub::{session, tls};
+use crate::services::control::{self, Registry};
 use crate::services::methods::MethodStats;
 use crate::services::methods::{self, Methods};
 use crate::services::{c2d, telemetry, twin};
@@ -86,6 +88,12 @@ impl Prepared {
     pub fn metrics(&self) -> Option<std::net::SocketAddr> {
         self.config.metrics
     }
+
+    /// The new config's `[control] socket`.
+    #[must_use]
+    pub fn control(&self) -> Option<&std::path::Path> {
+        self.config.control.as_deref()
+    }
 }
 
 /// A running gateway.
@@ -107,14 +115,8 @@ pub struct Gateway {
     bus_tasks: TaskTracker,
     buses: BTreeMap<String, RunningBus>,
     devices: BTreeMap<String, RunningDevice>,
-}
-
-fn kind_of(spec: &BusSpec) -> BusKind {
-    match spec {
-        BusSpec::ModbusTcp { .. } => BusKind::ModbusTcp,
-        BusSpec::ModbusRtu { .. } => BusKind::ModbusRtu,
-        BusSpec::Serial { .. } => BusKind::Serial,
-    }
+    /// What the control socket sees: kept in step with `buses` and `devices`.
+    registry: Arc<Registry>,
 }
 
 fn new_telemetry(config: &config::Telemetry) -> (config::Telemetry, Arc<telemetry::Shared>) {
@@ -201,6 +203,7 @@ impl Gateway {
             bus_tasks: TaskTracker::new(),
             buses: BTreeMap::new(),
             devices: BTreeMap::new(),
+            registry: Arc::new(Registry::new()),
         };
         for b in &config.buses {
             let running = gateway.spawn_bus(b, None);
@@ -239,9 +242,16 @@ impl Gateway {
                 previous.cancelled().await;
             }
         });
+        self.registry.add_bus(
+            &config.id,
+            control::registry::Bus {
+                kind: config.spec.kind(),
+                handle: handle.clone(),
+            },
+        );
         RunningBus {
             config: config.clone(),
-            kind: kind_of(&config.spec),
+            kind: config.spec.kind(),
             handle,
             stop,
             done,
@@ -313,12 +323,23 @@ impl Gateway {
             bus: bus.handle.clone(),
             groups: config.telemetry.clone(),
         });
+        let presence = Arc::new(Presence::new());
+        self.registry.add_device(
+            &config.id,
+            control::registry::Device {
+                methods: methods.device().clone(),
+                groups: config.telemetry.clone(),
+                presence: presence.clone(),
+                bus: config.bus.clone(),
+            },
+        );
         let credentials = session::Credentials {
             device_id: id,
             auth: config.auth.clone(),
             transport: config.transport.unwrap_or(self.shared.hub.transport),
             provisioned: config.provisioned,
             model_id: config.model_id.as_deref().map(Arc::from),
+            presence,
         };
         let tasks = self.sessions.clone();
         let telemetry = self.telemetry.1.clone();
@@ -411,6 +432,8 @@ impl Gateway {
         telemetry::restart_polling(leaf, &self.telemetry.1, &store, &self.sessions, &polling);
         running.polling = Some(polling);
         running.identity = Identity::of(config);
+        self.registry
+            .set_groups(&config.id, config.telemetry.clone());
     }
 
     /// The telemetry store, opened (in the background) on first use.
@@ -474,6 +497,7 @@ impl Gateway {
         let mut old_devices = BTreeMap::new();
         for id in plan.devices.stop.iter().chain(&plan.devices.restart) {
             if let Some(old) = self.devices.remove(id) {
+                self.registry.remove_device(id);
                 old.stop.cancel();
                 old_devices.insert(id.clone(), old);
             }
@@ -486,6 +510,7 @@ impl Gateway {
             let Some(old) = self.buses.remove(id) else {
                 continue;
             };
+            self.registry.remove_bus(id);
             let users: Vec<CancellationToken> = old_devices
                 .values()
                 .filter(|d| d.bus == *id)
@@ -546,6 +571,12 @@ impl Gateway {
         log_changes("device", &plan.devices);
         log_changes("bus", &plan.buses);
         plan
+    }
+
+    /// What runs, for the control socket.
+    #[must_use]
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.clone()
     }
 
     /// Devices connected and subscribed right now.

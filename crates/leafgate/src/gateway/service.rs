@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Gateway, HubIdentity, Prepared};
 use crate::config::{self, Config};
-use crate::services::metrics;
+use crate::services::{control, metrics};
 use crate::systemd;
 
 #[derive(Debug, thiserror::Error)]
@@ -80,9 +80,10 @@ pub async fn run(config: Config, options: &Options) -> Result<(), Error> {
     let mut term = signal(SignalKind::terminate()).map_err(Error::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(Error::Signals)?;
     let mut hup = signal(SignalKind::hangup()).map_err(Error::Signals)?;
+    // Stops the metrics and control listeners when this returns.
+    let listeners_stop = CancellationToken::new();
+    let _listeners_guard = listeners_stop.clone().drop_guard();
     // Before the gateway: buses and sessions look their series up as they start.
-    let metrics_stop = CancellationToken::new();
-    let _metrics_guard = metrics_stop.clone().drop_guard();
     if let Some(addr) = config.metrics {
         let registry = crate::metrics::enable();
         let listener = tokio::net::TcpListener::bind(addr)
@@ -91,9 +92,13 @@ pub async fn run(config: Config, options: &Options) -> Result<(), Error> {
         // The bound address: port 0 in the config gets one from the kernel.
         let at = listener.local_addr().unwrap_or(addr);
         log::info!(service = "metrics"; "metrics: serving Prometheus metrics at http://{at}/metrics");
-        tokio::spawn(metrics::serve(listener, registry, metrics_stop.clone()));
+        tokio::spawn(metrics::serve(listener, registry, listeners_stop.clone()));
     }
     let mut gateway = Gateway::start(&config).map_err(Error::Start)?;
+    let control = config
+        .control
+        .as_deref()
+        .and_then(|socket| serve_control(socket, &gateway, options, &listeners_stop));
     let mut status = status_line(&gateway);
     systemd::notify_ready(&status);
     log::info!(
@@ -140,7 +145,7 @@ pub async fn run(config: Config, options: &Options) -> Result<(), Error> {
             }
             outcome = Reload::finished(&mut reloading), if reloading.is_some() => {
                 reloading = None;
-                finish_reload(&mut gateway, options, config.metrics, outcome);
+                finish_reload(&mut gateway, options, &config, outcome);
                 status = status_line(&gateway);
                 if std::mem::take(&mut again) {
                     reloading = Reload::start(&gateway, options);
@@ -163,6 +168,9 @@ pub async fn run(config: Config, options: &Options) -> Result<(), Error> {
     }
     let drain = gateway.drain_deadline();
     gateway.stop_taking_requests();
+    if let Some(control) = &control {
+        control.stopping.cancel();
+    }
     systemd::notify_stopping(&format!(
         "stopping: finishing methods in flight (at most {} s)",
         drain.as_secs()
@@ -180,7 +188,66 @@ pub async fn run(config: Config, options: &Options) -> Result<(), Error> {
             _ = ping.tick(), if watchdog.is_some() => systemd::notify_watchdog(),
         }
     }
+    if let Some(control) = control {
+        control.close();
+    }
     Ok(())
+}
+
+/// The control socket, while it is served.
+struct Control {
+    path: std::path::PathBuf,
+    /// Cancelled when the daemon starts draining: calls get 503 from then on.
+    stopping: CancellationToken,
+}
+
+impl Control {
+    /// Removes the socket file, so the next `leafgate call` hears "not running" at once.
+    fn close(self) {
+        if let Err(e) = std::fs::remove_file(&self.path) {
+            log::debug!(service = "control"; "control: cannot remove {}: {e}", self.path.display());
+        }
+    }
+}
+
+/// Serves the control socket until `stop`; without it (a path that cannot be bound) the daemon
+/// runs on, saying why `leafgate call` and `leafgate status` will not reach it.
+fn serve_control(
+    socket: &std::path::Path,
+    gateway: &Gateway,
+    options: &Options,
+    stop: &CancellationToken,
+) -> Option<Control> {
+    match control::server::bind(socket) {
+        Ok(listener) => {
+            log::info!(service = "control"; "control: leafgate call and leafgate status are served on {}", socket.display());
+            let stopping = CancellationToken::new();
+            tokio::spawn(control::server::serve(
+                listener,
+                gateway.registry(),
+                options.config_path.clone(),
+                stopping.clone(),
+                stop.clone(),
+            ));
+            Some(Control {
+                path: socket.to_path_buf(),
+                stopping,
+            })
+        }
+        Err(e) => {
+            // The default's directory exists under the packaged unit only: a run by hand
+            // without it is normal, not worth a warning.
+            let level = if matches!(e, control::server::BindError::NoDirectory { .. })
+                && socket == std::path::Path::new(control::client::DEFAULT_SOCKET)
+            {
+                log::Level::Info
+            } else {
+                log::Level::Warn
+            };
+            log::log!(level, service = "control"; "control: {}; leafgate call and leafgate status cannot reach this daemon", crate::chain::chain(&e));
+            None
+        }
+    }
 }
 
 /// What a reload's thread found.
@@ -255,17 +322,15 @@ impl Reload {
 }
 
 /// Applies what a reload found, or keeps the running config and says why; then `READY=1`.
-fn finish_reload(
-    gateway: &mut Gateway,
-    options: &Options,
-    metrics: Option<std::net::SocketAddr>,
-    outcome: Outcome,
-) {
+fn finish_reload(gateway: &mut Gateway, options: &Options, running: &Config, outcome: Outcome) {
     let path = &options.config_path;
     let why = match outcome {
         Outcome::Ready(prepared) => {
-            if prepared.metrics() != metrics {
+            if prepared.metrics() != running.metrics {
                 log::warn!(service = "metrics"; "reload: [metrics] changed; it takes effect at the next restart");
+            }
+            if prepared.control() != running.control.as_deref() {
+                log::warn!(service = "control"; "reload: [control] changed; it takes effect at the next restart");
             }
             let level = prepared.log_level();
             let plan = gateway.apply(*prepared);

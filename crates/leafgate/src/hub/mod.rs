@@ -11,6 +11,7 @@ pub mod d2c;
 pub mod dps;
 pub mod limiter;
 pub mod outbound;
+pub mod presence;
 pub mod provisioning;
 pub mod sas;
 pub mod service;

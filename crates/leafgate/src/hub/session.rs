@@ -27,6 +27,7 @@ use super::auth::{self, Auth, X509Source};
 use super::dps;
 use super::limiter::Pacer;
 use super::outbound::{Ack, Delivery, Label, Outbound, Outlet, Work};
+use super::presence::Presence;
 use super::sas::{self, Key};
 use super::service::{Context, Filter, Service};
 use super::settings::Transport;
@@ -77,6 +78,8 @@ pub struct Credentials {
     pub provisioned: bool,
     /// The device's IoT Plug and Play model (DTMI), announced in the username.
     pub model_id: Option<Arc<str>>,
+    /// Where the session records whether it is connected (for `leafgate status`).
+    pub presence: Arc<Presence>,
 }
 
 /// The MQTT username for a device, with its IoT Plug and Play model when it has one
@@ -152,6 +155,7 @@ struct Device {
     /// Where DPS put it, for a provisioned device.
     provisioned: Option<Box<Provisioned>>,
     model_id: Option<Arc<str>>,
+    presence: Arc<Presence>,
     services: Vec<Box<dyn Service>>,
     /// QoS 1 messages that may await their PUBACK at once: the largest any service asks for.
     window: u16,
@@ -260,6 +264,7 @@ impl Session {
             transport: credentials.transport,
             provisioned,
             model_id: credentials.model_id,
+            presence: credentials.presence,
             services,
             window,
         };
@@ -286,6 +291,7 @@ async fn run(mut device: Device, mut work: Work, shared: Arc<Shared>, shutdown: 
                     Duration::from_secs(15),
                 ));
                 log::error!(device_id = &*id; "device {id}: {error}; trying again in {} ms", delay.as_millis());
+                device.presence.disconnected(Some(&error));
                 tokio::select! {
                     () = shutdown.cancelled() => break,
                     () = tokio::time::sleep(delay) => continue,
@@ -338,6 +344,7 @@ async fn run(mut device: Device, mut work: Work, shared: Arc<Shared>, shutdown: 
                     backoff.next_delay()
                 };
                 log::warn!(device_id = &*id; "device {id}: hub connection failed: {error}; retrying in {} ms", delay.as_millis());
+                device.presence.disconnected(Some(&error));
                 tokio::select! {
                     () = shutdown.cancelled() => break,
                     () = tokio::time::sleep(delay) => {}
@@ -536,6 +543,7 @@ fn announce(shared: &Shared, device: &Device, route: &Route) {
         }
         m.device_connected.get_or_create(&labels).set(1);
     }
+    device.presence.connected();
     let n = shared.connected.fetch_add(1, Ordering::Relaxed) + 1;
     log::info!(device_id = id; "device {id}: connected to {} and listening for {} ({n} connected)", shown_route(&shared.hub, &route.connect, device.transport), device.listening_for());
 }
@@ -721,6 +729,7 @@ async fn connect_once(
         }
     };
     if subscribed {
+        device.presence.disconnected(None);
         shared.connected.fetch_sub(1, Ordering::Relaxed);
         if let Some(m) = metrics::get() {
             m.device_connected

@@ -9,6 +9,7 @@
 //! starts its session.
 
 pub mod c2d;
+pub mod control;
 pub mod methods;
 pub mod metrics;
 pub mod telemetry;

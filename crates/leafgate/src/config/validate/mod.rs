@@ -85,6 +85,12 @@ pub fn validate_with(
     let log = single(&files, "log", |f| f.log.as_ref(), &mut p);
     let metrics = single(&files, "metrics", |f| f.metrics.as_ref(), &mut p)
         .and_then(|(file, m)| sections::resolve_metrics(file, m, &mut p));
+    let control = match single(&files, "control", |f| f.control.as_ref(), &mut p) {
+        Some((file, c)) => sections::resolve_control(file, &c.socket, &mut p),
+        None => Some(PathBuf::from(
+            crate::config::schema::defaults::control_socket(),
+        )),
+    };
     let telemetry = match single(&files, "telemetry", |f| f.telemetry.as_ref(), &mut p) {
         Some((file, t)) => resolve_telemetry(file, t, &mut p),
         None => resolve_telemetry(&base, &TelemetryConfig::default(), &mut p),
@@ -272,6 +278,7 @@ pub fn validate_with(
         hub,
         telemetry,
         metrics,
+        control,
         log_level,
         buses,
         devices,

@@ -100,3 +100,34 @@ pub(super) fn resolve_metrics(
         }
     }
 }
+
+/// The longest path a Unix socket address holds (`sun_path`, with its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// `[control] socket`: an absolute path short enough for a socket address; `""` is off.
+pub(super) fn resolve_control(file: &Path, socket: &str, p: &mut Problems) -> Option<PathBuf> {
+    if socket.is_empty() {
+        return None;
+    }
+    let path = PathBuf::from(socket);
+    if !path.is_absolute() {
+        p.add(
+            file,
+            "control.socket",
+            format!("{socket:?} is not an absolute path (\"\" turns the socket off)"),
+        );
+        return None;
+    }
+    if socket.len() > MAX_SOCKET_PATH {
+        p.add(
+            file,
+            "control.socket",
+            format!(
+                "{} bytes is longer than a socket path may be ({MAX_SOCKET_PATH})",
+                socket.len()
+            ),
+        );
+        return None;
+    }
+    Some(path)
+}

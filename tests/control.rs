@@ -1,0 +1,341 @@
+//! `leafgate call` and `leafgate status` with the real binary: through a running daemon's control
+//! socket (configured, raw and unknown methods, an unknown device, a group read, the status of
+//! devices, buses and recent errors), and `call --offline` on a Modbus RTU line (a pty), refused
+//! while a daemon holds that line.
+
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use leafgate::hub::sas::Key;
+use leafgate_emulator::{Emulator, EmulatorConfig};
+use leafgate_sim::modbus::{Registers, TcpServer};
+use leafgate_sim::pty::Pty;
+use leafgate_testkit::daemon::Log;
+use serde_json::{Value, json};
+
+use crate::logscan::{Scanned, run_command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_leafgate");
+const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+const WAIT: Duration = Duration::from_secs(30);
+
+/// `leafgate ARGS`, without blocking the runtime the simulators run on.
+async fn leafgate(args: &[&str]) -> Output {
+    tokio::process::Command::new(BIN)
+        .args(args)
+        .output()
+        .await
+        .unwrap()
+}
+
+/// The exit code and the JSON a `call` printed.
+fn answer(out: &Output) -> (Option<i32>, Value) {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let json = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {stdout}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code(), json)
+}
+
+const PUMP: &str = "\
+[[device]]
+id = \"pump-7\"
+shared_access_key = \"KEY\"
+bus = \"plc\"
+unit = 1
+raw_methods = true
+[[device.method]]
+name = \"getSpeed\"
+[[device.method.step]]
+op = \"read\"
+table = \"holding\"
+address = 0
+fields = [{ name = \"speed\", type = \"u16\" }]
+[[device.telemetry]]
+name = \"state\"
+interval_ms = 3600000
+[[device.telemetry.step]]
+op = \"read\"
+table = \"input\"
+address = 5
+fields = [{ name = \"temperature\", type = \"i16\", scale = 0.1 }]
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_and_status_go_through_the_running_daemon_with_the_method_contract() {
+    let emu = Emulator::start(EmulatorConfig::default()).await.unwrap();
+    emu.add_device("pump-7", Key::from_base64(KEY).unwrap());
+    let regs = Registers::with_units([1]);
+    regs.set_holding(1, 0, &[1234, 42]);
+    regs.set_input(1, 5, &[215]);
+    let plc = TcpServer::start(regs.clone()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), emu.ca_pem()).unwrap();
+    let socket = dir.path().join("control.sock");
+    let config = dir.path().join("leafgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[hub]\nhostname = \"localhost\"\nport = {}\nca_file = \"{}\"\n\n\
+             [control]\nsocket = \"{}\"\n\n\
+             [[bus]]\nid = \"plc\"\nkind = \"modbus_tcp\"\naddress = \"{}\"\ntimeout_ms = 300\n\n{}",
+            emu.mqtt_addr().port(),
+            dir.path().join("ca.pem").display(),
+            socket.display(),
+            plc.addr(),
+            PUMP.replace("KEY", KEY)
+        ),
+    )
+    .unwrap();
+    let daemon = Scanned::spawn(run_command(&config), Log::Capture);
+    daemon
+        .wait_line(
+            "control: leafgate call and leafgate status are served on",
+            WAIT,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", daemon.tail(20)));
+    daemon
+        .wait_line("device pump-7: connected to", WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", daemon.tail(20)));
+    {
+        use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+        let meta = std::fs::metadata(&socket).unwrap();
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    }
+    let s = socket.to_str().unwrap();
+
+    // A configured method: the mapped reply, exit 0.
+    let out = leafgate(&["call", "--socket", s, "pump-7", "getSpeed"]).await;
+    assert_eq!(
+        answer(&out),
+        (Some(0), json!({"status": 200, "payload": {"speed": 1234}}))
+    );
+    // A raw method with its payload.
+    let out = leafgate(&[
+        "call",
+        "--socket",
+        s,
+        "pump-7",
+        "modbus.read",
+        r#"{"table": "holding", "address": 0, "count": 2}"#,
+    ])
+    .await;
+    assert_eq!(
+        answer(&out),
+        (
+            Some(0),
+            json!({"status": 200, "payload": {"values": [1234, 42]}})
+        )
+    );
+    // A method the device does not have: 501 with the names it has, exit 1.
+    let out = leafgate(&["call", "--socket", s, "pump-7", "getSpeeed"]).await;
+    let (code, reply) = answer(&out);
+    assert_eq!(code, Some(1));
+    assert_eq!(reply["status"], 501, "{reply}");
+    assert_eq!(reply["payload"]["error"], "unknown_method");
+    assert!(
+        reply["payload"]["methods"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("getSpeed")),
+        "{reply}"
+    );
+    // A payload that is not JSON: 400, as from the hub.
+    let out = leafgate(&["call", "--socket", s, "pump-7", "modbus.read", "{table"]).await;
+    let (code, reply) = answer(&out);
+    assert_eq!((code, &reply["status"]), (Some(1), &json!(400)), "{reply}");
+    // A device this gateway does not run: 404 with the nearest id.
+    let out = leafgate(&["call", "--socket", s, "pump-8", "getSpeed"]).await;
+    let (code, reply) = answer(&out);
+    assert_eq!((code, &reply["status"]), (Some(1), &json!(404)), "{reply}");
+    assert_eq!(reply["payload"]["error"], "unknown_device");
+    assert!(
+        reply["payload"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("did you mean \"pump-7\"")
+    );
+    // A telemetry group read once, with the group's scaling.
+    let out = leafgate(&["call", "--socket", s, "pump-7", "--group", "state"]).await;
+    assert_eq!(
+        answer(&out),
+        (
+            Some(0),
+            json!({"status": 200, "payload": {"temperature": 21.5}})
+        )
+    );
+    // The journal line of a local call names its caller in the rid.
+    daemon
+        .wait_line("method getSpeed on pump-7: 200", WAIT)
+        .await
+        .unwrap();
+    assert!(
+        daemon.log().contains("rid=local-uid"),
+        "{}",
+        daemon.tail(20)
+    );
+
+    // The hardware goes away: the failure is answered, and shows in status as a recent error.
+    drop(plc);
+    let out = leafgate(&["call", "--socket", s, "pump-7", "getSpeed"]).await;
+    let (code, reply) = answer(&out);
+    assert_eq!(code, Some(1));
+    assert!(
+        [503, 504].contains(&reply["status"].as_u64().unwrap()),
+        "{reply}"
+    );
+    let out = leafgate(&["status", "--socket", s, "--json"]).await;
+    let (code, status) = answer(&out);
+    assert_eq!(code, Some(0), "{status}");
+    let status = &status["payload"];
+    assert_eq!(status["pid"], daemon.pid());
+    let device = &status["devices"][0];
+    assert_eq!(
+        (&device["id"], &device["bus"], &device["connected"]),
+        (&json!("pump-7"), &json!("plc"), &json!(true)),
+        "{status}"
+    );
+    assert_eq!(status["buses"][0]["id"], "plc");
+    assert_eq!(status["buses"][0]["kind"], "modbus_tcp");
+    let recent = status["recent"].as_array().unwrap();
+    assert!(
+        recent.iter().any(|l| l["device"] == "pump-7"
+            && l["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("method getSpeed on pump-7: 50")),
+        "{status}"
+    );
+    // The same, for a person.
+    let out = leafgate(&["status", "--socket", s]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    for want in [
+        "devices: 1/1 connected",
+        "pump-7",
+        "buses: ",
+        "modbus_tcp",
+        "warnings and errors:",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+
+    // The daemon stops: its socket goes, and a call says nobody answers (exit 2).
+    daemon.signal(libc::SIGTERM).unwrap();
+    let (status, log) = daemon.wait().await;
+    assert!(status.success(), "{log}");
+    assert!(!socket.exists());
+    let out = leafgate(&["call", "--socket", s, "pump-7", "getSpeed"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no leafgate answers on"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A site on one RTU line (a pty): meter-1 at unit 3. The hub is never reached: nothing listens
+/// on its port, and `--offline` needs none.
+fn rtu_site(dir: &Path, name: &str, line: &Path, socket: &str) -> std::path::PathBuf {
+    let config = dir.join(name);
+    std::fs::write(
+        &config,
+        format!(
+            "[hub]\nhostname = \"localhost\"\nport = 9\n\n\
+             [control]\nsocket = \"{socket}\"\n\n\
+             [[bus]]\nid = \"rs485\"\nkind = \"modbus_rtu\"\npath = \"{}\"\nbaud_rate = 19200\ntimeout_ms = 500\n\n\
+             [[device]]\nid = \"meter-1\"\nshared_access_key = \"{KEY}\"\nbus = \"rs485\"\nunit = 3\n\
+             [[device.method]]\nname = \"readVoltage\"\n[[device.method.step]]\nop = \"read\"\n\
+             table = \"input\"\naddress = 0\nfields = [{{ name = \"voltage\", type = \"u16\", scale = 0.1 }}]\n",
+            line.display()
+        ),
+    )
+    .unwrap();
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_offline_runs_on_the_line_and_is_refused_while_a_daemon_holds_it() {
+    let regs = Registers::with_units([3]);
+    regs.set_input(3, 0, &[2301]);
+    let pty = Pty::open().unwrap();
+    let line = pty.path().to_path_buf();
+    let sim = tokio::spawn(leafgate_sim::modbus::serve_rtu(pty, regs.clone()));
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("control.sock");
+    let config = rtu_site(dir.path(), "leafgate.toml", &line, socket.to_str().unwrap());
+    let c = config.to_str().unwrap();
+
+    // No daemon: the command opens the line itself.
+    let out = leafgate(&["call", "--offline", "-c", c, "meter-1", "readVoltage"]).await;
+    assert_eq!(
+        answer(&out),
+        (
+            Some(0),
+            json!({"status": 200, "payload": {"voltage": 230.1}})
+        )
+    );
+    assert_eq!(regs.request_count(), 1);
+    // Its own answers as the daemon's: an unknown method is 501.
+    let out = leafgate(&["call", "--offline", "-c", c, "meter-1", "reboot"]).await;
+    assert_eq!(answer(&out).1["status"], 501);
+
+    // A daemon runs the line: refused, naming it, and nothing reaches the hardware.
+    let daemon = Scanned::spawn(run_command(&config), Log::Capture);
+    daemon
+        .wait_line(
+            "control: leafgate call and leafgate status are served on",
+            WAIT,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", daemon.tail(20)));
+    let before = regs.request_count();
+    let out = leafgate(&["call", "--offline", "-c", c, "meter-1", "readVoltage"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "the leafgate on {} (pid {}) runs bus \"rs485\"; call without --offline",
+            socket.display(),
+            daemon.pid()
+        )),
+        "{stderr}"
+    );
+    // A config that does not name that daemon's socket still finds the line taken.
+    let elsewhere = rtu_site(dir.path(), "elsewhere.toml", &line, "");
+    let out = leafgate(&[
+        "call",
+        "--offline",
+        "-c",
+        elsewhere.to_str().unwrap(),
+        "meter-1",
+        "readVoltage",
+    ])
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("bus \"rs485\"") && stderr.contains("another process holds this line"),
+        "{stderr}"
+    );
+    assert_eq!(regs.request_count(), before);
+    // Through the daemon it works.
+    let out = leafgate(&[
+        "call",
+        "--socket",
+        socket.to_str().unwrap(),
+        "meter-1",
+        "readVoltage",
+    ])
+    .await;
+    assert_eq!(answer(&out).1["payload"], json!({"voltage": 230.1}));
+    drop(daemon);
+    sim.abort();
+}
