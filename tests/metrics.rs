@@ -214,3 +214,146 @@ async fn a_real_prometheus_scrapes_the_methods_this_test_called() {
     let (_, targets) = http(&web, "GET /api/v1/targets HTTP/1.1").await;
     assert!(targets.contains("\"health\":\"up\""), "{targets}");
 }
+
+/// The value of `series` (name and labels, exactly as served) in a scrape.
+fn sample(scrape: &str, series: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// The twin, cloud-to-device and telemetry series count what happened to one device: a twin
+/// read, a desired value applied, reported updates, a command run, the same command delivered
+/// again, one without a method, and readings held while the hub withholds its PUBACKs.
+#[tokio::test]
+async fn twin_c2d_and_buffered_telemetry_are_counted_per_device() {
+    use leafgate_emulator::{C2dSend, C2dState, Fault, Target};
+
+    let emu = Emulator::start(EmulatorConfig::default()).await.unwrap();
+    emu.add_device("pump-7", Key::from_base64(KEY).unwrap());
+    let regs = Registers::with_units([1]);
+    regs.set_holding(1, 0, &[1234]);
+    let plc = TcpServer::start(regs.clone()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), emu.ca_pem()).unwrap();
+    let config = dir.path().join("leafgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[hub]\nhostname = \"localhost\"\nport = {}\nca_file = \"{}\"\n\n\
+             [metrics]\nlisten = \"127.0.0.1:0\"\n\n\
+             [twin]\nreport_interval_ms = 100\n\n[c2d]\n\n[telemetry]\nstore = \"\"\n\n\
+             [[bus]]\nid = \"plc\"\nkind = \"modbus_tcp\"\naddress = \"{}\"\n\n\
+             [[device]]\nid = \"pump-7\"\nshared_access_key = \"{KEY}\"\nbus = \"plc\"\nunit = 1\n\
+             [[device.method]]\nname = \"getSpeed\"\n[[device.method.step]]\nop = \"read\"\n\
+             table = \"holding\"\naddress = 0\nfields = [{{ name = \"speed\", type = \"u16\" }}]\n\
+             [[device.desired]]\nname = \"speedSetpoint\"\n[[device.desired.step]]\nop = \"write\"\n\
+             table = \"holding\"\naddress = 10\nfields = [{{ name = \"speedSetpoint\", type = \"u16\" }}]\n\
+             [[device.telemetry]]\nname = \"state\"\ninterval_ms = 100\n[[device.telemetry.step]]\n\
+             op = \"read\"\ntable = \"holding\"\naddress = 0\nfields = [{{ name = \"speed\", type = \"u16\" }}]\n",
+            emu.mqtt_addr().port(),
+            dir.path().join("ca.pem").display(),
+            plc.addr()
+        ),
+    )
+    .unwrap();
+    let daemon = Scanned::spawn(run_command(&config), Log::Capture);
+    let line = daemon
+        .wait_line("metrics: serving Prometheus metrics at http://", WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", daemon.tail(20)));
+    let endpoint = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap()
+        .to_owned();
+    // Its health in reported: the twin was read and a patch accepted.
+    emu.wait_reported("pump-7", |r| r.get("leafgate").is_some(), WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", daemon.tail(20)));
+    emu.update_desired("pump-7", json!({"speedSetpoint": 1200}))
+        .unwrap();
+    emu.wait_reported("pump-7", |r| r["speedSetpoint"]["ac"] == 200, WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", daemon.tail(20)));
+    assert_eq!(regs.holding(1, 10, 1), [1200]);
+
+    let command = |mid: &str, method: Option<&str>| C2dSend {
+        body: b"{}".to_vec(),
+        properties: method
+            .map(|m| vec![("method".to_owned(), m.to_owned())])
+            .unwrap_or_default(),
+        message_id: Some(mid.to_owned()),
+        ..C2dSend::default()
+    };
+    emu.send_c2d("pump-7", command("cmd-1", Some("getSpeed")))
+        .unwrap();
+    emu.send_c2d("pump-7", command("cmd-1", Some("getSpeed")))
+        .unwrap();
+    emu.send_c2d("pump-7", command("cmd-2", None)).unwrap();
+    emu.wait_c2d(
+        "pump-7",
+        |records| records.len() == 3 && records.iter().all(|r| r.state == C2dState::Completed),
+        WAIT,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:?}\n{}", daemon.tail(20)));
+
+    // The hub stops acknowledging telemetry: readings pile up in the backlog.
+    emu.inject_fault(Fault::WithholdPubacks(Target::All), None)
+        .await;
+    let buffered = "leafgate_telemetry_buffered{device=\"pump-7\"}";
+    let until = tokio::time::Instant::now() + WAIT;
+    let scrape = loop {
+        // A gauge has no event to await: the endpoint is asked again until it moved.
+        let (status, scrape) = http(&endpoint, "GET /metrics HTTP/1.1").await;
+        assert_eq!(status, 200);
+        if sample(&scrape, buffered).is_some_and(|n| n >= 3.0) {
+            break scrape;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "{buffered} never reached 3:\n{scrape}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let at_least_one = |series: &str| {
+        assert!(
+            sample(&scrape, series).is_some_and(|n| n >= 1.0),
+            "{series} missing or 0 in:\n{scrape}"
+        );
+    };
+    at_least_one("leafgate_twin_reads_total{device=\"pump-7\"}");
+    at_least_one("leafgate_twin_reported_total{device=\"pump-7\"}");
+    at_least_one("leafgate_telemetry_sent_total{device=\"pump-7\"}");
+    for (series, want) in [
+        (
+            "leafgate_twin_desired_total{device=\"pump-7\",status=\"200\"}",
+            1.0,
+        ),
+        (
+            "leafgate_c2d_messages_total{device=\"pump-7\",outcome=\"run\"}",
+            1.0,
+        ),
+        (
+            "leafgate_c2d_messages_total{device=\"pump-7\",outcome=\"duplicate\"}",
+            1.0,
+        ),
+        (
+            "leafgate_c2d_messages_total{device=\"pump-7\",outcome=\"rejected\"}",
+            1.0,
+        ),
+        (
+            "leafgate_methods_total{device=\"pump-7\",method=\"getSpeed\",status=\"200\"}",
+            1.0,
+        ),
+    ] {
+        assert_eq!(
+            sample(&scrape, series),
+            Some(want),
+            "{series} in:\n{scrape}"
+        );
+    }
+    drop(plc);
+}

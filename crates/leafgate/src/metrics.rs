@@ -35,6 +35,20 @@ pub struct MethodLabels {
     pub status: u16,
 }
 
+/// A device and the status an operation ended with (the method contract's).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    pub device: String,
+    pub status: u16,
+}
+
+/// A device and what became of a cloud-to-device message.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub device: String,
+    pub outcome: String,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BusLabels {
     pub bus: String,
@@ -63,6 +77,11 @@ pub struct Metrics {
     pub telemetry_sent: Family<DeviceLabels, Counter>,
     pub telemetry_acknowledged: Family<DeviceLabels, Counter>,
     pub telemetry_dropped: Family<DeviceLabels, Counter>,
+    pub telemetry_buffered: Family<DeviceLabels, Gauge>,
+    pub twin_reads: Family<DeviceLabels, Counter>,
+    pub twin_reported: Family<DeviceLabels, Counter>,
+    pub twin_desired: Family<StatusLabels, Counter>,
+    pub c2d_messages: Family<OutcomeLabels, Counter>,
 }
 
 /// 1 ms to about 16 s: a method on a fast TCP device takes milliseconds, one on a slow RS-485
@@ -79,6 +98,25 @@ static METRICS: OnceLock<Metrics> = OnceLock::new();
 #[must_use]
 pub fn get() -> Option<&'static Metrics> {
     METRICS.get()
+}
+
+/// Counts one cloud-to-device message of `device`: `run`, `duplicate` or `rejected`.
+pub fn c2d(device: &str, outcome: &str) {
+    if let Some(m) = get() {
+        m.c2d_messages
+            .get_or_create(&OutcomeLabels {
+                device: device.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+}
+
+/// Counts one event of `device` in `family` (`|m| &m.twin_reads`).
+pub fn count(device: &str, family: impl FnOnce(&Metrics) -> &Family<DeviceLabels, Counter>) {
+    if let Some(m) = get() {
+        family(m).get_or_create(&m.device(device)).inc();
+    }
 }
 
 /// Makes the registry (once; later calls return the same one).
@@ -105,6 +143,11 @@ impl Metrics {
             telemetry_sent: Family::default(),
             telemetry_acknowledged: Family::default(),
             telemetry_dropped: Family::default(),
+            telemetry_buffered: Family::default(),
+            twin_reads: Family::default(),
+            twin_reported: Family::default(),
+            twin_desired: Family::default(),
+            c2d_messages: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut m.registry;
@@ -187,6 +230,31 @@ impl Metrics {
             "leafgate_telemetry_dropped",
             "Readings dropped for room (backlog or store full, or older than its limit)",
             m.telemetry_dropped.clone(),
+        );
+        r.register(
+            "leafgate_telemetry_buffered",
+            "Readings waiting for the hub's acknowledgement, in memory and in the store",
+            m.telemetry_buffered.clone(),
+        );
+        r.register(
+            "leafgate_twin_reads",
+            "Twin documents read from the hub (after every connect, and when asked to)",
+            m.twin_reads.clone(),
+        );
+        r.register(
+            "leafgate_twin_reported",
+            "Reported-property updates the hub accepted",
+            m.twin_reported.clone(),
+        );
+        r.register(
+            "leafgate_twin_desired",
+            "Desired-property values applied to the hardware (200) or not (another status)",
+            m.twin_desired.clone(),
+        );
+        r.register(
+            "leafgate_c2d_messages",
+            "Cloud-to-device messages: run, duplicate (delivered again, not run twice) or rejected (not run)",
+            m.c2d_messages.clone(),
         );
         r.register_collector(Box::new(Process));
         m

@@ -28,8 +28,8 @@ use crate::config;
 use crate::hub::c2d::{self as topics, CORRELATION_ID, MESSAGE_ID};
 use crate::hub::d2c;
 use crate::hub::service::{Ack, Context, Filter, Message, Outbound, Outlet, Service};
-use crate::logtext;
 use crate::services::methods::{self, MAX_IN_FLIGHT};
+use crate::{logtext, metrics};
 
 /// One device's cloud-to-device commands, for its session.
 pub struct C2d {
@@ -100,6 +100,7 @@ impl Service for C2d {
             Ok(props) => props,
             Err(e) => {
                 log::warn!(device_id = &*id, service = "c2d"; "device {id}: cloud-to-device message on {:?} dropped: {e}; acknowledged", logtext::clip(topic));
+                metrics::c2d(&id, "rejected");
                 if let Some(ack) = ack {
                     ctx.send(Outbound::Ack(ack));
                 }
@@ -119,6 +120,7 @@ impl Service for C2d {
             // back the PUBACK of every later message on this connection.
             log::warn!(device_id = &*id, service = "c2d", rid = &*shown, status = 503;
                 "device {id}: cloud-to-device message {shown} not run: 503, the device has {MAX_IN_FLIGHT} requests in progress; acknowledged");
+            metrics::c2d(&id, "rejected");
             if let Some(ack) = ack {
                 ctx.send(Outbound::Ack(ack));
             }
@@ -132,10 +134,12 @@ impl Service for C2d {
                 Verdict::New(ack) => ack,
                 Verdict::Running => {
                     log::info!(device_id = &*id, service = "c2d", rid = &*shown; "device {id}: cloud-to-device message {shown} delivered again while it runs; acknowledged when it ends");
+                    metrics::c2d(&id, "duplicate");
                     return;
                 }
                 Verdict::Done(ack) => {
                     log::info!(device_id = &*id, service = "c2d", rid = &*shown; "device {id}: cloud-to-device message {shown} delivered again; it ran already: acknowledged, not run twice");
+                    metrics::c2d(&id, "duplicate");
                     if let Some(ack) = ack {
                         ctx.send(Outbound::Ack(ack));
                     }
@@ -147,9 +151,11 @@ impl Service for C2d {
         else {
             log::warn!(device_id = &*id, service = "c2d", rid = &*shown;
                 "device {id}: cloud-to-device message {shown} names no method (application property {:?}); acknowledged and dropped", self.settings.method_property);
+            metrics::c2d(&id, "rejected");
             self.finish(&mid, ack, ctx);
             return;
         };
+        metrics::c2d(&id, "run");
         let correlation = property(&props, CORRELATION_ID).map(str::to_owned);
         let device = self.device.clone();
         let seen = self.seen.clone();

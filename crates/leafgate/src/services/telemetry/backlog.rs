@@ -64,6 +64,14 @@ pub struct Backlog {
     dirty: AtomicBool,
     /// The store's list of backlogs to commit; `None` without a store.
     sink: Option<Arc<Dirty>>,
+    /// Its `leafgate_telemetry_buffered` series, when metrics are on.
+    buffered: Option<prometheus_client::metrics::gauge::Gauge>,
+}
+
+impl State {
+    fn len(&self) -> u64 {
+        (self.head.len() + self.tail.len()) as u64 + self.stored_only
+    }
 }
 
 #[derive(Debug, Default)]
@@ -103,6 +111,13 @@ impl Backlog {
             next_seq: last_seq.map_or(0, |s| s + 1),
             ..State::default()
         };
+        let buffered = crate::metrics::get().map(|m| {
+            let gauge = m
+                .telemetry_buffered
+                .get_or_create_owned(&m.device(&device_id));
+            gauge.set(i64::try_from(state.len()).unwrap_or(i64::MAX));
+            gauge
+        });
         Self {
             device_id,
             limits: Limits {
@@ -113,6 +128,14 @@ impl Backlog {
             added: Notify::new(),
             dirty: AtomicBool::new(false),
             sink,
+            buffered,
+        }
+    }
+
+    /// Sets the buffered gauge from `state` (under its lock, so updates never cross).
+    fn publish(&self, state: &State) {
+        if let Some(gauge) = &self.buffered {
+            gauge.set(i64::try_from(state.len()).unwrap_or(i64::MAX));
         }
     }
 
@@ -160,6 +183,7 @@ impl Backlog {
                 body,
                 row: None,
             });
+            self.publish(&state);
             dropped
         };
         self.mark_dirty();
@@ -188,7 +212,7 @@ impl Backlog {
     pub fn remove(self: &Arc<Self>, seq: u64) {
         let stored = {
             let mut state = self.state();
-            if let Some(i) = state.head.iter().position(|p| p.seq == seq) {
+            let stored = if let Some(i) = state.head.iter().position(|p| p.seq == seq) {
                 let gone = state.head.remove(i);
                 state.floor = state.floor.max(Some(seq));
                 match gone.and_then(|p| p.row) {
@@ -203,7 +227,9 @@ impl Backlog {
                     state.tail.remove(i);
                 }
                 false
-            }
+            };
+            self.publish(&state);
+            stored
         };
         if stored {
             self.mark_dirty();
@@ -213,8 +239,7 @@ impl Backlog {
     /// Readings waiting, in memory and in the store.
     #[must_use]
     pub fn len(&self) -> u64 {
-        let state = self.state();
-        (state.head.len() + state.tail.len()) as u64 + state.stored_only
+        self.state().len()
     }
 
     #[must_use]
@@ -321,6 +346,7 @@ impl Backlog {
         } else {
             state.stored_only.saturating_sub(n as u64)
         };
+        self.publish(&state);
     }
 
     /// The store dropped these readings (oldest first) for its bounds.
@@ -334,6 +360,7 @@ impl Backlog {
                 state.stored_only = state.stored_only.saturating_sub(1);
             }
         }
+        self.publish(&state);
     }
 
     /// The store's file was lost (moved aside as corrupt): readings only in it are gone,
@@ -352,6 +379,7 @@ impl Backlog {
             }
             head.extend(state.tail.drain(..));
             state.tail = head;
+            self.publish(&state);
             lost
         };
         self.mark_dirty();

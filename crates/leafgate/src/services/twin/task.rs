@@ -30,9 +30,9 @@ use crate::chain::chain;
 use crate::config::validate::HEALTH_KEY;
 use crate::hub::service::{Label, Outbound, Outlet, Reply};
 use crate::hub::twin as topics;
-use crate::logtext;
 use crate::mapping::respond;
 use crate::services::methods::MethodStats;
+use crate::{logtext, metrics};
 
 /// Notifications kept while the twin is being read.
 const MAX_EARLY: usize = 16;
@@ -420,10 +420,14 @@ impl Task {
         let ask = request.ask;
         match (ask, status) {
             (Ask::Get, 200) => match serde_json::from_slice::<Value>(body) {
-                Ok(Value::Object(document)) => self.read(&document),
+                Ok(Value::Object(document)) => {
+                    metrics::count(&id, |m| &m.twin_reads);
+                    self.read(&document);
+                }
                 _ => self.backing_off(ask, "answer is not a twin document", rid, false),
             },
             (Ask::Patch, 200 | 204) => {
+                metrics::count(&id, |m| &m.twin_reported);
                 self.backoff.reset();
                 self.reported.accepted(request.patch);
             }
@@ -659,6 +663,15 @@ impl Task {
                 result,
             } => {
                 let version = wanted.version;
+                if let Some(m) = metrics::get() {
+                    let status = result.as_ref().map_or_else(|(status, _)| *status, |_| 200);
+                    m.twin_desired
+                        .get_or_create(&metrics::StatusLabels {
+                            device: id.to_string(),
+                            status,
+                        })
+                        .inc();
+                }
                 let ack = match result {
                     Ok(reply) => {
                         let value = desired::applied_value(&name, &wanted.value, &reply);
