@@ -296,6 +296,21 @@ async fn call_offline_runs_on_the_line_and_is_refused_while_a_daemon_holds_it() 
         )
         .await
         .unwrap_or_else(|e| panic!("{e:#}\n{}", daemon.tail(20)));
+    // Nothing listens on the hub's port: status shows the device down with the reason.
+    daemon
+        .wait_line("device meter-1: hub connection failed", WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", daemon.tail(20)));
+    let out = leafgate(&["status", "--json", "--socket", socket.to_str().unwrap()]).await;
+    let (_, status) = answer(&out);
+    let device = &status["payload"]["devices"][0];
+    assert_eq!(device["connected"], false, "{status}");
+    assert!(
+        device["last_error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("Connection refused")),
+        "{status}"
+    );
     let before = regs.request_count();
     let out = leafgate(&["call", "--offline", "-c", c, "meter-1", "readVoltage"]).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
