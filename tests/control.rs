@@ -29,6 +29,19 @@ async fn leafgate(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `leafgate run` with `config`, once its control socket is served.
+async fn serving(config: &Path) -> Scanned {
+    let daemon = Scanned::spawn(run_command(config), Log::Capture);
+    daemon
+        .wait_line(
+            "control: leafgate call and leafgate status are served on",
+            WAIT,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", daemon.tail(20)));
+    daemon
+}
+
 /// The exit code and the JSON a `call` printed.
 fn answer(out: &Output) -> (Option<i32>, Value) {
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -91,14 +104,7 @@ async fn call_and_status_go_through_the_running_daemon_with_the_method_contract(
         ),
     )
     .unwrap();
-    let daemon = Scanned::spawn(run_command(&config), Log::Capture);
-    daemon
-        .wait_line(
-            "control: leafgate call and leafgate status are served on",
-            WAIT,
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}\n{}", daemon.tail(20)));
+    let daemon = serving(&config).await;
     daemon
         .wait_line("device pump-7: connected to", WAIT)
         .await
@@ -288,14 +294,7 @@ async fn call_offline_runs_on_the_line_and_is_refused_while_a_daemon_holds_it() 
     assert_eq!(answer(&out).1["status"], 501);
 
     // A daemon runs the line: refused, naming it, and nothing reaches the hardware.
-    let daemon = Scanned::spawn(run_command(&config), Log::Capture);
-    daemon
-        .wait_line(
-            "control: leafgate call and leafgate status are served on",
-            WAIT,
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}\n{}", daemon.tail(20)));
+    let daemon = serving(&config).await;
     // Nothing listens on the hub's port: status shows the device down with the reason.
     daemon
         .wait_line("device meter-1: hub connection failed", WAIT)

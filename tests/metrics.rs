@@ -40,6 +40,22 @@ async fn http(addr: &str, request_line: &str) -> (u16, String) {
     (status, body.to_owned())
 }
 
+/// `leafgate run` with `config`, once its metrics endpoint listens; and that endpoint.
+async fn serving(config: &Path) -> (Scanned, String) {
+    let daemon = Scanned::spawn(run_command(config), Log::Capture);
+    let line = daemon
+        .wait_line("metrics: serving Prometheus metrics at http://", WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", daemon.tail(20)));
+    let endpoint = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap()
+        .to_owned();
+    (daemon, endpoint)
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -79,17 +95,7 @@ async fn a_real_prometheus_scrapes_the_methods_this_test_called() {
         ),
     )
     .unwrap();
-    let daemon = Scanned::spawn(run_command(&config), Log::Capture);
-    let line = daemon
-        .wait_line("metrics: serving Prometheus metrics at http://", WAIT)
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}\n{}", daemon.tail(20)));
-    let endpoint = line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .unwrap()
-        .to_owned();
+    let (daemon, endpoint) = serving(&config).await;
     daemon
         .wait_line("device pump-7: connected to", WAIT)
         .await
@@ -257,17 +263,7 @@ async fn twin_c2d_and_buffered_telemetry_are_counted_per_device() {
         ),
     )
     .unwrap();
-    let daemon = Scanned::spawn(run_command(&config), Log::Capture);
-    let line = daemon
-        .wait_line("metrics: serving Prometheus metrics at http://", WAIT)
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}\n{}", daemon.tail(20)));
-    let endpoint = line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .unwrap()
-        .to_owned();
+    let (daemon, endpoint) = serving(&config).await;
     // Its health in reported: the twin was read and a patch accepted.
     emu.wait_reported("pump-7", |r| r.get("leafgate").is_some(), WAIT)
         .await
