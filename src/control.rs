@@ -51,6 +51,11 @@ pub fn call(call: &Call<'_>, block_on: impl FnOnce(Ask) -> anyhow::Result<Outcom
         }
     };
     let ask = if call.offline {
+        // The bus's own warnings (a line that cannot be opened, a unit that does not answer)
+        // go to stderr beside the answer on stdout.
+        if let Err(e) = leafgate::systemd::init_logging(log::LevelFilter::Warn) {
+            eprintln!("leafgate: cannot start logging: {e}");
+        }
         match config::load(call.config) {
             Ok(cfg) => Ask::Offline(Box::new(cfg), request),
             Err(e) => {
