@@ -8,9 +8,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use leafgate_emulator::{Emulator, MethodCall};
+use leafgate_emulator::{Emulator, InvokeError, MethodCall};
 use serde_json::json;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 
 /// The method every benchmark device has: a read of 10 holding registers.
 pub const METHOD: &str = "read10";
@@ -83,8 +84,8 @@ pub async fn offer(
                     Ok(result) if result.status == 200 && result.payload.get("r9").is_some() => {
                         Outcome::Ok(sent.elapsed())
                     }
-                    Ok(result) => Outcome::Err(format!("device status {}", result.status)),
-                    Err(e) => Outcome::Err(format!("hub {} {}", e.http_status(), e.error_name())),
+                    Ok(result) => Outcome::Err(device_status(result.status)),
+                    Err(e) => Outcome::Err(hub_error(&e)),
                 };
                 let _ = tx.send(outcome);
             });
@@ -117,4 +118,50 @@ pub async fn offer(
     }
     run.elapsed = start.elapsed();
     run
+}
+
+/// How a call the device answered is counted: `device status 200`.
+pub fn device_status(status: u16) -> String {
+    format!("device status {status}")
+}
+
+/// How a call the hub failed is counted: `hub 404 DeviceNotOnline`.
+fn hub_error(e: &InvokeError) -> String {
+    format!("hub {} {}", e.http_status(), e.error_name())
+}
+
+/// Calls `method` once on every device of `targets`, at most `concurrency` calls at a time,
+/// and counts the outcomes by [`device_status`] (whatever the status) or by the hub's error.
+pub async fn call_each(
+    emu: &Arc<Emulator>,
+    targets: &[String],
+    method: &str,
+    concurrency: usize,
+) -> BTreeMap<String, usize> {
+    let mut outcomes = BTreeMap::new();
+    let mut count = |joined: Result<String, tokio::task::JoinError>| {
+        let label = joined.unwrap_or_else(|e| format!("caller task failed: {e}"));
+        *outcomes.entry(label).or_default() += 1;
+    };
+    let mut calls = JoinSet::new();
+    for device in targets {
+        if calls.len() >= concurrency.max(1)
+            && let Some(joined) = calls.join_next().await
+        {
+            count(joined);
+        }
+        let emu = Arc::clone(emu);
+        let device = device.clone();
+        let call = MethodCall::new(method, json!({})).response_timeout(30);
+        calls.spawn(async move {
+            match emu.invoke(&device, call).await {
+                Ok(result) => device_status(result.status),
+                Err(e) => hub_error(&e),
+            }
+        });
+    }
+    while let Some(joined) = calls.join_next().await {
+        count(joined);
+    }
+    outcomes
 }

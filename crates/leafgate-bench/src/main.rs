@@ -12,6 +12,7 @@
 //! target/release/leafgate-bench twin --devices 10000 --json twin.json
 //! target/release/leafgate-bench transport --devices 10000 --transport mqtt,websocket --json transport.json
 //! target/release/leafgate-bench dps --devices 1000 --registrations-per-s 20 --json dps.json
+//! target/release/leafgate-bench metrics --devices 10000 --scrapes 20 --compare --json metrics.json
 //! scripts/soak.sh            # leafgate-bench soak: 200 devices, 30 minutes of faults
 //! ```
 //!
@@ -26,6 +27,7 @@ mod child;
 mod dps;
 mod floor;
 mod load;
+mod metrics;
 mod rtu;
 mod scale;
 mod soak;
@@ -76,6 +78,11 @@ enum Command {
     /// Devices registered through the Device Provisioning Service at leafgate's pace, then a
     /// restart that connects them from the cache.
     Dps(dps::Args),
+    /// The Prometheus endpoint at N devices (default 10,000), each with a method answered:
+    /// scrape time, body size, series, leafgate's CPU per scrape; `--compare` adds the same
+    /// site without `[metrics]`, for the memory metrics cost per device.
+    #[command(mut_arg("devices", |a| a.default_value("10000")))]
+    Metrics(metrics::Args),
 }
 
 fn main() -> ExitCode {
@@ -177,6 +184,17 @@ fn run(command: Command) -> Result<bool> {
             let json = args.site.json.clone();
             let report = runtime.block_on(dps::run(args))?;
             finish(&context, json, &report, dps::render(&report), report.passed)
+        }
+        Command::Metrics(args) => {
+            let json = args.site.json.clone();
+            let report = runtime.block_on(metrics::run(args))?;
+            finish(
+                &context,
+                json,
+                &report,
+                metrics::render(&report),
+                report.passed,
+            )
         }
         Command::Telemetry(args) => {
             let json = args.mode.json();

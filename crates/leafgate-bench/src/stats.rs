@@ -9,8 +9,10 @@ use serde::Serialize;
 #[derive(Debug, Clone, Copy, Serialize, Default, PartialEq)]
 pub struct Summary {
     pub count: usize,
+    pub min_us: f64,
     pub p50_us: f64,
     pub p90_us: f64,
+    pub p95_us: f64,
     pub p99_us: f64,
     pub p999_us: f64,
     pub max_us: f64,
@@ -37,8 +39,10 @@ impl Summary {
         };
         Summary {
             count,
+            min_us: samples.first().copied().unwrap_or(f64::NAN),
             p50_us: rank(&samples, 0.50),
             p90_us: rank(&samples, 0.90),
+            p95_us: rank(&samples, 0.95),
             p99_us: rank(&samples, 0.99),
             p999_us: rank(&samples, 0.999),
             max_us: samples.last().copied().unwrap_or(f64::NAN),
@@ -55,8 +59,10 @@ impl Summary {
     pub fn minus(&self, floor: &Summary) -> Summary {
         Summary {
             count: self.count,
+            min_us: self.min_us - floor.min_us,
             p50_us: self.p50_us - floor.p50_us,
             p90_us: self.p90_us - floor.p90_us,
+            p95_us: self.p95_us - floor.p95_us,
             p99_us: self.p99_us - floor.p99_us,
             p999_us: self.p999_us - floor.p999_us,
             max_us: self.max_us - floor.max_us,
@@ -94,9 +100,9 @@ mod tests {
             (s.p50_us, s.p90_us, s.p99_us, s.p999_us),
             (500.0, 900.0, 990.0, 999.0)
         );
-        assert_eq!(s.max_us, 1000.0);
+        assert_eq!((s.min_us, s.p95_us, s.max_us), (1.0, 950.0, 1000.0));
         let one = Summary::of_micros(vec![7.0]);
-        assert_eq!((one.p50_us, one.p999_us), (7.0, 7.0));
+        assert_eq!((one.min_us, one.p50_us, one.p999_us), (7.0, 7.0, 7.0));
         assert!(Summary::of_micros(vec![]).p50_us.is_nan());
     }
 

@@ -1,7 +1,7 @@
 //! The benchmark harness end to end at toy size, so it cannot rot: `leafgate-bench scale` with
 //! 20 devices, `leafgate-bench rtu` on one line, `leafgate-bench telemetry steady` and
-//! `outage` with a handful of meters, `twin`, `transport` (MQTT and WebSockets) and `dps` with
-//! 20 devices, each for a few seconds, against the real `leafgate` binary. Full runs are not
+//! `outage` with a handful of meters, `twin`, `transport` (MQTT and WebSockets), `dps` and
+//! `metrics` with 20 devices, each for a few seconds, against the real `leafgate` binary. Full runs are not
 //! part of the test suite (README, "Performance").
 
 // Test code: unwrapping is how a test reports.
@@ -247,4 +247,46 @@ fn the_dps_harness_registers_at_the_pace_and_restarts_from_the_cache() {
         "{report}"
     );
     assert_eq!(report["restart_dps_requests"], 0, "{report}");
+}
+
+#[test]
+fn the_metrics_harness_scrapes_every_devices_series_and_compares_without() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = run(
+        &[
+            "metrics",
+            "--devices",
+            "20",
+            "--units-per-endpoint",
+            "8",
+            "--unknown-every",
+            "7",
+            "--scrapes",
+            "3",
+            "--idle-s",
+            "1",
+            "--compare",
+        ],
+        &dir.path().join("metrics.json"),
+    );
+    let with = &report["with_metrics"];
+    assert_eq!(with["calls"]["device status 200"], 20, "{report}");
+    // Devices 0, 7 and 14.
+    assert_eq!(with["unknown_calls"]["device status 501"], 3, "{report}");
+    let scrapes = &with["scrapes"];
+    assert_eq!(scrapes["time"]["count"], 3, "{report}");
+    assert_eq!(scrapes["devices_with_methods"], 20, "{report}");
+    assert_eq!(scrapes["devices_with_latency"], 20, "{report}");
+    assert_eq!(scrapes["unknown_method_series"], 3, "{report}");
+    // At least the histogram (17 lines) and the methods, connected and reconnects per device.
+    assert!(scrapes["series"].as_u64().unwrap() >= 20 * 20, "{report}");
+    assert!(scrapes["body_bytes_min"].as_u64().unwrap() > 0, "{report}");
+    assert!(scrapes["cpu_ms_per_scrape"].as_f64().unwrap() >= 0.0);
+    let without = &report["without_metrics"];
+    assert_eq!(without["metrics"], false, "{report}");
+    assert!(without["scrapes"].is_null(), "{report}");
+    assert!(
+        report["metrics_idle_rss_per_device_kib"].is_number(),
+        "{report}"
+    );
 }
