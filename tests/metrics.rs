@@ -124,6 +124,8 @@ async fn a_real_prometheus_scrapes_the_methods_this_test_called() {
     assert_eq!(status, 400);
     let (status, _) = http(&endpoint, "GET /secrets HTTP/1.1").await;
     assert_eq!(status, 404);
+    let (status, body) = http(&endpoint, "HEAD /metrics HTTP/1.1").await;
+    assert_eq!((status, body.as_str()), (200, ""));
     let (status, scrape) = http(&endpoint, "GET /metrics HTTP/1.1").await;
     assert_eq!(status, 200, "{scrape}");
     drop(idle);
