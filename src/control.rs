@@ -9,8 +9,21 @@ use leafgate::mapping::{Failure, respond};
 use leafgate::services::control::{Request, Response, client, offline};
 use serde_json::Value;
 
-/// The daemon could not be asked, or `--offline` was refused.
+/// The daemon could not be asked, or `--offline` was refused: nothing ran.
 const EXIT_NOT_ASKED: u8 = 2;
+/// Asked, but the connection closed without an answer (the daemon stopping): a call may have
+/// run.
+const EXIT_NO_ANSWER: u8 = 3;
+
+/// The exit code for an error of asking the daemon.
+fn not_answered(e: &anyhow::Error) -> ExitCode {
+    match e.downcast_ref::<client::Error>() {
+        Some(client::Error::NoAnswer { .. } | client::Error::TimedOut { .. }) => {
+            ExitCode::from(EXIT_NO_ANSWER)
+        }
+        _ => ExitCode::from(EXIT_NOT_ASKED),
+    }
+}
 
 /// What `leafgate call` was asked to do.
 pub struct Call<'a> {
@@ -24,7 +37,8 @@ pub struct Call<'a> {
 }
 
 /// Prints the reply as JSON on stdout; exit 0 for status 200, 1 for another status, 2 when
-/// nothing could be asked, 78 for a config with problems (`--offline`).
+/// nothing ran, 3 when the daemon took the call but gave no answer, 78 for a config with
+/// problems (`--offline`).
 pub fn call(call: &Call<'_>, block_on: impl FnOnce(Ask) -> anyhow::Result<Outcome>) -> ExitCode {
     let request = match (call.group, call.method) {
         (Some(group), _) => Request::Read {
@@ -81,7 +95,7 @@ pub fn call(call: &Call<'_>, block_on: impl FnOnce(Ask) -> anyhow::Result<Outcom
         }
         Err(e) => {
             eprintln!("leafgate call: {e:#}");
-            ExitCode::from(EXIT_NOT_ASKED)
+            not_answered(&e)
         }
     }
 }
@@ -141,7 +155,7 @@ pub fn status(
         }
         Err(e) => {
             eprintln!("leafgate status: {e:#}");
-            return ExitCode::from(EXIT_NOT_ASKED);
+            return not_answered(&e);
         }
     };
     if json || response.status != 200 {
@@ -151,10 +165,25 @@ pub fn status(
     ExitCode::SUCCESS
 }
 
+/// Text from the field (a device's reply quoted in a warning) can hold escape sequences: shown
+/// escaped, never sent to the terminal as they are.
+fn printable(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
+}
+
 /// The status document as an operator reads it.
 fn render(s: &Value) -> String {
     use std::fmt::Write as _;
-    let text = |v: &Value| v.as_str().unwrap_or("?").to_owned();
+    let text = |v: &Value| printable(v.as_str().unwrap_or("?"));
     let list = |v: &Value| v.as_array().cloned().unwrap_or_default();
     let mut out = String::new();
     let _ = writeln!(

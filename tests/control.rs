@@ -178,15 +178,11 @@ async fn call_and_status_go_through_the_running_daemon_with_the_method_contract(
         )
     );
     // The journal line of a local call names its caller in the rid.
-    daemon
+    let line = daemon
         .wait_line("method getSpeed on pump-7: 200", WAIT)
         .await
         .unwrap();
-    assert!(
-        daemon.log().contains("rid=local-uid"),
-        "{}",
-        daemon.tail(20)
-    );
+    assert!(line.contains("rid=local-uid"), "{line}");
 
     // The hardware goes away: the failure is answered, and shows in status as a recent error.
     drop(plc);
@@ -352,4 +348,126 @@ async fn call_offline_runs_on_the_line_and_is_refused_while_a_daemon_holds_it() 
     assert_eq!(answer(&out).1["payload"], json!({"voltage": 230.1}));
     drop(daemon);
     sim.abort();
+}
+
+/// One raw exchange on the socket: what the client writes (nothing for `None`), and the line
+/// it gets back.
+async fn raw(socket: &Path, request: Option<&[u8]>) -> Value {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::UnixStream::connect(socket).await.unwrap();
+    if let Some(bytes) = request {
+        // A client may write more than the daemon reads: the rest is refused, not waited for.
+        let _ = stream.write_all(bytes).await;
+    }
+    let mut answer = Vec::new();
+    // The daemon closes with the flood's rest unread: the answer comes, then a reset.
+    let _ = stream.read_to_end(&mut answer).await;
+    serde_json::from_slice(&answer)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&answer)))
+}
+
+/// A site with one Modbus TCP device whose server is gone and a hub that is not there: enough
+/// for a daemon to serve its socket.
+fn bare_site(dir: &Path, name: &str, socket: &Path) -> std::path::PathBuf {
+    let config = dir.join(name);
+    std::fs::write(
+        &config,
+        format!(
+            "[hub]\nhostname = \"localhost\"\nport = 9\n\n[control]\nsocket = \"{}\"\n\n\
+             [[bus]]\nid = \"plc\"\nkind = \"modbus_tcp\"\naddress = \"127.0.0.1:9\"\n\n\
+             [[device]]\nid = \"pump-7\"\nshared_access_key = \"{KEY}\"\nbus = \"plc\"\nunit = 1\n\
+             raw_methods = true\n",
+            socket.display()
+        ),
+    )
+    .unwrap();
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_socket_keeps_other_files_replaces_stale_ones_and_stands_hostile_clients() {
+    use std::os::unix::fs::FileTypeExt as _;
+
+    let dir = tempfile::tempdir().unwrap();
+    // A file that is not a socket is never removed: the daemon runs without its socket.
+    let taken = dir.path().join("notes.txt");
+    std::fs::write(&taken, "operator's notes").unwrap();
+    let daemon = Scanned::spawn(
+        run_command(&bare_site(dir.path(), "taken.toml", &taken)),
+        Log::Capture,
+    );
+    daemon
+        .wait_line("exists and is not a socket; not removing it", WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", daemon.tail(20)));
+    drop(daemon);
+    assert_eq!(std::fs::read_to_string(&taken).unwrap(), "operator's notes");
+
+    // A socket file a dead daemon left behind is replaced.
+    let socket = dir.path().join("control.sock");
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    assert!(std::fs::metadata(&socket).unwrap().file_type().is_socket());
+    let _daemon = serving(&bare_site(dir.path(), "leafgate.toml", &socket)).await;
+
+    // Clients that say nothing hold every slot: the next one is told so at once.
+    let mut silent = Vec::new();
+    for _ in 0..16 {
+        silent.push(tokio::net::UnixStream::connect(&socket).await.unwrap());
+    }
+    let busy = raw(&socket, None).await;
+    assert_eq!(
+        (&busy["status"], &busy["payload"]["error"]),
+        (&json!(503), &json!("busy")),
+        "{busy}"
+    );
+    // Each is answered 400 after its 5 s, and its slot is free again.
+    {
+        use tokio::io::AsyncReadExt as _;
+        let mut answer = String::new();
+        silent[0].read_to_string(&mut answer).await.unwrap();
+        assert!(answer.contains("no request line within 5 s"), "{answer}");
+    }
+    drop(silent);
+    let garbage = raw(&socket, Some(b"GET / HTTP/1.1\r\n\r\n")).await;
+    assert_eq!(garbage["status"], 400, "{garbage}");
+    assert!(
+        garbage["payload"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("not a request")
+    );
+    // A misspelt key is refused, not taken for an empty payload.
+    let misspelt = raw(
+        &socket,
+        Some(br#"{"op":"call","device":"pump-7","method":"modbus.write","paylaod":{}}"#),
+    )
+    .await;
+    assert_eq!(misspelt["status"], 400, "{misspelt}");
+    // A name no device can have is refused before it is compared with any id.
+    let long = format!(
+        "{{\"op\":\"call\",\"device\":\"{}\",\"method\":\"m\"}}\n",
+        "x".repeat(10_000)
+    );
+    let refused = raw(&socket, Some(long.as_bytes())).await;
+    assert_eq!(refused["status"], 400, "{}", refused["payload"]["error"]);
+    assert!(
+        refused["payload"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("10000 characters")
+    );
+    // 3 MiB without a line end: cut at the bound.
+    let flood = vec![b'{'; 3 * 1024 * 1024];
+    let oversize = raw(&socket, Some(&flood)).await;
+    assert_eq!(oversize["status"], 400, "{oversize}");
+    assert!(
+        oversize["payload"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("longer than")
+    );
+    // And the daemon still answers.
+    let status = raw(&socket, Some(b"{\"op\":\"status\"}\n")).await;
+    assert_eq!(status["status"], 200, "{status}");
+    assert_eq!(status["payload"]["devices"][0]["id"], "pump-7");
 }

@@ -81,6 +81,9 @@ pub struct MetricsConfig {
     pub listen: Option<String>,
 }
 
+/// Where the packaged service's control socket is: in the unit's `RuntimeDirectory=leafgate`.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/leafgate/control.sock";
+
 /// `[control]`: the local socket `leafgate call` and `leafgate status` talk to. On by default.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -313,11 +316,10 @@ pub(crate) mod defaults {
     pub fn backlog() -> usize {
         1000
     }
-    /// In the unit's `StateDirectory=`.
-    /// In the unit's `RuntimeDirectory=leafgate`.
     pub fn control_socket() -> String {
-        "/run/leafgate/control.sock".into()
+        super::DEFAULT_CONTROL_SOCKET.into()
     }
+    /// In the unit's `StateDirectory=`.
     pub fn store() -> String {
         "/var/lib/leafgate/telemetry.db".into()
     }

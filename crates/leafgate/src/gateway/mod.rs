@@ -497,10 +497,14 @@ impl Gateway {
         let mut old_devices = BTreeMap::new();
         for id in plan.devices.stop.iter().chain(&plan.devices.restart) {
             if let Some(old) = self.devices.remove(id) {
-                self.registry.remove_device(id);
                 old.stop.cancel();
                 old_devices.insert(id.clone(), old);
             }
+        }
+        // A restarted device's entry is replaced when it starts again (step 5), so a call in
+        // between finds the old one (and waits on its bus) instead of "no such device".
+        for id in &plan.devices.stop {
+            self.registry.remove_device(id);
         }
         // 2. Buses that go away or restart stop once every old device on them is gone (their
         //    methods in flight run on the old actor); a restarted one reopens after that.
@@ -510,7 +514,9 @@ impl Gateway {
             let Some(old) = self.buses.remove(id) else {
                 continue;
             };
-            self.registry.remove_bus(id);
+            if !new_buses.contains_key(id.as_str()) {
+                self.registry.remove_bus(id);
+            }
             let users: Vec<CancellationToken> = old_devices
                 .values()
                 .filter(|d| d.bus == *id)
@@ -628,13 +634,17 @@ impl Gateway {
             d.stop.cancel();
         }
         self.sessions.close();
-        if tokio::time::timeout(drain, self.sessions.wait())
-            .await
-            .is_err()
-        {
+        // Calls over the control socket run on the same buses: they finish first too.
+        let calls = &self.registry.calls;
+        calls.close();
+        let finished = async {
+            tokio::join!(self.sessions.wait(), calls.wait());
+        };
+        if tokio::time::timeout(drain, finished).await.is_err() {
             log::warn!(
-                "{} session(s) still busy after {} ms; stopping anyway",
+                "{} session(s) and {} control call(s) still busy after {} ms; stopping anyway",
                 self.sessions.len(),
+                calls.len(),
                 drain.as_millis()
             );
         }

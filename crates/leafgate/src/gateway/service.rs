@@ -95,10 +95,10 @@ pub async fn run(config: Config, options: &Options) -> Result<(), Error> {
         tokio::spawn(metrics::serve(listener, registry, listeners_stop.clone()));
     }
     let mut gateway = Gateway::start(&config).map_err(Error::Start)?;
-    let control = config
-        .control
-        .as_deref()
-        .and_then(|socket| serve_control(socket, &gateway, options, &listeners_stop));
+    let control = match config.control.as_deref() {
+        Some(socket) => serve_control(socket, &gateway, options, &listeners_stop).await,
+        None => None,
+    };
     let mut status = status_line(&gateway);
     systemd::notify_ready(&status);
     log::info!(
@@ -196,7 +196,7 @@ pub async fn run(config: Config, options: &Options) -> Result<(), Error> {
 
 /// The control socket, while it is served.
 struct Control {
-    path: std::path::PathBuf,
+    placed: control::server::Placed,
     /// Cancelled when the daemon starts draining: calls get 503 from then on.
     stopping: CancellationToken,
 }
@@ -204,22 +204,20 @@ struct Control {
 impl Control {
     /// Removes the socket file, so the next `leafgate call` hears "not running" at once.
     fn close(self) {
-        if let Err(e) = std::fs::remove_file(&self.path) {
-            log::debug!(service = "control"; "control: cannot remove {}: {e}", self.path.display());
-        }
+        self.placed.remove();
     }
 }
 
 /// Serves the control socket until `stop`; without it (a path that cannot be bound) the daemon
 /// runs on, saying why `leafgate call` and `leafgate status` will not reach it.
-fn serve_control(
+async fn serve_control(
     socket: &std::path::Path,
     gateway: &Gateway,
     options: &Options,
     stop: &CancellationToken,
 ) -> Option<Control> {
-    match control::server::bind(socket) {
-        Ok(listener) => {
+    match control::server::bind(socket).await {
+        Ok((listener, placed)) => {
             log::info!(service = "control"; "control: leafgate call and leafgate status are served on {}", socket.display());
             let stopping = CancellationToken::new();
             tokio::spawn(control::server::serve(
@@ -229,10 +227,7 @@ fn serve_control(
                 stopping.clone(),
                 stop.clone(),
             ));
-            Some(Control {
-                path: socket.to_path_buf(),
-                stopping,
-            })
+            Some(Control { placed, stopping })
         }
         Err(e) => {
             // The default's directory exists under the packaged unit only: a run by hand

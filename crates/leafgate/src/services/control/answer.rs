@@ -30,7 +30,7 @@ pub async fn call(device: &registry::Device, method: &str, payload: &Value, rid:
 
 /// Reads one telemetry group of `device` once, in the poll lane behind every method, and
 /// answers its values as a telemetry message would carry them (without `ts`).
-pub async fn read(device: &registry::Device, group: &str) -> Response {
+pub async fn read(device: &registry::Device, group: &str, rid: &str) -> Response {
     let Some(g) = device.groups.iter().find(|g| g.name == group) else {
         let names = device.groups.iter().map(|g| g.name.as_str());
         let nearest = crate::config::suggest::nearest(group, names);
@@ -45,12 +45,12 @@ pub async fn read(device: &registry::Device, group: &str) -> Response {
         .await
     {
         Ok(values) => {
-            log::info!(device_id = id, group = group, service = "control"; "control: read telemetry group {group} of {id}: 200");
+            log::info!(device_id = id, group = group, rid = rid, service = "control"; "control: read telemetry group {group} of {id}: 200");
             Response::ok(values)
         }
         Err(failure) => {
             let (status, body, level) = respond(&failure);
-            log::log!(level, device_id = id, group = group, service = "control"; "control: read telemetry group {group} of {id}: {status} {}", crate::chain::chain(&failure));
+            log::log!(level, device_id = id, group = group, rid = rid, service = "control"; "control: read telemetry group {group} of {id}: {status} {}", crate::chain::chain(&failure));
             Response {
                 status,
                 payload: body,

@@ -10,7 +10,7 @@ use tokio::net::UnixStream;
 use super::protocol::{Request, Response};
 
 /// Where the packaged service listens (`[control] socket`'s default).
-pub const DEFAULT_SOCKET: &str = "/run/leafgate/control.sock";
+pub use crate::config::schema::DEFAULT_CONTROL_SOCKET as DEFAULT_SOCKET;
 
 /// The largest reply read: a status of 10,000 devices, each with a last error, is a few MiB.
 const MAX_ANSWER: u64 = 64 * 1024 * 1024;
@@ -32,7 +32,9 @@ pub enum Error {
     Denied(PathBuf),
     #[error("{path}: no answer within {} s", .after.as_secs())]
     TimedOut { path: PathBuf, after: Duration },
-    #[error("{path}: the daemon closed the connection without an answer")]
+    #[error(
+        "{path}: the daemon closed the connection without an answer (it may be stopping); a call may have run"
+    )]
     NoAnswer { path: PathBuf },
     #[error("{path}: not an answer: {why}")]
     BadAnswer { path: PathBuf, why: String },

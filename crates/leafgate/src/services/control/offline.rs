@@ -32,6 +32,11 @@ pub enum Refused {
         pid: u64,
         bus: String,
     },
+    #[error("cannot tell whether the leafgate on {socket} runs this bus ({why}); nothing was run")]
+    Unsure {
+        socket: std::path::PathBuf,
+        why: String,
+    },
     #[error("bus {bus:?}: {why}")]
     Line { bus: String, why: String },
     #[error("{0}")]
@@ -95,18 +100,31 @@ pub async fn run(config: &Config, request: &Request) -> Result<Response, Refused
         Request::Call {
             method, payload, ..
         } => answer::call(&entry, method, payload, "offline").await,
-        Request::Read { group, .. } => answer::read(&entry, group).await,
+        Request::Read { group, .. } => answer::read(&entry, group, "offline").await,
         Request::Status => return Err(Refused::Status),
     })
 }
 
-/// Refuses when a daemon answers on the config's control socket and runs `bus`.
+/// Refuses when a daemon answers on the config's control socket and runs `bus`, and when it is
+/// not certain that none does: only a socket nobody listens on lets the command go ahead.
 async fn held_by_daemon(config: &Config, bus: &str) -> Result<(), Refused> {
     let Some(socket) = &config.control else {
         return Ok(());
     };
-    let Ok(status) = client::ask(socket, &Request::Status, client::STATUS_TIMEOUT).await else {
-        return Ok(());
+    let unsure = |why: String| Refused::Unsure {
+        socket: socket.clone(),
+        why,
+    };
+    let status = match client::ask(socket, &Request::Status, client::STATUS_TIMEOUT).await {
+        Ok(status) if status.status == 200 => status,
+        Ok(other) => {
+            return Err(unsure(format!(
+                "it answered {}: {}",
+                other.status, other.payload
+            )));
+        }
+        Err(client::Error::NotRunning(_)) => return Ok(()),
+        Err(e) => return Err(unsure(e.to_string())),
     };
     let runs = status.payload["buses"]
         .as_array()

@@ -21,6 +21,10 @@ use serde_json::{Value, json};
 /// max_payload_bytes` (at most 256 KiB), escaped at worst six bytes for one.
 pub const MAX_REQUEST: usize = 2 * 1024 * 1024;
 
+/// The longest device id, method or group name a request may carry: ids are at most 128
+/// (`check`), and a longer name could only cost the daemon time to compare.
+pub const MAX_NAME: usize = 128;
+
 /// One request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
@@ -61,6 +65,17 @@ impl Response {
         Self {
             status: 400,
             payload: json!({"error": "bad_request", "message": message.into()}),
+        }
+    }
+
+    /// A failure of the daemon itself; details in the journal.
+    #[must_use]
+    pub fn internal(message: impl Into<String>) -> Self {
+        let message = message.into();
+        log::error!(service = "control"; "control: {message}");
+        Self {
+            status: 500,
+            payload: json!({"error": "internal", "message": message}),
         }
     }
 

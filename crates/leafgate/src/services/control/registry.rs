@@ -37,6 +37,9 @@ impl Default for Registry {
 /// Everything the gateway runs right now.
 pub struct Registry {
     pub started: SystemTime,
+    /// Calls and reads in progress over the socket: a shutdown waits for them as for the
+    /// hub's methods.
+    pub calls: tokio_util::task::TaskTracker,
     devices: RwLock<BTreeMap<String, Device>>,
     buses: RwLock<BTreeMap<String, Bus>>,
 }
@@ -46,6 +49,7 @@ impl Registry {
     pub fn new() -> Self {
         Self {
             started: SystemTime::now(),
+            calls: tokio_util::task::TaskTracker::new(),
             devices: RwLock::default(),
             buses: RwLock::default(),
         }
@@ -100,11 +104,15 @@ impl Registry {
             .cloned()
     }
 
-    /// The device id nearest to a misspelt `id`, if one is close.
+    /// Every device id, sorted.
     #[must_use]
-    pub fn nearest_device(&self, id: &str) -> Option<String> {
-        let devices = self.devices.read().unwrap_or_else(PoisonError::into_inner);
-        crate::config::suggest::nearest(id, devices.keys().map(String::as_str)).map(str::to_owned)
+    pub fn device_ids(&self) -> Vec<String> {
+        self.devices
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect()
     }
 
     /// Every device, by id.

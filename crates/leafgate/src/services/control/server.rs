@@ -1,5 +1,7 @@
 //! Serving the control socket: one request per connection, read within [`REQUEST_TIMEOUT`] and
-//! bounded by [`MAX_REQUEST`], at most [`MAX_CONNECTIONS`] at once.
+//! bounded by [`MAX_REQUEST`], answered within [`WRITE_TIMEOUT`], at most [`MAX_CONNECTIONS`]
+//! at once. A client that says nothing, sends garbage or never reads costs a slot for seconds,
+//! never a method's time.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -13,12 +15,17 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::answer;
-use super::protocol::{MAX_REQUEST, Request, Response};
+use super::protocol::{MAX_NAME, MAX_REQUEST, Request, Response};
 use super::registry::Registry;
 use crate::mapping::{Failure, respond};
 
 /// A client must send its request within this.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// And take the answer within this (a status of 10,000 devices is a few MB).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a socket already at the path may take to accept before it counts as a live,
+/// wedged daemon's.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Requests served at once; more are answered 503 at once.
 pub const MAX_CONNECTIONS: usize = 16;
 /// Group `leafgate` may read and write; others nothing (the unit's `UMask=0077` would give 0600).
@@ -42,13 +49,35 @@ pub enum BindError {
     },
 }
 
-/// Binds the socket at `path` with mode 0660. A socket file left by a daemon that died is
-/// replaced; one a live daemon answers on, or a file that is not a socket, is left alone.
+/// The socket's file, by path and identity, so that only that file is removed at the end.
+pub struct Placed {
+    path: PathBuf,
+    file: (u64, u64),
+}
+
+impl Placed {
+    /// Removes the socket file, unless another has taken its place since.
+    pub fn remove(&self) {
+        use std::os::unix::fs::MetadataExt as _;
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(meta) if (meta.dev(), meta.ino()) == self.file => {
+                if let Err(e) = std::fs::remove_file(&self.path) {
+                    log::debug!(service = "control"; "control: cannot remove {}: {e}", self.path.display());
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Binds the socket at `path` with mode 0660. A socket file left by a daemon that died (no one
+/// accepts on it) is replaced; one a live daemon answers on, or a file that is not a socket, is
+/// left alone.
 ///
 /// # Errors
 /// Why the socket cannot be served.
-pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
-    use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+pub async fn bind(path: &Path) -> Result<(UnixListener, Placed), BindError> {
+    use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _};
     let io = |source| BindError::Io {
         path: path.to_path_buf(),
         source,
@@ -63,18 +92,35 @@ pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
     }
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(BindError::InUse(path.to_path_buf()));
+            match tokio::time::timeout(PROBE_TIMEOUT, UnixStream::connect(path)).await {
+                Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    std::fs::remove_file(path).map_err(io)?;
+                }
+                Ok(Err(e)) => return Err(io(e)),
+                // Accepted, or a backlog so full that it does not even refuse: someone lives.
+                Ok(Ok(_)) | Err(_) => return Err(BindError::InUse(path.to_path_buf())),
             }
-            std::fs::remove_file(path).map_err(io)?;
         }
         Ok(_) => return Err(BindError::NotASocket(path.to_path_buf())),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(io(e)),
     }
     let listener = UnixListener::bind(path).map_err(io)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(MODE)).map_err(io)?;
-    Ok(listener)
+    let placed = std::fs::set_permissions(path, std::fs::Permissions::from_mode(MODE))
+        .and_then(|()| std::fs::symlink_metadata(path));
+    match placed {
+        Ok(meta) => Ok((
+            listener,
+            Placed {
+                path: path.to_path_buf(),
+                file: (meta.dev(), meta.ino()),
+            },
+        )),
+        Err(e) => {
+            let _ = std::fs::remove_file(path);
+            Err(io(e))
+        }
+    }
 }
 
 /// Serves `registry` on `listener` until `stop`. From `stopping` on (the daemon drains), calls
@@ -87,8 +133,8 @@ pub async fn serve(
     stop: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let config: Arc<Path> = config.into();
     let requests = Arc::new(AtomicU64::new(0));
+    let config: Arc<Path> = config.into();
     loop {
         let accepted = tokio::select! {
             () = stop.cancelled() => return,
@@ -97,6 +143,7 @@ pub async fn serve(
         let stream = match accepted {
             Ok((stream, _)) => stream,
             Err(e) => {
+                // Out of file descriptors, mostly: wait a moment rather than spin.
                 log::warn!(service = "control"; "control: cannot accept a connection: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
@@ -116,8 +163,8 @@ pub async fn serve(
         let stopping = stopping.clone();
         let n = requests.fetch_add(1, Ordering::Relaxed) + 1;
         tokio::spawn(async move {
-            if let Err(e) = serve_one(stream, &registry, &config, &stopping, n).await {
-                log::debug!(service = "control"; "control: connection {n}: {e}");
+            if let Err(e) = serve_one(stream, registry, &config, &stopping, n).await {
+                log::debug!(service = "control", rid = n; "control: request {n}: {e}");
             }
             drop(slot);
         });
@@ -127,7 +174,7 @@ pub async fn serve(
 /// One connection: one request, one reply.
 async fn serve_one(
     stream: UnixStream,
-    registry: &Registry,
+    registry: Arc<Registry>,
     config: &Path,
     stopping: &CancellationToken,
     n: u64,
@@ -140,39 +187,60 @@ async fn serve_one(
     let mut line = Vec::new();
     let limit = u64::try_from(MAX_REQUEST).unwrap_or(u64::MAX) + 1;
     let mut reader = BufReader::new(read).take(limit);
-    let response =
+    let answer =
         match tokio::time::timeout(REQUEST_TIMEOUT, reader.read_until(b'\n', &mut line)).await {
             Err(_) => Response::bad_request(format!(
                 "no request line within {} s",
                 REQUEST_TIMEOUT.as_secs()
-            )),
+            ))
+            .to_line(),
             Ok(Err(e)) => return Err(e),
             Ok(Ok(_)) if line.len() > MAX_REQUEST => {
-                Response::bad_request(format!("request longer than {MAX_REQUEST} bytes"))
+                Response::bad_request(format!("request longer than {MAX_REQUEST} bytes")).to_line()
             }
             Ok(Ok(_)) => match serde_json::from_slice::<Request>(&line) {
                 Err(e) => Response::bad_request(format!(
                     "not a request: {e} (one JSON object per line, e.g. {{\"op\":\"status\"}})"
-                )),
+                ))
+                .to_line(),
                 Ok(request) => {
                     let rid = format!("local-uid{uid}-{n}");
                     handle(request, registry, config, stopping, &rid).await
                 }
             },
         };
-    write.write_all(&response.to_line()).await?;
-    write.shutdown().await
+    tokio::time::timeout(WRITE_TIMEOUT, async {
+        write.write_all(&answer).await?;
+        write.shutdown().await
+    })
+    .await
+    .map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the client did not take the answer",
+        )
+    })?
 }
 
+/// The answer's line.
 async fn handle(
     request: Request,
-    registry: &Registry,
+    registry: Arc<Registry>,
     config: &Path,
     stopping: &CancellationToken,
     rid: &str,
-) -> Response {
+) -> Vec<u8> {
     let (id, work) = match request {
-        Request::Status => return answer::status(registry, config),
+        Request::Status => {
+            // Tens of milliseconds at 10,000 devices: off the workers that carry methods.
+            let config = config.to_path_buf();
+            let built =
+                tokio::task::spawn_blocking(move || answer::status(&registry, &config).to_line())
+                    .await;
+            return built.unwrap_or_else(|e| {
+                Response::internal(format!("cannot build the status: {e}")).to_line()
+            });
+        }
         Request::Call {
             device,
             method,
@@ -180,19 +248,46 @@ async fn handle(
         } => (device, Work::Call(method, payload)),
         Request::Read { device, group } => (device, Work::Read(group)),
     };
+    let names = match &work {
+        Work::Call(method, _) => [&id, method],
+        Work::Read(group) => [&id, group],
+    };
+    if let Some(long) = names.iter().find(|n| n.chars().count() > MAX_NAME) {
+        return Response::bad_request(format!(
+            "a name of {} characters; ids, methods and groups have at most {MAX_NAME}",
+            long.chars().count()
+        ))
+        .to_line();
+    }
     let Some(device) = registry.device(&id) else {
-        return Response::not_found("device", &id, registry.nearest_device(&id).as_deref());
+        // Compared with every id: off the workers, outside the registry's lock.
+        let ids = registry.device_ids();
+        let nearest = tokio::task::spawn_blocking(move || {
+            crate::config::suggest::nearest(&id, ids.iter().map(String::as_str))
+                .map(str::to_owned)
+                .map_or_else(|| (id.clone(), None), |n| (id.clone(), Some(n)))
+        })
+        .await;
+        return match nearest {
+            Ok((id, nearest)) => Response::not_found("device", &id, nearest.as_deref()),
+            Err(e) => Response::internal(format!("cannot look the device up: {e}")),
+        }
+        .to_line();
     };
     if stopping.is_cancelled() {
         let (status, payload, _) = respond(&Failure::ShuttingDown {
             bus: device.bus.clone(),
         });
-        return Response { status, payload };
+        return Response { status, payload }.to_line();
     }
-    match work {
-        Work::Call(method, payload) => answer::call(&device, &method, &payload, rid).await,
-        Work::Read(group) => answer::read(&device, &group).await,
-    }
+    // Tracked: the daemon's drain waits for it like for a method from the hub.
+    let run = async {
+        match work {
+            Work::Call(method, payload) => answer::call(&device, &method, &payload, rid).await,
+            Work::Read(group) => answer::read(&device, &group, rid).await,
+        }
+    };
+    registry.calls.track_future(run).await.to_line()
 }
 
 enum Work {
