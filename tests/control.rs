@@ -471,3 +471,66 @@ async fn the_socket_keeps_other_files_replaces_stale_ones_and_stands_hostile_cli
     assert_eq!(status["status"], 200, "{status}");
     assert_eq!(status["payload"]["devices"][0]["id"], "pump-7");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_waits_for_calls_on_the_wire_and_queued_and_answers_them() {
+    use leafgate_sim::modbus::Fault;
+
+    let regs = Registers::with_units([1]);
+    regs.set_holding(1, 0, &[1234]);
+    // The unit answers after 1.5 s: calls are still running when SIGTERM comes.
+    regs.set_fault(1, Fault::Delay(Duration::from_millis(1500)));
+    let plc = TcpServer::start(regs.clone()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("control.sock");
+    let config = dir.path().join("leafgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[hub]\nhostname = \"localhost\"\nport = 9\n\n[control]\nsocket = \"{}\"\n\n\
+             [[bus]]\nid = \"plc\"\nkind = \"modbus_tcp\"\naddress = \"{}\"\ntimeout_ms = 3000\n\n{}",
+            socket.display(),
+            plc.addr(),
+            PUMP.replace("KEY", KEY)
+        ),
+    )
+    .unwrap();
+    let daemon = serving(&config).await;
+    let call = || {
+        let socket = socket.clone();
+        tokio::spawn(async move {
+            leafgate(&[
+                "call",
+                "--socket",
+                socket.to_str().unwrap(),
+                "pump-7",
+                "getSpeed",
+            ])
+            .await
+        })
+    };
+    // One call on the wire, one queued behind it.
+    let first = call();
+    regs.wait_requests(1).await;
+    let second = call();
+    let until = tokio::time::Instant::now() + WAIT;
+    loop {
+        // The queue has no event to await from outside: status is asked until it shows the job.
+        let status = raw(&socket, Some(b"{\"op\":\"status\"}\n")).await;
+        if status["payload"]["buses"][0]["queued"] == 1 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < until, "{status}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    daemon.signal(libc::SIGTERM).unwrap();
+    for call in [first, second] {
+        let out = call.await.unwrap();
+        assert_eq!(
+            answer(&out),
+            (Some(0), json!({"status": 200, "payload": {"speed": 1234}}))
+        );
+    }
+    let (exited, log) = daemon.wait().await;
+    assert!(exited.success(), "{log}");
+}
