@@ -40,6 +40,52 @@ async fn http(addr: &str, request_line: &str) -> (u16, String) {
     (status, body.to_owned())
 }
 
+/// The emulated hub with pump-7, a Modbus TCP PLC (holding 0 = 1234) and a config with
+/// `[metrics]` on a free port, `sections` before the bus, and pump-7 with `getSpeed` plus
+/// `device` (more of its TOML).
+struct Site {
+    emu: Emulator,
+    regs: Registers,
+    _plc: TcpServer,
+    dir: tempfile::TempDir,
+    config: std::path::PathBuf,
+}
+
+impl Site {
+    async fn start(sections: &str, device: &str) -> Site {
+        let emu = Emulator::start(EmulatorConfig::default()).await.unwrap();
+        emu.add_device("pump-7", Key::from_base64(KEY).unwrap());
+        let regs = Registers::with_units([1]);
+        regs.set_holding(1, 0, &[1234]);
+        let plc = TcpServer::start(regs.clone()).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), emu.ca_pem()).unwrap();
+        let config = dir.path().join("leafgate.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[hub]\nhostname = \"localhost\"\nport = {}\nca_file = \"{}\"\n\n\
+                 [metrics]\nlisten = \"127.0.0.1:0\"\n\n{sections}\
+                 [[bus]]\nid = \"plc\"\nkind = \"modbus_tcp\"\naddress = \"{}\"\n\n\
+                 [[device]]\nid = \"pump-7\"\nshared_access_key = \"{KEY}\"\nbus = \"plc\"\nunit = 1\n\
+                 [[device.method]]\nname = \"getSpeed\"\n[[device.method.step]]\nop = \"read\"\n\
+                 table = \"holding\"\naddress = 0\nfields = [{{ name = \"speed\", type = \"u16\" }}]\n{device}",
+                emu.mqtt_addr().port(),
+                dir.path().join("ca.pem").display(),
+                plc.addr()
+            ),
+        )
+        .unwrap();
+        Site {
+            emu,
+            regs,
+            _plc: plc,
+            dir,
+            config,
+        }
+    }
+}
+
 /// `leafgate run` with `config`, once its metrics endpoint listens; and that endpoint.
 async fn serving(config: &Path) -> (Scanned, String) {
     let daemon = Scanned::spawn(run_command(config), Log::Capture);
@@ -72,30 +118,9 @@ async fn a_real_prometheus_scrapes_the_methods_this_test_called() {
             "{tool} is needed (apt install prometheus; .ci/run installs it)"
         );
     }
-    let emu = Emulator::start(EmulatorConfig::default()).await.unwrap();
-    emu.add_device("pump-7", Key::from_base64(KEY).unwrap());
-    let regs = Registers::with_units([1]);
-    regs.set_holding(1, 0, &[1234]);
-    let plc = TcpServer::start(regs.clone()).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("ca.pem"), emu.ca_pem()).unwrap();
-    let config = dir.path().join("leafgate.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[hub]\nhostname = \"localhost\"\nport = {}\nca_file = \"{}\"\n\n\
-             [metrics]\nlisten = \"127.0.0.1:0\"\n\n\
-             [[bus]]\nid = \"plc\"\nkind = \"modbus_tcp\"\naddress = \"{}\"\n\n\
-             [[device]]\nid = \"pump-7\"\nshared_access_key = \"{KEY}\"\nbus = \"plc\"\nunit = 1\n\
-             [[device.method]]\nname = \"getSpeed\"\n[[device.method.step]]\nop = \"read\"\n\
-             table = \"holding\"\naddress = 0\nfields = [{{ name = \"speed\", type = \"u16\" }}]\n",
-            emu.mqtt_addr().port(),
-            dir.path().join("ca.pem").display(),
-            plc.addr()
-        ),
-    )
-    .unwrap();
-    let (daemon, endpoint) = serving(&config).await;
+    let site = Site::start("", "").await;
+    let (emu, config) = (&site.emu, &site.config);
+    let (daemon, endpoint) = serving(config).await;
     daemon
         .wait_line("device pump-7: connected to", WAIT)
         .await
@@ -176,7 +201,7 @@ async fn a_real_prometheus_scrapes_the_methods_this_test_called() {
 
     // A real Prometheus scraping it every second; its query API answers what this test called.
     let web = format!("127.0.0.1:{}", free_port());
-    let prom_dir = dir.path().join("prometheus");
+    let prom_dir = site.dir.path().join("prometheus");
     std::fs::create_dir(&prom_dir).unwrap();
     let prom_config = prom_dir.join("prometheus.yml");
     std::fs::write(
@@ -237,35 +262,16 @@ fn sample(scrape: &str, series: &str) -> Option<f64> {
 async fn twin_c2d_and_buffered_telemetry_are_counted_per_device() {
     use leafgate_emulator::{C2dSend, C2dState, Fault, Target};
 
-    let emu = Emulator::start(EmulatorConfig::default()).await.unwrap();
-    emu.add_device("pump-7", Key::from_base64(KEY).unwrap());
-    let regs = Registers::with_units([1]);
-    regs.set_holding(1, 0, &[1234]);
-    let plc = TcpServer::start(regs.clone()).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("ca.pem"), emu.ca_pem()).unwrap();
-    let config = dir.path().join("leafgate.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[hub]\nhostname = \"localhost\"\nport = {}\nca_file = \"{}\"\n\n\
-             [metrics]\nlisten = \"127.0.0.1:0\"\n\n\
-             [twin]\nreport_interval_ms = 100\n\n[c2d]\n\n[telemetry]\nstore = \"\"\n\n\
-             [[bus]]\nid = \"plc\"\nkind = \"modbus_tcp\"\naddress = \"{}\"\n\n\
-             [[device]]\nid = \"pump-7\"\nshared_access_key = \"{KEY}\"\nbus = \"plc\"\nunit = 1\n\
-             [[device.method]]\nname = \"getSpeed\"\n[[device.method.step]]\nop = \"read\"\n\
-             table = \"holding\"\naddress = 0\nfields = [{{ name = \"speed\", type = \"u16\" }}]\n\
-             [[device.desired]]\nname = \"speedSetpoint\"\n[[device.desired.step]]\nop = \"write\"\n\
-             table = \"holding\"\naddress = 10\nfields = [{{ name = \"speedSetpoint\", type = \"u16\" }}]\n\
-             [[device.telemetry]]\nname = \"state\"\ninterval_ms = 100\n[[device.telemetry.step]]\n\
-             op = \"read\"\ntable = \"holding\"\naddress = 0\nfields = [{{ name = \"speed\", type = \"u16\" }}]\n",
-            emu.mqtt_addr().port(),
-            dir.path().join("ca.pem").display(),
-            plc.addr()
-        ),
+    let site = Site::start(
+        "[twin]\nreport_interval_ms = 100\n\n[c2d]\n\n[telemetry]\nstore = \"\"\n\n",
+        "[[device.desired]]\nname = \"speedSetpoint\"\n[[device.desired.step]]\nop = \"write\"\n\
+         table = \"holding\"\naddress = 10\nfields = [{ name = \"speedSetpoint\", type = \"u16\" }]\n\
+         [[device.telemetry]]\nname = \"state\"\ninterval_ms = 100\n[[device.telemetry.step]]\n\
+         op = \"read\"\ntable = \"holding\"\naddress = 0\nfields = [{ name = \"speed\", type = \"u16\" }]\n",
     )
-    .unwrap();
-    let (daemon, endpoint) = serving(&config).await;
+    .await;
+    let (emu, regs, config) = (&site.emu, &site.regs, &site.config);
+    let (daemon, endpoint) = serving(config).await;
     // Its health in reported: the twin was read and a patch accepted.
     emu.wait_reported("pump-7", |r| r.get("leafgate").is_some(), WAIT)
         .await
@@ -353,5 +359,4 @@ async fn twin_c2d_and_buffered_telemetry_are_counted_per_device() {
             "{series} in:\n{scrape}"
         );
     }
-    drop(plc);
 }
