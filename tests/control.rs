@@ -303,7 +303,7 @@ async fn call_offline_runs_on_the_line_and_is_refused_while_a_daemon_holds_it() 
     assert!(
         device["last_error"]["message"]
             .as_str()
-            .is_some_and(|m| m.contains("Connection refused")),
+            .is_some_and(|m| m.starts_with("localhost:9: ") && m.contains("Connection refused")),
         "{status}"
     );
     let before = regs.request_count();

@@ -178,7 +178,11 @@ pub(super) fn describe(
             };
             (format!("{error}{hint}"), refusal)
         }
-        other => (other.to_string(), Refusal::None),
+        // A network, TLS or timeout failure: where it happened is half of what to check.
+        other => (
+            format!("{}: {other}", shown_route(hub, connect, transport)),
+            Refusal::None,
+        ),
     }
 }
 
