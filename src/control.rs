@@ -123,7 +123,7 @@ pub async fn ask(ask: Ask) -> anyhow::Result<Outcome> {
                 client::ask(&socket, &request, timeout).await?,
             ))
         }
-        Ask::Offline(cfg, request) => Ok(match offline::run(&cfg, &request).await {
+        Ask::Offline(cfg, request) => Ok(match offline::run(&cfg, request).await {
             Ok(response) => Outcome::Answered(response),
             Err(refused) => Outcome::Refused(refused),
         }),
@@ -168,16 +168,15 @@ pub fn status(
 /// Text from the field (a device's reply quoted in a warning) can hold escape sequences: shown
 /// escaped, never sent to the terminal as they are.
 fn printable(text: &str) -> String {
-    text.chars()
-        .flat_map(|c| {
-            let escaped: Vec<char> = if c.is_control() {
-                c.escape_default().collect()
-            } else {
-                vec![c]
-            };
-            escaped
-        })
-        .collect()
+    let mut shown = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            shown.extend(c.escape_default());
+        } else {
+            shown.push(c);
+        }
+    }
+    shown
 }
 
 /// The status document as an operator reads it.
@@ -256,4 +255,16 @@ fn render(s: &Value) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn field_text_reaches_the_terminal_with_its_control_characters_escaped() {
+        assert_eq!(
+            super::printable("VOLT\x1b[2J 5.0\r\nok"),
+            "VOLT\\u{1b}[2J 5.0\\r\\nok"
+        );
+        assert_eq!(super::printable("Grüße, 230 V"), "Grüße, 230 V");
+    }
 }

@@ -43,9 +43,7 @@ impl log::Log for Recent {
     }
 
     fn log(&self, record: &log::Record<'_>) {
-        if record.level() <= log::max_level() {
-            crate::recent::note(record);
-        }
+        crate::recent::note(record);
         self.0.log(record);
     }
 

@@ -4,14 +4,22 @@
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use super::protocol::Response;
+use super::protocol::{Response, Work};
 use super::registry::{self, Registry};
 use crate::mapping::respond;
 use crate::utc::utc;
 
+/// Runs a call or a read on `device`; `rid` names the caller in its log line.
+pub async fn run(device: &registry::Device, work: &Work, rid: &str) -> Response {
+    match work {
+        Work::Call { method, payload } => call(device, method, payload, rid).await,
+        Work::Read { group } => read(device, group, rid).await,
+    }
+}
+
 /// Runs `method` on `device` exactly as a request from the hub: same lookup, payload checks,
 /// lane, deadline, statuses and log line. `rid` names the caller in that line.
-pub async fn call(device: &registry::Device, method: &str, payload: &Value, rid: &str) -> Response {
+async fn call(device: &registry::Device, method: &str, payload: &Value, rid: &str) -> Response {
     // The hub hands over bytes; so does this, so a payload is judged (size, JSON) the same way.
     let bytes = if payload.is_null() {
         Vec::new()
@@ -30,7 +38,7 @@ pub async fn call(device: &registry::Device, method: &str, payload: &Value, rid:
 
 /// Reads one telemetry group of `device` once, in the poll lane behind every method, and
 /// answers its values as a telemetry message would carry them (without `ts`).
-pub async fn read(device: &registry::Device, group: &str, rid: &str) -> Response {
+async fn read(device: &registry::Device, group: &str, rid: &str) -> Response {
     let Some(g) = device.groups.iter().find(|g| g.name == group) else {
         let names = device.groups.iter().map(|g| g.name.as_str());
         let nearest = crate::config::suggest::nearest(group, names);

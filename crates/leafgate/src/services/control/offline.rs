@@ -49,15 +49,14 @@ pub enum Refused {
 ///
 /// # Errors
 /// When the bus is held by a daemon or another process, or the device is not in `config`.
-pub async fn run(config: &Config, request: &Request) -> Result<Response, Refused> {
-    let (id, work) = match request {
-        Request::Status => return Err(Refused::Status),
-        Request::Call { device, .. } | Request::Read { device, .. } => (device, request),
+pub async fn run(config: &Config, request: Request) -> Result<Response, Refused> {
+    let Some((id, work)) = request.work() else {
+        return Err(Refused::Status);
     };
-    let Some(device) = config.devices.iter().find(|d| d.id == *id) else {
+    let Some(device) = config.devices.iter().find(|d| d.id == id) else {
         let nearest =
-            crate::config::suggest::nearest(id, config.devices.iter().map(|d| d.id.as_str()));
-        return Ok(Response::not_found("device", id, nearest));
+            crate::config::suggest::nearest(&id, config.devices.iter().map(|d| d.id.as_str()));
+        return Ok(Response::not_found("device", &id, nearest));
     };
     let Some(bus) = config.buses.iter().find(|b| b.id == device.bus) else {
         return Err(Refused::NotFound(format!(
@@ -96,13 +95,7 @@ pub async fn run(config: &Config, request: &Request) -> Result<Response, Refused
         presence: Arc::new(Presence::new()),
         bus: bus.id.clone(),
     };
-    Ok(match work {
-        Request::Call {
-            method, payload, ..
-        } => answer::call(&entry, method, payload, "offline").await,
-        Request::Read { group, .. } => answer::read(&entry, group, "offline").await,
-        Request::Status => return Err(Refused::Status),
-    })
+    Ok(answer::run(&entry, &work, "offline").await)
 }
 
 /// Refuses when a daemon answers on the config's control socket and runs `bus`, and when it is

@@ -43,6 +43,40 @@ pub enum Request {
     Status,
 }
 
+/// What a call or a read asks of its device.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Work {
+    Call { method: String, payload: Value },
+    Read { group: String },
+}
+
+impl Work {
+    /// The method's or the group's name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        match self {
+            Work::Call { method, .. } => method,
+            Work::Read { group } => group,
+        }
+    }
+}
+
+impl Request {
+    /// The device a call or read is for, and what to do there; `None` for a status request.
+    #[must_use]
+    pub fn work(self) -> Option<(String, Work)> {
+        match self {
+            Request::Status => None,
+            Request::Call {
+                device,
+                method,
+                payload,
+            } => Some((device, Work::Call { method, payload })),
+            Request::Read { device, group } => Some((device, Work::Read { group })),
+        }
+    }
+}
+
 /// One reply.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Response {

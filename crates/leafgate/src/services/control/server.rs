@@ -230,28 +230,16 @@ async fn handle(
     stopping: &CancellationToken,
     rid: &str,
 ) -> Vec<u8> {
-    let (id, work) = match request {
-        Request::Status => {
-            // Tens of milliseconds at 10,000 devices: off the workers that carry methods.
-            let config = config.to_path_buf();
-            let built =
-                tokio::task::spawn_blocking(move || answer::status(&registry, &config).to_line())
-                    .await;
-            return built.unwrap_or_else(|e| {
-                Response::internal(format!("cannot build the status: {e}")).to_line()
-            });
-        }
-        Request::Call {
-            device,
-            method,
-            payload,
-        } => (device, Work::Call(method, payload)),
-        Request::Read { device, group } => (device, Work::Read(group)),
+    let Some((id, work)) = request.work() else {
+        // Tens of milliseconds at 10,000 devices: off the workers that carry methods.
+        let config = config.to_path_buf();
+        let built =
+            tokio::task::spawn_blocking(move || answer::status(&registry, &config).to_line()).await;
+        return built.unwrap_or_else(|e| {
+            Response::internal(format!("cannot build the status: {e}")).to_line()
+        });
     };
-    let names = match &work {
-        Work::Call(method, _) => [&id, method],
-        Work::Read(group) => [&id, group],
-    };
+    let names = [id.as_str(), work.name()];
     if let Some(long) = names.iter().find(|n| n.chars().count() > MAX_NAME) {
         return Response::bad_request(format!(
             "a name of {} characters; ids, methods and groups have at most {MAX_NAME}",
@@ -281,16 +269,6 @@ async fn handle(
         return Response { status, payload }.to_line();
     }
     // Tracked: the daemon's drain waits for it like for a method from the hub.
-    let run = async {
-        match work {
-            Work::Call(method, payload) => answer::call(&device, &method, &payload, rid).await,
-            Work::Read(group) => answer::read(&device, &group, rid).await,
-        }
-    };
+    let run = answer::run(&device, &work, rid);
     registry.calls.track_future(run).await.to_line()
-}
-
-enum Work {
-    Call(String, serde_json::Value),
-    Read(String),
 }
