@@ -522,8 +522,9 @@ async fn rtu_over_tcp_works_like_a_serial_line() {
     assert_eq!(r, vec![Output::Registers(vec![31])]);
 }
 
-#[tokio::test]
-async fn a_serial_instrument_answers_line_framed_exchanges_and_recovers_from_garbage() {
+/// The simulated power supply on a pty, behind a serial bus framed by `\r\n` with
+/// `line_ending`; the bus is up.
+async fn psu_bus(line_ending: Option<&[u8]>) -> (Psu, SerialLine, bus::Handle) {
     let psu = Psu::new();
     let psu_line = SerialLine::instrument(psu.clone()).unwrap();
     let cfg = bus(
@@ -531,12 +532,18 @@ async fn a_serial_instrument_answers_line_framed_exchanges_and_recovers_from_gar
         BusSpec::Serial {
             line: line(psu_line.path()),
             framing: SerialFraming::Terminator(b"\r\n".to_vec()),
-            line_ending: None,
+            line_ending: line_ending.map(<[u8]>::to_vec),
         },
         300,
     );
     let (h, _task) = bus::start(&cfg, CancellationToken::new());
     up(&h).await;
+    (psu, psu_line, h)
+}
+
+#[tokio::test]
+async fn a_serial_instrument_answers_line_framed_exchanges_and_recovers_from_garbage() {
+    let (psu, _psu_line, h) = psu_bus(None).await;
     let send = |text: &str| Op::Serial {
         request: text.as_bytes().to_vec(),
         reply: true,
@@ -571,19 +578,7 @@ async fn a_serial_instrument_answers_line_framed_exchanges_and_recovers_from_gar
 /// A bus with a line ending ends text requests with it, once, and leaves raw bytes as given.
 #[tokio::test]
 async fn a_serial_line_ending_ends_text_requests_and_frames_replies() {
-    let psu = Psu::new();
-    let psu_line = SerialLine::instrument(psu.clone()).unwrap();
-    let cfg = bus(
-        "psu",
-        BusSpec::Serial {
-            line: line(psu_line.path()),
-            framing: SerialFraming::Terminator(b"\r\n".to_vec()),
-            line_ending: Some(b"\r\n".to_vec()),
-        },
-        300,
-    );
-    let (h, _task) = bus::start(&cfg, CancellationToken::new());
-    up(&h).await;
+    let (psu, _psu_line, h) = psu_bus(Some(b"\r\n")).await;
     let op = |request: &str, text: bool| Op::Serial {
         request: request.as_bytes().to_vec(),
         reply: true,

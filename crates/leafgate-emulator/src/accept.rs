@@ -58,13 +58,20 @@ pub(crate) async fn accept_until_shutdown<F, Fut>(
                 });
             }
             Err(e) => {
-                // Out of file descriptors and the like: back off a moment instead of spinning.
-                log::warn!("emulator: {name} accept failed: {e}");
-                tokio::select! {
-                    () = shared.shutdown.cancelled() => break,
-                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                if !accept_failed(shared, name, &e).await {
+                    break;
                 }
             }
         }
+    }
+}
+
+/// After a failed accept (out of file descriptors and the like): says so and backs off a
+/// moment instead of spinning. False when the emulator shut down meanwhile.
+pub(crate) async fn accept_failed(shared: &Shared, name: &str, error: &io::Error) -> bool {
+    log::warn!("emulator: {name} accept failed: {error}");
+    tokio::select! {
+        () = shared.shutdown.cancelled() => false,
+        () = tokio::time::sleep(Duration::from_millis(100)) => true,
     }
 }

@@ -97,11 +97,8 @@ pub(crate) async fn run(
                 });
             }
             Err(e) => {
-                // Out of file descriptors and the like: back off a moment instead of spinning.
-                log::warn!("emulator: {name} accept failed: {e}");
-                tokio::select! {
-                    () = shared.shutdown.cancelled() => break,
-                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                if !crate::accept::accept_failed(&shared, name, &e).await {
+                    break;
                 }
             }
         }
